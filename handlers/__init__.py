@@ -1,0 +1,1 @@
+"""The pgml functions, with no knowledge of the wire protocol."""

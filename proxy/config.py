@@ -1,0 +1,76 @@
+"""Command-line flags, each also settable as ``PGML_PROXY_<FLAG>`` in the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from proxy.embedded import DEFAULT_DATA_DIR
+
+ENV_PREFIX = "PGML_PROXY_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str
+    port: int
+    upstream: str | None
+    data_dir: Path
+    tls_cert: Path | None
+    tls_key: Path | None
+    log_level: str
+    connect_timeout: float
+    shutdown_grace: float
+
+
+def _env(flag: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgml-proxy",
+        description="PostgreSQL wire-protocol proxy that runs pgml.* functions itself.",
+        epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, "
+        f"e.g. {ENV_PREFIX}UPSTREAM.",
+    )
+
+    def add(flag: str, help_text: str, default: str | None, **kwargs: object) -> None:
+        parser.add_argument(f"--{flag}", default=_env(flag) or default, help=help_text, **kwargs)  # type: ignore[call-overload]
+
+    add("host", "address to listen on (default %(default)s)", "127.0.0.1")
+    add("port", "port to listen on (default %(default)s)", "6432", type=int)
+    add("upstream", "connection string of the real PostgreSQL; without it an embedded "
+        "PostgreSQL is started in --data-dir", None, metavar="DSN")
+    add("data-dir", "data folder of the embedded PostgreSQL (default %(default)s)",
+        str(DEFAULT_DATA_DIR), type=Path)
+    add("tls-cert", "PEM certificate for TLS from clients", None, type=Path)
+    add("tls-key", "PEM private key for --tls-cert", None, type=Path)
+    add("log-level", "debug, info, warning or error (default %(default)s)", "info",
+        choices=["debug", "info", "warning", "error"])
+    add("connect-timeout", "seconds to wait for the upstream server (default %(default)s)",
+        "10", type=float)
+    add("shutdown-grace", "seconds in-flight statements get on SIGINT/SIGTERM "
+        "(default %(default)s)", "5", type=float)
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> Settings:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    return Settings(
+        host=args.host,
+        port=int(args.port),
+        upstream=args.upstream,
+        data_dir=Path(args.data_dir),
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        log_level=args.log_level,
+        connect_timeout=float(args.connect_timeout),
+        shutdown_grace=float(args.shutdown_grace),
+    )

@@ -1,0 +1,330 @@
+"""One client connection relayed to its own upstream connection.
+
+The relay runs on asyncio protocol callbacks, not streams: each read is framed by
+:class:`~proxy.protocol.MessageFramer` (which only walks message headers) and
+written to the other side in the same callback.  Back-pressure is the transports'
+own: when one side's write buffer fills, the other side stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+from typing import TYPE_CHECKING, cast
+
+from proxy import protocol as pg
+from proxy.protocol import Message, PgError, ProtocolViolation
+
+if TYPE_CHECKING:
+    from proxy.server import Proxy
+
+log = logging.getLogger("pgml_proxy.session")
+
+WRITE_BUFFER_HIGH_WATER = 256 * 1024
+"""Bytes queued for one peer before the other peer's reads are paused."""
+
+_CLIENT_SYNC_POINTS = (pg.QUERY, pg.SYNC, ord("F"))
+"""Client messages that each get exactly one ReadyForQuery back."""
+
+
+class Phase(enum.Enum):
+    STARTUP = "startup"
+    TLS = "tls"
+    CONNECTING = "connecting"
+    AUTHENTICATING = "authenticating"
+    RELAYING = "relaying"
+    CLOSED = "closed"
+
+
+class ClientSession(asyncio.Protocol):
+    """The protocol for one client socket; owns the matching upstream connection."""
+
+    def __init__(self, proxy: Proxy, session_id: int) -> None:
+        self.proxy = proxy
+        self.id = session_id
+        self.phase = Phase.STARTUP
+        self.peer = "?"
+        self.user = ""
+        self.database = ""
+        self.cancel_key: tuple[int, bytes] | None = None
+        self.backend_key: tuple[int, bytes] | None = None
+        self._client: asyncio.Transport | None = None
+        self._upstream: asyncio.Transport | None = None
+        self._startup = pg.StartupReader()
+        self._from_client = pg.MessageFramer(
+            watched=(pg.QUERY, pg.PARSE), counted=_CLIENT_SYNC_POINTS
+        )
+        self._from_server = pg.MessageFramer(
+            watched=(pg.BACKEND_KEY_DATA, pg.READY_FOR_QUERY), counted=(pg.READY_FOR_QUERY,)
+        )
+        self._paused: set[str] = set()
+
+    # --- client side ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._client = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        self.proxy.sessions.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase is Phase.RELAYING or self.phase is Phase.AUTHENTICATING:
+            self._relay_client_data(data)
+        elif self.phase is Phase.STARTUP:
+            self._startup_data(data)
+
+    def _relay_client_data(self, data: bytes) -> None:
+        try:
+            chunks = self._from_client.feed(data, pg.mentions_pgml)
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            return
+        upstream = self._upstream
+        assert upstream is not None
+        if chunks is None:
+            upstream.write(data)
+            return
+        for chunk in chunks:
+            upstream.write(chunk.raw if isinstance(chunk, Message) else chunk)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self.phase
+        self.phase = Phase.CLOSED
+        self.proxy.sessions.discard(self)
+        if self.cancel_key is not None:
+            self.proxy.cancel_keys.pop(self.cancel_key, None)
+        if self._upstream is not None and not self._upstream.is_closing():
+            if was is Phase.RELAYING and self.in_flight and self.backend_key is not None:
+                self.proxy.send_cancel(*self.backend_key)
+            self._upstream.write(pg.message(b"X"))
+            self._upstream.close()
+        log.debug("session %d: client %s disconnected", self.id, self.peer)
+
+    def pause_writing(self) -> None:
+        if self._upstream is not None and not self._upstream.is_closing():
+            self._upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._upstream is not None and not self._upstream.is_closing():
+            self._upstream.resume_reading()
+
+    # --- startup -------------------------------------------------------------------
+
+    def _startup_data(self, data: bytes) -> None:
+        try:
+            complete = self._startup.feed(data)
+            if complete is None:
+                return
+            packet, leftover = complete
+            request = pg.parse_startup_packet(packet)
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            return
+        if isinstance(request, pg.StartupMessage):
+            self._begin_connect(request, leftover)
+            return
+        if isinstance(request, pg.CancelRequest):
+            self.proxy.forward_cancel(request)
+            self._close_client()
+            return
+        if leftover:
+            self._violation(ProtocolViolation("received unencrypted data after SSL request"))
+            return
+        assert self._client is not None
+        if isinstance(request, pg.SSLRequest) and self.proxy.tls_context is not None:
+            self._client.write(pg.SSL_ACCEPTED)
+            self.phase = Phase.TLS
+            asyncio.get_running_loop().create_task(self._upgrade_to_tls())
+        else:
+            self._client.write(pg.SSL_REFUSED)
+
+    async def _upgrade_to_tls(self) -> None:
+        assert self._client is not None and self.proxy.tls_context is not None
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(
+                self._client, self, self.proxy.tls_context, server_side=True
+            )
+        except (OSError, ConnectionError) as exc:
+            log.warning("session %d: TLS handshake with %s failed: %s", self.id, self.peer, exc)
+            self._client.abort()
+            return
+        if transport is None:
+            return
+        self._client = transport
+        self.phase = Phase.STARTUP
+
+    def _begin_connect(self, startup: pg.StartupMessage, leftover: bytes) -> None:
+        self.user = startup.params.get("user", "")
+        self.database = startup.params.get("database", self.user)
+        self.phase = Phase.CONNECTING
+        self._pause_client("connecting")
+        asyncio.get_running_loop().create_task(self._connect(startup.raw + leftover))
+
+    async def _connect(self, first_bytes: bytes) -> None:
+        address = self.proxy.upstream
+        try:
+            transport, _ = await asyncio.wait_for(
+                address.open(lambda: UpstreamConnection(self)), self.proxy.connect_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            reason = "timeout expired" if isinstance(exc, TimeoutError) else exc.strerror or exc
+            log.warning(
+                "session %d: upstream %s unreachable: %s", self.id, address.describe(), reason
+            )
+            self._fail(
+                PgError(
+                    "FATAL",
+                    "08006",
+                    f"could not connect to upstream server at {address.describe()}: {reason}",
+                    hint="Check that PostgreSQL is running and that --upstream points at it.",
+                )
+            )
+            return
+        if self.phase is Phase.CLOSED:
+            transport.close()
+            return
+        self._upstream = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_WATER)
+        transport.write(first_bytes)
+        self.phase = Phase.AUTHENTICATING
+        self._resume_client("connecting")
+
+    # --- upstream side ---------------------------------------------------------------
+
+    def server_data(self, data: bytes) -> None:
+        client = self._client
+        if client is None or self.phase is Phase.CLOSED:
+            return
+        if self.phase is Phase.RELAYING:
+            # Relayed before it is framed: the framing is bookkeeping, not a gate.
+            client.write(data)
+            try:
+                self._from_server.feed(data, pg.want_all)
+            except ProtocolViolation as exc:
+                self._upstream_violation(exc)
+            return
+        try:
+            chunks = self._from_server.feed(data, pg.want_all)
+        except ProtocolViolation as exc:
+            self._upstream_violation(exc)
+            return
+        for chunk in [data] if chunks is None else chunks:
+            client.write(self._startup_reply(chunk) if isinstance(chunk, Message) else chunk)
+
+    def _upstream_violation(self, exc: ProtocolViolation) -> None:
+        log.error("session %d: upstream sent invalid data: %s", self.id, exc)
+        self._close_both()
+
+    def _startup_reply(self, message: Message) -> bytes:
+        """Rewrite what the proxy must own in the server's startup replies."""
+        if message.type == pg.BACKEND_KEY_DATA:
+            self.backend_key = pg.parse_backend_key_data(message.body)
+            pid, secret = self.backend_key
+            self.cancel_key = (pid, secrets.token_bytes(len(secret)))
+            self.proxy.cancel_keys[self.cancel_key] = self
+            return pg.backend_key_data(*self.cancel_key)
+        if message.type == pg.READY_FOR_QUERY and self.phase is Phase.AUTHENTICATING:
+            self.phase = Phase.RELAYING
+            self._from_server.watched = frozenset()
+            self._from_server.count = 0
+            self._from_client.count = 0
+            log.debug(
+                "session %d: %s connected as %s to %s", self.id, self.peer, self.user, self.database
+            )
+        return message.raw
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self._client is None or self.phase is Phase.CLOSED:
+            return
+        frames = self._from_server
+        sent_fatal = frames.last_type == pg.ERROR_RESPONSE and frames.at_boundary
+        if self.phase is Phase.RELAYING and not sent_fatal:
+            log.warning("session %d: upstream closed the connection unexpectedly", self.id)
+            if frames.at_boundary:
+                self._client.write(
+                    PgError(
+                        "FATAL",
+                        "08006",
+                        "server closed the connection unexpectedly",
+                        detail="The upstream PostgreSQL connection ended; the session is over.",
+                    ).encode()
+                )
+        self._close_client()
+
+    def upstream_paused(self) -> None:
+        self._pause_client("upstream-full")
+
+    def upstream_resumed(self) -> None:
+        self._resume_client("upstream-full")
+
+    # --- state ---------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a request is still waiting for its ReadyForQuery."""
+        return self._from_client.count > self._from_server.count or not (
+            self._from_server.at_boundary
+        )
+
+    def terminate(self, error: PgError) -> None:
+        """End the session from the proxy's side (shutdown)."""
+        if self._client is None or self.phase is Phase.CLOSED:
+            return
+        if self._from_server.at_boundary:
+            self._client.write(error.encode())
+        self._close_both()
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        log.warning("session %d: protocol violation from %s: %s", self.id, self.peer, exc)
+        error = PgError("FATAL", "08P01", str(exc))
+        if self._from_server.at_boundary and self._client is not None:
+            self._client.write(error.encode())
+        self._close_both()
+
+    def _fail(self, error: PgError) -> None:
+        if self._client is not None and not self._client.is_closing():
+            self._client.write(error.encode())
+        self._close_client()
+
+    def _close_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _close_both(self) -> None:
+        if self._upstream is not None:
+            self._upstream.close()
+        self._close_client()
+
+    def _pause_client(self, reason: str) -> None:
+        if not self._paused and self._client is not None:
+            self._client.pause_reading()
+        self._paused.add(reason)
+
+    def _resume_client(self, reason: str) -> None:
+        self._paused.discard(reason)
+        if not self._paused and self._client is not None and not self._client.is_closing():
+            self._client.resume_reading()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """The protocol for a session's upstream socket: hands everything to the session."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self._session = session
+        self.data_received = session.server_data  # type: ignore[method-assign]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._session.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._session.upstream_paused()
+
+    def resume_writing(self) -> None:
+        self._session.upstream_resumed()

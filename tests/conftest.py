@@ -1,0 +1,41 @@
+"""Shared fixtures: one private PostgreSQL and one proxy in front of it per test run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.pgserver import PostgresCluster
+from tests.support.proxyproc import ProxyProcess
+
+PASSWORDS = {"md5_user": "md5 secret", "scram_user": "scram secret", "plain_user": "plain secret"}
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[PostgresCluster]:
+    server = PostgresCluster().start()
+    server.psql("SET password_encryption = 'md5'; "
+                f"CREATE ROLE md5_user LOGIN PASSWORD '{PASSWORDS['md5_user']}'")
+    for user in ("scram_user", "plain_user"):
+        server.psql(f"CREATE ROLE {user} LOGIN PASSWORD '{PASSWORDS[user]}'")
+    server.psql("GRANT ALL ON SCHEMA public TO PUBLIC")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(cluster: PostgresCluster) -> Iterator[ProxyProcess]:
+    process = ProxyProcess("--upstream", cluster.dsn(), "--log-level", "info").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def direct_dsn(cluster: PostgresCluster) -> str:
+    return cluster.dsn()
+
+
+@pytest.fixture
+def proxy_dsn(proxy: ProxyProcess) -> str:
+    return proxy.dsn()

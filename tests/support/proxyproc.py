@@ -1,0 +1,75 @@
+"""Run ``pgml-proxy`` as a real subprocess, the way users run it."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.pgserver import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ProxyProcess:
+    """``python -m proxy`` with the given flags; its log goes to a file tests can read."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.args = ["--port", str(self.port), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = Path(tempfile.mkstemp(prefix="pgml-proxy-", suffix=".log")[1])
+        self.process: subprocess.Popen[str] | None = None
+        self.ready_line = ""
+        self.started_in = 0.0
+
+    def start(self, timeout: float = 30.0) -> ProxyProcess:
+        began = time.monotonic()
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "proxy", *self.args],
+                cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=log, text=True,
+            )
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if "pgml-proxy ready" not in line:
+            self.stop()
+            raise RuntimeError(f"proxy did not start: {line!r}\n{self.log()}")
+        self.ready_line = line.strip()
+        self.started_in = time.monotonic() - began
+        return self
+
+    def dsn(self, user: str = "postgres", password: str | None = None,
+            database: str = "postgres", **params: str) -> str:
+        secret = f":{password}" if password else ""
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return (f"postgresql://{user}{secret}@127.0.0.1:{self.port}/{database}"
+                + (f"?{query}" if query else ""))
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
