@@ -58,9 +58,19 @@ def start_proxy(cluster: PostgresCluster) -> tuple[subprocess.Popen[bytes], int,
     port = free_port()
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "--port", str(port), "--log-level", "warning",
-         "--upstream", cluster.socket_dsn()],
-        cwd=ROOT, stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--upstream",
+            cluster.socket_dsn(),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
     )
     wait_for_port(port)
     return process, port, time.monotonic() - started
@@ -93,10 +103,29 @@ def start_pgbouncer(cluster: PostgresCluster, workdir: Path) -> tuple[subprocess
 
 def pgbench(port: int, mode: str, clients: int, seconds: int) -> float:
     result = subprocess.run(
-        [str(BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n", "-S",
-         "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
-         "postgres"],
-        capture_output=True, text=True, check=True,
+        [
+            str(BIN / "pgbench"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-n",
+            "-S",
+            "-M",
+            mode,
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 2)),
+            "-T",
+            str(seconds),
+            "postgres",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     match = TPS.search(result.stdout)
     if not match:
@@ -118,9 +147,24 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="pgml-bench-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        subprocess.run([str(BIN / "pgbench"), "-i", "-q", "-s", "10", "-h", str(cluster.socket_dir),
-                        "-p", str(cluster.port), "-U", "postgres", "postgres"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                str(BIN / "pgbench"),
+                "-i",
+                "-q",
+                "-s",
+                "10",
+                "-h",
+                str(cluster.socket_dir),
+                "-p",
+                str(cluster.port),
+                "-U",
+                "postgres",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
+        )
         proxy, proxy_port, start_seconds = start_proxy(cluster)
         processes.append(proxy)
         time.sleep(0.5)
@@ -137,23 +181,32 @@ def main() -> None:
                 for name, port in targets.items():
                     tps = pgbench(port, mode, clients, args.seconds)
                     results.setdefault((name, mode, clients), []).append(tps)
-                    print(f"round {round_no + 1} {mode:8} c={clients} {name:10} {tps:10.0f} tps",
-                          flush=True)
+                    print(
+                        f"round {round_no + 1} {mode:8} c={clients} {name:10} {tps:10.0f} tps",
+                        flush=True,
+                    )
         print()
         print(f"proxy start to accepting connections: {start_seconds:.3f} s")
         print(f"proxy idle RSS: {idle_mb:.1f} MB")
         print()
-        print("| protocol | clients | direct tps | " + " | ".join(
-            f"{name} ratio" for name in targets if name != "direct") + " |")
+        print(
+            "| protocol | clients | direct tps | "
+            + " | ".join(f"{name} ratio" for name in targets if name != "direct")
+            + " |"
+        )
         print("|---|---|---|" + "---|" * (len(targets) - 1))
         for mode, clients in cells:
             direct = statistics.median(results[("direct", mode, clients)])
             ratios = [
                 statistics.median(results[(name, mode, clients)]) / direct
-                for name in targets if name != "direct"
+                for name in targets
+                if name != "direct"
             ]
-            print(f"| {mode} | {clients} | {direct:.0f} | "
-                  + " | ".join(f"{r:.3f}" for r in ratios) + " |")
+            print(
+                f"| {mode} | {clients} | {direct:.0f} | "
+                + " | ".join(f"{r:.3f}" for r in ratios)
+                + " |"
+            )
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)

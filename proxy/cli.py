@@ -33,8 +33,9 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
-    proxy = Proxy(upstream, tls_context=tls_context(settings),
-                  connect_timeout=settings.connect_timeout)
+    proxy = Proxy(
+        upstream, tls_context=tls_context(settings), connect_timeout=settings.connect_timeout
+    )
     await proxy.listen(settings.host, settings.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from proxy.embedded import DEFAULT_DATA_DIR
 
@@ -38,23 +39,44 @@ def build_parser() -> argparse.ArgumentParser:
         f"e.g. {ENV_PREFIX}UPSTREAM.",
     )
 
-    def add(flag: str, help_text: str, default: str | None, **kwargs: object) -> None:
-        parser.add_argument(f"--{flag}", default=_env(flag) or default, help=help_text, **kwargs)  # type: ignore[call-overload]
+    def add(flag: str, help_text: str, default: str | None, **kwargs: Any) -> None:
+        parser.add_argument(f"--{flag}", default=_env(flag) or default, help=help_text, **kwargs)
 
     add("host", "address to listen on (default %(default)s)", "127.0.0.1")
     add("port", "port to listen on (default %(default)s)", "6432", type=int)
-    add("upstream", "connection string of the real PostgreSQL; without it an embedded "
-        "PostgreSQL is started in --data-dir", None, metavar="DSN")
-    add("data-dir", "data folder of the embedded PostgreSQL (default %(default)s)",
-        str(DEFAULT_DATA_DIR), type=Path)
+    add(
+        "upstream",
+        "connection string of the real PostgreSQL; without it an embedded "
+        "PostgreSQL is started in --data-dir",
+        None,
+        metavar="DSN",
+    )
+    add(
+        "data-dir",
+        "data folder of the embedded PostgreSQL (default %(default)s)",
+        str(DEFAULT_DATA_DIR),
+        type=Path,
+    )
     add("tls-cert", "PEM certificate for TLS from clients", None, type=Path)
     add("tls-key", "PEM private key for --tls-cert", None, type=Path)
-    add("log-level", "debug, info, warning or error (default %(default)s)", "info",
-        choices=["debug", "info", "warning", "error"])
-    add("connect-timeout", "seconds to wait for the upstream server (default %(default)s)",
-        "10", type=float)
-    add("shutdown-grace", "seconds in-flight statements get on SIGINT/SIGTERM "
-        "(default %(default)s)", "5", type=float)
+    add(
+        "log-level",
+        "debug, info, warning or error (default %(default)s)",
+        "info",
+        choices=["debug", "info", "warning", "error"],
+    )
+    add(
+        "connect-timeout",
+        "seconds to wait for the upstream server (default %(default)s)",
+        "10",
+        type=float,
+    )
+    add(
+        "shutdown-grace",
+        "seconds in-flight statements get on SIGINT/SIGTERM (default %(default)s)",
+        "5",
+        type=float,
+    )
     return parser
 
 

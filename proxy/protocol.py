@@ -171,8 +171,16 @@ class MessageFramer:
     Messages not watched are never buffered: a partial one is relayed as it comes.
     """
 
-    __slots__ = ("_need", "_pending", "_skip", "at_boundary", "count", "counted", "last_type",
-                 "watched")
+    __slots__ = (
+        "_need",
+        "_pending",
+        "_skip",
+        "at_boundary",
+        "count",
+        "counted",
+        "last_type",
+        "watched",
+    )
 
     def __init__(self, watched: Iterable[int] = (), counted: Iterable[int] = ()) -> None:
         self.watched = frozenset(watched)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -35,7 +36,7 @@ class UpstreamAddress:
         return self.socket_path if self.is_unix else f"{self.host}:{self.port}"
 
     async def open(
-        self, protocol_factory: asyncio.protocols._ProtocolFactory[asyncio.Protocol]
+        self, protocol_factory: Callable[[], asyncio.Protocol]
     ) -> tuple[asyncio.Transport, asyncio.Protocol]:
         """Open a connection to the server with the given protocol."""
         loop = asyncio.get_running_loop()
@@ -47,7 +48,7 @@ class UpstreamAddress:
             transport, protocol = await loop.create_connection(
                 protocol_factory, self.host, self.port
             )
-        return transport, protocol  # type: ignore[return-value]
+        return transport, protocol
 
 
 def parse_upstream(dsn: str) -> UpstreamAddress:

@@ -15,8 +15,10 @@ PASSWORDS = {"md5_user": "md5 secret", "scram_user": "scram secret", "plain_user
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[PostgresCluster]:
     server = PostgresCluster().start()
-    server.psql("SET password_encryption = 'md5'; "
-                f"CREATE ROLE md5_user LOGIN PASSWORD '{PASSWORDS['md5_user']}'")
+    server.psql(
+        "SET password_encryption = 'md5'; "
+        f"CREATE ROLE md5_user LOGIN PASSWORD '{PASSWORDS['md5_user']}'"
+    )
     for user in ("scram_user", "plain_user"):
         server.psql(f"CREATE ROLE {user} LOGIN PASSWORD '{PASSWORDS[user]}'")
     server.psql("GRANT ALL ON SCHEMA public TO PUBLIC")

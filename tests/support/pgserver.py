@@ -65,8 +65,17 @@ class PostgresCluster:
             ensure_folder_permissions(BIN.parent / "lib", 0o044)
             for path in (self.root, self.data, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-        self._pg("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                 "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync")
+        self._pg(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        )
         (self.data / "pg_hba.conf").write_text(HBA)
         conf = {
             "listen_addresses": "'127.0.0.1'",
@@ -81,8 +90,17 @@ class PostgresCluster:
         }
         with (self.data / "postgresql.conf").open("a") as handle:
             handle.writelines(f"{key} = {value}\n" for key, value in conf.items())
-        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"),
-                 "-w", "-t", "30", "start")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
         return self
 
     def stop(self) -> None:
@@ -91,16 +109,26 @@ class PostgresCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def restart(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "restart",
-                 "-l", str(self.root / "server.log"))
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-m",
+            "fast",
+            "-w",
+            "restart",
+            "-l",
+            str(self.root / "server.log"),
+        )
 
     def _pg(self, program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [str(BIN / program), *args]
         kwargs: dict[str, object] = {}
         if self._run_as:
             kwargs["user"] = pwd.getpwnam(self._run_as).pw_uid
-        return subprocess.run(command, check=check, capture_output=True, text=True, cwd=self.root,
-                              **kwargs)  # type: ignore[call-overload]
+        return subprocess.run(
+            command, check=check, capture_output=True, text=True, cwd=self.root, **kwargs
+        )  # type: ignore[call-overload]
 
     # --- addresses -------------------------------------------------------------------
 
@@ -108,8 +136,9 @@ class PostgresCluster:
     def host(self) -> str:
         return "127.0.0.1"
 
-    def dsn(self, user: str = "postgres", password: str | None = None,
-            database: str = "postgres") -> str:
+    def dsn(
+        self, user: str = "postgres", password: str | None = None, database: str = "postgres"
+    ) -> str:
         secret = f":{password}" if password else ""
         return f"postgresql://{user}{secret}@127.0.0.1:{self.port}/{database}"
 
@@ -119,10 +148,26 @@ class PostgresCluster:
     def psql(self, sql: str, *, database: str = "postgres") -> str:
         """Run SQL as the superuser over the Unix socket; return psql's unaligned output."""
         result = subprocess.run(
-            [str(BIN / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1",
-             "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres",
-             "-d", database, "-c", sql],
-            check=True, capture_output=True, text=True,
+            [
+                str(BIN / "psql"),
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return result.stdout
 

@@ -33,7 +33,11 @@ class ProxyProcess:
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "proxy", *self.args],
-                cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=log, text=True,
+                cwd=ROOT,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
             )
         assert self.process.stdout is not None
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
@@ -45,12 +49,18 @@ class ProxyProcess:
         self.started_in = time.monotonic() - began
         return self
 
-    def dsn(self, user: str = "postgres", password: str | None = None,
-            database: str = "postgres", **params: str) -> str:
+    def dsn(
+        self,
+        user: str = "postgres",
+        password: str | None = None,
+        database: str = "postgres",
+        **params: str,
+    ) -> str:
         secret = f":{password}" if password else ""
         query = "&".join(f"{k}={v}" for k, v in params.items())
-        return (f"postgresql://{user}{secret}@127.0.0.1:{self.port}/{database}"
-                + (f"?{query}" if query else ""))
+        return f"postgresql://{user}{secret}@127.0.0.1:{self.port}/{database}" + (
+            f"?{query}" if query else ""
+        )
 
     def log(self) -> str:
         return self.log_path.read_text()

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up the virtual environment with the test tools and run every check:
+# ruff (lint and format), mypy, and the whole pytest suite against real PostgreSQL servers
+# that the tests start themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PGML_PROXY_EXTRAS=test source scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+exec .venv/bin/pytest "$@"
