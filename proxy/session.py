@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgml_proxy.session")
 
+STARTUP_TIMEOUT = 60.0
+"""Seconds a new connection may take to send its startup packet (PostgreSQL's
+authentication_timeout default); after that it is dropped."""
+
 WRITE_BUFFER_HIGH_WATER = 256 * 1024
 """Bytes queued for one peer before the other peer's reads are paused."""
 
@@ -60,6 +64,8 @@ class ClientSession(asyncio.Protocol):
             watched=(pg.BACKEND_KEY_DATA, pg.READY_FOR_QUERY), counted=(pg.READY_FOR_QUERY,)
         )
         self._paused: set[str] = set()
+        self._legacy_startup = False
+        self._startup_timer: asyncio.TimerHandle | None = None
 
     # --- client side ---------------------------------------------------------------
 
@@ -69,6 +75,14 @@ class ClientSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
         self.proxy.sessions.add(self)
+        self._startup_timer = asyncio.get_running_loop().call_later(
+            STARTUP_TIMEOUT, self._startup_timed_out
+        )
+
+    def _startup_timed_out(self) -> None:
+        if self.phase in (Phase.STARTUP, Phase.TLS):
+            log.warning("session %d: no startup packet from %s in time", self.id, self.peer)
+            self._close_both()
 
     def data_received(self, data: bytes) -> None:
         if self.phase is Phase.RELAYING or self.phase is Phase.AUTHENTICATING:
@@ -96,6 +110,8 @@ class ClientSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.phase
         self.phase = Phase.CLOSED
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
         self.proxy.sessions.discard(self)
         if self.cancel_key is not None:
             self.proxy.cancel_keys.pop(self.cancel_key, None)
@@ -161,6 +177,11 @@ class ClientSession(asyncio.Protocol):
         self.phase = Phase.STARTUP
 
     def _begin_connect(self, startup: pg.StartupMessage, leftover: bytes) -> None:
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+        # PostgreSQL answers other major versions with one error in the old format and
+        # closes: those bytes are relayed unframed.
+        self._legacy_startup = startup.major < 3
         self.user = startup.params.get("user", "")
         self.database = startup.params.get("database", self.user)
         self.phase = Phase.CONNECTING
@@ -201,6 +222,9 @@ class ClientSession(asyncio.Protocol):
     def server_data(self, data: bytes) -> None:
         client = self._client
         if client is None or self.phase is Phase.CLOSED:
+            return
+        if self._legacy_startup:
+            client.write(data)
             return
         if self.phase is Phase.RELAYING:
             # Relayed before it is framed: the framing is bookkeeping, not a gate.
