@@ -76,6 +76,16 @@ def start_proxy(cluster: PostgresCluster) -> tuple[subprocess.Popen[bytes], int,
     return process, port, time.monotonic() - started
 
 
+def start_bare_relay(cluster: PostgresCluster) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    socket_path = str(cluster.socket_dir / f".s.PGSQL.{cluster.port}")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "bare_relay.py"), str(port), socket_path]
+    )
+    wait_for_port(port)
+    return process, port
+
+
 def start_pgbouncer(cluster: PostgresCluster, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +98,7 @@ def start_pgbouncer(cluster: PostgresCluster, workdir: Path) -> tuple[subprocess
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = trust\nauth_file = {workdir / 'users.txt'}\n"
         "pool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 50\n"
+        "log_connections = 0\nlog_disconnections = 0\n"
         f"logfile = {workdir / 'pgbouncer.log'}\n"
     )
     command = ["pgbouncer", str(ini)]
@@ -96,7 +107,7 @@ def start_pgbouncer(cluster: PostgresCluster, workdir: Path) -> tuple[subprocess
         for path in (workdir.parent, workdir, *workdir.iterdir()):
             os.chown(path, uid, -1)
         command = ["pgbouncer", "-u", SYSTEM_USER, str(ini)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port)
     return process, port
 
@@ -139,6 +150,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--clients", default="1,8")
     parser.add_argument("--no-pgbouncer", action="store_true")
+    parser.add_argument(
+        "--bare-relay", action="store_true", help="also measure a relay of bytes with no framing"
+    )
     args = parser.parse_args()
     if not args.no_pgbouncer and shutil.which("pgbouncer") is None:
         sys.exit("pgbouncer not found: apt-get install pgbouncer, or pass --no-pgbouncer")
@@ -170,6 +184,10 @@ def main() -> None:
         time.sleep(0.5)
         idle_mb = rss_mb(proxy.pid)
         targets = {"direct": cluster.port, "pgml-proxy": proxy_port}
+        if args.bare_relay:
+            relay, relay_port = start_bare_relay(cluster)
+            processes.append(relay)
+            targets["bare-relay"] = relay_port
         if not args.no_pgbouncer:
             bouncer, bouncer_port = start_pgbouncer(cluster, workdir / "pgbouncer")
             processes.append(bouncer)
@@ -189,24 +207,20 @@ def main() -> None:
         print(f"proxy start to accepting connections: {start_seconds:.3f} s")
         print(f"proxy idle RSS: {idle_mb:.1f} MB")
         print()
-        print(
-            "| protocol | clients | direct tps | "
-            + " | ".join(f"{name} ratio" for name in targets if name != "direct")
-            + " |"
-        )
-        print("|---|---|---|" + "---|" * (len(targets) - 1))
+        others = [name for name in targets if name != "direct"]
+        compare = "pgbouncer" in targets
+        header = ["protocol", "clients", "direct tps", *(f"{name} / direct" for name in others)]
+        if compare:
+            header.append("pgml-proxy / pgbouncer")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
         for mode, clients in cells:
-            direct = statistics.median(results[("direct", mode, clients)])
-            ratios = [
-                statistics.median(results[(name, mode, clients)]) / direct
-                for name in targets
-                if name != "direct"
-            ]
-            print(
-                f"| {mode} | {clients} | {direct:.0f} | "
-                + " | ".join(f"{r:.3f}" for r in ratios)
-                + " |"
-            )
+            median = {name: statistics.median(results[(name, mode, clients)]) for name in targets}
+            row = [mode, str(clients), f"{median['direct']:.0f}"]
+            row += [f"{median[name] / median['direct']:.3f}" for name in others]
+            if compare:
+                row.append(f"{median['pgml-proxy'] / median['pgbouncer']:.3f}")
+            print("| " + " | ".join(row) + " |")
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)

@@ -124,6 +124,10 @@ class StartupReader:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
+    @property
+    def has_partial_packet(self) -> bool:
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
         """Return ``(packet, leftover)`` once a whole packet is in, else ``None``."""
         self._buffer += data

@@ -65,6 +65,9 @@ class ClientSession(asyncio.Protocol):
         )
         self._paused: set[str] = set()
         self._legacy_startup = False
+        self._closing = False
+        """Set once the proxy itself ends the session, so the close is not reported twice."""
+        self._reply_timer: asyncio.TimerHandle | None = None
         self._startup_timer: asyncio.TimerHandle | None = None
 
     # --- client side ---------------------------------------------------------------
@@ -115,12 +118,26 @@ class ClientSession(asyncio.Protocol):
         self.proxy.sessions.discard(self)
         if self.cancel_key is not None:
             self.proxy.cancel_keys.pop(self.cancel_key, None)
+        if self._reply_timer is not None:
+            self._reply_timer.cancel()
+        if not self._closing:
+            self._report_incomplete_input(was)
         if self._upstream is not None and not self._upstream.is_closing():
             if was is Phase.RELAYING and self.in_flight and self.backend_key is not None:
                 self.proxy.send_cancel(*self.backend_key)
             self._upstream.write(pg.message(b"X"))
             self._upstream.close()
         log.debug("session %d: client %s disconnected", self.id, self.peer)
+
+    def _report_incomplete_input(self, phase: Phase) -> None:
+        """Log a client that hung up halfway through a packet, as PostgreSQL does."""
+        if phase is Phase.STARTUP and self._startup.has_partial_packet:
+            what = "incomplete startup packet"
+        elif phase in (Phase.AUTHENTICATING, Phase.RELAYING) and not self._from_client.at_boundary:
+            what = "incomplete message from client"
+        else:
+            return
+        log.warning("session %d: %s from %s; connection closed", self.id, what, self.peer)
 
     def pause_writing(self) -> None:
         if self._upstream is not None and not self._upstream.is_closing():
@@ -215,7 +232,24 @@ class ClientSession(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_WATER)
         transport.write(first_bytes)
         self.phase = Phase.AUTHENTICATING
+        self._reply_timer = asyncio.get_running_loop().call_later(
+            self.proxy.connect_timeout, self._upstream_silent
+        )
         self._resume_client("connecting")
+
+    def _upstream_silent(self) -> None:
+        """The upstream accepted the connection but never answered the startup packet."""
+        address = self.proxy.upstream.describe()
+        log.warning("session %d: upstream %s unreachable: timeout expired", self.id, address)
+        if self._upstream is not None:
+            self._upstream.abort()
+        self._fail(
+            PgError(
+                "FATAL",
+                "08006",
+                f"could not connect to upstream server at {address}: timeout expired",
+            )
+        )
 
     # --- upstream side ---------------------------------------------------------------
 
@@ -234,6 +268,9 @@ class ClientSession(asyncio.Protocol):
             except ProtocolViolation as exc:
                 self._upstream_violation(exc)
             return
+        if self._reply_timer is not None:
+            self._reply_timer.cancel()
+            self._reply_timer = None
         try:
             chunks = self._from_server.feed(data, pg.want_all)
         except ProtocolViolation as exc:
@@ -265,7 +302,7 @@ class ClientSession(asyncio.Protocol):
         return message.raw
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        if self._client is None or self.phase is Phase.CLOSED:
+        if self._client is None or self.phase is Phase.CLOSED or self._closing:
             return
         frames = self._from_server
         sent_fatal = frames.last_type == pg.ERROR_RESPONSE and frames.at_boundary
@@ -318,10 +355,12 @@ class ClientSession(asyncio.Protocol):
         self._close_client()
 
     def _close_client(self) -> None:
+        self._closing = True
         if self._client is not None:
             self._client.close()
 
     def _close_both(self) -> None:
+        self._closing = True
         if self._upstream is not None:
             self._upstream.close()
         self._close_client()
