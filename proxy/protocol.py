@@ -153,6 +153,8 @@ class Message:
 
     type: int
     raw: bytes
+    seq: int = 0
+    """The framer's ``count`` once this message was counted: its place among sync points."""
 
     @property
     def body(self) -> bytes:
@@ -237,7 +239,7 @@ class MessageFramer:
                 if want(mtype, data, pos, end):
                     if start < pos:
                         out.append(data[start:pos])
-                    out.append(Message(mtype, data[pos:end]))
+                    out.append(Message(mtype, data[pos:end], count))
                     start = end
             elif end > n:
                 self._skip = end - n
@@ -291,7 +293,7 @@ class MessageFramer:
         self._pending = bytearray()
         self._need = 0
         if want(raw[0], raw, 0, len(raw)):
-            out.append(Message(raw[0], raw))
+            out.append(Message(raw[0], raw, self.count))
         else:
             out.append(raw)
         return data
@@ -302,8 +304,17 @@ def mentions_pgml(mtype: int, data: bytes, start: int, end: int) -> bool:
     return PGML_PATTERN.search(data, start + 5, end) is not None
 
 
+def client_message_of_interest(mtype: int, data: bytes, start: int, end: int) -> bool:
+    """Terminate, or a Query or Parse that mentions ``pgml``."""
+    return mtype == TERMINATE or PGML_PATTERN.search(data, start + 5, end) is not None
+
+
 def want_all(mtype: int, data: bytes, start: int, end: int) -> bool:
     return True
+
+
+EVERY_TYPE = frozenset(range(256))
+"""Watch every message: for when the proxy itself reads the server's replies."""
 
 
 # --- encoding replies ----------------------------------------------------------------

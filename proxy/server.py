@@ -7,11 +7,16 @@ import itertools
 import logging
 import ssl
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from proxy import protocol as pg
 from proxy.protocol import PgError
 from proxy.session import ClientSession
 from proxy.upstream import UpstreamAddress
+
+if TYPE_CHECKING:
+    from handlers.serving import Services
 
 log = logging.getLogger("pgml_proxy.server")
 
@@ -29,6 +34,7 @@ class Proxy:
         *,
         tls_context: ssl.SSLContext | None = None,
         connect_timeout: float = 10.0,
+        services: Callable[[], Services] | None = None,
     ) -> None:
         self.upstream = upstream
         self.tls_context = tls_context
@@ -38,6 +44,20 @@ class Proxy:
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._make_services = services
+        self._services: Services | None = None
+
+    @property
+    def services(self) -> Services:
+        """What the pgml handlers share; created on the first pgml statement."""
+        if self._services is None:
+            if self._make_services is None:
+                from handlers.serving import Services
+
+                self._services = Services()
+            else:
+                self._services = self._make_services()
+        return self._services
 
     async def listen(self, host: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
@@ -60,10 +80,10 @@ class Proxy:
     def forward_cancel(self, request: pg.CancelRequest) -> None:
         """Relay a client's CancelRequest to the backend its key was issued for."""
         session = self.cancel_keys.get((request.pid, request.secret))
-        if session is None or session.backend_key is None:
+        if session is None:
             log.info("cancel request with an unknown key ignored")
             return
-        self.send_cancel(*session.backend_key)
+        session.request_cancel()
 
     def send_cancel(self, pid: int, secret: bytes) -> None:
         task = asyncio.get_running_loop().create_task(self._send_cancel(pid, secret))

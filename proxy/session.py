@@ -15,6 +15,7 @@ import secrets
 from typing import TYPE_CHECKING, cast
 
 from proxy import protocol as pg
+from proxy.inband import Inband
 from proxy.protocol import Message, PgError, ProtocolViolation
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class ClientSession(asyncio.Protocol):
         self._upstream: asyncio.Transport | None = None
         self._startup = pg.StartupReader()
         self._from_client = pg.MessageFramer(
-            watched=(pg.QUERY, pg.PARSE), counted=_CLIENT_SYNC_POINTS
+            watched=(pg.QUERY, pg.PARSE, pg.TERMINATE), counted=_CLIENT_SYNC_POINTS
         )
         self._from_server = pg.MessageFramer(
             watched=(pg.BACKEND_KEY_DATA, pg.READY_FOR_QUERY), counted=(pg.READY_FOR_QUERY,)
@@ -68,6 +69,13 @@ class ClientSession(asyncio.Protocol):
         self._closing = False
         """Set once the proxy itself ends the session, so the close is not reported twice."""
         self._reply_timer: asyncio.TimerHandle | None = None
+        self._statement: asyncio.Task[None] | None = None
+        self._held: list[pg.Chunk] = []
+        """Client input that came after the pgml statement being run, in order."""
+        self._inband: Inband | None = None
+        self._idle_waiter: tuple[int, asyncio.Future[None]] | None = None
+        self._last_server_read = b""
+        self._cancel_requested = False
         self._startup_timer: asyncio.TimerHandle | None = None
 
     # --- client side ---------------------------------------------------------------
@@ -95,7 +103,7 @@ class ClientSession(asyncio.Protocol):
 
     def _relay_client_data(self, data: bytes) -> None:
         try:
-            chunks = self._from_client.feed(data, pg.mentions_pgml)
+            chunks = self._from_client.feed(data, pg.client_message_of_interest)
         except ProtocolViolation as exc:
             self._violation(exc)
             return
@@ -104,8 +112,20 @@ class ClientSession(asyncio.Protocol):
         if chunks is None:
             upstream.write(data)
             return
-        for chunk in chunks:
-            upstream.write(chunk.raw if isinstance(chunk, Message) else chunk)
+        self._relay_chunks(chunks)
+
+    def _relay_chunks(self, chunks: list[pg.Chunk]) -> None:
+        """Relay framed client input until a pgml statement, which is held with what follows."""
+        assert self._upstream is not None
+        for index, chunk in enumerate(chunks):
+            if isinstance(chunk, Message):
+                if chunk.type == pg.TERMINATE:
+                    self._closing = True  # the upstream's close that follows is expected
+                    self._upstream.write(chunk.raw)
+                    continue
+                self._begin_statement(chunk, chunks[index + 1 :])
+                return
+            self._upstream.write(chunk)
 
     def eof_received(self) -> bool | None:
         return None
@@ -120,6 +140,8 @@ class ClientSession(asyncio.Protocol):
             self.proxy.cancel_keys.pop(self.cancel_key, None)
         if self._reply_timer is not None:
             self._reply_timer.cancel()
+        if self._statement is not None:
+            self._statement.cancel()
         if not self._closing:
             self._report_incomplete_input(was)
         if self._upstream is not None and not self._upstream.is_closing():
@@ -261,12 +283,19 @@ class ClientSession(asyncio.Protocol):
             client.write(data)
             return
         if self.phase is Phase.RELAYING:
+            if self._inband is not None:
+                self._inband_data(data)
+                return
             # Relayed before it is framed: the framing is bookkeeping, not a gate.
             client.write(data)
             try:
                 self._from_server.feed(data, pg.want_all)
             except ProtocolViolation as exc:
                 self._upstream_violation(exc)
+                return
+            self._last_server_read = data
+            if self._idle_waiter is not None:
+                self._check_idle()
             return
         if self._reply_timer is not None:
             self._reply_timer.cancel()
@@ -301,12 +330,25 @@ class ClientSession(asyncio.Protocol):
             )
         return message.raw
 
+    def _inband_data(self, data: bytes) -> None:
+        assert self._inband is not None
+        try:
+            chunks = self._from_server.feed(data, pg.want_all)
+        except ProtocolViolation as exc:
+            self._upstream_violation(exc)
+            return
+        for chunk in chunks or ():
+            if isinstance(chunk, Message):
+                self._inband.deliver(chunk)
+
     def upstream_lost(self, exc: Exception | None) -> None:
-        if self._client is None or self.phase is Phase.CLOSED or self._closing:
+        if self._inband is not None:
+            self._inband.upstream_gone()
+        if self._client is None or self.phase is Phase.CLOSED:
             return
         frames = self._from_server
         sent_fatal = frames.last_type == pg.ERROR_RESPONSE and frames.at_boundary
-        if self.phase is Phase.RELAYING and not sent_fatal:
+        if self.phase is Phase.RELAYING and not sent_fatal and not self._closing:
             log.warning("session %d: upstream closed the connection unexpectedly", self.id)
             if frames.at_boundary:
                 self._client.write(
@@ -324,6 +366,84 @@ class ClientSession(asyncio.Protocol):
 
     def upstream_resumed(self) -> None:
         self._resume_client("upstream-full")
+
+    # --- statements the proxy runs ---------------------------------------------------
+
+    def _begin_statement(self, message: Message, rest: list[pg.Chunk]) -> None:
+        self._held = rest + self._held
+        self._pause_client("statement")
+        self._cancel_requested = False
+        self._statement = asyncio.get_running_loop().create_task(self._run_statement(message))
+
+    async def _run_statement(self, message: Message) -> None:
+        from proxy.statements import prepare_query
+
+        try:
+            prepared = prepare_query(message)
+            if prepared is None:
+                self._write_upstream(message.raw)
+            else:
+                await self._until_idle(message.seq - 1)
+                inband = Inband(self._write_upstream, self._write_client)
+                inband.status = self._last_server_read[-1:] or b"I"
+                self._inband = inband
+                self._from_server.watched = pg.EVERY_TYPE
+                await prepared.run(inband, self.proxy.services, lambda: self._cancel_requested)
+                self._write_client(pg.ready_for_query(inband.status))
+                self._from_server.count = message.seq
+                self._last_server_read = pg.ready_for_query(inband.status)
+        except asyncio.CancelledError:
+            self._closing = True
+        except ConnectionError:
+            self._close_both()
+        except Exception:
+            log.exception("session %d: internal error running a pgml statement", self.id)
+            self._close_both()
+        finally:
+            self._inband = None
+            self._from_server.watched = frozenset()
+            self._statement = None
+        if not self._closing:
+            self._resume_relay()
+
+    def _resume_relay(self) -> None:
+        held, self._held = self._held, []
+        if held and self.phase is Phase.RELAYING:
+            self._relay_chunks(held)
+        if self._statement is None:
+            self._resume_client("statement")
+
+    async def _until_idle(self, answered: int) -> None:
+        """Wait until the server has answered everything relayed before the statement."""
+        future = asyncio.get_running_loop().create_future()
+        self._idle_waiter = (answered, future)
+        self._check_idle()
+        try:
+            await future
+        finally:
+            self._idle_waiter = None
+
+    def _check_idle(self) -> None:
+        assert self._idle_waiter is not None
+        answered, future = self._idle_waiter
+        frames = self._from_server
+        if frames.count >= answered and frames.at_boundary and not future.done():
+            future.set_result(None)
+
+    def request_cancel(self) -> None:
+        """A client's CancelRequest: stop the proxy's own work and the backend's query."""
+        if self._statement is not None:
+            self._cancel_requested = True
+        if self.backend_key is not None:
+            self.proxy.send_cancel(*self.backend_key)
+
+    def _write_upstream(self, data: bytes) -> None:
+        if self._upstream is not None and not self._upstream.is_closing():
+            self._upstream.write(data)
+
+    def _write_client(self, data: bytes) -> None:
+        if self._client is not None and not self._client.is_closing():
+            self._client.write(data)
 
     # --- state ---------------------------------------------------------------------
 

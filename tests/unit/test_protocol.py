@@ -115,7 +115,7 @@ class TestFramer:
         assert framer.feed(PGML_QUERY[:10], pg.mentions_pgml) == []
         assert not framer.at_boundary
         chunks = framer.feed(PGML_QUERY[10:], pg.mentions_pgml)
-        assert chunks == [Message(pg.QUERY, PGML_QUERY)]
+        assert chunks == [Message(pg.QUERY, PGML_QUERY, seq=1)]
 
     def test_unwatched_message_streams_without_buffering(self) -> None:
         framer = self.make()

@@ -1,0 +1,96 @@
+"""The pgml functions the proxy runs: their SQL signatures and their handlers.
+
+Adding a function is declaring its :class:`Function` here and writing its handler: the
+planner resolves calls against these signatures and the executor calls the handler with
+batches of argument tuples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from handlers.errors import PgmlError
+
+TEXT_OIDS = frozenset({25, 1043, 1042, 19, 705})
+"""text, varchar, bpchar, name, unknown."""
+TEXT_ARRAY_OIDS = frozenset({1009, 1015, 1014})
+INTEGER_OIDS = frozenset({20, 21, 23})
+NUMBER_OIDS = INTEGER_OIDS | {700, 701, 1700}
+JSON_OIDS = frozenset({114, 3802}) | TEXT_OIDS
+BOOLEAN_OIDS = frozenset({16}) | TEXT_OIDS
+
+ACCEPTED_OIDS: dict[str, frozenset[int]] = {
+    "text": TEXT_OIDS,
+    "text[]": TEXT_ARRAY_OIDS,
+    "bigint": INTEGER_OIDS,
+    "real": NUMBER_OIDS,
+    "jsonb": JSON_OIDS,
+    "boolean": BOOLEAN_OIDS,
+}
+"""Argument types each parameter type takes, as PostgreSQL's implicit casts would."""
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    type: str
+    default: Any = None
+    required: bool = True
+
+
+Args = tuple[Any, ...]
+Handler = Callable[["CallContext", Sequence[Args]], Awaitable[list[Any]]]
+"""Gets a batch of argument tuples (no NULLs), returns one result per tuple: a value,
+or for set-returning functions a list of rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overload:
+    params: tuple[Param, ...]
+    returns: str
+    """SQL type of the value, or of each row's column for ``columns``."""
+    handler: Handler
+    set_returning: bool = False
+    columns: tuple[tuple[str, str], ...] = ()
+    """``TABLE(...)`` result columns: (name, SQL type)."""
+    row_dependent_ok: bool = True
+    """Whether arguments may read columns (evaluated per row in batches)."""
+
+    def accepts(self, type_oids: Sequence[int | None]) -> bool:
+        return all(
+            oid is None or oid in ACCEPTED_OIDS[param.type]
+            for param, oid in zip(self.params, type_oids, strict=False)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    name: str
+    overloads: tuple[Overload, ...]
+
+    def parameter_names(self) -> set[str]:
+        return {p.name for o in self.overloads for p in o.params}
+
+
+class CallContext:
+    """What a handler may use: the proxy's settings and shared caches."""
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+
+def describe_call(name: str, type_names: Sequence[str]) -> str:
+    return f"pgml.{name}({', '.join(type_names)})"
+
+
+def no_such_function(name: str, type_names: Sequence[str], function: Function) -> PgmlError:
+    signatures = "; ".join(
+        describe_call(name, [f"{p.name} {p.type}" for p in o.params]) for o in function.overloads
+    )
+    return PgmlError(
+        "42883",
+        f"function {describe_call(name, type_names)} does not exist",
+        hint=f"Available: {signatures}.",
+    )

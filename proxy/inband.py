@@ -1,0 +1,194 @@
+"""In-band access to a client's own upstream session, for the statements the proxy runs.
+
+While the proxy executes a pgml statement, the relay hands every server message to an
+:class:`Inband` instead of the client.  The executor sends helper SQL through it and
+reads the replies; it decides which replies reach the client (the final statement's
+rows) and which are swallowed (helpers').  Notices, notifications and parameter changes
+always reach the client at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from proxy import protocol as pg
+from proxy.protocol import Message
+
+_ALWAYS_FORWARDED = frozenset(b"NAS")
+"""NoticeResponse, NotificationResponse, ParameterStatus."""
+
+_INT16 = struct.Struct("!h")
+_INT32 = struct.Struct("!i")
+_FIELD_TAIL = struct.Struct("!IhIhih")
+
+
+class ServerError(Exception):
+    """PostgreSQL answered a statement the proxy sent with an ErrorResponse."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.fields = pg.parse_error_fields(message.body)
+        super().__init__(self.fields.get("M", "error"))
+
+    @property
+    def sqlstate(self) -> str:
+        return self.fields.get("C", "XX000")
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type_oid: int
+    type_modifier: int
+    format: int
+
+
+@dataclass(slots=True)
+class Result:
+    """What one statement returned: its columns, rows (text or binary values) and tag."""
+
+    columns: list[Column] = field(default_factory=list)
+    rows: list[list[bytes | None]] = field(default_factory=list)
+    tag: str = ""
+
+
+def parse_row_description(body: bytes) -> list[Column]:
+    count = _INT16.unpack_from(body)[0]
+    columns: list[Column] = []
+    pos = 2
+    for _ in range(count):
+        end = body.index(b"\x00", pos)
+        name = body[pos:end].decode("utf-8")
+        _table, _attnum, oid, _size, modifier, fmt = _FIELD_TAIL.unpack_from(body, end + 1)
+        columns.append(Column(name, oid, modifier, fmt))
+        pos = end + 1 + _FIELD_TAIL.size
+    return columns
+
+
+def parse_data_row(body: bytes) -> list[bytes | None]:
+    count = _INT16.unpack_from(body)[0]
+    values: list[bytes | None] = []
+    pos = 2
+    for _ in range(count):
+        length = _INT32.unpack_from(body, pos)[0]
+        pos += 4
+        if length < 0:
+            values.append(None)
+        else:
+            values.append(body[pos : pos + length])
+            pos += length
+    return values
+
+
+def encode_parse(name: str, sql: str, param_oids: Sequence[int] = ()) -> bytes:
+    body = (
+        pg.cstring(name)
+        + pg.cstring(sql)
+        + struct.pack(f"!h{len(param_oids)}I", len(param_oids), *param_oids)
+    )
+    return pg.message(b"P", body)
+
+
+def encode_bind(
+    portal: str,
+    statement: str,
+    params: Sequence[bytes | None],
+    param_formats: Sequence[int] = (),
+    result_formats: Sequence[int] = (),
+) -> bytes:
+    parts = [pg.cstring(portal), pg.cstring(statement)]
+    parts.append(struct.pack(f"!h{len(param_formats)}h", len(param_formats), *param_formats))
+    parts.append(_INT16.pack(len(params)))
+    for value in params:
+        parts.append(_INT32.pack(-1) if value is None else _INT32.pack(len(value)) + value)
+    parts.append(struct.pack(f"!h{len(result_formats)}h", len(result_formats), *result_formats))
+    return pg.message(b"B", b"".join(parts))
+
+
+def encode_describe(kind: bytes, name: str) -> bytes:
+    return pg.message(b"D", kind + pg.cstring(name))
+
+
+def encode_execute(portal: str, max_rows: int = 0) -> bytes:
+    return pg.message(b"E", pg.cstring(portal) + _INT32.pack(max_rows))
+
+
+def encode_close(kind: bytes, name: str) -> bytes:
+    return pg.message(b"C", kind + pg.cstring(name))
+
+
+SYNC = pg.message(b"S")
+FLUSH = pg.message(b"H")
+
+
+class Inband:
+    """The executor's end of a session while the proxy runs a statement itself."""
+
+    def __init__(
+        self, send_upstream: Callable[[bytes], None], send_client: Callable[[bytes], None]
+    ) -> None:
+        self._send_upstream = send_upstream
+        self.send_client = send_client
+        self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self.status = b"I"
+        """Transaction status of the last ReadyForQuery seen."""
+
+    # --- fed by the relay ----------------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        if message.type in _ALWAYS_FORWARDED:
+            self.send_client(message.raw)
+        else:
+            self._queue.put_nowait(message)
+
+    def upstream_gone(self) -> None:
+        self._queue.put_nowait(None)
+
+    # --- used by the executor ----------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self._send_upstream(data)
+
+    async def receive(self) -> Message:
+        message = await self._queue.get()
+        if message is None:
+            raise ConnectionError("the upstream connection ended")
+        if message.type == pg.READY_FOR_QUERY:
+            self.status = message.body[:1]
+        return message
+
+    async def query(self, sql: str) -> list[Result]:
+        """Run SQL as a simple Query; return every statement's result.
+
+        Raises :class:`ServerError` for the first error, after its ReadyForQuery.
+        """
+        self.send(pg.message(b"Q", pg.cstring(sql)))
+        return await self.collect()
+
+    async def collect(self, forward: Callable[[Message], bool] | None = None) -> list[Result]:
+        """Read replies up to ReadyForQuery; ``forward`` picks messages for the client."""
+        results: list[Result] = []
+        current = Result()
+        error: ServerError | None = None
+        while True:
+            message = await self.receive()
+            if forward is not None and forward(message):
+                self.send_client(message.raw)
+            kind = message.type
+            if kind == ord("T"):
+                current.columns = parse_row_description(message.body)
+            elif kind == ord("D"):
+                current.rows.append(parse_data_row(message.body))
+            elif kind in (ord("C"), ord("I"), ord("s")):
+                current.tag = message.body[:-1].decode() if kind == ord("C") else ""
+                results.append(current)
+                current = Result()
+            elif kind == pg.ERROR_RESPONSE and error is None:
+                error = ServerError(message)
+            elif kind == pg.READY_FOR_QUERY:
+                if error is not None:
+                    raise error
+                return results

@@ -1,0 +1,268 @@
+"""Finds the pgml calls in a statement and decides how each is evaluated.
+
+The proxy never sends a pgml call to PostgreSQL.  Each call is evaluated by the proxy
+and replaced in the statement, which PostgreSQL then runs as usual, so column names,
+types, formats, command tags and transaction semantics are PostgreSQL's own:
+
+* a call whose arguments read no column (a *constant* call) becomes a bound parameter
+  (``$n::type``), or a derived table for a set-returning call in ``FROM``;
+* a call whose arguments read columns becomes a lookup into a temporary table that the
+  executor fills with the distinct argument values of the rows in the call's scope
+  and the function's result for each.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import TokenType, exp
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.errors import ParseError, TokenError
+
+from handlers.errors import PgmlError, unsupported
+from handlers.functions import Function
+from handlers.registry import FUNCTIONS
+
+DIALECT = Postgres()
+
+_BODY_CALL = re.compile(
+    r"\bpgml\s*\.\s*(" + "|".join(sorted(FUNCTIONS, key=len, reverse=True)) + r")\s*\(",
+    re.IGNORECASE,
+)
+
+
+@dataclass(eq=False)
+class CallSite:
+    """One pgml call in a statement."""
+
+    index: int
+    node: exp.Expr
+    """What gets replaced: the ``pgml.f(...)`` Dot, or the Table in ``FROM``."""
+    function: Function
+    args: list[exp.Expr]
+    names: list[str | None]
+    """For each argument, its name when passed as ``name => value``."""
+    in_from: bool
+    alias: str | None = None
+    """Column or table name the result takes where PostgreSQL would name it."""
+    scope: exp.Expr | None = None
+    """The query whose rows the arguments read; ``None`` for a constant call."""
+    in_select_list_only: bool = False
+
+    @property
+    def sql_name(self) -> str:
+        return f"pgml.{self.function.name}"
+
+
+@dataclass
+class StatementPlan:
+    tree: exp.Expr
+    calls: list[CallSite] = field(default_factory=list)
+    parameter_count: int = 0
+    """Highest ``$n`` the client's own statement uses."""
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a simple Query's text into statements, as PostgreSQL's parser would."""
+    try:
+        tokens = DIALECT.tokenize(sql)
+    except TokenError:
+        return [sql]
+    pieces: list[str] = []
+    start = 0
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            pieces.append(sql[start : token.end + 1])
+            start = token.end + 1
+    if sql[start:].strip():
+        pieces.append(sql[start:])
+    return [piece for piece in pieces if piece.strip().strip(";").strip()] or [sql]
+
+
+def plan_statement(sql: str) -> StatementPlan | None:
+    """Plan one statement; ``None`` when it calls no pgml function (relay it as it is)."""
+    try:
+        tree = sqlglot.parse_one(sql, dialect=DIALECT)
+    except (ParseError, TokenError) as exc:
+        if _BODY_CALL.search(sql):
+            raise PgmlError(
+                "42601",
+                "could not parse a statement that calls a pgml function",
+                detail=str(exc).splitlines()[0],
+                hint="Write the call in a plain SELECT, INSERT, UPDATE or CREATE TABLE AS.",
+            ) from exc
+        return None
+    if tree is None:
+        return None
+    calls = _find_calls(tree)
+    if not calls:
+        _refuse_calls_in_bodies(tree)
+        return None
+    plan = StatementPlan(tree, calls, _parameter_count(tree))
+    for call in calls:
+        _place(call)
+    return plan
+
+
+def _find_calls(tree: exp.Expr) -> list[CallSite]:
+    calls: list[CallSite] = []
+    for node in tree.walk():
+        anonymous: exp.Expr | None = None
+        in_from = False
+        if isinstance(node, exp.Dot) and _is_pgml(node.this):
+            anonymous = node.expression
+        elif isinstance(node, exp.Table) and _is_pgml(node.args.get("db")):
+            anonymous = node.this
+            in_from = True
+        if not isinstance(anonymous, exp.Anonymous):
+            continue
+        name = str(anonymous.this).lower()
+        function = FUNCTIONS.get(name)
+        if function is None:
+            continue
+        args, names = _arguments(anonymous)
+        site = CallSite(len(calls), node, function, args, names, in_from)
+        if in_from:
+            alias = node.args.get("alias")
+            site.alias = alias.name if alias is not None and alias.name else name
+        calls.append(site)
+    return calls
+
+
+def _is_pgml(node: exp.Expr | None) -> bool:
+    if not isinstance(node, exp.Identifier):
+        return False
+    return node.name == "pgml" if node.quoted else node.name.lower() == "pgml"
+
+
+def _arguments(call: exp.Anonymous) -> tuple[list[exp.Expr], list[str | None]]:
+    args: list[exp.Expr] = []
+    names: list[str | None] = []
+    for arg in call.expressions:
+        if isinstance(arg, exp.Kwarg):
+            names.append(arg.this.name)
+            args.append(arg.expression)
+        else:
+            if any(n is not None for n in names):
+                raise PgmlError("42601", "positional argument cannot follow named argument")
+            names.append(None)
+            args.append(arg)
+    return args, names
+
+
+def _parameter_count(tree: exp.Expr) -> int:
+    numbers = [
+        int(p.this.name)
+        for p in tree.find_all(exp.Parameter)
+        if isinstance(p.this, exp.Literal) and p.this.name.isdigit()
+    ]
+    return max(numbers, default=0)
+
+
+def _refuse_calls_in_bodies(tree: exp.Expr) -> None:
+    """pgml calls inside function bodies or DO blocks would reach PostgreSQL later."""
+    for literal in tree.find_all(exp.Literal, exp.Heredoc):
+        text = literal.name if isinstance(literal, exp.Literal) else str(literal.this)
+        if isinstance(literal, exp.Literal) and not literal.is_string:
+            continue
+        if _BODY_CALL.search(text) and isinstance(tree, exp.Create | exp.Command):
+            raise unsupported(
+                "pgml functions cannot be called inside a function body or DO block",
+                hint="Call pgml functions in a top-level statement, e.g. "
+                "INSERT INTO results SELECT pgml.predict(...) FROM ...",
+            )
+
+
+# --- where a call stands -------------------------------------------------------------
+
+
+def _place(call: CallSite) -> None:
+    """Find the call's scope and check that the proxy can evaluate it there."""
+    node = call.node
+    if any(isinstance(a, exp.Returning) for a in _ancestors(node)):
+        raise unsupported(
+            f"{call.sql_name} cannot be called in a RETURNING list",
+            hint="Select the returned rows first, then call the function on them: "
+            "WITH r AS (INSERT ... RETURNING ...) is not supported either; "
+            "use INSERT ... SELECT pgml... FROM ... instead.",
+        )
+    if any(isinstance(a, exp.Join) and contains(a.args.get("on"), node) for a in _ancestors(node)):
+        raise unsupported(
+            f"{call.sql_name} cannot be called in a JOIN condition",
+            hint="Compute it in a CTE first, then join on the CTE's column.",
+        )
+    reads_columns = any(_reads_columns(arg) for arg in call.args)
+    if not reads_columns:
+        if not call.in_from:
+            call.alias = _select_list_alias(call)
+        return
+    if call.in_from:
+        raise unsupported(
+            f"{call.sql_name} in FROM cannot take column arguments",
+            hint="Pass constant arguments, or call it in the select list.",
+        )
+    scope = next(
+        (a for a in _ancestors(node) if isinstance(a, exp.Select | exp.Update | exp.Delete)),
+        None,
+    )
+    if scope is None:
+        raise unsupported(f"{call.sql_name} reads columns outside of a query")
+    _refuse_correlation(call, scope)
+    call.scope = scope
+    call.alias = _select_list_alias(call)
+    call.in_select_list_only = isinstance(scope, exp.Select) and any(
+        contains(e, node) for e in scope.expressions
+    )
+
+
+def _ancestors(node: exp.Expr) -> list[exp.Expr]:
+    found: list[exp.Expr] = []
+    parent = node.parent
+    while parent is not None:
+        found.append(parent)
+        parent = parent.parent
+    return found
+
+
+def contains(root: exp.Expr | None, node: exp.Expr) -> bool:
+    """Whether ``node`` itself (not an equal copy) is in ``root``'s tree."""
+    return root is not None and any(n is node for n in root.walk())
+
+
+def _reads_columns(arg: exp.Expr) -> bool:
+    return any(isinstance(n, exp.Column) for n in arg.walk())
+
+
+def _refuse_correlation(call: CallSite, scope: exp.Expr) -> None:
+    """Column references qualified with a table that is not in the call's own scope."""
+    visible = {
+        (t.alias_or_name or "").lower()
+        for t in scope.find_all(exp.Table)
+        if t.find_ancestor(exp.Select, exp.Update, exp.Delete) is scope
+    }
+    visible |= {
+        s.alias.lower()
+        for s in scope.find_all(exp.Subquery)
+        if s.alias and s.find_ancestor(exp.Select, exp.Update, exp.Delete) is scope
+    }
+    for arg in call.args:
+        for column in arg.find_all(exp.Column):
+            if column.table and column.table.lower() not in visible:
+                raise unsupported(
+                    f"{call.sql_name} cannot read columns of an outer query "
+                    f'("{column.table}.{column.name}")',
+                    hint="Move the call to the outer query, or join the tables in one query.",
+                )
+
+
+def _select_list_alias(call: CallSite) -> str | None:
+    """The column name PostgreSQL would give a select-list item made of this call."""
+    top: exp.Expr = call.node
+    while isinstance(top.parent, exp.Cast | exp.Bracket | exp.Paren) and top.parent.this is top:
+        top = top.parent
+    parent = top.parent
+    if isinstance(parent, exp.Select) and top in parent.expressions:
+        return call.function.name
+    return None
