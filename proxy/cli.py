@@ -8,11 +8,15 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from proxy.config import Settings, parse_settings
 from proxy.embedded import EmbeddedPostgres
 from proxy.server import Proxy
 from proxy.upstream import UpstreamAddress, parse_upstream
+
+if TYPE_CHECKING:
+    from handlers.serving import Services
 
 log = logging.getLogger("pgml_proxy")
 
@@ -34,7 +38,10 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
     proxy = Proxy(
-        upstream, tls_context=tls_context(settings), connect_timeout=settings.connect_timeout
+        upstream,
+        tls_context=tls_context(settings),
+        connect_timeout=settings.connect_timeout,
+        services=lambda: _services(settings),
     )
     await proxy.listen(settings.host, settings.port)
     stop = asyncio.Event()
@@ -45,6 +52,12 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
     await stop.wait()
     log.info("shutting down: %d session(s) open", len(proxy.sessions))
     await proxy.shutdown(settings.shutdown_grace)
+
+
+def _services(settings: Settings) -> Services:
+    from handlers.serving import Services
+
+    return Services(settings.models_dir, settings.device, settings.batch_size)
 
 
 def run(settings: Settings) -> int:

@@ -25,6 +25,9 @@ class Settings:
     log_level: str
     connect_timeout: float
     shutdown_grace: float
+    models_dir: Path | None
+    device: str
+    batch_size: int
 
 
 def _env(flag: str) -> str | None:
@@ -77,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
         "5",
         type=float,
     )
+    add(
+        "models-dir",
+        "folder of local models laid out as <org>/<name>/, looked in first for model names",
+        None,
+        type=Path,
+    )
+    add("device", "where models run: auto, cpu, cuda, cuda:N or mps (default %(default)s)", "auto")
+    add(
+        "batch-size",
+        "rows per model call when a pgml function reads a column (default %(default)s)",
+        "256",
+        type=int,
+    )
     return parser
 
 
@@ -85,6 +101,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
+    if int(args.batch_size) < 1:
+        parser.error("--batch-size must be at least 1")
     return Settings(
         host=args.host,
         port=int(args.port),
@@ -95,4 +113,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         log_level=args.log_level,
         connect_timeout=float(args.connect_timeout),
         shutdown_grace=float(args.shutdown_grace),
+        models_dir=Path(args.models_dir) if args.models_dir else None,
+        device=args.device,
+        batch_size=int(args.batch_size),
     )

@@ -24,7 +24,7 @@ from handlers.errors import PgmlError
 from handlers.functions import ACCEPTED_OIDS, Args, CallContext, Overload, no_such_function
 from proxy import protocol as pg
 from proxy.inband import (
-    SYNC,
+    FLUSH,
     Inband,
     Result,
     ServerError,
@@ -34,7 +34,7 @@ from proxy.inband import (
     encode_execute,
     encode_parse,
 )
-from proxy.planner import DIALECT, CallSite, StatementPlan, contains
+from proxy.planner import DIALECT, CallSite, StatementPlan, contains, find_calls
 
 log = logging.getLogger("pgml_proxy.executor")
 
@@ -52,16 +52,28 @@ class StatementFailed(Exception):
 
 
 @dataclass
+class BoundParams:
+    """The client's own parameters of an extended-protocol statement."""
+
+    values: list[bytes | None] = field(default_factory=list)
+    formats: list[int] = field(default_factory=list)
+    oids: list[int] = field(default_factory=list)
+
+
+@dataclass
 class Execution:
-    """One client Query being run by the proxy."""
+    """Evaluates the pgml calls of statements for one client request."""
 
     inband: Inband
     context: CallContext
     batch_size: int = 256
     cancelled: Callable[[], bool] = lambda: False
-    _temp_counter: int = 0
+    user: BoundParams = field(default_factory=BoundParams)
+    temp_tables: list[str] = field(default_factory=list)
     _params: list[bytes | None] = field(default_factory=list)
-    _temp_tables: list[str] = field(default_factory=list)
+    _temp_counter: int = 0
+
+    # --- a simple Query ------------------------------------------------------------------
 
     async def report(self, error: PgmlError) -> None:
         """A Query that could not be planned: nothing of it runs, as with a syntax error."""
@@ -92,54 +104,96 @@ class Execution:
         except ServerError as error:
             raise StatementFailed from error
 
-    # --- one statement -------------------------------------------------------------
-
     async def _run_statement(self, plan: StatementPlan) -> None:
         owns_transaction = self.inband.status == b"I"
-        self._params = []
-        self._temp_tables = []
         try:
             if owns_transaction:
                 await self.inband.query("BEGIN")
-            pending = list(plan.calls)
-            while pending:
-                call = self._next_ready(pending)
-                if call.scope is None:
-                    await self._evaluate_constant(call)
-                else:
-                    await self._evaluate_per_row(call)
-                pending.remove(call)
-            await self._execute_final(plan.tree.sql(dialect=DIALECT))
-            if owns_transaction:
-                await self.inband.query("COMMIT")
-            elif self._temp_tables:
-                await self.inband.query("DROP TABLE " + ", ".join(self._temp_tables))
+            final = await self.evaluate(plan)
+            self.inband.send(
+                encode_parse("__pgml_final", final, self.param_oids())
+                + encode_bind(
+                    "__pgml_final", "__pgml_final", self.param_values(), self.param_formats()
+                )
+                + encode_describe(b"P", "__pgml_final")
+                + encode_execute("__pgml_final")
+                + encode_close(b"P", "__pgml_final")
+                + encode_close(b"S", "__pgml_final")
+                + FLUSH
+            )
+            await self.inband.steps(6, forward=lambda m: m.type in _FORWARDED_RESULTS)
+            await self.drop_temp_tables()
         except ServerError as error:
-            self.inband.send_client(_without_position(error))
-            if owns_transaction and self.inband.status != b"I":
+            self.inband.send_client(without_position(error))
+            await self.inband.sync()
+            if owns_transaction:
                 await self._quietly("ROLLBACK")
             raise StatementFailed from error
         except PgmlError as error:
             await self._fail_own(error, owns_transaction)
             raise StatementFailed from error
+        if owns_transaction:
+            try:
+                await self.inband.query("COMMIT")
+            except ServerError as error:
+                self.inband.send_client(without_position(error))
+                raise StatementFailed from error
+
+    async def _fail_own(self, error: PgmlError, owns_transaction: bool) -> None:
+        """Report an error of the proxy's; leave the transaction as PostgreSQL would."""
+        self.inband.send_client(error_response(error))
+        if owns_transaction:
+            if self.inband.status != b"I":
+                await self._quietly("ROLLBACK")
+        elif self.inband.status == b"T":
+            await self._quietly(abort_transaction_sql(error))
+
+    async def _quietly(self, sql: str) -> None:
+        with contextlib.suppress(ServerError):
+            await self.inband.query(sql)
+
+    # --- evaluating calls (both protocols) ------------------------------------------------
+
+    async def evaluate(self, plan: StatementPlan) -> str:
+        """Evaluate every call of ``plan`` in-band; return the SQL PostgreSQL runs instead.
+
+        Helpers are sent with Flush, never Sync, so the client's implicit transaction
+        and error state are PostgreSQL's as if it ran the statement itself.
+        """
+        self._params = []
+        pending = list(plan.calls)
+        while pending:
+            call = self._next_ready(pending)
+            if call.scope is None:
+                await self._evaluate_constant(call)
+            else:
+                await self._evaluate_per_row(call)
+            pending.remove(call)
+        return plan.tree.sql(dialect=DIALECT)
+
+    async def drop_temp_tables(self) -> None:
+        if self.temp_tables:
+            await self._select("DROP TABLE " + ", ".join(self.temp_tables))
+            self.temp_tables = []
+
+    def param_oids(self) -> list[int]:
+        return self.user.oids + [TEXT_OID] * len(self._params)
+
+    def param_values(self) -> list[bytes | None]:
+        return self.user.values + self._params
+
+    def param_formats(self) -> list[int]:
+        return self.user.formats + [0] * len(self._params)
 
     def _next_ready(self, pending: list[CallSite]) -> CallSite:
-        """A call none of whose inputs still holds another unevaluated call."""
-        nodes = {id(c.node) for c in pending}
+        """A call whose arguments and rows hold no call that is still to be evaluated."""
         for call in pending:
-            inputs = list(call.args)
+            inputs = [a.copy() for a in call.args]
             if call.scope is not None:
-                inputs.append(call.scope)
-            inside = {id(n) for arg in inputs for n in arg.walk() if n is not call.node}
-            if call.scope is not None:
-                inside -= {id(n) for n in call.node.walk()}
-            if not (inside & (nodes - {id(call.node)})):
+                inputs.append(_collection_select(call, [a for a in call.args if _reads_columns(a)]))
+            if not any(find_calls(i) for i in inputs):
                 return call
-        raise PgmlError(
-            "0A000", "pgml calls depend on each other in a way that cannot be evaluated"
-        )
-
-    # --- constant calls ------------------------------------------------------------------
+        raise PgmlError("0A000", "these pgml calls depend on each other in a way it cannot run")
 
     async def _evaluate_constant(self, call: CallSite) -> None:
         types, values = await self._constant_arguments(call.args)
@@ -167,29 +221,21 @@ class Execution:
         return types, values
 
     def _substitute_constant(self, call: CallSite, overload: Overload, result: Any) -> exp.Expr:
+        name = call.alias or call.function.name
         if overload.set_returning:
             rows = [] if result is None else result
             param = self._param(
                 text_array_literal([encode_value(overload.returns, r) for r in rows])
             )
-            values = exp.cast(
+            value = exp.cast(
                 exp.Anonymous(this="unnest", expressions=[exp.cast(param, "text[]")]),
                 overload.returns,
             )
-            column = call.alias or call.function.name
-            if call.in_from:
-                derived = exp.select(exp.alias_(values, column, quoted=True)).subquery(
-                    call.alias or call.function.name
-                )
-                return derived
-            return _aliased(values, call.alias)
-        value = exp.cast(self._param(encode_value(overload.returns, result)), overload.returns)
+        else:
+            value = exp.cast(self._param(encode_value(overload.returns, result)), overload.returns)
         if call.in_from:
-            name = call.alias or call.function.name
             return exp.select(exp.alias_(value, name, quoted=True)).subquery(name)
         return _aliased(value, call.alias)
-
-    # --- calls that read columns -----------------------------------------------------------
 
     async def _evaluate_per_row(self, call: CallSite) -> None:
         row_positions = [i for i, a in enumerate(call.args) if _reads_columns(a)]
@@ -197,63 +243,64 @@ class Execution:
         const_types, const_values = await self._constant_arguments(
             [call.args[i] for i in constant_positions]
         )
-        table, cursor = self._temp_name()
-        collect = _collection_query(call, [call.args[i] for i in row_positions])
+        table, portal = self._temp_name()
+        inner = _collection_select(call, [call.args[i] for i in row_positions])
+        columns = ", ".join(f"a{i}" for i in range(len(row_positions)))
+        collect = f"SELECT DISTINCT {columns} FROM ({inner.sql(dialect=DIALECT)}) AS s"
         await self._select(
-            f"CREATE TEMP TABLE {table}_a ON COMMIT DROP AS "
+            f"CREATE TEMP TABLE {table}_a AS "
             f"SELECT row_number() OVER () AS k, d.* FROM ({collect}) AS d"
         )
+        self.temp_tables += [f"{table}_a"]
         described = await self._select(f"SELECT * FROM {table}_a LIMIT 0")
-        row_types = [(c.type_oid, str(c.type_oid)) for c in described.columns[1:]]
         types: list[tuple[int, str]] = [(0, "")] * len(call.args)
         for position, found in zip(constant_positions, const_types, strict=True):
             types[position] = found
-        for position, found in zip(row_positions, row_types, strict=True):
-            types[position] = found
+        for position, column in zip(row_positions, described.columns[1:], strict=True):
+            types[position] = (column.type_oid, type_name(column.type_oid))
         overload = pick_overload(call, types)
         if not overload.row_dependent_ok:
             raise PgmlError(
                 "0A000",
-                f"set-returning {call.sql_name}({overload.params[1].type}) cannot read columns",
+                f"{call.sql_name}({overload.params[1].type}) returns a set and cannot read columns",
                 hint="Call it with an array literal, or with one row's value per call.",
             )
-        await self._select(
-            f"CREATE TEMP TABLE {table}_v (k bigint, v {overload.returns}) ON COMMIT DROP"
-        )
+        await self._select(f"CREATE TEMP TABLE {table}_v (k bigint, v {overload.returns})")
+        self.temp_tables += [f"{table}_v"]
         fetch = ", ".join(f"to_json(a{i})::text" for i in range(len(row_positions)))
-        await self.inband.query(
-            f"DECLARE {cursor} NO SCROLL CURSOR FOR SELECT k, {fetch} FROM {table}_a"
+        self.inband.send(
+            encode_parse(portal, f"SELECT k, {fetch} FROM {table}_a", self.param_oids())
+            + encode_bind(portal, portal, self.param_values(), self.param_formats())
+            + encode_close(b"S", portal)
+            + FLUSH
         )
+        await self.inband.steps(3)
         while True:
-            batch = await self._select(f"FETCH {self.batch_size} FROM {cursor}")
-            if not batch.rows:
-                break
-            keys: list[str] = []
-            tuples: list[Args] = []
-            for row in batch.rows:
-                values: list[Any] = [None] * len(call.args)
-                for position, value in zip(constant_positions, const_values, strict=True):
-                    values[position] = value
-                for position, raw in zip(row_positions, row[1:], strict=True):
-                    values[position] = _json(raw)
-                _, args = bind_arguments(call, types, values, overload)
-                if any(v is None for v in args):
-                    continue
-                keys.append(_text(row[0]))
-                tuples.append(args)
-            if tuples:
-                results = await overload.handler(self.context, tuples)
-                self._check_cancel()
-                await self._insert_results(f"{table}_v", overload.returns, keys, results)
+            self.inband.send(encode_execute(portal, self.batch_size) + FLUSH)
+            (batch,) = await self.inband.steps(1)
+            await self._evaluate_batch(
+                call,
+                overload,
+                types,
+                row_positions,
+                constant_positions,
+                const_values,
+                batch,
+                f"{table}_v",
+            )
             self._check_cancel()
-        await self.inband.query(f"CLOSE {cursor}")
+            if not batch.suspended:
+                break
+        self.inband.send(encode_close(b"P", portal) + FLUSH)
+        await self.inband.steps(1)
         columns = ", ".join(f"a.a{i}" for i in range(len(row_positions)))
         await self._select(
-            f"CREATE TEMP TABLE {table} ON COMMIT DROP AS SELECT {columns}, v.v "
+            f"CREATE TEMP TABLE {table} AS SELECT {columns}, v.v "
             f"FROM {table}_a AS a JOIN {table}_v AS v USING (k)"
         )
-        await self.inband.query(f"CREATE INDEX ON {table} USING hash (a0); ANALYZE {table}")
-        self._temp_tables += [table, f"{table}_a", f"{table}_v"]
+        self.temp_tables.insert(0, table)
+        await self._select(f"CREATE INDEX ON {table} USING hash (a0)")
+        await self._select(f"ANALYZE {table}")
         lookup = exp.select("l.v").from_(exp.to_table(table).as_("l"))
         for index, position in enumerate(row_positions):
             lookup = lookup.where(
@@ -261,76 +308,82 @@ class Execution:
             )
         _replace(call, _aliased(lookup.subquery(), call.alias))
 
-    async def _insert_results(
-        self, table: str, returns: str, keys: list[str], results: list[Any]
+    async def _evaluate_batch(
+        self,
+        call: CallSite,
+        overload: Overload,
+        types: list[tuple[int, str]],
+        row_positions: list[int],
+        constant_positions: list[int],
+        const_values: list[Any],
+        batch: Result,
+        results_table: str,
     ) -> None:
-        encoded = [encode_value(returns, r) for r in results]
+        keys: list[str] = []
+        tuples: list[Args] = []
+        for row in batch.rows:
+            values: list[Any] = [None] * len(call.args)
+            for position, value in zip(constant_positions, const_values, strict=True):
+                values[position] = value
+            for position, raw in zip(row_positions, row[1:], strict=True):
+                values[position] = _json(raw)
+            _, args = bind_arguments(call, types, values, overload)
+            if any(v is None for v in args):
+                continue
+            keys.append(_text(row[0]))
+            tuples.append(args)
+        if not tuples:
+            return
+        results = await overload.handler(self.context, tuples)
+        self._check_cancel()
+        encoded = [encode_value(overload.returns, r) for r in results]
         await self._select(
-            f"INSERT INTO {table} SELECT u.k, CAST(u.v AS {returns}) "
-            "FROM unnest($1::bigint[], $2::text[]) AS u(k, v)",
+            f"INSERT INTO {results_table} SELECT u.k, CAST(u.v AS {overload.returns}) "
+            f"FROM unnest(CAST(${len(self.param_values()) + 1} AS bigint[]), "
+            f"CAST(${len(self.param_values()) + 2} AS text[])) AS u(k, v)",
             [text_array_literal(keys).encode(), text_array_literal(encoded).encode()],
         )
 
-    # --- running SQL -------------------------------------------------------------------
-
-    async def _select(self, sql: str, params: Sequence[bytes | None] | None = None) -> Result:
-        """Run one helper statement with the extended protocol; nothing reaches the client."""
-        bound = self._params if params is None else list(params)
+    async def _select(self, sql: str, extra: Sequence[bytes | None] = ()) -> Result:
+        """Run one helper statement (Flush, not Sync); nothing of it reaches the client."""
+        values = self.param_values() + list(extra)
+        oids = self.param_oids() + [TEXT_OID] * len(extra)
+        formats = self.param_formats() + [0] * len(extra)
         self.inband.send(
-            encode_parse("__pgml_helper", sql, [TEXT_OID] * len(bound))
-            + encode_bind("__pgml_helper", "__pgml_helper", bound)
+            encode_parse("__pgml_helper", sql, oids)
+            + encode_bind("__pgml_helper", "__pgml_helper", values, formats)
             + encode_describe(b"P", "__pgml_helper")
             + encode_execute("__pgml_helper")
             + encode_close(b"P", "__pgml_helper")
             + encode_close(b"S", "__pgml_helper")
-            + SYNC
+            + FLUSH
         )
-        results = await self.inband.collect()
+        results = await self.inband.steps(6)
         return results[0] if results else Result()
-
-    async def _execute_final(self, sql: str) -> None:
-        log.debug("final statement: %s", sql)
-        self.inband.send(
-            encode_parse("__pgml_final", sql, [TEXT_OID] * len(self._params))
-            + encode_bind("__pgml_final", "__pgml_final", self._params)
-            + encode_describe(b"P", "__pgml_final")
-            + encode_execute("__pgml_final")
-            + encode_close(b"P", "__pgml_final")
-            + encode_close(b"S", "__pgml_final")
-            + SYNC
-        )
-        await self.inband.collect(forward=lambda m: m.type in _FORWARDED_RESULTS)
-
-    async def _quietly(self, sql: str) -> None:
-        with contextlib.suppress(ServerError):
-            await self.inband.query(sql)
-
-    async def _fail_own(self, error: PgmlError, owns_transaction: bool) -> None:
-        """Report an error of the proxy's; leave the transaction as PostgreSQL would."""
-        self.inband.send_client(
-            pg.PgError("ERROR", error.sqlstate, error.message, error.detail, error.hint).encode()
-        )
-        if owns_transaction:
-            if self.inband.status != b"I":
-                await self._quietly("ROLLBACK")
-        elif self.inband.status == b"T":
-            await self._quietly(
-                "DO $$BEGIN RAISE EXCEPTION 'pgml call failed' "
-                f"USING ERRCODE = '{error.sqlstate}'; END$$"
-            )
 
     def _param(self, value: str | None) -> exp.Expr:
         self._params.append(None if value is None else value.encode("utf-8"))
-        return exp.Parameter(this=exp.Literal.number(len(self._params)))
+        return exp.Parameter(this=exp.Literal.number(len(self.user.values) + len(self._params)))
 
     def _temp_name(self) -> tuple[str, str]:
-        """Names for a call's temporary tables and cursor, unique in this session."""
+        """Names for a call's temporary tables and portal, unique in this session."""
         self._temp_counter += 1
-        return f"pg_temp.__pgml_{self._temp_counter}", f"__pgml_cursor_{self._temp_counter}"
+        return f"pg_temp.__pgml_{self._temp_counter}", f"__pgml_portal_{self._temp_counter}"
 
     def _check_cancel(self) -> None:
         if self.cancelled():
             raise CANCELLED
+
+
+def error_response(error: PgmlError) -> bytes:
+    return pg.PgError("ERROR", error.sqlstate, error.message, error.detail, error.hint).encode()
+
+
+def abort_transaction_sql(error: PgmlError) -> str:
+    """SQL that fails, so PostgreSQL's transaction state follows a failed pgml call."""
+    return (
+        f"DO $$BEGIN RAISE EXCEPTION 'pgml call failed' USING ERRCODE = '{error.sqlstate}'; END$$"
+    )
 
 
 # --- arguments -------------------------------------------------------------------------
@@ -440,6 +493,30 @@ def encode_value(kind: str, value: Any) -> str | None:
     return str(value)
 
 
+_TYPE_NAMES = {
+    25: "text",
+    1043: "character varying",
+    1042: "character",
+    19: "name",
+    705: "unknown",
+    1009: "text[]",
+    20: "bigint",
+    23: "integer",
+    21: "smallint",
+    700: "real",
+    701: "double precision",
+    1700: "numeric",
+    16: "boolean",
+    114: "json",
+    3802: "jsonb",
+    1021: "real[]",
+}
+
+
+def type_name(oid: int) -> str:
+    return _TYPE_NAMES.get(oid, f"type {oid}")
+
+
 def _float_text(value: float) -> str:
     if math.isnan(value):
         return "NaN"
@@ -491,15 +568,15 @@ def _replace(call: CallSite, replacement: exp.Expr) -> None:
     node.replace(replacement)
 
 
-def _without_position(error: ServerError) -> bytes:
+def without_position(error: ServerError) -> bytes:
     """The server's error for rewritten SQL: its cursor position means nothing to the user."""
     fields = {k: v for k, v in error.fields.items() if k not in ("P", "q", "p")}
     body = b"".join(k.encode() + pg.cstring(v) for k, v in fields.items()) + b"\x00"
     return pg.message(b"E", body)
 
 
-def _collection_query(call: CallSite, args: Sequence[exp.Expr]) -> str:
-    """SELECT DISTINCT of the arguments over the rows of the call's scope."""
+def _collection_select(call: CallSite, args: Sequence[exp.Expr]) -> exp.Select:
+    """The arguments over the rows of the call's scope (copies, ready to render)."""
     scope = call.scope
     assert scope is not None
     inner = exp.Select(expressions=[exp.alias_(a.copy(), f"a{i}") for i, a in enumerate(args)])
@@ -530,8 +607,7 @@ def _collection_query(call: CallSite, args: Sequence[exp.Expr]) -> str:
     ctes = _visible_ctes(scope)
     if ctes:
         inner.set("with_", exp.With(expressions=ctes))
-    columns = ", ".join(f"a{i}" for i in range(len(args)))
-    return f"SELECT DISTINCT {columns} FROM ({inner.sql(dialect=DIALECT)}) AS s"
+    return inner
 
 
 def _kept_conditions(where: exp.Where | None, call: CallSite) -> exp.Expr | None:

@@ -53,6 +53,11 @@ class Result:
     columns: list[Column] = field(default_factory=list)
     rows: list[list[bytes | None]] = field(default_factory=list)
     tag: str = ""
+    suspended: bool = False
+    """An Execute with a row limit stopped before the end (PortalSuspended)."""
+    parameter_oids: list[int] = field(default_factory=list)
+    row_description: bytes | None = None
+    """The RowDescription body as the server sent it, or None for NoData."""
 
 
 def parse_row_description(body: bytes) -> list[Column]:
@@ -66,6 +71,11 @@ def parse_row_description(body: bytes) -> list[Column]:
         columns.append(Column(name, oid, modifier, fmt))
         pos = end + 1 + _FIELD_TAIL.size
     return columns
+
+
+def parse_parameter_description(body: bytes) -> list[int]:
+    count = _INT16.unpack_from(body)[0]
+    return list(struct.unpack_from(f"!{count}I", body, 2))
 
 
 def parse_data_row(body: bytes) -> list[bytes | None]:
@@ -123,6 +133,9 @@ def encode_close(kind: bytes, name: str) -> bytes:
 SYNC = pg.message(b"S")
 FLUSH = pg.message(b"H")
 
+_STEP_REPLIES = frozenset(b"123nTCIs")
+"""Replies that complete one extended-protocol message (an ErrorResponse ends them all)."""
+
 
 class Inband:
     """The executor's end of a session while the proxy runs a statement itself."""
@@ -167,6 +180,53 @@ class Inband:
         """
         self.send(pg.message(b"Q", pg.cstring(sql)))
         return await self.collect()
+
+    async def steps(
+        self, count: int, forward: Callable[[Message], bool] | None = None
+    ) -> list[Result]:
+        """Read the replies to ``count`` extended-protocol messages sent with a Flush.
+
+        Raises :class:`ServerError` on an ErrorResponse; PostgreSQL then ignores
+        everything up to the next Sync.
+        """
+        results: list[Result] = []
+        current = Result()
+        done = 0
+        describing_statement = False
+        while done < count:
+            message = await self.receive()
+            kind = message.type
+            if kind == pg.ERROR_RESPONSE:
+                raise ServerError(message)
+            if forward is not None and forward(message):
+                self.send_client(message.raw)
+            if kind == ord("D"):
+                current.rows.append(parse_data_row(message.body))
+            elif kind == ord("t"):
+                current.parameter_oids = parse_parameter_description(message.body)
+                describing_statement = True
+            elif kind == ord("T"):
+                current.columns = parse_row_description(message.body)
+                current.row_description = message.body
+            if kind in _STEP_REPLIES:
+                done += 1
+                if kind in (ord("C"), ord("I"), ord("s")):
+                    current.tag = message.body[:-1].decode() if kind == ord("C") else ""
+                    current.suspended = kind == ord("s")
+                    results.append(current)
+                    current = Result()
+                elif kind in (ord("T"), ord("n")) and describing_statement:
+                    describing_statement = False
+                    results.append(current)
+                    current = Result()
+        return results
+
+    async def sync(self) -> bytes:
+        """Send Sync and read up to its ReadyForQuery; return the transaction status."""
+        self.send(SYNC)
+        while (await self.receive()).type != pg.READY_FOR_QUERY:
+            pass
+        return self.status
 
     async def collect(self, forward: Callable[[Message], bool] | None = None) -> list[Result]:
         """Read replies up to ReadyForQuery; ``forward`` picks messages for the client."""

@@ -96,7 +96,7 @@ def plan_statement(sql: str) -> StatementPlan | None:
         return None
     if tree is None:
         return None
-    calls = _find_calls(tree)
+    calls = find_calls(tree)
     if not calls:
         _refuse_calls_in_bodies(tree)
         return None
@@ -106,7 +106,7 @@ def plan_statement(sql: str) -> StatementPlan | None:
     return plan
 
 
-def _find_calls(tree: exp.Expr) -> list[CallSite]:
+def find_calls(tree: exp.Expr) -> list[CallSite]:
     calls: list[CallSite] = []
     for node in tree.walk():
         anonymous: exp.Expr | None = None

@@ -153,8 +153,10 @@ class Message:
 
     type: int
     raw: bytes
-    seq: int = 0
-    """The framer's ``count`` once this message was counted: its place among sync points."""
+    syncs: int = 0
+    """Sync points (messages answered by ReadyForQuery) the stream had before this one."""
+    steps: int = 0
+    """Extended-protocol steps since the last sync point, before this message."""
 
     @property
     def body(self) -> bytes:
@@ -178,21 +180,37 @@ class MessageFramer:
     """
 
     __slots__ = (
+        "_error_type",
         "_need",
         "_pending",
         "_skip",
+        "_step_types",
+        "_sync_types",
         "at_boundary",
-        "count",
-        "counted",
+        "failed",
         "last_type",
+        "steps",
+        "syncs",
         "watched",
     )
 
-    def __init__(self, watched: Iterable[int] = (), counted: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        watched: Iterable[int] = (),
+        sync_types: Iterable[int] = (),
+        step_types: Iterable[int] = (),
+        error_type: int = -1,
+    ) -> None:
         self.watched = frozenset(watched)
-        self.counted = frozenset(counted)
-        self.count = 0
-        """How many messages of the ``counted`` types have started so far."""
+        self._sync_types = frozenset(sync_types)
+        self._step_types = frozenset(step_types)
+        self._error_type = error_type
+        self.syncs = 0
+        """Messages of the sync types seen so far (Query/Sync, or ReadyForQuery)."""
+        self.steps = 0
+        """Messages of the step types since the last sync-type message."""
+        self.failed = False
+        """Whether one of those steps was an error."""
         self.last_type = 0
         """The type of the last message whose header was seen."""
         self.at_boundary = True
@@ -200,6 +218,16 @@ class MessageFramer:
         self._skip = 0
         self._pending = bytearray()
         self._need = 0
+
+    def _count(self, mtype: int) -> None:
+        if mtype in self._sync_types:
+            self.syncs += 1
+            self.steps = 0
+            self.failed = False
+        elif mtype in self._step_types:
+            self.steps += 1
+            if mtype == self._error_type:
+                self.failed = True
 
     def feed(self, data: bytes, want: Selector) -> list[Chunk] | None:
         """Frame the next read; ``None`` means: relay ``data`` exactly as it came."""
@@ -220,33 +248,41 @@ class MessageFramer:
         self._skip = 0
         start = 0
         watched = self.watched
-        counted = self.counted
-        count = self.count
+        sync_types = self._sync_types
+        step_types = self._step_types
+        syncs, steps, failed = self.syncs, self.steps, self.failed
         mtype = self.last_type
         unpack = _INT32.unpack_from
         while n - pos >= 5:
             mtype = data[pos]
             length = unpack(data, pos + 1)[0]
             if length < 4 or length > MAX_MESSAGE_LENGTH:
-                self.last_type, self.count = mtype, count
+                self.last_type, self.syncs, self.steps, self.failed = mtype, syncs, steps, failed
                 raise ProtocolViolation(f"invalid message length {length}")
             end = pos + 1 + length
-            if mtype in counted:
-                count += 1
             if mtype in watched:
                 if end > n:
                     break
                 if want(mtype, data, pos, end):
                     if start < pos:
                         out.append(data[start:pos])
-                    out.append(Message(mtype, data[pos:end], count))
+                    out.append(Message(mtype, data[pos:end], syncs, steps))
                     start = end
             elif end > n:
                 self._skip = end - n
+            if mtype in sync_types:
+                syncs += 1
+                steps = 0
+                failed = False
+            elif mtype in step_types:
+                steps += 1
+                if mtype == self._error_type:
+                    failed = True
+            if end > n:
                 pos = n
                 break
             pos = end
-        self.last_type, self.count = mtype, count
+        self.last_type, self.syncs, self.steps, self.failed = mtype, syncs, steps, failed
         if pos < n:
             self._begin_pending(data[pos:])
         self.at_boundary = not self._skip and not self._pending
@@ -275,9 +311,8 @@ class MessageFramer:
                 raise ProtocolViolation(f"invalid message length {length}")
             self._need = 1 + length
             self.last_type = pending[0]
-            if pending[0] in self.counted:
-                self.count += 1
             if pending[0] not in self.watched:
+                self._count(pending[0])
                 # A header split across reads of a message we relay unseen.
                 self._skip = self._need - 5
                 self._pending = bytearray()
@@ -293,9 +328,10 @@ class MessageFramer:
         self._pending = bytearray()
         self._need = 0
         if want(raw[0], raw, 0, len(raw)):
-            out.append(Message(raw[0], raw, self.count))
+            out.append(Message(raw[0], raw, self.syncs, self.steps))
         else:
             out.append(raw)
+        self._count(raw[0])
         return data
 
 

@@ -32,6 +32,11 @@ WRITE_BUFFER_HIGH_WATER = 256 * 1024
 
 _CLIENT_SYNC_POINTS = (pg.QUERY, pg.SYNC, ord("F"))
 """Client messages that each get exactly one ReadyForQuery back."""
+_CLIENT_STEPS = tuple(b"PBDEC")
+"""Extended-protocol messages that each get exactly one completion (or an error) back."""
+_SERVER_STEPS = tuple(b"123nsCITE")
+"""ParseComplete, BindComplete, CloseComplete, NoData, PortalSuspended, CommandComplete,
+EmptyQueryResponse, RowDescription (a Describe's answer) and ErrorResponse."""
 
 
 class Phase(enum.Enum):
@@ -59,10 +64,15 @@ class ClientSession(asyncio.Protocol):
         self._upstream: asyncio.Transport | None = None
         self._startup = pg.StartupReader()
         self._from_client = pg.MessageFramer(
-            watched=(pg.QUERY, pg.PARSE, pg.TERMINATE), counted=_CLIENT_SYNC_POINTS
+            watched=(pg.QUERY, pg.PARSE, pg.TERMINATE),
+            sync_types=_CLIENT_SYNC_POINTS,
+            step_types=_CLIENT_STEPS,
         )
         self._from_server = pg.MessageFramer(
-            watched=(pg.BACKEND_KEY_DATA, pg.READY_FOR_QUERY), counted=(pg.READY_FOR_QUERY,)
+            watched=(pg.BACKEND_KEY_DATA, pg.READY_FOR_QUERY),
+            sync_types=(pg.READY_FOR_QUERY,),
+            step_types=_SERVER_STEPS,
+            error_type=pg.ERROR_RESPONSE,
         )
         self._paused: set[str] = set()
         self._legacy_startup = False
@@ -73,7 +83,7 @@ class ClientSession(asyncio.Protocol):
         self._held: list[pg.Chunk] = []
         """Client input that came after the pgml statement being run, in order."""
         self._inband: Inband | None = None
-        self._idle_waiter: tuple[int, asyncio.Future[None]] | None = None
+        self._idle_waiter: tuple[Message, asyncio.Future[None]] | None = None
         self._last_server_read = b""
         self._cancel_requested = False
         self._startup_timer: asyncio.TimerHandle | None = None
@@ -323,8 +333,7 @@ class ClientSession(asyncio.Protocol):
         if message.type == pg.READY_FOR_QUERY and self.phase is Phase.AUTHENTICATING:
             self.phase = Phase.RELAYING
             self._from_server.watched = frozenset()
-            self._from_server.count = 0
-            self._from_client.count = 0
+            self._from_server.syncs = self._from_client.syncs = 0
             log.debug(
                 "session %d: %s connected as %s to %s", self.id, self.peer, self.user, self.database
             )
@@ -383,14 +392,15 @@ class ClientSession(asyncio.Protocol):
             if prepared is None:
                 self._write_upstream(message.raw)
             else:
-                await self._until_idle(message.seq - 1)
+                await self._until_idle(message)
                 inband = Inband(self._write_upstream, self._write_client)
                 inband.status = self._last_server_read[-1:] or b"I"
                 self._inband = inband
                 self._from_server.watched = pg.EVERY_TYPE
                 await prepared.run(inband, self.proxy.services, lambda: self._cancel_requested)
                 self._write_client(pg.ready_for_query(inband.status))
-                self._from_server.count = message.seq
+                self._from_server.syncs = message.syncs + 1
+                self._from_server.steps, self._from_server.failed = 0, False
                 self._last_server_read = pg.ready_for_query(inband.status)
         except asyncio.CancelledError:
             self._closing = True
@@ -413,10 +423,10 @@ class ClientSession(asyncio.Protocol):
         if self._statement is None:
             self._resume_client("statement")
 
-    async def _until_idle(self, answered: int) -> None:
-        """Wait until the server has answered everything relayed before the statement."""
+    async def _until_idle(self, message: Message) -> None:
+        """Wait until the server has answered everything relayed before ``message``."""
         future = asyncio.get_running_loop().create_future()
-        self._idle_waiter = (answered, future)
+        self._idle_waiter = (message, future)
         self._check_idle()
         try:
             await future
@@ -425,9 +435,11 @@ class ClientSession(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         assert self._idle_waiter is not None
-        answered, future = self._idle_waiter
+        message, future = self._idle_waiter
         frames = self._from_server
-        if frames.count >= answered and frames.at_boundary and not future.done():
+        if future.done() or not frames.at_boundary or frames.syncs < message.syncs:
+            return
+        if frames.syncs > message.syncs or frames.failed or frames.steps >= message.steps:
             future.set_result(None)
 
     def request_cancel(self) -> None:
@@ -450,7 +462,7 @@ class ClientSession(asyncio.Protocol):
     @property
     def in_flight(self) -> bool:
         """Whether a request is still waiting for its ReadyForQuery."""
-        return self._from_client.count > self._from_server.count or not (
+        return self._from_client.syncs > self._from_server.syncs or not (
             self._from_server.at_boundary
         )
 

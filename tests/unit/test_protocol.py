@@ -82,12 +82,14 @@ STREAM = QUERY + PGML_QUERY + BIND + pg.message(b"d", b"x" * 300) + PARSE + SYNC
 
 class TestFramer:
     def make(self) -> MessageFramer:
-        return MessageFramer(watched=(pg.QUERY, pg.PARSE), counted=(pg.QUERY, pg.SYNC))
+        return MessageFramer(
+            watched=(pg.QUERY, pg.PARSE), sync_types=(pg.QUERY, pg.SYNC), step_types=b"PB"
+        )
 
     def test_plain_read_is_relayed_as_is(self) -> None:
         framer = self.make()
         assert framer.feed(QUERY + BIND + SYNC, pg.mentions_pgml) is None
-        assert framer.count == 2 and framer.at_boundary
+        assert framer.syncs == 2 and framer.at_boundary
 
     def test_pgml_messages_are_singled_out_case_insensitively(self) -> None:
         chunks = self.make().feed(STREAM, pg.mentions_pgml)
@@ -108,14 +110,14 @@ class TestFramer:
             messages += [c.raw for c in chunks or [] if isinstance(c, Message)]
         assert bytes(out) == STREAM
         assert messages == [PGML_QUERY, PARSE]
-        assert framer.count == 3 and framer.at_boundary
+        assert framer.syncs == 3 and framer.at_boundary
 
     def test_watched_message_is_held_until_complete(self) -> None:
         framer = self.make()
         assert framer.feed(PGML_QUERY[:10], pg.mentions_pgml) == []
         assert not framer.at_boundary
         chunks = framer.feed(PGML_QUERY[10:], pg.mentions_pgml)
-        assert chunks == [Message(pg.QUERY, PGML_QUERY, seq=1)]
+        assert chunks == [Message(pg.QUERY, PGML_QUERY, syncs=0)]
 
     def test_unwatched_message_streams_without_buffering(self) -> None:
         framer = self.make()
@@ -137,10 +139,13 @@ class TestFramer:
             framer.feed(b"\0\0\0", pg.mentions_pgml)
 
     def test_tracks_last_message_type(self) -> None:
-        framer = MessageFramer(counted=(pg.READY_FOR_QUERY,))
+        framer = MessageFramer(
+            sync_types=(pg.READY_FOR_QUERY,), step_types=b"E1", error_type=pg.ERROR_RESPONSE
+        )
         error = pg.PgError("FATAL", "57P01", "bye").encode()
-        framer.feed(pg.ready_for_query(b"I") + error, pg.want_all)
-        assert framer.last_type == pg.ERROR_RESPONSE and framer.count == 1
+        framer.feed(pg.message(b"1") + pg.ready_for_query(b"I") + error, pg.want_all)
+        assert framer.last_type == pg.ERROR_RESPONSE and framer.syncs == 1
+        assert framer.steps == 1 and framer.failed
 
 
 def test_error_response_round_trip() -> None:
@@ -163,3 +168,15 @@ def test_error_response_round_trip() -> None:
 def test_backend_key_data_round_trip() -> None:
     encoded = pg.backend_key_data(77, b"\xaa" * 32)
     assert pg.parse_backend_key_data(encoded[5:]) == (77, b"\xaa" * 32)
+
+
+def test_messages_know_their_place_among_sync_points_and_steps() -> None:
+    framer = MessageFramer(
+        watched=(pg.PARSE,), sync_types=(pg.SYNC,), step_types=b"PBE", error_type=-1
+    )
+    stream = BIND + SYNC + BIND + pg.message(b"E", b"\0\0\0\0\0") + PARSE
+    chunks = framer.feed(stream, pg.mentions_pgml)
+    assert chunks is not None
+    (parse,) = [c for c in chunks if isinstance(c, Message)]
+    assert (parse.syncs, parse.steps) == (1, 2)
+    assert (framer.syncs, framer.steps) == (1, 3)
