@@ -34,7 +34,15 @@ from proxy.inband import (
     encode_execute,
     encode_parse,
 )
-from proxy.planner import DIALECT, CallSite, StatementPlan, contains, find_calls
+from proxy.planner import (
+    DIALECT,
+    CallSite,
+    StatementPlan,
+    aliased,
+    contains,
+    find_calls,
+    replace_call,
+)
 
 log = logging.getLogger("pgml_proxy.executor")
 
@@ -202,7 +210,7 @@ class Execution:
         if not any(v is None for v in args):
             result = (await overload.handler(self.context, [args]))[0]
             self._check_cancel()
-        _replace(call, self._substitute_constant(call, overload, result))
+        replace_call(call, self._substitute_constant(call, overload, result))
 
     async def _constant_arguments(
         self, args: Sequence[exp.Expr]
@@ -235,7 +243,7 @@ class Execution:
             value = exp.cast(self._param(encode_value(overload.returns, result)), overload.returns)
         if call.in_from:
             return exp.select(exp.alias_(value, name, quoted=True)).subquery(name)
-        return _aliased(value, call.alias)
+        return aliased(value, call.alias)
 
     async def _evaluate_per_row(self, call: CallSite) -> None:
         row_positions = [i for i, a in enumerate(call.args) if _reads_columns(a)]
@@ -306,7 +314,7 @@ class Execution:
             lookup = lookup.where(
                 exp.EQ(this=exp.column(f"a{index}", "l"), expression=call.args[position].copy())
             )
-        _replace(call, _aliased(lookup.subquery(), call.alias))
+        replace_call(call, aliased(lookup.subquery(), call.alias))
 
     async def _evaluate_batch(
         self,
@@ -547,25 +555,6 @@ def _json(raw: bytes | None) -> Any:
 
 def _reads_columns(arg: exp.Expr) -> bool:
     return any(isinstance(n, exp.Column) for n in arg.walk())
-
-
-def _aliased(value: exp.Expr, alias: str | None) -> exp.Expr:
-    return exp.alias_(value, alias, quoted=True) if alias else value
-
-
-def _replace(call: CallSite, replacement: exp.Expr) -> None:
-    """Put the call's value where the call stood, keeping casts or subscripts around it."""
-    node = call.node
-    wrapper: exp.Expr = node
-    while isinstance(wrapper.parent, exp.Cast | exp.Bracket | exp.Paren) and (
-        wrapper.parent.this is wrapper
-    ):
-        wrapper = wrapper.parent
-    if isinstance(replacement, exp.Alias) and wrapper is not node:
-        node.replace(replacement.this)
-        wrapper.replace(exp.alias_(wrapper.copy(), replacement.alias, quoted=True))
-        return
-    node.replace(replacement)
 
 
 def without_position(error: ServerError) -> bytes:

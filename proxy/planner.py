@@ -14,6 +14,7 @@ types, formats, command tags and transaction semantics are PostgreSQL's own:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlglot
@@ -22,7 +23,7 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
 
 from handlers.errors import PgmlError, unsupported
-from handlers.functions import Function
+from handlers.functions import TEXT_ARRAY_OIDS, Function, Overload
 from handlers.registry import FUNCTIONS
 
 DIALECT = Postgres()
@@ -266,3 +267,98 @@ def _select_list_alias(call: CallSite) -> str | None:
     if isinstance(parent, exp.Select) and top in parent.expressions:
         return call.function.name
     return None
+
+
+# --- rewriting ----------------------------------------------------------------------
+
+
+def aliased(value: exp.Expr, alias: str | None) -> exp.Expr:
+    return exp.alias_(value, alias, quoted=True) if alias else value
+
+
+def replace_call(call: CallSite, replacement: exp.Expr) -> None:
+    """Put the call's value where the call stood, keeping casts or subscripts around it."""
+    node = call.node
+    wrapper: exp.Expr = node
+    while isinstance(wrapper.parent, exp.Cast | exp.Bracket | exp.Paren) and (
+        wrapper.parent.this is wrapper
+    ):
+        wrapper = wrapper.parent
+    if isinstance(replacement, exp.Alias) and wrapper is not node:
+        node.replace(replacement.this)
+        wrapper.replace(exp.alias_(wrapper.copy(), replacement.alias, quoted=True))
+        return
+    node.replace(replacement)
+
+
+def skeleton_sql(sql: str, parameter_oids: Sequence[int]) -> str:
+    """The statement with each call replaced by a typed NULL of its result type.
+
+    PostgreSQL describes it exactly as it will describe the rewritten statement: the same
+    columns, and the types of the client's own ``$n`` parameters, which keep their places
+    inside the calls' (typed) arguments.
+    """
+    plan = plan_statement(sql)
+    assert plan is not None
+    for call in plan.calls:
+        overload = _likely_overload(call, parameter_oids)
+        typed = [
+            exp.cast(arg.copy(), overload.params[position].type)
+            for arg, position in zip(call.args, _argument_positions(call, overload), strict=False)
+        ]
+        null: exp.Expr = exp.Null()
+        if typed:
+            null = exp.Case(
+                ifs=[
+                    exp.If(
+                        this=exp.Is(
+                            this=exp.Anonymous(this="ROW", expressions=typed), expression=exp.Null()
+                        ),
+                        true=exp.Null(),
+                    )
+                ]
+            )
+        value = exp.cast(null, overload.returns)
+        name = call.alias or call.function.name
+        if call.in_from:
+            replace_call(call, exp.select(exp.alias_(value, name, quoted=True)).subquery(name))
+        else:
+            replace_call(call, aliased(value, call.alias))
+    return plan.tree.sql(dialect=DIALECT)
+
+
+def _argument_positions(call: CallSite, overload: Overload) -> list[int]:
+    names = [p.name for p in overload.params]
+    return [
+        index if name is None else names.index(name) if name in names else index
+        for index, name in enumerate(call.names)
+    ]
+
+
+def _likely_overload(call: CallSite, parameter_oids: Sequence[int]) -> Overload:
+    """The overload PostgreSQL would pick from the arguments' syntax alone."""
+    overloads = call.function.overloads
+    for overload in overloads:
+        if len(call.args) > len(overload.params):
+            continue
+        names = {p.name for p in overload.params}
+        if any(name is not None and name not in names for name in call.names):
+            continue
+        positions = _argument_positions(call, overload)
+        if all(
+            _could_be(arg, overload.params[position].type, parameter_oids)
+            for arg, position in zip(call.args, positions, strict=True)
+        ):
+            return overload
+    return overloads[0]
+
+
+def _could_be(arg: exp.Expr, sql_type: str, parameter_oids: Sequence[int]) -> bool:
+    is_array = isinstance(arg, exp.Array) or (
+        isinstance(arg, exp.Cast) and arg.to.is_type(exp.DataType.Type.ARRAY)
+    )
+    if isinstance(arg, exp.Parameter) and arg.this.name.isdigit():
+        number = int(arg.this.name)
+        if 0 < number <= len(parameter_oids):
+            is_array = parameter_oids[number - 1] in TEXT_ARRAY_OIDS
+    return is_array == sql_type.endswith("[]")

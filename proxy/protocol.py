@@ -219,6 +219,16 @@ class MessageFramer:
         self._pending = bytearray()
         self._need = 0
 
+    def reposition(self) -> bytes:
+        """Hand over the stream position: return the buffered partial message, if any,
+        and forget any message being relayed, so that another framer can take over."""
+        pending = bytes(self._pending)
+        self._pending = bytearray()
+        self._need = 0
+        self._skip = 0
+        self.at_boundary = True
+        return pending
+
     def _count(self, mtype: int) -> None:
         if mtype in self._sync_types:
             self.syncs += 1

@@ -19,6 +19,7 @@ from proxy.inband import Inband
 from proxy.protocol import Message, PgError, ProtocolViolation
 
 if TYPE_CHECKING:
+    from proxy.extended import ExtendedState, TakeoverInput
     from proxy.server import Proxy
 
 log = logging.getLogger("pgml_proxy.session")
@@ -34,6 +35,8 @@ _CLIENT_SYNC_POINTS = (pg.QUERY, pg.SYNC, ord("F"))
 """Client messages that each get exactly one ReadyForQuery back."""
 _CLIENT_STEPS = tuple(b"PBDEC")
 """Extended-protocol messages that each get exactly one completion (or an error) back."""
+_TRACKED_CLIENT_TYPES = frozenset(b"QPXBDECSH")
+"""Client messages watched once a session has used a pgml prepared statement."""
 _SERVER_STEPS = tuple(b"123nsCITE")
 """ParseComplete, BindComplete, CloseComplete, NoData, PortalSuspended, CommandComplete,
 EmptyQueryResponse, RowDescription (a Describe's answer) and ErrorResponse."""
@@ -86,6 +89,9 @@ class ClientSession(asyncio.Protocol):
         self._idle_waiter: tuple[Message, asyncio.Future[None]] | None = None
         self._last_server_read = b""
         self._cancel_requested = False
+        self._client_selector: pg.Selector = pg.client_message_of_interest
+        self._extended: ExtendedState | None = None
+        self._takeover_input: TakeoverInput | None = None
         self._startup_timer: asyncio.TimerHandle | None = None
 
     # --- client side ---------------------------------------------------------------
@@ -106,14 +112,16 @@ class ClientSession(asyncio.Protocol):
             self._close_both()
 
     def data_received(self, data: bytes) -> None:
-        if self.phase is Phase.RELAYING or self.phase is Phase.AUTHENTICATING:
+        if self._takeover_input is not None:
+            self._takeover_data(data)
+        elif self.phase is Phase.RELAYING or self.phase is Phase.AUTHENTICATING:
             self._relay_client_data(data)
         elif self.phase is Phase.STARTUP:
             self._startup_data(data)
 
     def _relay_client_data(self, data: bytes) -> None:
         try:
-            chunks = self._from_client.feed(data, pg.client_message_of_interest)
+            chunks = self._from_client.feed(data, self._client_selector)
         except ProtocolViolation as exc:
             self._violation(exc)
             return
@@ -133,8 +141,14 @@ class ClientSession(asyncio.Protocol):
                     self._closing = True  # the upstream's close that follows is expected
                     self._upstream.write(chunk.raw)
                     continue
-                self._begin_statement(chunk, chunks[index + 1 :])
-                return
+                if chunk.type == pg.QUERY:
+                    self._begin_statement(chunk, chunks[index + 1 :])
+                    return
+                if self._needs_takeover(chunk):
+                    self._begin_takeover(chunk, chunks[index + 1 :])
+                    return
+                self._upstream.write(chunk.raw)
+                continue
             self._upstream.write(chunk)
 
     def eof_received(self) -> bool | None:
@@ -393,10 +407,7 @@ class ClientSession(asyncio.Protocol):
                 self._write_upstream(message.raw)
             else:
                 await self._until_idle(message)
-                inband = Inband(self._write_upstream, self._write_client)
-                inband.status = self._last_server_read[-1:] or b"I"
-                self._inband = inband
-                self._from_server.watched = pg.EVERY_TYPE
+                inband = self._enter_inband()
                 await prepared.run(inband, self.proxy.services, lambda: self._cancel_requested)
                 self._write_client(pg.ready_for_query(inband.status))
                 self._from_server.syncs = message.syncs + 1
@@ -410,11 +421,86 @@ class ClientSession(asyncio.Protocol):
             log.exception("session %d: internal error running a pgml statement", self.id)
             self._close_both()
         finally:
-            self._inband = None
-            self._from_server.watched = frozenset()
+            self._leave_inband()
             self._statement = None
         if not self._closing:
             self._resume_relay()
+
+    # --- extended-protocol batches the proxy takes over ------------------------------
+
+    def _needs_takeover(self, message: Message) -> bool:
+        if self._extended is None:
+            from proxy.extended import ExtendedState
+
+            self._extended = ExtendedState()
+            # From now on every extended-protocol message of this session is looked at.
+            self._from_client.watched = _TRACKED_CLIENT_TYPES
+            self._client_selector = _tracked_message
+        return self._extended.needs_proxy(message)
+
+    def _begin_takeover(self, message: Message, rest: list[pg.Chunk]) -> None:
+        from proxy.extended import TakeoverInput
+
+        self._cancel_requested = False
+        self._takeover_input = TakeoverInput(message)
+        rest_bytes = b"".join(c.raw if isinstance(c, Message) else c for c in rest)
+        self._takeover_input.feed(rest_bytes + self._from_client.reposition())
+        self._statement = asyncio.get_running_loop().create_task(self._run_takeover(message))
+
+    def _takeover_data(self, data: bytes) -> None:
+        assert self._takeover_input is not None
+        try:
+            self._takeover_input.feed(data)
+        except ProtocolViolation as exc:
+            self._violation(exc)
+
+    async def _run_takeover(self, first: Message) -> None:
+        from proxy.extended import Takeover
+
+        assert self._takeover_input is not None and self._extended is not None
+        source = self._takeover_input
+        try:
+            await self._until_idle(first)
+            inband = self._enter_inband()
+            takeover = Takeover(
+                self._extended, inband, self.proxy.services, lambda: self._cancel_requested
+            )
+            takeover.skipping = self._from_server.failed
+            while True:
+                message = await source.next()
+                if message.type in (pg.SYNC, pg.QUERY, ord("F")):
+                    await takeover.finish(message)
+                    break
+                await takeover.handle(message)
+            if inband.status == b"I":
+                takeover.end_of_transaction()
+            for frames in (self._from_client, self._from_server):
+                frames.syncs, frames.steps, frames.failed = message.syncs + 1, 0, False
+            self._last_server_read = pg.ready_for_query(inband.status)
+        except asyncio.CancelledError:
+            self._closing = True
+        except ConnectionError:
+            self._close_both()
+        except Exception:
+            log.exception("session %d: internal error running a pgml statement", self.id)
+            self._close_both()
+        finally:
+            self._leave_inband()
+            self._takeover_input = None
+            self._statement = None
+        if not self._closing:
+            self._relay_client_data(source.leftover())
+
+    def _enter_inband(self) -> Inband:
+        inband = Inband(self._write_upstream, self._write_client)
+        inband.status = self._last_server_read[-1:] or b"I"
+        self._inband = inband
+        self._from_server.watched = pg.EVERY_TYPE
+        return inband
+
+    def _leave_inband(self) -> None:
+        self._inband = None
+        self._from_server.watched = frozenset()
 
     def _resume_relay(self) -> None:
         held, self._held = self._held, []
@@ -523,3 +609,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._session.upstream_resumed()
+
+
+def _tracked_message(mtype: int, data: bytes, start: int, end: int) -> bool:
+    """Every extended-protocol message; a Query only when it mentions ``pgml``."""
+    if mtype == pg.QUERY:
+        return pg.PGML_PATTERN.search(data, start + 5, end) is not None
+    return True
