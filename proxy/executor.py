@@ -80,6 +80,7 @@ class Execution:
     temp_tables: list[str] = field(default_factory=list)
     _params: list[bytes | None] = field(default_factory=list)
     _temp_counter: int = 0
+    _on_commit: str = ""
 
     # --- a simple Query ------------------------------------------------------------------
 
@@ -113,7 +114,8 @@ class Execution:
             raise StatementFailed from error
 
     async def _run_statement(self, plan: StatementPlan) -> None:
-        owns_transaction = self.inband.status == b"I"
+        # A cursor outside a transaction block is PostgreSQL's error to give, not hidden.
+        owns_transaction = self.inband.status == b"I" and not plan.declares_cursor
         try:
             if owns_transaction:
                 await self.inband.query("BEGIN")
@@ -169,6 +171,7 @@ class Execution:
         and error state are PostgreSQL's as if it ran the statement itself.
         """
         self._params = []
+        self._on_commit = " ON COMMIT DROP" if plan.declares_cursor else ""
         pending = list(plan.calls)
         while pending:
             call = self._next_ready(pending)
@@ -177,10 +180,12 @@ class Execution:
             else:
                 await self._evaluate_per_row(call)
             pending.remove(call)
-        return plan.tree.sql(dialect=DIALECT)
+        return plan.render()
 
     async def drop_temp_tables(self) -> None:
-        if self.temp_tables:
+        """Drop the statement's temporary tables, unless a cursor still reads them (then
+        they go at the end of its transaction)."""
+        if self.temp_tables and not self._on_commit:
             await self._select("DROP TABLE " + ", ".join(self.temp_tables))
             self.temp_tables = []
 
@@ -256,7 +261,7 @@ class Execution:
         columns = ", ".join(f"a{i}" for i in range(len(row_positions)))
         collect = f"SELECT DISTINCT {columns} FROM ({inner.sql(dialect=DIALECT)}) AS s"
         await self._select(
-            f"CREATE TEMP TABLE {table}_a AS "
+            f"CREATE TEMP TABLE {table}_a{self._on_commit} AS "
             f"SELECT row_number() OVER () AS k, d.* FROM ({collect}) AS d"
         )
         self.temp_tables += [f"{table}_a"]
@@ -273,7 +278,9 @@ class Execution:
                 f"{call.sql_name}({overload.params[1].type}) returns a set and cannot read columns",
                 hint="Call it with an array literal, or with one row's value per call.",
             )
-        await self._select(f"CREATE TEMP TABLE {table}_v (k bigint, v {overload.returns})")
+        await self._select(
+            f"CREATE TEMP TABLE {table}_v (k bigint, v {overload.returns}){self._on_commit}"
+        )
         self.temp_tables += [f"{table}_v"]
         fetch = ", ".join(f"to_json(a{i})::text" for i in range(len(row_positions)))
         self.inband.send(
@@ -303,7 +310,7 @@ class Execution:
         await self.inband.steps(1)
         columns = ", ".join(f"a.a{i}" for i in range(len(row_positions)))
         await self._select(
-            f"CREATE TEMP TABLE {table} AS SELECT {columns}, v.v "
+            f"CREATE TEMP TABLE {table}{self._on_commit} AS SELECT {columns}, v.v "
             f"FROM {table}_a AS a JOIN {table}_v AS v USING (k)"
         )
         self.temp_tables.insert(0, table)

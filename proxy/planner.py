@@ -63,6 +63,16 @@ class StatementPlan:
     calls: list[CallSite] = field(default_factory=list)
     parameter_count: int = 0
     """Highest ``$n`` the client's own statement uses."""
+    prefix: str = ""
+    """``DECLARE name ... CURSOR FOR`` before the query, kept as the client wrote it."""
+
+    @property
+    def declares_cursor(self) -> bool:
+        """A cursor reads the call results after the statement: they live to its end."""
+        return bool(self.prefix)
+
+    def render(self) -> str:
+        return self.prefix + self.tree.sql(dialect=DIALECT)
 
 
 def split_statements(sql: str) -> list[str]:
@@ -82,8 +92,21 @@ def split_statements(sql: str) -> list[str]:
     return [piece for piece in pieces if piece.strip().strip(";").strip()] or [sql]
 
 
+_DECLARE_CURSOR = re.compile(
+    r"^\s*DECLARE\s+(?:\"(?:[^\"]|\"\")+\"|\w+)\s+(?:\w+\s+)*?CURSOR\s+"
+    r"(?:(?:WITH|WITHOUT)\s+HOLD\s+)?FOR\s+",
+    re.IGNORECASE,
+)
+
+
 def plan_statement(sql: str) -> StatementPlan | None:
     """Plan one statement; ``None`` when it calls no pgml function (relay it as it is)."""
+    declare = _DECLARE_CURSOR.match(sql)
+    if declare is not None:
+        plan = plan_statement(sql[declare.end() :])
+        if plan is not None:
+            plan.prefix = declare.group(0)
+        return plan
     try:
         tree = sqlglot.parse_one(sql, dialect=DIALECT)
     except (ParseError, TokenError) as exc:
@@ -324,7 +347,7 @@ def skeleton_sql(sql: str, parameter_oids: Sequence[int]) -> str:
             replace_call(call, exp.select(exp.alias_(value, name, quoted=True)).subquery(name))
         else:
             replace_call(call, aliased(value, call.alias))
-    return plan.tree.sql(dialect=DIALECT)
+    return plan.render()
 
 
 def _argument_positions(call: CallSite, overload: Overload) -> list[int]:

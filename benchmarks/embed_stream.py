@@ -1,0 +1,95 @@
+"""A pgml call over many rows: throughput, and the proxy's memory while it streams.
+
+Loads N rows (D distinct texts) into a private PostgreSQL, then through the proxy runs
+``SELECT id, array_length(pgml.embed(model, body), 1) FROM t`` (every row streams back)
+and reports rows per second against the same query without the pgml call, and the
+proxy's peak RSS against its RSS before the query.
+
+    .venv/bin/python benchmarks/embed_stream.py --rows 1000000 --distinct 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.pgserver import PostgresCluster  # noqa: E402
+from tests.support.proxyproc import ProxyProcess  # noqa: E402
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def timed_rows(dsn: str, sql: str) -> tuple[int, float]:
+    started = time.monotonic()
+    rows = 0
+    with psycopg.connect(dsn) as conn, conn.cursor(name="stream") as cursor:
+        cursor.itersize = 10_000
+        cursor.execute(sql)
+        for _ in cursor:
+            rows += 1
+    return rows, time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--distinct", type=int, default=1000)
+    args = parser.parse_args()
+    cluster = PostgresCluster().start()
+    proxy = ProxyProcess("--upstream", cluster.dsn(), "--log-level", "warning").start()
+    try:
+        cluster.psql(
+            "CREATE TABLE t AS SELECT i AS id, 'review number ' || (i % "
+            f"{args.distinct}) || ' of a streaming test' AS body "
+            f"FROM generate_series(1, {args.rows}) AS i"
+        )
+        with psycopg.connect(proxy.dsn()) as conn:  # load the model before measuring
+            conn.execute("SELECT pgml.embed(%s, 'warm up')", [MODEL]).fetchone()
+        before = rss_mb(proxy.process.pid)  # type: ignore[union-attr]
+        peak = before
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, rss_mb(proxy.process.pid))  # type: ignore[union-attr]
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        plain_rows, plain_s = timed_rows(
+            proxy.dsn(), "SELECT id, array_length(string_to_array(body, ' '), 1) FROM t"
+        )
+        pgml_rows, pgml_s = timed_rows(
+            proxy.dsn(), f"SELECT id, array_length(pgml.embed('{MODEL}', body), 1) FROM t"
+        )
+        done.set()
+        sampler.join()
+        assert plain_rows == pgml_rows == args.rows
+        print(f"rows: {args.rows}, distinct texts: {args.distinct}")
+        print(f"plain query:  {plain_rows / plain_s:10.0f} rows/s ({plain_s:.1f} s)")
+        print(f"pgml.embed:   {pgml_rows / pgml_s:10.0f} rows/s ({pgml_s:.1f} s)")
+        print(f"ratio pgml / plain: {plain_s / pgml_s:.3f}")
+        print(f"proxy RSS: {before:.0f} MB before, {peak:.0f} MB peak (+{peak - before:.0f} MB)")
+    finally:
+        proxy.stop()
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
