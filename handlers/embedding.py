@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from handlers.errors import invalid_argument
+
 
 class SentenceEmbedder:
     """One loaded encoder; thread-safe, meant to be shared by every session."""
@@ -26,6 +28,8 @@ class SentenceEmbedder:
     def embed(
         self, texts: list[str], *, normalize: bool = True, max_length: int | None = None
     ) -> list[list[float]]:
+        if not texts:
+            return []
         torch = self._torch
         limit = max_length or min(self.tokenizer.model_max_length, 512)
         with self._lock, torch.inference_mode():
@@ -45,15 +49,17 @@ def embed_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Validate ``pgml.embed``'s kwargs: ``normalize`` (bool) and ``max_length`` (int)."""
     unknown = sorted(set(kwargs) - {"normalize", "max_length"})
     if unknown:
-        raise ValueError(f"unknown embed option {unknown[0]!r}: use normalize or max_length")
+        raise invalid_argument(
+            f'unknown pgml.embed option "{unknown[0]}"', hint="Options: normalize, max_length."
+        )
     options: dict[str, Any] = {}
     if "normalize" in kwargs:
         if not isinstance(kwargs["normalize"], bool):
-            raise ValueError("embed option normalize must be true or false")
+            raise invalid_argument("pgml.embed option normalize must be true or false")
         options["normalize"] = kwargs["normalize"]
     if "max_length" in kwargs:
         value = kwargs["max_length"]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError("embed option max_length must be a positive integer")
+            raise invalid_argument("pgml.embed option max_length must be a positive integer")
         options["max_length"] = value
     return options

@@ -10,6 +10,7 @@ transaction of the proxy's, so a failure leaves the database as it was.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -38,10 +39,11 @@ from proxy.planner import (
     DIALECT,
     CallSite,
     StatementPlan,
-    aliased,
     contains,
+    controls_transaction,
+    derived_table,
     find_calls,
-    replace_call,
+    named_scalar,
 )
 
 log = logging.getLogger("pgml_proxy.executor")
@@ -53,6 +55,11 @@ TEXT_OID = 25
 """Every value the proxy binds is sent as text and cast in the SQL to its type."""
 
 CANCELLED = PgmlError("57014", "canceling statement due to user request")
+INTERNAL_ERROR = PgmlError(
+    "XX000", "internal error in pgml-proxy", hint="The proxy's log has the details."
+)
+PROXY_STATEMENTS = ("__pgml_helper", "__pgml_final", "__pgml_describe", "__pgml_abort")
+"""Prepared statements the proxy names; closed again after a failure left them open."""
 
 
 class StatementFailed(Exception):
@@ -84,14 +91,21 @@ class Execution:
 
     # --- a simple Query ------------------------------------------------------------------
 
-    async def report(self, error: PgmlError) -> None:
-        """A Query that could not be planned: nothing of it runs, as with a syntax error."""
-        await self._fail_own(error, owns_transaction=self.inband.status == b"I")
-
     async def run_planned(self, statements: list[str], plans: list[StatementPlan | None]) -> None:
-        """Answer a simple Query; the caller sends the final ReadyForQuery."""
+        """Answer a simple Query; the caller sends the final ReadyForQuery.
+
+        Several statements in one Query run in one transaction, as PostgreSQL runs them,
+        unless they manage transactions themselves.
+        """
+        wrap = (
+            len(statements) > 1
+            and self.inband.status == b"I"
+            and not any(controls_transaction(text) for text in statements)
+        )
         plain: list[str] = []
         try:
+            if wrap:
+                await self.inband.query("BEGIN")
             for text, plan in zip(statements, plans, strict=True):
                 if plan is None:
                     plain.append(text)
@@ -102,8 +116,13 @@ class Execution:
                 await self._run_statement(plan)
             if plain:
                 await self._relay_plain(plain)
+            if wrap:
+                await self.inband.query("COMMIT")
+        except ServerError as error:  # the COMMIT failed
+            self.inband.send_client(without_position(error))
         except StatementFailed:
-            return
+            if wrap and self.inband.status != b"I":
+                await self._quietly("ROLLBACK")
 
     async def _relay_plain(self, statements: list[str]) -> None:
         """Statements without pgml calls go to PostgreSQL as they were written."""
@@ -135,12 +154,18 @@ class Execution:
             await self.drop_temp_tables()
         except ServerError as error:
             self.inband.send_client(without_position(error))
-            await self.inband.sync()
-            if owns_transaction:
-                await self._quietly("ROLLBACK")
+            await self._recover(owns_transaction, abort=False)
             raise StatementFailed from error
         except PgmlError as error:
-            await self._fail_own(error, owns_transaction)
+            self.inband.send_client(error_response(error))
+            await self._recover(owns_transaction, abort=True)
+            raise StatementFailed from error
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            log.exception("internal error running a pgml statement")
+            self.inband.send_client(error_response(INTERNAL_ERROR))
+            await self._recover(owns_transaction, abort=True)
             raise StatementFailed from error
         if owns_transaction:
             try:
@@ -149,14 +174,22 @@ class Execution:
                 self.inband.send_client(without_position(error))
                 raise StatementFailed from error
 
-    async def _fail_own(self, error: PgmlError, owns_transaction: bool) -> None:
-        """Report an error of the proxy's; leave the transaction as PostgreSQL would."""
-        self.inband.send_client(error_response(error))
+    async def _recover(self, owns_transaction: bool, abort: bool) -> None:
+        """After a failure: end PostgreSQL's error state, forget the proxy's statements,
+        and leave the transaction as a failed PostgreSQL statement would."""
+        await self.inband.sync()
+        await self.inband.close_statements(PROXY_STATEMENTS)
         if owns_transaction:
             if self.inband.status != b"I":
                 await self._quietly("ROLLBACK")
-        elif self.inband.status == b"T":
-            await self._quietly(abort_transaction_sql(error))
+        elif abort and self.inband.status == b"T":
+            await self._quietly(abort_transaction_sql())
+
+    async def report(self, error: PgmlError) -> None:
+        """A Query that could not be planned: nothing of it runs, as with a syntax error."""
+        self.inband.send_client(error_response(error))
+        if self.inband.status == b"T":
+            await self._quietly(abort_transaction_sql())
 
     async def _quietly(self, sql: str) -> None:
         with contextlib.suppress(ServerError):
@@ -176,9 +209,9 @@ class Execution:
         while pending:
             call = self._next_ready(pending)
             if call.scope is None:
-                await self._evaluate_constant(call)
+                await self._evaluate_constant(plan, call)
             else:
-                await self._evaluate_per_row(call)
+                await self._evaluate_per_row(plan, call)
             pending.remove(call)
         return plan.render()
 
@@ -203,67 +236,80 @@ class Execution:
         for call in pending:
             inputs = [a.copy() for a in call.args]
             if call.scope is not None:
-                inputs.append(_collection_select(call, [a for a in call.args if _reads_columns(a)]))
+                inputs.append(_collection_select(call))
             if not any(find_calls(i) for i in inputs):
                 return call
         raise PgmlError("0A000", "these pgml calls depend on each other in a way it cannot run")
 
-    async def _evaluate_constant(self, call: CallSite) -> None:
-        types, values = await self._constant_arguments(call.args)
+    async def _evaluate_constant(self, plan: StatementPlan, call: CallSite) -> None:
+        texts = [plan.argument_text(call, i) for i in range(len(call.args))]
+        types, values = await self._constant_arguments(texts)
         overload, args = bind_arguments(call, types, values)
         result = None
         if not any(v is None for v in args):
             result = (await overload.handler(self.context, [args]))[0]
             self._check_cancel()
-        replace_call(call, self._substitute_constant(call, overload, result))
+        plan.substitute(call, self._substitute_constant(call, overload, result))
 
     async def _constant_arguments(
-        self, args: Sequence[exp.Expr]
+        self, texts: Sequence[str]
     ) -> tuple[list[tuple[int, str]], list[Any]]:
-        if not args:
+        if not texts:
             return [], []
-        inner = exp.select(*[exp.alias_(a.copy(), f"a{i}") for i, a in enumerate(args)])
+        inner = ", ".join(f"({text}) AS __pgml_a{i}" for i, text in enumerate(texts))
         outer = ", ".join(
-            f"pg_typeof(s.a{i})::oid, pg_typeof(s.a{i})::text, to_json(s.a{i})::text"
-            for i in range(len(args))
+            f"pg_typeof(s.__pgml_a{i})::oid, pg_typeof(s.__pgml_a{i})::text, "
+            f"to_json(s.__pgml_a{i})::text"
+            for i in range(len(texts))
         )
-        result = await self._select(f"SELECT {outer} FROM ({inner.sql(dialect=DIALECT)}) AS s")
+        result = await self._select(f"SELECT {outer} FROM (SELECT {inner}) AS s")
         row = result.rows[0]
-        types = [(int(_text(row[3 * i])), _text(row[3 * i + 1])) for i in range(len(args))]
-        values = [_json(row[3 * i + 2]) for i in range(len(args))]
+        types = [(int(_text(row[3 * i])), _text(row[3 * i + 1])) for i in range(len(texts))]
+        values = [_json(row[3 * i + 2]) for i in range(len(texts))]
         return types, values
 
-    def _substitute_constant(self, call: CallSite, overload: Overload, result: Any) -> exp.Expr:
-        name = call.alias or call.function.name
+    def _substitute_constant(self, call: CallSite, overload: Overload, result: Any) -> str:
         if overload.set_returning:
             rows = [] if result is None else result
             param = self._param(
                 text_array_literal([encode_value(overload.returns, r) for r in rows])
             )
-            value = exp.cast(
-                exp.Anonymous(this="unnest", expressions=[exp.cast(param, "text[]")]),
-                overload.returns,
-            )
-        else:
-            value = exp.cast(self._param(encode_value(overload.returns, result)), overload.returns)
+            value = f"CAST(unnest(CAST({param} AS text[])) AS {overload.returns})"
+            if call.in_from:
+                return derived_table(value, call)
+            direct_item = isinstance(call.node.parent, exp.Select)
+            return f'{value} AS "{call.alias}"' if call.alias and direct_item else value
+        value = f"CAST({self._param(encode_value(overload.returns, result))} AS {overload.returns})"
         if call.in_from:
-            return exp.select(exp.alias_(value, name, quoted=True)).subquery(name)
-        return aliased(value, call.alias)
+            return derived_table(value, call)
+        return named_scalar(value, call.function.name)
 
-    async def _evaluate_per_row(self, call: CallSite) -> None:
+    async def _evaluate_per_row(self, plan: StatementPlan, call: CallSite) -> None:
         row_positions = [i for i, a in enumerate(call.args) if _reads_columns(a)]
         constant_positions = [i for i in range(len(call.args)) if i not in row_positions]
         const_types, const_values = await self._constant_arguments(
-            [call.args[i] for i in constant_positions]
+            [plan.argument_text(call, i) for i in constant_positions]
         )
+        row_texts = [plan.argument_text(call, i) for i in row_positions]
         table, portal = self._temp_name()
-        inner = _collection_select(call, [call.args[i] for i in row_positions])
-        columns = ", ".join(f"a{i}" for i in range(len(row_positions)))
-        collect = f"SELECT DISTINCT {columns} FROM ({inner.sql(dialect=DIALECT)}) AS s"
-        await self._select(
-            f"CREATE TEMP TABLE {table}_a{self._on_commit} AS "
-            f"SELECT row_number() OVER () AS k, d.* FROM ({collect}) AS d"
-        )
+        arguments = ", ".join(f"({text}) AS __pgml_a{i}" for i, text in enumerate(row_texts))
+        rows = _collection_select(call).sql(dialect=DIALECT).replace(_ARGUMENTS, arguments, 1)
+        columns = ", ".join(f"__pgml_a{i}" for i in range(len(row_positions)))
+        try:
+            await self._select(
+                f"CREATE TEMP TABLE {table}_a{self._on_commit} AS "
+                f"SELECT row_number() OVER () AS __pgml_k, d.* "
+                f"FROM (SELECT DISTINCT {columns} FROM ({rows}) AS s) AS d"
+            )
+        except ServerError as error:
+            if error.sqlstate == "42703" and call.scope is not None and call.scope.parent:
+                raise PgmlError(
+                    "0A000",
+                    f"{call.sql_name} cannot read columns of an outer query",
+                    detail=error.fields.get("M"),
+                    hint="Move the call to the outer query, or join the tables in one query.",
+                ) from error
+            raise
         self.temp_tables += [f"{table}_a"]
         described = await self._select(f"SELECT * FROM {table}_a LIMIT 0")
         types: list[tuple[int, str]] = [(0, "")] * len(call.args)
@@ -279,12 +325,13 @@ class Execution:
                 hint="Call it with an array literal, or with one row's value per call.",
             )
         await self._select(
-            f"CREATE TEMP TABLE {table}_v (k bigint, v {overload.returns}){self._on_commit}"
+            f"CREATE TEMP TABLE {table}_v (__pgml_k bigint, __pgml_v {overload.returns})"
+            f"{self._on_commit}"
         )
         self.temp_tables += [f"{table}_v"]
-        fetch = ", ".join(f"to_json(a{i})::text" for i in range(len(row_positions)))
+        fetch = ", ".join(f"to_json(__pgml_a{i})::text" for i in range(len(row_positions)))
         self.inband.send(
-            encode_parse(portal, f"SELECT k, {fetch} FROM {table}_a", self.param_oids())
+            encode_parse(portal, f"SELECT __pgml_k, {fetch} FROM {table}_a", self.param_oids())
             + encode_bind(portal, portal, self.param_values(), self.param_formats())
             + encode_close(b"S", portal)
             + FLUSH
@@ -308,20 +355,19 @@ class Execution:
                 break
         self.inband.send(encode_close(b"P", portal) + FLUSH)
         await self.inband.steps(1)
-        columns = ", ".join(f"a.a{i}" for i in range(len(row_positions)))
         await self._select(
-            f"CREATE TEMP TABLE {table}{self._on_commit} AS SELECT {columns}, v.v "
-            f"FROM {table}_a AS a JOIN {table}_v AS v USING (k)"
+            f"CREATE TEMP TABLE {table}{self._on_commit} AS SELECT a.*, v.__pgml_v "
+            f"FROM {table}_a AS a JOIN {table}_v AS v USING (__pgml_k)"
         )
         self.temp_tables.insert(0, table)
-        await self._select(f"CREATE INDEX ON {table} USING hash (a0)")
+        await self._select(f"CREATE INDEX ON {table} USING hash (__pgml_a0)")
         await self._select(f"ANALYZE {table}")
-        lookup = exp.select("l.v").from_(exp.to_table(table).as_("l"))
-        for index, position in enumerate(row_positions):
-            lookup = lookup.where(
-                exp.EQ(this=exp.column(f"a{index}", "l"), expression=call.args[position].copy())
-            )
-        replace_call(call, aliased(lookup.subquery(), call.alias))
+        match = " AND ".join(f"__pgml_l.__pgml_a{i} = ({text})" for i, text in enumerate(row_texts))
+        plan.substitute(
+            call,
+            f'(SELECT __pgml_l.__pgml_v AS "{call.function.name}" '
+            f"FROM {table} AS __pgml_l WHERE {match})",
+        )
 
     async def _evaluate_batch(
         self,
@@ -376,9 +422,10 @@ class Execution:
         results = await self.inband.steps(6)
         return results[0] if results else Result()
 
-    def _param(self, value: str | None) -> exp.Expr:
+    def _param(self, value: str | None) -> str:
+        """A parameter of the proxy's own, numbered after the client's."""
         self._params.append(None if value is None else value.encode("utf-8"))
-        return exp.Parameter(this=exp.Literal.number(len(self.user.values) + len(self._params)))
+        return f"${len(self.user.values) + len(self._params)}"
 
     def _temp_name(self) -> tuple[str, str]:
         """Names for a call's temporary tables and portal, unique in this session."""
@@ -394,11 +441,9 @@ def error_response(error: PgmlError) -> bytes:
     return pg.PgError("ERROR", error.sqlstate, error.message, error.detail, error.hint).encode()
 
 
-def abort_transaction_sql(error: PgmlError) -> str:
+def abort_transaction_sql() -> str:
     """SQL that fails, so PostgreSQL's transaction state follows a failed pgml call."""
-    return (
-        f"DO $$BEGIN RAISE EXCEPTION 'pgml call failed' USING ERRCODE = '{error.sqlstate}'; END$$"
-    )
+    return "DO $$BEGIN RAISE EXCEPTION 'a pgml call failed'; END$$"
 
 
 # --- arguments -------------------------------------------------------------------------
@@ -571,11 +616,15 @@ def without_position(error: ServerError) -> bytes:
     return pg.message(b"E", body)
 
 
-def _collection_select(call: CallSite, args: Sequence[exp.Expr]) -> exp.Select:
-    """The arguments over the rows of the call's scope (copies, ready to render)."""
+_ARGUMENTS = "__pgml_arguments__"
+"""Stands for the argument list while the rest of a collection query is rendered."""
+
+
+def _collection_select(call: CallSite) -> exp.Select:
+    """The rows of the call's scope, selecting a placeholder for its arguments."""
     scope = call.scope
     assert scope is not None
-    inner = exp.Select(expressions=[exp.alias_(a.copy(), f"a{i}") for i, a in enumerate(args)])
+    inner = exp.Select(expressions=[exp.column(_ARGUMENTS)])
     if isinstance(scope, exp.Select):
         for key in ("from_", "joins", "laterals"):
             value = scope.args.get(key)
@@ -589,10 +638,9 @@ def _collection_select(call: CallSite, args: Sequence[exp.Expr]) -> exp.Select:
                     inner.set(key, scope.args[key].copy())
     else:
         sources = [scope.this.copy()]
-        if isinstance(scope, exp.Update) and scope.args.get("from_"):
-            sources += [
-                e.copy() for e in scope.args["from_"].expressions or [scope.args["from_"].this]
-            ]
+        extra = scope.args.get("from_")
+        if isinstance(scope, exp.Update) and extra is not None:
+            sources += [e.copy() for e in extra.expressions or [extra.this]]
         sources += [e.copy() for e in scope.args.get("using") or []]
         inner = inner.from_(sources[0])
         for source in sources[1:]:

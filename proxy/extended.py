@@ -21,6 +21,8 @@ from handlers.functions import CallContext
 from handlers.serving import Services
 from proxy import protocol as pg
 from proxy.executor import (
+    INTERNAL_ERROR,
+    PROXY_STATEMENTS,
     BoundParams,
     Execution,
     abort_transaction_sql,
@@ -223,22 +225,28 @@ class Takeover:
             self.skipping = True
         except PgmlError as error:
             await self._fail(error)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("internal error running a pgml statement")
+            await self._fail(INTERNAL_ERROR)
 
     async def finish(self, sync: Message) -> None:
         """The client's Sync: PostgreSQL's ReadyForQuery ends the batch."""
         self.inband.send(sync.raw)
         while True:
             message = await self.inband.receive()
-            if message.type == pg.READY_FOR_QUERY:
-                self.inband.send_client(message.raw)
-                return
             self.inband.send_client(message.raw)
+            if message.type == pg.READY_FOR_QUERY:
+                break
+        if self.skipping:  # a failure may have left the proxy's statements open
+            await self.inband.close_statements(PROXY_STATEMENTS)
 
     async def _fail(self, error: PgmlError) -> None:
         """Report an error of the proxy's and put PostgreSQL's transaction in error too."""
         self.inband.send_client(error_response(error))
         self.inband.send(
-            encode_parse("__pgml_abort", abort_transaction_sql(error))
+            encode_parse("__pgml_abort", abort_transaction_sql())
             + encode_bind("__pgml_abort", "__pgml_abort", [])
             + encode_execute("__pgml_abort")
             + FLUSH

@@ -228,6 +228,11 @@ class Inband:
             pass
         return self.status
 
+    async def close_statements(self, names: Sequence[str]) -> None:
+        """Close prepared statements that may have been left open (closing none is fine)."""
+        self.send(b"".join(encode_close(b"S", name) for name in names))
+        await self.sync()
+
     async def collect(self, forward: Callable[[Message], bool] | None = None) -> list[Result]:
         """Read replies up to ReadyForQuery; ``forward`` picks messages for the client."""
         results: list[Result] = []

@@ -25,6 +25,7 @@ from sqlglot.errors import ParseError, TokenError
 from handlers.errors import PgmlError, unsupported
 from handlers.functions import TEXT_ARRAY_OIDS, Function, Overload
 from handlers.registry import FUNCTIONS
+from proxy.sourcetext import CallText, SourceText, call_text
 
 DIALECT = Postgres()
 
@@ -51,6 +52,8 @@ class CallSite:
     scope: exp.Expr | None = None
     """The query whose rows the arguments read; ``None`` for a constant call."""
     in_select_list_only: bool = False
+    text: CallText | None = None
+    """Where the call and its arguments stand in the statement's text."""
 
     @property
     def sql_name(self) -> str:
@@ -63,6 +66,8 @@ class StatementPlan:
     calls: list[CallSite] = field(default_factory=list)
     parameter_count: int = 0
     """Highest ``$n`` the client's own statement uses."""
+    source: SourceText = field(default_factory=lambda: SourceText(""))
+    """The statement's text, into which the evaluated calls are spliced."""
     prefix: str = ""
     """``DECLARE name ... CURSOR FOR`` before the query, kept as the client wrote it."""
 
@@ -72,7 +77,20 @@ class StatementPlan:
         return bool(self.prefix)
 
     def render(self) -> str:
-        return self.prefix + self.tree.sql(dialect=DIALECT)
+        return self.prefix + self.source.render()
+
+    def argument_text(self, call: CallSite, index: int) -> str:
+        """An argument as the client wrote it, with calls inside it already evaluated."""
+        assert call.text is not None
+        return self.source.render(call.text.arguments[index])
+
+    def substitute(self, call: CallSite, replacement: str) -> None:
+        """Put ``replacement`` (SQL) where the call stands, in the text and in the tree."""
+        assert call.text is not None
+        self.source.replace(call.text.span, replacement)
+        parsed = sqlglot.parse_one(f"SELECT {replacement}", dialect=DIALECT)
+        assert isinstance(parsed, exp.Select)
+        call.node.replace(parsed.expressions[0])
 
 
 def split_statements(sql: str) -> list[str]:
@@ -83,13 +101,34 @@ def split_statements(sql: str) -> list[str]:
         return [sql]
     pieces: list[str] = []
     start = 0
+    has_tokens = False
     for token in tokens:
         if token.token_type == TokenType.SEMICOLON:
-            pieces.append(sql[start : token.end + 1])
+            if has_tokens or not pieces:
+                pieces.append(sql[start : token.end + 1])
+            else:  # an empty statement: PostgreSQL ignores it
+                pieces[-1] += sql[start : token.end + 1]
             start = token.end + 1
+            has_tokens = False
+        else:
+            has_tokens = True
     if sql[start:].strip():
-        pieces.append(sql[start:])
-    return [piece for piece in pieces if piece.strip().strip(";").strip()] or [sql]
+        if has_tokens or not pieces:
+            pieces.append(sql[start:])
+        else:  # only a comment after the last statement
+            pieces[-1] += sql[start:]
+    return pieces or [sql]
+
+
+_TRANSACTION_CONTROL = re.compile(
+    r"^(?:\s|--[^\n]*\n|/\*.*?\*/)*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|"
+    r"PREPARE\s+TRANSACTION)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def controls_transaction(statement: str) -> bool:
+    return _TRANSACTION_CONTROL.match(statement) is not None
 
 
 _DECLARE_CURSOR = re.compile(
@@ -99,8 +138,22 @@ _DECLARE_CURSOR = re.compile(
 )
 
 
+_BODY_STATEMENT = re.compile(
+    r"^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:DO\b|CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\b)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
 def plan_statement(sql: str) -> StatementPlan | None:
     """Plan one statement; ``None`` when it calls no pgml function (relay it as it is)."""
+    if _BODY_STATEMENT.match(sql):
+        if _BODY_CALL.search(sql):
+            raise unsupported(
+                "pgml functions cannot be called inside a function body or DO block",
+                hint="Call pgml functions in a top-level statement, e.g. "
+                "INSERT INTO results SELECT pgml.predict(...) FROM ...",
+            )
+        return None
     declare = _DECLARE_CURSOR.match(sql)
     if declare is not None:
         plan = plan_statement(sql[declare.end() :])
@@ -122,12 +175,27 @@ def plan_statement(sql: str) -> StatementPlan | None:
         return None
     calls = find_calls(tree)
     if not calls:
-        _refuse_calls_in_bodies(tree)
         return None
-    plan = StatementPlan(tree, calls, _parameter_count(tree))
+    if isinstance(tree, exp.Create) and str(tree.args.get("kind", "")).upper() == "VIEW":
+        raise unsupported(
+            "pgml functions cannot be called in a view definition",
+            hint="Store the results with CREATE TABLE ... AS SELECT pgml...(...) FROM ..., "
+            "then define the view over that table.",
+        )
+    plan = StatementPlan(tree, calls, _parameter_count(tree), SourceText(sql))
+    tokens = DIALECT.tokenize(sql)
     for call in calls:
         _place(call)
+        call.text = call_text(tokens, _start_of(call))
+        if len(call.text.arguments) != len(call.args):
+            raise PgmlError("42601", f"could not read the arguments of {call.sql_name}")
     return plan
+
+
+def _start_of(call: CallSite) -> int:
+    pgml = call.node.args.get("db") if call.in_from else call.node.this
+    assert pgml is not None
+    return int(pgml.meta["start"])
 
 
 def find_calls(tree: exp.Expr) -> list[CallSite]:
@@ -183,20 +251,6 @@ def _parameter_count(tree: exp.Expr) -> int:
         if isinstance(p.this, exp.Literal) and p.this.name.isdigit()
     ]
     return max(numbers, default=0)
-
-
-def _refuse_calls_in_bodies(tree: exp.Expr) -> None:
-    """pgml calls inside function bodies or DO blocks would reach PostgreSQL later."""
-    for literal in tree.find_all(exp.Literal, exp.Heredoc):
-        text = literal.name if isinstance(literal, exp.Literal) else str(literal.this)
-        if isinstance(literal, exp.Literal) and not literal.is_string:
-            continue
-        if _BODY_CALL.search(text) and isinstance(tree, exp.Create | exp.Command):
-            raise unsupported(
-                "pgml functions cannot be called inside a function body or DO block",
-                hint="Call pgml functions in a top-level statement, e.g. "
-                "INSERT INTO results SELECT pgml.predict(...) FROM ...",
-            )
 
 
 # --- where a call stands -------------------------------------------------------------
@@ -295,23 +349,22 @@ def _select_list_alias(call: CallSite) -> str | None:
 # --- rewriting ----------------------------------------------------------------------
 
 
-def aliased(value: exp.Expr, alias: str | None) -> exp.Expr:
-    return exp.alias_(value, alias, quoted=True) if alias else value
+def named_scalar(value_sql: str, name: str) -> str:
+    """A value as a scalar subquery whose column is ``name``: PostgreSQL names a select-list
+    item after it, through casts and subscripts, as it would name the call."""
+    return f'(SELECT {value_sql} AS "{name}")'
 
 
-def replace_call(call: CallSite, replacement: exp.Expr) -> None:
-    """Put the call's value where the call stood, keeping casts or subscripts around it."""
-    node = call.node
-    wrapper: exp.Expr = node
-    while isinstance(wrapper.parent, exp.Cast | exp.Bracket | exp.Paren) and (
-        wrapper.parent.this is wrapper
-    ):
-        wrapper = wrapper.parent
-    if isinstance(replacement, exp.Alias) and wrapper is not node:
-        node.replace(replacement.this)
-        wrapper.replace(exp.alias_(wrapper.copy(), replacement.alias, quoted=True))
-        return
-    node.replace(replacement)
+def derived_table(value_sql: str, call: CallSite) -> str:
+    """A set-returning call in FROM as a derived table.
+
+    Its column takes the name PostgreSQL gives a scalar function's column in FROM: the
+    table alias when there is one (a column alias list after it still renames it), else
+    the function's name, which then also names the table.
+    """
+    name = call.alias or call.function.name
+    table = f'(SELECT {value_sql} AS "{name}")'
+    return table if call.node.args.get("alias") is not None else f'{table} AS "{name}"'
 
 
 def skeleton_sql(sql: str, parameter_oids: Sequence[int]) -> str:
@@ -323,31 +376,24 @@ def skeleton_sql(sql: str, parameter_oids: Sequence[int]) -> str:
     """
     plan = plan_statement(sql)
     assert plan is not None
-    for call in plan.calls:
+    for call in sorted(plan.calls, key=lambda c: -_nesting(c)):
         overload = _likely_overload(call, parameter_oids)
+        positions = _argument_positions(call, overload)
         typed = [
-            exp.cast(arg.copy(), overload.params[position].type)
-            for arg, position in zip(call.args, _argument_positions(call, overload), strict=False)
+            f"CAST(({plan.argument_text(call, i)}) AS {overload.params[position].type})"
+            for i, position in enumerate(positions)
         ]
-        null: exp.Expr = exp.Null()
-        if typed:
-            null = exp.Case(
-                ifs=[
-                    exp.If(
-                        this=exp.Is(
-                            this=exp.Anonymous(this="ROW", expressions=typed), expression=exp.Null()
-                        ),
-                        true=exp.Null(),
-                    )
-                ]
-            )
-        value = exp.cast(null, overload.returns)
-        name = call.alias or call.function.name
+        null = f"CASE WHEN ROW({', '.join(typed)}) IS NULL THEN NULL END" if typed else "NULL"
+        value = f"CAST({null} AS {overload.returns})"
         if call.in_from:
-            replace_call(call, exp.select(exp.alias_(value, name, quoted=True)).subquery(name))
+            plan.substitute(call, derived_table(value, call))
         else:
-            replace_call(call, aliased(value, call.alias))
+            plan.substitute(call, named_scalar(value, call.function.name))
     return plan.render()
+
+
+def _nesting(call: CallSite) -> int:
+    return len(_ancestors(call.node))
 
 
 def _argument_positions(call: CallSite, overload: Overload) -> list[int]:
