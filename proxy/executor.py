@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -51,6 +52,8 @@ log = logging.getLogger("pgml_proxy.executor")
 _FORWARDED_RESULTS = frozenset(b"TDCI")
 """RowDescription, DataRow, CommandComplete, EmptyQueryResponse."""
 
+_NAMES = itertools.count(1)
+
 TEXT_OID = 25
 """Every value the proxy binds is sent as text and cast in the SQL to its type."""
 
@@ -86,8 +89,11 @@ class Execution:
     user: BoundParams = field(default_factory=BoundParams)
     temp_tables: list[str] = field(default_factory=list)
     _params: list[bytes | None] = field(default_factory=list)
-    _temp_counter: int = 0
+    drop_on_commit: bool = False
+    """Helper tables go at the end of the transaction at the latest (portals may stop
+    half-way and never come back)."""
     _on_commit: str = ""
+    _cursor: bool = False
 
     # --- a simple Query ------------------------------------------------------------------
 
@@ -204,7 +210,8 @@ class Execution:
         and error state are PostgreSQL's as if it ran the statement itself.
         """
         self._params = []
-        self._on_commit = " ON COMMIT DROP" if plan.declares_cursor else ""
+        self._cursor = plan.declares_cursor
+        self._on_commit = " ON COMMIT DROP" if self._cursor or self.drop_on_commit else ""
         pending = list(plan.calls)
         while pending:
             call = self._next_ready(pending)
@@ -218,7 +225,7 @@ class Execution:
     async def drop_temp_tables(self) -> None:
         """Drop the statement's temporary tables, unless a cursor still reads them (then
         they go at the end of its transaction)."""
-        if self.temp_tables and not self._on_commit:
+        if self.temp_tables and not self._cursor:
             await self._select("DROP TABLE " + ", ".join(self.temp_tables))
             self.temp_tables = []
 
@@ -428,9 +435,10 @@ class Execution:
         return f"${len(self.user.values) + len(self._params)}"
 
     def _temp_name(self) -> tuple[str, str]:
-        """Names for a call's temporary tables and portal, unique in this session."""
-        self._temp_counter += 1
-        return f"pg_temp.__pgml_{self._temp_counter}", f"__pgml_portal_{self._temp_counter}"
+        """Names for a call's temporary tables and portal, unique in the process (several
+        of a session's statements may hold theirs at once: open cursors and portals)."""
+        number = next(_NAMES)
+        return f"pg_temp.__pgml_{number}", f"__pgml_portal_{number}"
 
     def _check_cancel(self) -> None:
         if self.cancelled():

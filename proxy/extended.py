@@ -345,6 +345,7 @@ class Takeover:
             self.services.batch_size,
             self.cancelled,
             portal.params,
+            drop_on_commit=True,
         )
         portal.execution = execution
         final = await execution.evaluate(plan)
@@ -367,6 +368,8 @@ class Takeover:
 
     async def _finish_portal(self, portal: PgmlPortal) -> None:
         portal.done = True
+        if portal.execution is not None:  # it may have started in an earlier batch
+            portal.execution.inband = self.inband
         if portal.upstream is not None:
             self.inband.send(encode_close(b"P", portal.upstream) + FLUSH)
             await self.inband.steps(1)

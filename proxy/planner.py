@@ -25,7 +25,7 @@ from sqlglot.errors import ParseError, TokenError
 from handlers.errors import PgmlError, unsupported
 from handlers.functions import TEXT_ARRAY_OIDS, Function, Overload
 from handlers.registry import FUNCTIONS
-from proxy.sourcetext import CallText, SourceText, call_text
+from proxy.sourcetext import CallText, SourceText, call_text, space_parameters
 
 DIALECT = Postgres()
 
@@ -95,6 +95,7 @@ class StatementPlan:
 
 def split_statements(sql: str) -> list[str]:
     """Split a simple Query's text into statements, as PostgreSQL's parser would."""
+    sql = space_parameters(sql)
     try:
         tokens = DIALECT.tokenize(sql)
     except TokenError:
@@ -154,6 +155,7 @@ def plan_statement(sql: str) -> StatementPlan | None:
                 "INSERT INTO results SELECT pgml.predict(...) FROM ...",
             )
         return None
+    sql = space_parameters(sql)
     declare = _DECLARE_CURSOR.match(sql)
     if declare is not None:
         plan = plan_statement(sql[declare.end() :])

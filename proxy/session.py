@@ -460,6 +460,9 @@ class ClientSession(asyncio.Protocol):
         assert self._takeover_input is not None and self._extended is not None
         source = self._takeover_input
         try:
+            # Relayed messages of this batch are answered only on Sync or Flush, and the
+            # client's Sync waits behind the takeover: ask for their replies now.
+            self._write_upstream(pg.message(b"H"))
             await self._until_idle(first)
             inband = self._enter_inband()
             takeover = Takeover(

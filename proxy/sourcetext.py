@@ -7,6 +7,7 @@ names, casts, column names and types stay its own).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from sqlglot import Token, TokenType
@@ -92,3 +93,90 @@ def _value_span(tokens: list[Token]) -> Span:
             tokens = tokens[index + skip :]
             break
     return tokens[0].start, tokens[-1].end + 1
+
+
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$")
+
+
+def space_parameters(sql: str) -> str:
+    """Put a space before each ``$n`` parameter that follows another character.
+
+    PostgreSQL reads ``$1,$2`` as two parameters; the SQL tokenizer used for planning reads
+    it as the start of a dollar-quoted string.  Spacing changes nothing for PostgreSQL,
+    and literals, quoted identifiers and comments are left exactly as they are.
+    """
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        char = sql[i]
+        if char == "'" or char == '"':
+            end = _closing_quote(sql, i, char, escapes=char == "'" and _is_escape_string(sql, i))
+            out.append(sql[i:end])
+            i = end
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+            out.append(sql[i:end])
+            i = end
+        elif sql.startswith("/*", i):
+            end = _closing_comment(sql, i)
+            out.append(sql[i:end])
+            i = end
+        elif char == "$":
+            tag = _DOLLAR_TAG.match(sql, i)
+            if tag is not None and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_")):
+                close = sql.find(tag.group(0), tag.end())
+                end = n if close < 0 else close + len(tag.group(0))
+                out.append(sql[i:end])
+                i = end
+            else:
+                previous = sql[i - 1] if i else " "
+                in_identifier = previous.isalnum() or previous in "_$"
+                if (
+                    i + 1 < n
+                    and sql[i + 1].isdigit()
+                    and not previous.isspace()
+                    and not in_identifier
+                ):
+                    out.append(" ")
+                out.append(char)
+                i += 1
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def _is_escape_string(sql: str, quote: int) -> bool:
+    return quote > 0 and sql[quote - 1] in "eE" and (quote < 2 or not sql[quote - 2].isalnum())
+
+
+def _closing_quote(sql: str, start: int, quote: str, escapes: bool) -> int:
+    i = start + 1
+    while i < len(sql):
+        if escapes and sql[i] == "\\":
+            i += 2
+            continue
+        if sql[i] == quote:
+            if i + 1 < len(sql) and sql[i + 1] == quote:
+                i += 2
+                continue
+            return i + 1
+        i += 1
+    return len(sql)
+
+
+def _closing_comment(sql: str, start: int) -> int:
+    depth, i = 0, start
+    while i < len(sql):
+        if sql.startswith("/*", i):
+            depth += 1
+            i += 2
+        elif sql.startswith("*/", i):
+            depth -= 1
+            i += 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    return len(sql)

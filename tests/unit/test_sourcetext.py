@@ -1,0 +1,39 @@
+"""Splicing evaluated calls into a statement's text."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.planner import DIALECT
+from proxy.sourcetext import SourceText, call_text, space_parameters
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("select $1,$2", "select $1, $2"),
+        ("select $1+$2||$3", "select $1+ $2|| $3"),
+        ("select 'a,$1', E'x\\',$1'", "select 'a,$1', E'x\\',$1'"),
+        ("select $$a,$1$$,$2", "select $$a,$1$$, $2"),
+        ("select $tag$ ,$1 $tag$", "select $tag$ ,$1 $tag$"),
+        ("select x/* ,$1 */,$3 -- ,$4", "select x/* ,$1 */, $3 -- ,$4"),
+        ('select a$1, "b,$2"', 'select a$1, "b,$2"'),
+    ],
+)
+def test_space_parameters(sql: str, expected: str) -> None:
+    assert space_parameters(sql) == expected
+
+
+def test_call_text_finds_arguments_and_named_values() -> None:
+    sql = "SELECT x, pgml.embed('m', f(a, b), kwargs => '{}') AS e FROM t"
+    text = call_text(DIALECT.tokenize(sql), sql.index("pgml"))
+    assert sql[text.span[0] : text.span[1]] == "pgml.embed('m', f(a, b), kwargs => '{}')"
+    assert [sql[s:e] for s, e in text.arguments] == ["'m'", "f(a, b)", "'{}'"]
+
+
+def test_nested_edits_render_outermost() -> None:
+    source = SourceText("SELECT f(g(1)) FROM t")
+    source.replace((11, 12), "$1")
+    assert source.render((9, 13)) == "g($1)"
+    source.replace((7, 14), "(SELECT 2)")
+    assert source.render() == "SELECT (SELECT 2) FROM t"
