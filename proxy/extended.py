@@ -38,6 +38,7 @@ from proxy.inband import (
     encode_describe,
     encode_execute,
     encode_parse,
+    read_values,
 )
 from proxy.planner import plan_statement, skeleton_sql
 from proxy.protocol import Message
@@ -82,18 +83,9 @@ def parse_bind(body: bytes) -> BindMessage:
     portal, pos = _cstring(body, 0)
     statement, pos = _cstring(body, pos)
     formats, pos = _int16_list(body, pos)
-    count = _INT16.unpack_from(body, pos)[0]
-    pos += 2
-    values: list[bytes | None] = []
-    for _ in range(count):
-        length = _INT32.unpack_from(body, pos)[0]
-        pos += 4
-        if length < 0:
-            values.append(None)
-        else:
-            values.append(body[pos : pos + length])
-            pos += length
+    values, pos = read_values(body, pos)
     result_formats, _ = _int16_list(body, pos)
+    count = len(values)
     per_param = formats * count if len(formats) == 1 else formats or [0] * count
     return BindMessage(portal, statement, values, per_param, result_formats)
 

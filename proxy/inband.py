@@ -79,9 +79,15 @@ def parse_parameter_description(body: bytes) -> list[int]:
 
 
 def parse_data_row(body: bytes) -> list[bytes | None]:
-    count = _INT16.unpack_from(body)[0]
+    return read_values(body, 0)[0]
+
+
+def read_values(body: bytes, pos: int) -> tuple[list[bytes | None], int]:
+    """A count, then that many length-prefixed values (-1: NULL), as DataRow and Bind
+    carry them; returns the values and the position after them."""
+    count = _INT16.unpack_from(body, pos)[0]
+    pos += 2
     values: list[bytes | None] = []
-    pos = 2
     for _ in range(count):
         length = _INT32.unpack_from(body, pos)[0]
         pos += 4
@@ -90,7 +96,7 @@ def parse_data_row(body: bytes) -> list[bytes | None]:
         else:
             values.append(body[pos : pos + length])
             pos += length
-    return values
+    return values, pos
 
 
 def encode_parse(name: str, sql: str, param_oids: Sequence[int] = ()) -> bytes:

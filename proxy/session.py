@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 import secrets
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, cast
 
 from proxy import protocol as pg
@@ -399,20 +400,26 @@ class ClientSession(asyncio.Protocol):
         self._statement = asyncio.get_running_loop().create_task(self._run_statement(message))
 
     async def _run_statement(self, message: Message) -> None:
+        if await self._owning_upstream(self._answer_query(message)):
+            self._resume_relay()
+
+    async def _answer_query(self, message: Message) -> None:
         from proxy.statements import prepare_query
 
+        prepared = prepare_query(message)
+        if prepared is None:
+            self._write_upstream(message.raw)
+            return
+        await self._until_idle(message)
+        inband = self._enter_inband()
+        await prepared.run(inband, self.proxy.services, lambda: self._cancel_requested)
+        self._write_client(pg.ready_for_query(inband.status))
+        self._answered_through(message.syncs + 1, inband.status)
+
+    async def _owning_upstream(self, work: Awaitable[None]) -> bool:
+        """Run work that reads the server's replies itself; whether the session goes on."""
         try:
-            prepared = prepare_query(message)
-            if prepared is None:
-                self._write_upstream(message.raw)
-            else:
-                await self._until_idle(message)
-                inband = self._enter_inband()
-                await prepared.run(inband, self.proxy.services, lambda: self._cancel_requested)
-                self._write_client(pg.ready_for_query(inband.status))
-                self._from_server.syncs = message.syncs + 1
-                self._from_server.steps, self._from_server.failed = 0, False
-                self._last_server_read = pg.ready_for_query(inband.status)
+            await work
         except asyncio.CancelledError:
             self._closing = True
         except ConnectionError:
@@ -422,9 +429,15 @@ class ClientSession(asyncio.Protocol):
             self._close_both()
         finally:
             self._leave_inband()
+            self._takeover_input = None
             self._statement = None
-        if not self._closing:
-            self._resume_relay()
+        return not self._closing
+
+    def _answered_through(self, syncs: int, status: bytes) -> None:
+        """Both directions' counts after the proxy answered up to a sync point itself."""
+        for frames in (self._from_client, self._from_server):
+            frames.syncs, frames.steps, frames.failed = syncs, 0, False
+        self._last_server_read = pg.ready_for_query(status)
 
     # --- extended-protocol batches the proxy takes over ------------------------------
 
@@ -455,44 +468,33 @@ class ClientSession(asyncio.Protocol):
             self._violation(exc)
 
     async def _run_takeover(self, first: Message) -> None:
+        assert self._takeover_input is not None
+        source = self._takeover_input
+        if await self._owning_upstream(self._answer_batch(first, source)):
+            self._relay_client_data(source.leftover())
+
+    async def _answer_batch(self, first: Message, source: TakeoverInput) -> None:
         from proxy.extended import Takeover
 
-        assert self._takeover_input is not None and self._extended is not None
-        source = self._takeover_input
-        try:
-            # Relayed messages of this batch are answered only on Sync or Flush, and the
-            # client's Sync waits behind the takeover: ask for their replies now.
-            self._write_upstream(pg.message(b"H"))
-            await self._until_idle(first)
-            inband = self._enter_inband()
-            takeover = Takeover(
-                self._extended, inband, self.proxy.services, lambda: self._cancel_requested
-            )
-            takeover.skipping = self._from_server.failed
-            while True:
-                message = await source.next()
-                if message.type in (pg.SYNC, pg.QUERY, ord("F")):
-                    await takeover.finish(message)
-                    break
-                await takeover.handle(message)
-            if inband.status == b"I":
-                takeover.end_of_transaction()
-            for frames in (self._from_client, self._from_server):
-                frames.syncs, frames.steps, frames.failed = message.syncs + 1, 0, False
-            self._last_server_read = pg.ready_for_query(inband.status)
-        except asyncio.CancelledError:
-            self._closing = True
-        except ConnectionError:
-            self._close_both()
-        except Exception:
-            log.exception("session %d: internal error running a pgml statement", self.id)
-            self._close_both()
-        finally:
-            self._leave_inband()
-            self._takeover_input = None
-            self._statement = None
-        if not self._closing:
-            self._relay_client_data(source.leftover())
+        assert self._extended is not None
+        # Relayed messages of this batch are answered only on Sync or Flush, and the
+        # client's Sync waits behind the takeover: ask for their replies now.
+        self._write_upstream(pg.message(b"H"))
+        await self._until_idle(first)
+        inband = self._enter_inband()
+        takeover = Takeover(
+            self._extended, inband, self.proxy.services, lambda: self._cancel_requested
+        )
+        takeover.skipping = self._from_server.failed
+        while True:
+            message = await source.next()
+            if message.type in (pg.SYNC, pg.QUERY, ord("F")):
+                await takeover.finish(message)
+                break
+            await takeover.handle(message)
+        if inband.status == b"I":
+            takeover.end_of_transaction()
+        self._answered_through(message.syncs + 1, inband.status)
 
     def _enter_inband(self) -> Inband:
         inband = Inband(self._write_upstream, self._write_client)
