@@ -7,9 +7,9 @@ batches of argument tuples.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from handlers.errors import PgmlError
 
@@ -57,6 +57,8 @@ class Overload:
     """``TABLE(...)`` result columns: (name, SQL type)."""
     row_dependent_ok: bool = True
     """Whether arguments may read columns (evaluated per row in batches)."""
+    strict: bool = True
+    """NULL in any argument gives NULL without calling the handler, as STRICT functions do."""
 
     def accepts(self, type_oids: Sequence[int | None]) -> bool:
         return all(
@@ -74,11 +76,30 @@ class Function:
         return {p.name for o in self.overloads for p in o.params}
 
 
-class CallContext:
-    """What a handler may use: the proxy's settings and shared caches."""
+class SessionSQL(Protocol):
+    """SQL in the caller's own session: their privileges, transaction and temp tables."""
 
-    def __init__(self, services: Any) -> None:
-        self.services = services
+    async def run_sql(self, sql: str, params: Sequence[str | None] = ()) -> list[list[Any]]:
+        """Run one statement; its rows as text values."""
+        ...
+
+    async def copy_in(self, sql: str, chunks: AsyncIterator[bytes]) -> int:
+        """Run ``COPY ... FROM STDIN`` fed with ``chunks``; return the rows copied."""
+        ...
+
+
+@dataclass
+class CallContext:
+    """What a handler may use: the proxy's shared services and the caller's session."""
+
+    services: Any
+    session: SessionSQL
+    database: str = ""
+    cancelled: Callable[[], bool] = lambda: False
+
+    def check_cancel(self) -> None:
+        if self.cancelled():
+            raise PgmlError("57014", "canceling statement due to user request")
 
 
 def describe_call(name: str, type_names: Sequence[str]) -> str:

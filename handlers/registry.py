@@ -11,6 +11,7 @@ import proxy
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
 from handlers.functions import Args, CallContext, Function, Overload, Param
+from handlers.loading import load_dataset
 
 
 async def version(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
@@ -60,6 +61,25 @@ async def embed_array(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
 
 
 FUNCTIONS: dict[str, Function] = {
+    "load_dataset": Function(
+        "load_dataset",
+        (
+            Overload(
+                (
+                    Param("source", "text"),
+                    Param("subset", "text", None, required=False),
+                    Param("limit", "bigint", None, required=False),
+                    Param("kwargs", "jsonb", "{}", required=False),
+                ),
+                "record",
+                load_dataset,
+                set_returning=True,
+                columns=(("table_name", "text"), ("rows", "bigint")),
+                row_dependent_ok=False,
+                strict=False,
+            ),
+        ),
+    ),
     "version": Function("version", (Overload((), "text", version),)),
     "embed": Function(
         "embed",

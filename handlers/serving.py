@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from handlers.device import pick_device
 from handlers.errors import PgmlError
 from handlers.models import ModelNotFound, ModelResolver
+from handlers.service import ServiceConnections
 
 log = logging.getLogger("pgml_proxy.serving")
 
@@ -22,10 +23,17 @@ class Services:
     """Process-wide state the handlers share: settings, the model cache, the worker pool."""
 
     def __init__(
-        self, models_dir: Path | None = None, device: str = "auto", batch_size: int = 256
+        self,
+        models_dir: Path | None = None,
+        device: str = "auto",
+        batch_size: int = 256,
+        datasets_dir: Path | None = None,
+        service: ServiceConnections | None = None,
     ) -> None:
         self.resolver = ModelResolver(models_dir=models_dir)
         self.batch_size = batch_size
+        self.datasets_dir = datasets_dir
+        self.service = service
         self.device_setting = device
         self._device: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgml-infer")
@@ -65,6 +73,17 @@ class Services:
             log.info("loaded %s model %s on %s", kind, name, self.device)
             return loaded
         return await asyncio.shield(pending)
+
+    async def ensure_catalog(self, database: str) -> None:
+        """The ``pgml`` schema and catalog exist in ``database`` (via the service login)."""
+        if self.service is None:
+            raise PgmlError(
+                "55000",
+                "pgml-proxy has no service connection for its catalog",
+                hint="Start the proxy with --upstream credentials of a role that may create "
+                "the pgml schema.",
+            )
+        await self.service.ensure_catalog(database)
 
     def _resolve(self, name: str) -> Path:
         try:

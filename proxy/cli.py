@@ -41,7 +41,7 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
         upstream,
         tls_context=tls_context(settings),
         connect_timeout=settings.connect_timeout,
-        services=lambda: _services(settings),
+        services=lambda: _services(settings, upstream),
     )
     await proxy.listen(settings.host, settings.port)
     stop = asyncio.Event()
@@ -54,10 +54,20 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
     await proxy.shutdown(settings.shutdown_grace)
 
 
-def _services(settings: Settings) -> Services:
+def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
+    from handlers.service import ServiceConnections, ServiceLogin
     from handlers.serving import Services
 
-    return Services(settings.models_dir, settings.device, settings.batch_size)
+    login = ServiceLogin(
+        upstream.host, upstream.port, upstream.user or "postgres", upstream.password
+    )
+    return Services(
+        settings.models_dir,
+        settings.device,
+        settings.batch_size,
+        settings.datasets_dir,
+        ServiceConnections(login),
+    )
 
 
 def run(settings: Settings) -> int:

@@ -26,6 +26,7 @@ class Settings:
     connect_timeout: float
     shutdown_grace: float
     models_dir: Path | None
+    datasets_dir: Path | None
     device: str
     batch_size: int
 
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         None,
         type=Path,
     )
+    add(
+        "datasets-dir",
+        "folder of local datasets, looked in first by pgml.load_dataset (a name's folder or file)",
+        None,
+        type=Path,
+    )
     add("device", "where models run: auto, cpu, cuda, cuda:N or mps (default %(default)s)", "auto")
     add(
         "batch-size",
@@ -114,6 +121,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         connect_timeout=float(args.connect_timeout),
         shutdown_grace=float(args.shutdown_grace),
         models_dir=Path(args.models_dir) if args.models_dir else None,
+        datasets_dir=Path(args.datasets_dir) if args.datasets_dir else None,
         device=args.device,
         batch_size=int(args.batch_size),
     )

@@ -16,7 +16,7 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from sqlglot import exp
 
 from handlers.errors import PgmlError
 from handlers.functions import ACCEPTED_OIDS, Args, CallContext, Overload, no_such_function
+from handlers.serving import Services
 from proxy import protocol as pg
 from proxy.inband import (
     FLUSH,
@@ -45,6 +46,7 @@ from proxy.planner import (
     derived_table,
     find_calls,
     named_scalar,
+    table_rows,
 )
 
 log = logging.getLogger("pgml_proxy.executor")
@@ -61,7 +63,13 @@ CANCELLED = PgmlError("57014", "canceling statement due to user request")
 INTERNAL_ERROR = PgmlError(
     "XX000", "internal error in pgml-proxy", hint="The proxy's log has the details."
 )
-PROXY_STATEMENTS = ("__pgml_helper", "__pgml_final", "__pgml_describe", "__pgml_abort")
+PROXY_STATEMENTS = (
+    "__pgml_helper",
+    "__pgml_final",
+    "__pgml_describe",
+    "__pgml_abort",
+    "__pgml_copy",
+)
 """Prepared statements the proxy names; closed again after a failure left them open."""
 
 
@@ -83,10 +91,10 @@ class Execution:
     """Evaluates the pgml calls of statements for one client request."""
 
     inband: Inband
-    context: CallContext
-    batch_size: int = 256
+    services: Services
     cancelled: Callable[[], bool] = lambda: False
     user: BoundParams = field(default_factory=BoundParams)
+    database: str = ""
     temp_tables: list[str] = field(default_factory=list)
     _params: list[bytes | None] = field(default_factory=list)
     drop_on_commit: bool = False
@@ -94,6 +102,27 @@ class Execution:
     half-way and never come back)."""
     _on_commit: str = ""
     _cursor: bool = False
+
+    @property
+    def context(self) -> CallContext:
+        return CallContext(self.services, self, self.database, self.cancelled)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.services.batch_size)
+
+    # --- SQL in the caller's session, for handlers -----------------------------------------
+
+    async def run_sql(self, sql: str, params: Sequence[str | None] = ()) -> list[list[Any]]:
+        encoded = [None if p is None else p.encode("utf-8") for p in params]
+        result = await self._select(sql, encoded)
+        return [[None if v is None else v.decode("utf-8") for v in row] for row in result.rows]
+
+    async def copy_in(self, sql: str, chunks: AsyncIterator[bytes]) -> int:
+        tag = await self.inband.copy_in(
+            "__pgml_copy", sql, self.param_values(), self.param_oids(), chunks
+        )
+        return int(tag.rsplit(" ", 1)[-1])
 
     # --- a simple Query ------------------------------------------------------------------
 
@@ -253,7 +282,7 @@ class Execution:
         types, values = await self._constant_arguments(texts)
         overload, args = bind_arguments(call, types, values)
         result = None
-        if not any(v is None for v in args):
+        if not overload.strict or not any(v is None for v in args):
             result = (await overload.handler(self.context, [args]))[0]
             self._check_cancel()
         plan.substitute(call, self._substitute_constant(call, overload, result))
@@ -276,6 +305,29 @@ class Execution:
         return types, values
 
     def _substitute_constant(self, call: CallSite, overload: Overload, result: Any) -> str:
+        if overload.columns:
+            rows = [] if result is None else result
+            values = [
+                self._param(text_array_literal([encode_value(kind, row[i]) for row in rows]))
+                for i, (_, kind) in enumerate(overload.columns)
+            ]
+            if call.in_from:
+                return table_rows(
+                    call,
+                    overload,
+                    [f"{v}::{k}[]" for v, (_, k) in zip(values, overload.columns, strict=True)],
+                )
+            if len(rows) != 1:
+                raise PgmlError(
+                    "0A000",
+                    f"{call.sql_name} returned {len(rows)} rows where one value is needed",
+                    hint=f"Call it in FROM: SELECT * FROM {call.sql_name}(...).",
+                )
+            fields = ", ".join(
+                f"(CAST({v} AS {k}[]))[1]"
+                for v, (_, k) in zip(values, overload.columns, strict=True)
+            )
+            return named_scalar(f"ROW({fields})", call.function.name)
         if overload.set_returning:
             rows = [] if result is None else result
             param = self._param(

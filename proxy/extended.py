@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from handlers.errors import PgmlError
-from handlers.functions import CallContext
 from handlers.serving import Services
 from proxy import protocol as pg
 from proxy.executor import (
@@ -193,11 +192,13 @@ class Takeover:
         inband: Inband,
         services: Services,
         cancelled: Callable[[], bool],
+        database: str,
     ) -> None:
         self.state = state
         self.inband = inband
         self.services = services
         self.cancelled = cancelled
+        self.database = database
         self.skipping = False
 
     async def handle(self, message: Message) -> None:
@@ -333,10 +334,10 @@ class Takeover:
         assert plan is not None
         execution = Execution(
             self.inband,
-            CallContext(self.services),
-            self.services.batch_size,
+            self.services,
             self.cancelled,
             portal.params,
+            self.database,
             drop_on_commit=True,
         )
         portal.execution = execution

@@ -10,8 +10,9 @@ always reach the client at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from proxy import protocol as pg
@@ -147,10 +148,14 @@ class Inband:
     """The executor's end of a session while the proxy runs a statement itself."""
 
     def __init__(
-        self, send_upstream: Callable[[bytes], None], send_client: Callable[[bytes], None]
+        self,
+        send_upstream: Callable[[bytes], None],
+        send_client: Callable[[bytes], None],
+        upstream_writable: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._send_upstream = send_upstream
         self.send_client = send_client
+        self._upstream_writable = upstream_writable
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
         self.status = b"I"
         """Transaction status of the last ReadyForQuery seen."""
@@ -233,6 +238,41 @@ class Inband:
         while (await self.receive()).type != pg.READY_FOR_QUERY:
             pass
         return self.status
+
+    async def copy_in(
+        self,
+        name: str,
+        sql: str,
+        params: Sequence[bytes | None],
+        oids: Sequence[int],
+        chunks: AsyncIterator[bytes],
+    ) -> str:
+        """``COPY ... FROM STDIN`` fed with ``chunks``, sent as fast as the server takes
+        them; returns the command tag.  An error stops the copy (CopyFail) and is raised."""
+        self.send(
+            encode_parse(name, sql, oids)
+            + encode_bind(name, name, params)
+            + encode_execute(name)
+            + FLUSH
+        )
+        while (message := await self.receive()).type != ord("G"):
+            if message.type == pg.ERROR_RESPONSE:
+                raise ServerError(message)
+        try:
+            async for chunk in chunks:
+                self.send(pg.message(b"d", chunk))
+                if self._upstream_writable is not None:
+                    await self._upstream_writable()
+        except BaseException as error:
+            self.send(pg.message(b"f", pg.cstring(f"load stopped: {type(error).__name__}")))
+            self.send(FLUSH)
+            with contextlib.suppress(ServerError):
+                while (await self.receive()).type != pg.ERROR_RESPONSE:
+                    pass
+            raise
+        self.send(pg.message(b"c") + encode_close(b"S", name) + FLUSH)
+        (result,) = await self.steps(2)
+        return result.tag
 
     async def close_statements(self, names: Sequence[str]) -> None:
         """Close prepared statements that may have been left open (closing none is fine)."""

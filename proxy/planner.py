@@ -369,6 +369,15 @@ def derived_table(value_sql: str, call: CallSite) -> str:
     return table if call.node.args.get("alias") is not None else f'{table} AS "{name}"'
 
 
+def table_rows(call: CallSite, overload: Overload, column_arrays: Sequence[str]) -> str:
+    """A ``TABLE(...)`` function's rows in FROM, one array expression per column."""
+    names = ", ".join(f'"{name}"' for name, _ in overload.columns)
+    table = f"(SELECT * FROM unnest({', '.join(column_arrays)}) AS __pgml_rows({names}))"
+    if call.node.args.get("alias") is not None:
+        return table
+    return f'{table} AS "{call.function.name}"'
+
+
 def skeleton_sql(sql: str, parameter_oids: Sequence[int]) -> str:
     """The statement with each call replaced by a typed NULL of its result type.
 
@@ -387,7 +396,14 @@ def skeleton_sql(sql: str, parameter_oids: Sequence[int]) -> str:
         ]
         null = f"CASE WHEN ROW({', '.join(typed)}) IS NULL THEN NULL END" if typed else "NULL"
         value = f"CAST({null} AS {overload.returns})"
-        if call.in_from:
+        if overload.columns:
+            arrays = [f"CAST(ARRAY[{null}] AS {kind}[])" for _, kind in overload.columns]
+            if call.in_from:
+                plan.substitute(call, table_rows(call, overload, arrays))
+            else:
+                fields = ", ".join(f"({a})[1]" for a in arrays)
+                plan.substitute(call, named_scalar(f"ROW({fields})", call.function.name))
+        elif call.in_from:
             plan.substitute(call, derived_table(value, call))
         else:
             plan.substitute(call, named_scalar(value, call.function.name))

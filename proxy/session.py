@@ -90,6 +90,8 @@ class ClientSession(asyncio.Protocol):
         self._idle_waiter: tuple[Message, asyncio.Future[None]] | None = None
         self._last_server_read = b""
         self._cancel_requested = False
+        self._upstream_writable = asyncio.Event()
+        self._upstream_writable.set()
         self._client_selector: pg.Selector = pg.client_message_of_interest
         self._extended: ExtendedState | None = None
         self._takeover_input: TakeoverInput | None = None
@@ -386,9 +388,11 @@ class ClientSession(asyncio.Protocol):
         self._close_client()
 
     def upstream_paused(self) -> None:
+        self._upstream_writable.clear()
         self._pause_client("upstream-full")
 
     def upstream_resumed(self) -> None:
+        self._upstream_writable.set()
         self._resume_client("upstream-full")
 
     # --- statements the proxy runs ---------------------------------------------------
@@ -412,7 +416,9 @@ class ClientSession(asyncio.Protocol):
             return
         await self._until_idle(message)
         inband = self._enter_inband()
-        await prepared.run(inband, self.proxy.services, lambda: self._cancel_requested)
+        await prepared.run(
+            inband, self.proxy.services, lambda: self._cancel_requested, self.database
+        )
         self._write_client(pg.ready_for_query(inband.status))
         self._answered_through(message.syncs + 1, inband.status)
 
@@ -483,7 +489,11 @@ class ClientSession(asyncio.Protocol):
         await self._until_idle(first)
         inband = self._enter_inband()
         takeover = Takeover(
-            self._extended, inband, self.proxy.services, lambda: self._cancel_requested
+            self._extended,
+            inband,
+            self.proxy.services,
+            lambda: self._cancel_requested,
+            self.database,
         )
         takeover.skipping = self._from_server.failed
         while True:
@@ -497,7 +507,7 @@ class ClientSession(asyncio.Protocol):
         self._answered_through(message.syncs + 1, inband.status)
 
     def _enter_inband(self) -> Inband:
-        inband = Inband(self._write_upstream, self._write_client)
+        inband = Inband(self._write_upstream, self._write_client, self._upstream_writable.wait)
         inband.status = self._last_server_read[-1:] or b"I"
         self._inband = inband
         self._from_server.watched = pg.EVERY_TYPE

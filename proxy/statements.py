@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from handlers.errors import PgmlError
-from handlers.functions import CallContext
 from handlers.serving import Services
 from proxy import protocol as pg
 from proxy.executor import Execution
@@ -23,8 +22,14 @@ class PreparedQuery:
     plans: list[StatementPlan | None]
     error: PgmlError | None = None
 
-    async def run(self, inband: Inband, services: Services, cancelled: Callable[[], bool]) -> None:
-        execution = Execution(inband, CallContext(services), services.batch_size, cancelled)
+    async def run(
+        self,
+        inband: Inband,
+        services: Services,
+        cancelled: Callable[[], bool],
+        database: str,
+    ) -> None:
+        execution = Execution(inband, services, cancelled, database=database)
         if self.error is not None:
             await execution.report(self.error)
             return

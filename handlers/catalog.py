@@ -1,0 +1,155 @@
+"""The ``pgml`` schema: projects, snapshots, models, deployments, files and logs.
+
+Created on the first pgml call that needs it in each database and migrated in place by
+later versions: each migration runs once, in order, inside one transaction that holds an
+advisory lock, so many sessions making their first call at once create it exactly once.
+Column names follow PostgresML so that existing queries keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+log = logging.getLogger("pgml_proxy.catalog")
+
+LOCK_KEY = 0x70676D6C  # "pgml"
+"""Advisory lock serialising catalog migrations in a database."""
+
+MIGRATIONS: list[str] = [
+    # 1: the tables and views of the SQL surface.
+    """
+    CREATE SCHEMA IF NOT EXISTS pgml;
+    CREATE TABLE pgml.projects (
+        id bigserial PRIMARY KEY,
+        name text NOT NULL UNIQUE,
+        task text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE TABLE pgml.snapshots (
+        id bigserial PRIMARY KEY,
+        relation_name text NOT NULL,
+        y_column_name text[],
+        test_size real,
+        test_sampling text,
+        status text NOT NULL DEFAULT 'in_progress',
+        columns jsonb,
+        analysis jsonb,
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE TABLE pgml.models (
+        id bigserial PRIMARY KEY,
+        project_id bigint NOT NULL REFERENCES pgml.projects (id) ON DELETE CASCADE,
+        snapshot_id bigint REFERENCES pgml.snapshots (id) ON DELETE SET NULL,
+        algorithm text NOT NULL,
+        hyperparams jsonb NOT NULL DEFAULT '{}',
+        status text NOT NULL DEFAULT 'in_progress'
+            CHECK (status IN ('in_progress', 'successful', 'failed', 'cancelled')),
+        metrics jsonb,
+        error text,
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE INDEX ON pgml.models (project_id);
+    CREATE TABLE pgml.deployments (
+        id bigserial PRIMARY KEY,
+        project_id bigint NOT NULL REFERENCES pgml.projects (id) ON DELETE CASCADE,
+        model_id bigint NOT NULL REFERENCES pgml.models (id) ON DELETE CASCADE,
+        strategy text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE INDEX ON pgml.deployments (project_id, created_at);
+    CREATE TABLE pgml.files (
+        id bigserial PRIMARY KEY,
+        model_id bigint NOT NULL REFERENCES pgml.models (id) ON DELETE CASCADE,
+        path text NOT NULL,
+        part integer NOT NULL,
+        data bytea NOT NULL,
+        UNIQUE (model_id, path, part)
+    );
+    CREATE TABLE pgml.logs (
+        id bigserial PRIMARY KEY,
+        model_id bigint REFERENCES pgml.models (id) ON DELETE CASCADE,
+        project_id bigint REFERENCES pgml.projects (id) ON DELETE CASCADE,
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        logs jsonb NOT NULL
+    );
+    CREATE INDEX ON pgml.logs (model_id, id);
+    CREATE VIEW pgml.deployed_models AS
+        SELECT DISTINCT ON (d.project_id)
+            m.id, p.name, p.task, m.algorithm, d.strategy, d.created_at AS deployed_at
+        FROM pgml.deployments AS d
+        JOIN pgml.projects AS p ON p.id = d.project_id
+        JOIN pgml.models AS m ON m.id = d.model_id
+        ORDER BY d.project_id, d.created_at DESC, d.id DESC;
+    CREATE VIEW pgml.trained_models AS
+        SELECT m.id, p.name, p.task, m.algorithm, m.status, m.metrics, m.created_at
+        FROM pgml.models AS m JOIN pgml.projects AS p ON p.id = m.project_id;
+    CREATE VIEW pgml.overview AS
+        SELECT p.name, d.created_at AS deployed_at, p.task, m.algorithm,
+               s.relation_name, s.y_column_name, s.test_sampling, s.test_size
+        FROM pgml.projects AS p
+        JOIN LATERAL (
+            SELECT * FROM pgml.deployments WHERE project_id = p.id
+            ORDER BY created_at DESC, id DESC LIMIT 1
+        ) AS d ON true
+        JOIN pgml.models AS m ON m.id = d.model_id
+        LEFT JOIN pgml.snapshots AS s ON s.id = m.snapshot_id;
+    GRANT USAGE ON SCHEMA pgml TO PUBLIC;
+    GRANT SELECT ON pgml.projects, pgml.snapshots, pgml.models, pgml.deployments, pgml.logs,
+        pgml.deployed_models, pgml.trained_models, pgml.overview TO PUBLIC;
+    """,
+]
+"""Migration N brings the catalog from version N-1 to N. Never edit one that shipped:
+append a new one."""
+
+VERSION = len(MIGRATIONS)
+
+
+class Connection(Protocol):
+    """The part of an asyncpg connection the catalog uses."""
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    def transaction(self) -> Any: ...
+
+
+async def ensure_catalog(connection: Connection) -> int:
+    """Create or migrate the catalog in the connection's database; return its version."""
+    current = await _version(connection)
+    if current >= VERSION:
+        return current
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+        current = await _version(connection)  # another session may have just done it
+        await connection.execute(
+            "CREATE SCHEMA IF NOT EXISTS pgml; "
+            "CREATE TABLE IF NOT EXISTS pgml.catalog_version "
+            "(version integer NOT NULL, migrated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for number in range(current + 1, VERSION + 1):
+            log.info("migrating the pgml catalog to version %d", number)
+            await connection.execute(MIGRATIONS[number - 1])
+            await connection.execute(
+                "INSERT INTO pgml.catalog_version (version) VALUES ($1)", number
+            )
+    return VERSION
+
+
+async def _version(connection: Connection) -> int:
+    # pg_class read with the statement's own snapshot: it sees a catalog another session
+    # committed while this one waited for the lock (a name lookup could use a stale cache).
+    exists = await connection.fetchval(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = 'pgml' AND c.relname = 'catalog_version')"
+    )
+    if not exists:
+        return 0
+    version = await connection.fetchval(
+        "SELECT coalesce(max(version), 0) FROM pgml.catalog_version"
+    )
+    return int(version)

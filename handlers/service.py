@@ -1,0 +1,72 @@
+"""The proxy's own connections to PostgreSQL, one small pool per database.
+
+They carry the proxy's writes that other sessions must see at once (catalog creation,
+progress logs, model files, job status) and the dashboard's reads.  User data never
+goes through them: it moves in-band, in the client's own session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from handlers.catalog import ensure_catalog
+
+log = logging.getLogger("pgml_proxy.service")
+
+
+@dataclass(frozen=True)
+class ServiceLogin:
+    """Where and as whom the proxy connects for itself (``--upstream``'s credentials)."""
+
+    host: str
+    port: int
+    user: str | None
+    password: str | None
+
+
+class ServiceConnections:
+    def __init__(self, login: ServiceLogin, max_size: int = 4) -> None:
+        self.login = login
+        self.max_size = max_size
+        self._pools: dict[str, Any] = {}
+        self._catalogs: dict[str, asyncio.Task[int]] = {}
+        self._lock = asyncio.Lock()
+
+    async def pool(self, database: str) -> Any:
+        """The pool for ``database``, opened on first use."""
+        async with self._lock:
+            if database not in self._pools:
+                import asyncpg
+
+                self._pools[database] = await asyncpg.create_pool(
+                    host=self.login.host,
+                    port=self.login.port,
+                    user=self.login.user,
+                    password=self.login.password,
+                    database=database,
+                    min_size=0,
+                    max_size=self.max_size,
+                    server_settings={"application_name": "pgml-proxy"},
+                )
+            return self._pools[database]
+
+    async def ensure_catalog(self, database: str) -> None:
+        """Create or migrate the catalog of ``database`` once per proxy process."""
+        task = self._catalogs.get(database)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.get_running_loop().create_task(self._migrate(database))
+            self._catalogs[database] = task
+        await asyncio.shield(task)
+
+    async def _migrate(self, database: str) -> int:
+        pool = await self.pool(database)
+        async with pool.acquire() as connection:
+            return await ensure_catalog(connection)
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
