@@ -123,6 +123,38 @@ class DatasetPlan:
         if lines:
             yield _chunk(lines)
 
+    @property
+    def csv_ready(self) -> bool:
+        """Whether :meth:`csv_rows` can write every column (flat text, numbers, booleans)."""
+        return all(kind in _CSV_CASTS for _, kind in self.columns)
+
+    def csv_rows(self, batch_rows: int = 10_000) -> Iterator[bytes]:
+        """The rows as ``COPY ... (FORMAT csv)`` chunks, written by Arrow's C++ CSV writer
+        from the dataset's Arrow batches: no Python object per value."""
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+
+        names = [name for name, _ in self.columns]
+        casts = [_CSV_CASTS[kind] for _, kind in self.columns]
+        options = pa_csv.WriteOptions(include_header=False)
+        remaining = self.limit
+        for split in self.splits:
+            if remaining is not None and remaining <= 0:
+                break
+            for table in _arrow_batches(self.source, split, batch_rows):
+                if remaining is not None:
+                    table = table.slice(0, remaining)
+                    remaining -= table.num_rows
+                columns = [
+                    table.column(name).cast(cast) if cast else table.column(name)
+                    for name, cast in zip(names, casts, strict=True)
+                ]
+                sink = pa.BufferOutputStream()
+                pa_csv.write_csv(pa.table(columns, names=names), sink, options)
+                yield sink.getvalue().to_pybytes()
+                if remaining is not None and remaining <= 0:
+                    break
+
 
 def plan_dataset(
     source: str,
@@ -433,6 +465,15 @@ def _align(source: str, split: _Split, features: Any) -> _Split:
         ) from None
 
 
+def _arrow_batches(source: str, split: _Split, size: int) -> Iterator[Any]:
+    try:
+        yield from split.dataset.with_format("arrow").iter(batch_size=size)
+    except PgmlError:
+        raise
+    except Exception as exc:
+        raise _read_error(source, exc) from exc
+
+
 def _batches(source: str, split: _Split, size: int) -> Iterator[Mapping[str, list[Any]]]:
     iterator: Iterable[Mapping[str, list[Any]]] = split.dataset.iter(batch_size=size)
     try:
@@ -623,6 +664,18 @@ def _finite(value: Any) -> Any:
         return [_finite(inner) for inner in value]
     return value
 
+
+_CSV_CASTS: dict[str, str | None] = {
+    "TEXT": None,
+    "BIGINT": "int64",
+    "INTEGER": "int64",
+    "SMALLINT": "int64",
+    "DOUBLE PRECISION": "float64",
+    "REAL": "float64",
+    "BOOLEAN": None,
+}
+"""Column types Arrow's CSV writer renders as PostgreSQL reads them, and the Arrow type
+each is written as (NULL: unquoted empty; strings always quoted; nan and inf as such)."""
 
 _ENCODERS: dict[str, Encoder] = {
     "TEXT": _encode_text,

@@ -47,7 +47,10 @@ async def _load(
         target = f"pgml.{quote_ident(staging)}"
         definition = ", ".join(f"{quote_ident(name)} {kind}" for name, kind in plan.columns)
         await ctx.session.run_sql(f"CREATE TABLE {target} ({definition})")
-    rows = await ctx.session.copy_in(f"COPY {target} ({names}) FROM STDIN", _chunks(ctx, plan))
+    options = " (FORMAT csv)" if plan.csv_ready else ""
+    rows = await ctx.session.copy_in(
+        f"COPY {target} ({names}) FROM STDIN{options}", _chunks(ctx, plan)
+    )
     if target != table:
         if existing:
             await ctx.session.run_sql(f"DROP TABLE {table}")
@@ -57,7 +60,7 @@ async def _load(
 
 async def _chunks(ctx: CallContext, plan: Any) -> AsyncIterator[bytes]:
     """The dataset's COPY text, read in a worker thread a chunk at a time."""
-    iterator = plan.rows()
+    iterator = plan.csv_rows() if plan.csv_ready else plan.rows()
     while True:
         chunk = await ctx.services.run(next, iterator, None)
         if chunk is None:

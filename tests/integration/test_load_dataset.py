@@ -179,3 +179,35 @@ def test_a_role_without_create_on_schema_pgml(
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert ok(loader, f"SELECT to_regclass('pgml.{name}') IS NULL") == ["t"]
     cluster.psql(f"DROP ROLE {role}")
+
+
+def test_tricky_values_survive_the_load(loader: ProxyProcess, datasets_dir: Path) -> None:
+    import psycopg
+
+    name = f"tricky_{uuid.uuid4().hex[:8]}"
+    texts = [
+        "",
+        None,
+        "quote \" and '",
+        "tab\there",
+        "line\nbreak\r\n",
+        "back\\slash",
+        "é ✓ 中文",
+        "\\N",
+    ]
+    rows = [
+        {"t": t, "f": f, "b": b, "i": i}
+        for t, f, b, i in zip(
+            texts,
+            [0.1, None, float("inf"), -0.0, 1e300, 2.5, -1.25, 3.0],
+            [True, False, None, True, False, True, False, True],
+            [1, None, -(2**62), 0, 7, 8, 9, 10],
+            strict=True,
+        )
+    ]
+    path = datasets_dir / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert ok(loader, f"SELECT rows FROM pgml.load_dataset('{name}')") == ["8"]
+    with psycopg.connect(loader.dsn()) as conn:
+        got = conn.execute(f'SELECT t, f, b, i FROM pgml."{name}"').fetchall()
+    assert got == [(r["t"], r["f"], r["b"], r["i"]) for r in rows]
