@@ -295,7 +295,10 @@ def _from_hub(
     from huggingface_hub.errors import HFValidationError
 
     datasets = _hf()
-
+    unreachable = None if datasets.config.HF_HUB_OFFLINE else _hub_unreachable()
+    if datasets.config.HF_HUB_OFFLINE or unreachable:
+        places.append(f"Hugging Face hub ({unreachable or 'offline'})")
+        return None
     try:
         found = datasets.load_dataset(source, subset, streaming=True, **options)
     except (ConnectionError, FileNotFoundError, HFValidationError) as exc:
@@ -310,6 +313,24 @@ def _from_hub(
     except (RuntimeError, datasets.exceptions.DatasetsError) as exc:
         raise unsupported(f'dataset "{source}" cannot be loaded: {_first_line(exc)}') from None
     return source, found
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached, found in one quick connection attempt rather than
+    the hub client's retries (which take half a minute on a machine with no route)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"unreachable: {exc.strerror or exc}"
 
 
 # --- opening --------------------------------------------------------------------------------

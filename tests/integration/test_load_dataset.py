@@ -211,3 +211,28 @@ def test_tricky_values_survive_the_load(loader: ProxyProcess, datasets_dir: Path
     with psycopg.connect(loader.dsn()) as conn:
         got = conn.execute(f'SELECT t, f, b, i FROM pgml."{name}"').fetchall()
     assert got == [(r["t"], r["f"], r["b"], r["i"]) for r in rows]
+
+
+def test_a_cancel_stops_a_load_and_keeps_the_old_table(
+    loader: ProxyProcess, datasets_dir: Path
+) -> None:
+    import threading
+    import time
+
+    import psycopg
+
+    name = f"big_{uuid.uuid4().hex[:8]}"
+    path = datasets_dir / f"{name}.jsonl"
+    path.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(5)))
+    assert ok(loader, f"SELECT rows FROM pgml.load_dataset('{name}')") == ["5"]
+    text = "x" * 2000
+    path.write_text("".join(json.dumps({"n": i, "t": text}) + "\n" for i in range(400_000)))
+    with psycopg.connect(loader.dsn(), autocommit=True) as conn:
+        timer = threading.Timer(1.0, conn.cancel_safe)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute(f"SELECT pgml.load_dataset('{name}')")
+        assert time.monotonic() - started < 6
+        timer.join()
+        assert conn.execute(f'SELECT count(*) FROM pgml."{name}"').fetchone() == (5,)
