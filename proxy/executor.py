@@ -238,6 +238,8 @@ class Execution:
         Helpers are sent with Flush, never Sync, so the client's implicit transaction
         and error state are PostgreSQL's as if it ran the statement itself.
         """
+        if self.services.service is not None:  # the catalog exists from the first call on
+            await self.services.ensure_catalog(self.database)
         self._params = []
         self._cursor = plan.declares_cursor
         self._on_commit = " ON COMMIT DROP" if self._cursor or self.drop_on_commit else ""
