@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,17 +20,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.memory import PeakRss, rss_mb  # noqa: E402
 from tests.support.pgserver import PostgresCluster  # noqa: E402
 from tests.support.proxyproc import ProxyProcess  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def timed_rows(dsn: str, sql: str) -> tuple[int, float]:
@@ -60,26 +53,16 @@ def main() -> None:
         )
         with psycopg.connect(proxy.dsn()) as conn:  # load the model before measuring
             conn.execute("SELECT pgml.embed(%s, 'warm up')", [MODEL]).fetchone()
-        before = rss_mb(proxy.process.pid)  # type: ignore[union-attr]
-        peak = before
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, rss_mb(proxy.process.pid))  # type: ignore[union-attr]
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        plain_rows, plain_s = timed_rows(
-            proxy.dsn(), "SELECT id, array_length(string_to_array(body, ' '), 1) FROM t"
-        )
-        pgml_rows, pgml_s = timed_rows(
-            proxy.dsn(), f"SELECT id, array_length(pgml.embed('{MODEL}', body), 1) FROM t"
-        )
-        done.set()
-        sampler.join()
+        pid = proxy.process.pid  # type: ignore[union-attr]
+        before = rss_mb(pid)
+        with PeakRss(pid) as peak_rss:
+            plain_rows, plain_s = timed_rows(
+                proxy.dsn(), "SELECT id, array_length(string_to_array(body, ' '), 1) FROM t"
+            )
+            pgml_rows, pgml_s = timed_rows(
+                proxy.dsn(), f"SELECT id, array_length(pgml.embed('{MODEL}', body), 1) FROM t"
+            )
+        peak = peak_rss.mb
         assert plain_rows == pgml_rows == args.rows
         print(f"rows: {args.rows}, distinct texts: {args.distinct}")
         print(f"plain query:  {plain_rows / plain_s:10.0f} rows/s ({plain_s:.1f} s)")

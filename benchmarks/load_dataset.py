@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.memory import PeakRss, rss_mb  # noqa: E402
 from tests.support.pgserver import BIN, PostgresCluster  # noqa: E402
 from tests.support.proxyproc import ProxyProcess  # noqa: E402
 
@@ -82,13 +82,6 @@ WORDS = [
 
 def review(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(120, 260))).capitalize() + "."
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def psql(dsn: str, command: str) -> float:
@@ -145,28 +138,19 @@ def main() -> None:
         "CREATE TABLE copied (text text, label bigint); "
         "CREATE TABLE inserted (text text, label bigint)"
     )
-    peak = 0.0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, rss_mb(proxy.process.pid))  # type: ignore[union-attr]
-            time.sleep(0.05)
-
     try:
         psql(proxy.dsn(), "SELECT pgml.load_dataset('reviews', \"limit\" => 10)")  # warm up
         before = rss_mb(proxy.process.pid)
-        sampler = threading.Thread(target=sample)
-        sampler.start()
         times: dict[str, list[float]] = {"load_dataset": [], "copy": [], "insert": []}
-        for _ in range(args.rounds):
-            times["load_dataset"].append(psql(proxy.dsn(), "SELECT pgml.load_dataset('reviews')"))
-            times["copy"].append(psql(cluster.dsn(), f"\\copy copied FROM '{csv_path}' CSV"))
-            cluster.psql("TRUNCATE copied")
-            times["insert"].append(insert_loop(cluster.dsn(), rows[: args.insert_sample]))
-        done.set()
-        sampler.join()
+        with PeakRss(proxy.process.pid) as peak_rss:
+            for _ in range(args.rounds):
+                times["load_dataset"].append(
+                    psql(proxy.dsn(), "SELECT pgml.load_dataset('reviews')")
+                )
+                times["copy"].append(psql(cluster.dsn(), f"\\copy copied FROM '{csv_path}' CSV"))
+                cluster.psql("TRUNCATE copied")
+                times["insert"].append(insert_loop(cluster.dsn(), rows[: args.insert_sample]))
+        peak = peak_rss.mb
         count = cluster.psql("SELECT count(*) FROM pgml.reviews").strip()
         assert int(count) == args.rows, count
         rate = {
@@ -185,7 +169,6 @@ def main() -> None:
         print(f"load_dataset / INSERT: {rate['load_dataset'] / rate['insert']:.1f}x")
         print(f"proxy RSS: {before:.0f} MB before the loads, {peak:.0f} MB peak")
     finally:
-        done.set()
         proxy.stop()
         cluster.stop()
 

@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.memory import rss_mb  # noqa: E402
 from tests.support.pgserver import BIN, SYSTEM_USER, PostgresCluster, free_port  # noqa: E402
 
 TPS = re.compile(r"tps = ([\d.]+) \(without initial connection time\)")
@@ -45,13 +46,6 @@ def wait_for_port(port: int, timeout: float = 10.0) -> float:
         except OSError:
             time.sleep(0.005)
     raise TimeoutError(f"nothing listening on port {port}")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def start_proxy(cluster: PostgresCluster) -> tuple[subprocess.Popen[bytes], int, float]:
