@@ -96,5 +96,8 @@ class Services:
                 hint="Put the model in --models-dir as <org>/<name>/.",
             ) from exc
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close the service connections and stop the worker threads."""
+        if self.service is not None:
+            await self.service.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

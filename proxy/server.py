@@ -117,3 +117,5 @@ class Proxy:
             await asyncio.sleep(0.05)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._services is not None:
+            await self._services.close()
