@@ -25,6 +25,7 @@ class ServiceLogin:
     port: int
     user: str | None
     password: str | None
+    sslmode: str = "disable"
 
 
 class ServiceConnections:
@@ -47,6 +48,7 @@ class ServiceConnections:
                     user=self.login.user,
                     password=self.login.password,
                     database=database,
+                    ssl=None if self.login.sslmode == "disable" else self.login.sslmode,
                     min_size=0,
                     max_size=self.max_size,
                     server_settings={"application_name": "pgml-proxy"},

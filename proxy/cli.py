@@ -59,7 +59,11 @@ def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
     from handlers.serving import Services
 
     login = ServiceLogin(
-        upstream.host, upstream.port, upstream.user or "postgres", upstream.password
+        upstream.host,
+        upstream.port,
+        upstream.user or "postgres",
+        upstream.password,
+        upstream.sslmode,
     )
     return Services(
         settings.models_dir,

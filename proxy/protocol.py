@@ -415,6 +415,26 @@ def parse_backend_key_data(body: bytes) -> tuple[int, bytes]:
     return _INT32.unpack_from(body)[0], bytes(body[4:])
 
 
+AUTH_SASL = 10
+_PLUS_SUFFIX = b"-PLUS"
+
+
+def without_channel_binding(reply: Message) -> bytes:
+    """An AuthenticationSASL without the ``-PLUS`` mechanisms (any other message as is).
+
+    Channel binding ties SCRAM to the TLS connection the server sees, which is the proxy's,
+    not the client's: offered to a client over TLS, it could never succeed.
+    """
+    body = reply.body
+    if len(body) < 4 or _INT32.unpack_from(body)[0] != AUTH_SASL:
+        return reply.raw
+    names = [n for n in body[4:].split(b"\x00") if n]
+    kept = [n for n in names if not n.endswith(_PLUS_SUFFIX)]
+    if len(kept) == len(names):
+        return reply.raw
+    return message(b"R", body[:4] + b"".join(n + b"\x00" for n in kept) + b"\x00")
+
+
 def ready_for_query(status: bytes) -> bytes:
     return message(b"Z", status)
 

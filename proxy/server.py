@@ -93,7 +93,7 @@ class Proxy:
     async def _send_cancel(self, pid: int, secret: bytes) -> None:
         try:
             transport, _ = await asyncio.wait_for(
-                self.upstream.open(asyncio.Protocol), self.connect_timeout
+                self.upstream.open(asyncio.Protocol, tls=False), self.connect_timeout
             )
         except (OSError, TimeoutError) as exc:
             log.warning("could not deliver a cancel request upstream: %s", exc)

@@ -73,7 +73,7 @@ class ClientSession(asyncio.Protocol):
             step_types=_CLIENT_STEPS,
         )
         self._from_server = pg.MessageFramer(
-            watched=(pg.BACKEND_KEY_DATA, pg.READY_FOR_QUERY),
+            watched=(pg.BACKEND_KEY_DATA, pg.READY_FOR_QUERY, pg.AUTHENTICATION),
             sync_types=(pg.READY_FOR_QUERY,),
             step_types=_SERVER_STEPS,
             error_type=pg.ERROR_RESPONSE,
@@ -341,6 +341,8 @@ class ClientSession(asyncio.Protocol):
 
     def _startup_reply(self, message: Message) -> bytes:
         """Rewrite what the proxy must own in the server's startup replies."""
+        if message.type == pg.AUTHENTICATION:
+            return pg.without_channel_binding(message)
         if message.type == pg.BACKEND_KEY_DATA:
             self.backend_key = pg.parse_backend_key_data(message.body)
             pid, secret = self.backend_key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -23,6 +24,10 @@ class UpstreamAddress:
     user: str | None = None
     password: str | None = None
     database: str | None = None
+    sslmode: str = "disable"
+    """libpq's ``sslmode``: disable, allow and prefer (TLS when the server offers it),
+    require, verify-ca and verify-full (TLS or no connection)."""
+    sslrootcert: str | None = None
 
     @property
     def is_unix(self) -> bool:
@@ -35,20 +40,69 @@ class UpstreamAddress:
     def describe(self) -> str:
         return self.socket_path if self.is_unix else f"{self.host}:{self.port}"
 
+    @property
+    def uses_tls(self) -> bool:
+        return not self.is_unix and self.sslmode not in ("disable", "allow")
+
     async def open(
-        self, protocol_factory: Callable[[], asyncio.Protocol]
+        self, protocol_factory: Callable[[], asyncio.Protocol], *, tls: bool = True
     ) -> tuple[asyncio.Transport, asyncio.Protocol]:
-        """Open a connection to the server with the given protocol."""
+        """Open a connection to the server with the given protocol, with TLS first when
+        ``sslmode`` asks for it (``tls=False``: plain, as cancel requests may go)."""
         loop = asyncio.get_running_loop()
         if self.is_unix:
             transport, protocol = await loop.create_unix_connection(
                 protocol_factory, self.socket_path
             )
-        else:
+            return transport, protocol
+        if not (tls and self.uses_tls):
             transport, protocol = await loop.create_connection(
                 protocol_factory, self.host, self.port
             )
+            return transport, protocol
+        transport, probe = await loop.create_connection(_FirstByte, self.host, self.port)
+        transport.write(SSL_REQUEST)
+        answer = await probe.answer
+        if answer == b"S":
+            secured = await loop.start_tls(
+                transport, probe, self.tls_context(), server_hostname=self.host
+            )
+            assert secured is not None
+            transport = secured
+        elif self.sslmode != "prefer":
+            transport.close()
+            raise ConnectionRefusedError(0, "the server does not support SSL (sslmode=require)")
+        protocol = protocol_factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
         return transport, protocol
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Certificates are checked only for verify-ca and verify-full, as libpq does."""
+        context = ssl.create_default_context(cafile=self.sslrootcert)
+        if self.sslmode != "verify-full":
+            context.check_hostname = False
+        if self.sslmode not in ("verify-ca", "verify-full"):
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+
+
+class _FirstByte(asyncio.Protocol):
+    """Reads the server's one-byte answer to an SSLRequest."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data[:1])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc or ConnectionResetError("the server closed"))
 
 
 def parse_upstream(dsn: str) -> UpstreamAddress:
@@ -76,6 +130,8 @@ def _parse_uri(dsn: str) -> UpstreamAddress:
         user=unquote(parts.username) if parts.username else query.get("user"),
         password=unquote(parts.password) if parts.password else query.get("password"),
         database=unquote(parts.path.lstrip("/")) or query.get("dbname"),
+        sslmode=_sslmode(query.get("sslmode")),
+        sslrootcert=query.get("sslrootcert"),
     )
 
 
@@ -92,4 +148,18 @@ def _parse_keywords(dsn: str) -> UpstreamAddress:
         user=fields.get("user"),
         password=fields.get("password"),
         database=fields.get("dbname"),
+        sslmode=_sslmode(fields.get("sslmode")),
+        sslrootcert=fields.get("sslrootcert"),
     )
+
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _sslmode(value: str | None) -> str:
+    """The upstream's sslmode; without one, the proxy does not ask for TLS."""
+    if value is None:
+        return "disable"
+    if value not in _SSLMODES:
+        raise ValueError(f"invalid sslmode {value!r}: use one of {', '.join(_SSLMODES)}")
+    return value

@@ -44,13 +44,20 @@ def free_port() -> int:
 class PostgresCluster:
     """initdb + pg_ctl start in a temporary folder; ``stop()`` removes it all."""
 
-    def __init__(self, *, max_connections: int = 300, settings: dict[str, str] | None = None):
+    def __init__(
+        self,
+        *,
+        max_connections: int = 300,
+        settings: dict[str, str] | None = None,
+        bin_dir: Path = BIN,
+    ):
         self.root = Path(tempfile.mkdtemp(prefix="pgml-test-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "sock"
         self.port = free_port()
         self.max_connections = max_connections
         self.settings = settings or {}
+        self.bin_dir = bin_dir
         self._run_as: str | None = SYSTEM_USER if os.geteuid() == 0 else None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -122,7 +129,7 @@ class PostgresCluster:
         )
 
     def _pg(self, program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = [str(BIN / program), *args]
+        command = [str(self.bin_dir / program), *args]
         kwargs: dict[str, object] = {}
         if self._run_as:
             kwargs["user"] = pwd.getpwnam(self._run_as).pw_uid

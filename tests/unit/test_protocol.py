@@ -180,3 +180,11 @@ def test_messages_know_their_place_among_sync_points_and_steps() -> None:
     (parse,) = [c for c in chunks if isinstance(c, Message)]
     assert (parse.syncs, parse.steps) == (1, 2)
     assert (framer.syncs, framer.steps) == (1, 3)
+
+
+def test_channel_binding_is_not_offered_through_the_proxy() -> None:
+    body = struct.pack("!I", pg.AUTH_SASL) + b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"
+    offered = pg.without_channel_binding(Message(pg.AUTHENTICATION, pg.message(b"R", body)))
+    assert offered == pg.message(b"R", struct.pack("!I", pg.AUTH_SASL) + b"SCRAM-SHA-256\0\0")
+    md5 = pg.message(b"R", struct.pack("!I", 5) + b"salt")
+    assert pg.without_channel_binding(Message(pg.AUTHENTICATION, md5)) == md5

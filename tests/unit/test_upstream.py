@@ -40,3 +40,11 @@ def test_unix_socket_path() -> None:
 def test_rejects(dsn: str) -> None:
     with pytest.raises(ValueError):
         parse_upstream(dsn)
+
+
+def test_sslmode() -> None:
+    assert parse_upstream("postgresql://db/app").sslmode == "disable"
+    assert parse_upstream("postgresql://db/app?sslmode=require").uses_tls
+    assert not parse_upstream("postgresql:///app?host=/run/pg&sslmode=require").uses_tls
+    with pytest.raises(ValueError):
+        parse_upstream("postgresql://db/app?sslmode=sometimes")
