@@ -54,20 +54,6 @@ def docs(cluster: PostgresCluster) -> Iterator[str]:
 
 
 @pytest.fixture
-def scratch(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
-    names: list[str] = []
-
-    def new(prefix: str) -> str:
-        names.append(unique(prefix))
-        return names[-1]
-
-    yield new
-    for name in names:
-        quoted = '"' + name.replace('"', '""') + '"'
-        cluster.psql(f"DROP TABLE IF EXISTS {quoted} CASCADE")
-
-
-@pytest.fixture
 def direct(direct_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(direct_dsn, autocommit=True) as conn:
         yield conn

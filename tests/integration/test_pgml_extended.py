@@ -13,7 +13,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from typing import Any, TypeVar
@@ -30,12 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import proxy as package
+from tests.integration._pgml import MODEL, unique
+from tests.integration._pgml import start_proxy as shared_proxy
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
 pytestmark = pytest.mark.timeout(120)
 
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 UNKNOWN_MODEL = "no-such-org/no-such-model"
 DIMENSIONS = 384
 TOLERANCE = 1e-5
@@ -67,10 +67,6 @@ def doc_body(i: int) -> str | None:
 
 
 DOC_BODIES = {i: doc_body(i) for i in range(1, DOC_COUNT + 1)}
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 # --- reference embeddings -----------------------------------------------------------
@@ -111,15 +107,8 @@ def reference() -> Reference:
 
 
 def start_proxy(cluster: PostgresCluster, batch_size: int) -> ProxyProcess:
-    process = ProxyProcess(
-        "--upstream",
-        cluster.dsn(),
-        "--batch-size",
-        str(batch_size),
-        "--log-level",
-        "debug",
-        env={"HF_HUB_OFFLINE": "1"},
-    ).start()
+    """The shared test proxy, with the model already loaded."""
+    process = shared_proxy(cluster, batch_size)
     with psycopg.connect(process.dsn(), autocommit=True, connect_timeout=10) as conn:
         conn.execute("SELECT pgml.embed(%s, %s)", [MODEL, "load the model"])
     return process
@@ -136,20 +125,6 @@ def pgml_proxy(cluster: PostgresCluster) -> Iterator[ProxyProcess]:
 @pytest.fixture
 def dsn(pgml_proxy: ProxyProcess) -> str:
     return pgml_proxy.dsn()
-
-
-@pytest.fixture
-def scratch(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
-    """Unique table names; each table is dropped after the test."""
-    names: list[str] = []
-
-    def new(prefix: str) -> str:
-        names.append(unique(prefix))
-        return names[-1]
-
-    yield new
-    for name in names:
-        cluster.psql(f"DROP TABLE IF EXISTS {name} CASCADE")
 
 
 @pytest.fixture

@@ -64,20 +64,6 @@ def docs(cluster: PostgresCluster) -> Iterator[str]:
 
 
 @pytest.fixture
-def scratch(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
-    """Unique names for tables a test creates; each is dropped afterwards."""
-    names: list[str] = []
-
-    def new(prefix: str) -> str:
-        names.append(unique(prefix))
-        return names[-1]
-
-    yield new
-    for name in names:
-        cluster.psql(f"DROP TABLE IF EXISTS {name} CASCADE")
-
-
-@pytest.fixture
 def direct(direct_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(direct_dsn, autocommit=True) as conn:
         yield conn
