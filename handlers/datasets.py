@@ -732,7 +732,7 @@ def _stem(path: Path) -> str:
 
 def _hf() -> Any:
     """The ``datasets`` library, imported on first use (it is slow to import)."""
-    import datasets  # type: ignore[import-untyped]
+    import datasets
 
     return datasets
 

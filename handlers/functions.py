@@ -87,6 +87,10 @@ class SessionSQL(Protocol):
         """Run ``COPY ... FROM STDIN`` fed with ``chunks``; return the rows copied."""
         ...
 
+    async def notice(self, message: str) -> None:
+        """Send the client a NOTICE now (psql prints it while the statement runs)."""
+        ...
+
 
 @dataclass
 class CallContext:

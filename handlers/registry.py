@@ -11,7 +11,19 @@ import proxy
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
 from handlers.functions import Args, CallContext, Function, Overload, Param
+from handlers.inference import (
+    LABEL,
+    deploy_model,
+    deploy_strategy,
+    generate_array,
+    generate_text,
+    predict_array,
+    predict_proba_array,
+    predict_proba_text,
+    predict_text,
+)
 from handlers.loading import load_dataset
+from handlers.tuning.tune import tune
 
 
 async def version(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
@@ -60,6 +72,10 @@ async def embed_array(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     return await _embed_groups(ctx, keys, texts)
 
 
+_PROJECT = Param("project_name", "text")
+_CONFIG = Param("config", "jsonb", "{}", required=False)
+_DEPLOY_COLUMNS = (("project", "text"), ("strategy", "text"), ("algorithm", "text"))
+
 FUNCTIONS: dict[str, Function] = {
     "load_dataset": Function(
         "load_dataset",
@@ -81,6 +97,82 @@ FUNCTIONS: dict[str, Function] = {
         ),
     ),
     "version": Function("version", (Overload((), "text", version),)),
+    "tune": Function(
+        "tune",
+        (
+            Overload(
+                (
+                    Param("project_name", "text"),
+                    Param("task", "text", None, required=False),
+                    Param("relation_name", "text", None, required=False),
+                    Param("y_column_name", "text", None, required=False),
+                    Param("model_name", "text", None, required=False),
+                    Param("hyperparams", "jsonb", "{}", required=False),
+                    Param("test_size", "real", 0.25, required=False),
+                    Param("test_sampling", "text", "random", required=False),
+                    Param("automatic_deploy", "boolean", True, required=False),
+                ),
+                "record",
+                tune,
+                set_returning=True,
+                columns=(
+                    ("project", "text"),
+                    ("task", "text"),
+                    ("algorithm", "text"),
+                    ("deployed", "boolean"),
+                ),
+                row_dependent_ok=False,
+                strict=False,
+            ),
+        ),
+    ),
+    "predict": Function(
+        "predict",
+        (
+            Overload((_PROJECT, Param("input", "text")), LABEL, predict_text),
+            Overload((_PROJECT, Param("inputs", "text[]")), LABEL + "[]", predict_array),
+        ),
+    ),
+    "predict_proba": Function(
+        "predict_proba",
+        (
+            Overload((_PROJECT, Param("input", "text")), "jsonb", predict_proba_text),
+            Overload((_PROJECT, Param("inputs", "text[]")), "jsonb", predict_proba_array),
+        ),
+    ),
+    "generate": Function(
+        "generate",
+        (
+            Overload((_PROJECT, Param("input", "text"), _CONFIG), "text", generate_text),
+            Overload((_PROJECT, Param("inputs", "text[]"), _CONFIG), "text[]", generate_array),
+        ),
+    ),
+    "deploy": Function(
+        "deploy",
+        (
+            Overload(
+                (
+                    _PROJECT,
+                    Param("strategy", "text"),
+                    Param("algorithm", "text", None, required=False),
+                ),
+                "record",
+                deploy_strategy,
+                set_returning=True,
+                columns=_DEPLOY_COLUMNS,
+                row_dependent_ok=False,
+                strict=False,
+            ),
+            Overload(
+                (Param("model_id", "bigint"),),
+                "record",
+                deploy_model,
+                set_returning=True,
+                columns=_DEPLOY_COLUMNS,
+                row_dependent_ok=False,
+            ),
+        ),
+    ),
     "embed": Function(
         "embed",
         (

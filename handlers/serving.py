@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import re
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from handlers.batching import Batcher
 from handlers.device import pick_device
 from handlers.errors import PgmlError
 from handlers.models import ModelNotFound, ModelResolver
+from handlers.projects import Catalog, Deployed
 from handlers.service import ServiceConnections
 
 log = logging.getLogger("pgml_proxy.serving")
 
 T = TypeVar("T")
+
+COMPLETE_MARKER = ".complete"
+"""Written last into a local model folder: the folder holds every file."""
 
 
 class Services:
@@ -29,16 +37,20 @@ class Services:
         batch_size: int = 256,
         datasets_dir: Path | None = None,
         service: ServiceConnections | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.resolver = ModelResolver(models_dir=models_dir)
         self.batch_size = batch_size
         self.datasets_dir = datasets_dir
         self.service = service
+        self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "pgml-proxy"
         self.device_setting = device
         self._device: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgml-infer")
-        self._models: dict[tuple[str, str], Any] = {}
-        self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._models: dict[Hashable, Any] = {}
+        self._loading: dict[Hashable, asyncio.Future[Any]] = {}
+        self._deployed: dict[tuple[str, int], int] = {}
+        self.batcher = Batcher(self.run, batch_size)
 
     @property
     def device(self) -> str:
@@ -50,32 +62,122 @@ class Services:
         """Run blocking work (tokenising, inference) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def model(self, kind: str, name: str, load: Callable[[Path, str], Any]) -> Any:
-        """The loaded model ``name``; concurrent first callers share one load."""
-        key = (kind, name)
+    async def cached(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
+        """The object cached under ``key``; concurrent first callers share one load."""
         if key in self._models:
             return self._models[key]
         pending = self._loading.get(key)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._loading[key] = pending
-            try:
-                path = await self.run(self._resolve, name)
-                loaded = await self.run(load, path, self.device)
-            except BaseException as exc:
-                del self._loading[key]
-                pending.set_exception(exc)
-                pending.exception()  # retrieved here: each waiter re-raises its own copy
-                raise
-            self._models[key] = loaded
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = asyncio.get_running_loop().create_future()
+        self._loading[key] = pending
+        try:
+            loaded = await load()
+        except BaseException as exc:
             del self._loading[key]
-            pending.set_result(loaded)
+            pending.set_exception(exc)
+            pending.exception()  # retrieved here: each waiter re-raises its own copy
+            raise
+        self._models[key] = loaded
+        del self._loading[key]
+        pending.set_result(loaded)
+        return loaded
+
+    async def model(self, kind: str, name: str, load: Callable[[Path, str], Any]) -> Any:
+        """The model ``name`` found by the resolver, loaded once."""
+
+        async def resolve_and_load() -> Any:
+            loaded = await self.run(load, await self.resolve_model(name), self.device)
             log.info("loaded %s model %s on %s", kind, name, self.device)
             return loaded
-        return await asyncio.shield(pending)
+
+        return await self.cached((kind, name), resolve_and_load)
+
+    async def resolve_model(self, name: str) -> Path:
+        return await self.run(self._resolve, name)
+
+    # --- the catalog and deployed models -----------------------------------------------
 
     async def ensure_catalog(self, database: str) -> None:
         """The ``pgml`` schema and catalog exist in ``database`` (via the service login)."""
+        await self._service().ensure_catalog(database)
+
+    async def catalog(self, database: str) -> Catalog:
+        return Catalog(await self._service().pool(database))
+
+    def work_dir(self) -> Path:
+        """Where training writes its files before they are stored."""
+        folder = self.cache_dir / "training"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def keep_trained(self, database: str, model_id: int, created_at: float, folder: Path) -> None:
+        """Keep a just-trained model's folder as its local copy, so it serves warm."""
+        target = self._model_folder(database, model_id, created_at)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.move(str(folder), target)
+            (target / COMPLETE_MARKER).touch()
+
+    async def deployed(self, database: str, project: str) -> tuple[Deployed, Any]:
+        """The project's deployed model and its loaded predictor, switched on redeploys."""
+        await self.ensure_catalog(database)
+        catalog = await self.catalog(database)
+        deployed = await catalog.deployed(project)
+        slot = (database, deployed.project.id)
+        previous = self._deployed.get(slot)
+        if previous is not None and previous != deployed.model_id:
+            self._models.pop(("deployed", database, previous), None)  # callers keep their ref
+            log.info("project %s switched to model %d", project, deployed.model_id)
+        self._deployed[slot] = deployed.model_id
+
+        async def load() -> Any:
+            from handlers.predictor import Predictor
+
+            folder = await self._local_copy(catalog, database, deployed)
+            predictor = await self.run(Predictor, folder, self.device)
+            log.info("loaded model %d of project %s on %s", deployed.model_id, project, self.device)
+            return predictor
+
+        return deployed, await self.cached(("deployed", database, deployed.model_id), load)
+
+    async def _local_copy(self, catalog: Catalog, database: str, deployed: Deployed) -> Path:
+        """The model's folder on local disk, restored from ``pgml.files`` when missing."""
+        folder = self._model_folder(database, deployed.model_id, deployed.created_at)
+        if (folder / COMPLETE_MARKER).exists():
+            return folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="restoring-", dir=folder.parent))
+        try:
+            count = 0
+            async for path, data in catalog.files(deployed.model_id):
+                target = (staging / path).resolve()
+                if not target.is_relative_to(staging.resolve()):
+                    raise PgmlError("XX000", f"model file path {path!r} leaves its folder")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("ab") as handle:
+                    handle.write(data)
+                count += 1
+            if count == 0:
+                raise PgmlError(
+                    "58P01",
+                    f"model {deployed.model_id} has no files in pgml.files",
+                    hint="Tune the project again.",
+                )
+            (staging / COMPLETE_MARKER).touch()
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("restored model %d from pgml.files into %s", deployed.model_id, folder)
+        return folder
+
+    def _model_folder(self, database: str, model_id: int, created_at: float) -> Path:
+        login = self._service().login
+        server = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{login.host}-{login.port}-{database}")
+        return self.cache_dir / "models" / server / f"{model_id}-{round(created_at * 1e6)}"
+
+    def _service(self) -> ServiceConnections:
         if self.service is None:
             raise PgmlError(
                 "55000",
@@ -83,7 +185,7 @@ class Services:
                 hint="Start the proxy with --upstream credentials of a role that may create "
                 "the pgml schema.",
             )
-        await self.service.ensure_catalog(database)
+        return self.service
 
     def _resolve(self, name: str) -> Path:
         try:

@@ -71,6 +71,7 @@ def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
         settings.batch_size,
         settings.datasets_dir,
         ServiceConnections(login),
+        settings.cache_dir,
     )
 
 

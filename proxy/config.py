@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import platformdirs
+
 from proxy.embedded import DEFAULT_DATA_DIR
 
 ENV_PREFIX = "PGML_PROXY_"
+DEFAULT_CACHE_DIR = Path(platformdirs.user_cache_dir("pgml-proxy"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,7 @@ class Settings:
     shutdown_grace: float
     models_dir: Path | None
     datasets_dir: Path | None
+    cache_dir: Path
     device: str
     batch_size: int
 
@@ -93,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         None,
         type=Path,
     )
+    add(
+        "cache-dir",
+        "local copies of trained models, restored from pgml.files when missing "
+        "(default %(default)s)",
+        str(DEFAULT_CACHE_DIR),
+        type=Path,
+    )
     add("device", "where models run: auto, cpu, cuda, cuda:N or mps (default %(default)s)", "auto")
     add(
         "batch-size",
@@ -122,6 +133,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         shutdown_grace=float(args.shutdown_grace),
         models_dir=Path(args.models_dir) if args.models_dir else None,
         datasets_dir=Path(args.datasets_dir) if args.datasets_dir else None,
+        cache_dir=Path(args.cache_dir).expanduser(),
         device=args.device,
         batch_size=int(args.batch_size),
     )

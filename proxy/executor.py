@@ -24,6 +24,8 @@ from sqlglot import exp
 
 from handlers.errors import PgmlError
 from handlers.functions import ACCEPTED_OIDS, Args, CallContext, Overload, no_such_function
+from handlers.inference import LABEL
+from handlers.inference import result_type as project_result_type
 from handlers.serving import Services
 from proxy import protocol as pg
 from proxy.inband import (
@@ -46,6 +48,7 @@ from proxy.planner import (
     derived_table,
     find_calls,
     named_scalar,
+    result_type,
     table_rows,
 )
 
@@ -102,6 +105,9 @@ class Execution:
     half-way and never come back)."""
     _on_commit: str = ""
     _cursor: bool = False
+    label_types: dict[str, str] | None = None
+    """Result types of project-typed calls fixed when the statement was described
+    (extended protocol); ``None``: looked up when the call runs."""
 
     @property
     def context(self) -> CallContext:
@@ -117,6 +123,9 @@ class Execution:
         encoded = [None if p is None else p.encode("utf-8") for p in params]
         result = await self._select(sql, encoded)
         return [[None if v is None else v.decode("utf-8") for v in row] for row in result.rows]
+
+    async def notice(self, message: str) -> None:
+        self.inband.send_client(pg.PgError("NOTICE", "00000", message).encode(b"N"))
 
     async def copy_in(self, sql: str, chunks: AsyncIterator[bytes]) -> int:
         tag = await self.inband.copy_in(
@@ -283,11 +292,22 @@ class Execution:
         texts = [plan.argument_text(call, i) for i in range(len(call.args))]
         types, values = await self._constant_arguments(texts)
         overload, args = bind_arguments(call, types, values)
+        returns = await self._result_type(overload, args[0] if args else None)
         result = None
         if not overload.strict or not any(v is None for v in args):
             result = (await overload.handler(self.context, [args]))[0]
             self._check_cancel()
-        plan.substitute(call, self._substitute_constant(call, overload, result))
+        plan.substitute(call, self._substitute_constant(call, overload, result, returns))
+
+    async def _result_type(self, overload: Overload, project: Any) -> str:
+        """The call's SQL result type; a project-typed call's is its project's."""
+        if LABEL not in overload.returns:
+            return overload.returns
+        if self.label_types is not None or project is None:
+            return result_type(overload, (self.label_types or {}).get(str(project), "text"))
+        return result_type(
+            overload, await project_result_type(self.services, self.database, str(project))
+        )
 
     async def _constant_arguments(
         self, texts: Sequence[str]
@@ -306,7 +326,9 @@ class Execution:
         values = [_json(row[3 * i + 2]) for i in range(len(texts))]
         return types, values
 
-    def _substitute_constant(self, call: CallSite, overload: Overload, result: Any) -> str:
+    def _substitute_constant(
+        self, call: CallSite, overload: Overload, result: Any, returns: str
+    ) -> str:
         if overload.columns:
             rows = [] if result is None else result
             values = [
@@ -332,15 +354,13 @@ class Execution:
             return named_scalar(f"ROW({fields})", call.function.name)
         if overload.set_returning:
             rows = [] if result is None else result
-            param = self._param(
-                text_array_literal([encode_value(overload.returns, r) for r in rows])
-            )
-            value = f"CAST(unnest(CAST({param} AS text[])) AS {overload.returns})"
+            param = self._param(text_array_literal([encode_value(returns, r) for r in rows]))
+            value = f"CAST(unnest(CAST({param} AS text[])) AS {returns})"
             if call.in_from:
                 return derived_table(value, call)
             direct_item = isinstance(call.node.parent, exp.Select)
             return f'{value} AS "{call.alias}"' if call.alias and direct_item else value
-        value = f"CAST({self._param(encode_value(overload.returns, result))} AS {overload.returns})"
+        value = f"CAST({self._param(encode_value(returns, result))} AS {returns})"
         if call.in_from:
             return derived_table(value, call)
         return named_scalar(value, call.function.name)
@@ -385,9 +405,11 @@ class Execution:
                 f"{call.sql_name}({overload.params[1].type}) returns a set and cannot read columns",
                 hint="Call it with an array literal, or with one row's value per call.",
             )
+        returns = await self._result_type(
+            overload, _project_value(call, overload, const_values, constant_positions)
+        )
         await self._select(
-            f"CREATE TEMP TABLE {table}_v (__pgml_k bigint, __pgml_v {overload.returns})"
-            f"{self._on_commit}"
+            f"CREATE TEMP TABLE {table}_v (__pgml_k bigint, __pgml_v {returns}){self._on_commit}"
         )
         self.temp_tables += [f"{table}_v"]
         fetch = ", ".join(f"to_json(__pgml_a{i})::text" for i in range(len(row_positions)))
@@ -410,6 +432,7 @@ class Execution:
                 const_values,
                 batch,
                 f"{table}_v",
+                returns,
             )
             self._check_cancel()
             if not batch.suspended:
@@ -440,6 +463,7 @@ class Execution:
         const_values: list[Any],
         batch: Result,
         results_table: str,
+        returns: str,
     ) -> None:
         keys: list[str] = []
         tuples: list[Args] = []
@@ -458,9 +482,9 @@ class Execution:
             return
         results = await overload.handler(self.context, tuples)
         self._check_cancel()
-        encoded = [encode_value(overload.returns, r) for r in results]
+        encoded = [encode_value(returns, r) for r in results]
         await self._select(
-            f"INSERT INTO {results_table} SELECT u.k, CAST(u.v AS {overload.returns}) "
+            f"INSERT INTO {results_table} SELECT u.k, CAST(u.v AS {returns}) "
             f"FROM unnest(CAST(${len(self.param_values()) + 1} AS bigint[]), "
             f"CAST(${len(self.param_values()) + 2} AS text[])) AS u(k, v)",
             [text_array_literal(keys).encode(), text_array_literal(encoded).encode()],
@@ -544,6 +568,22 @@ def bind_arguments(
     )
 
 
+def _project_value(
+    call: CallSite, overload: Overload, values: Sequence[Any], constant_positions: list[int]
+) -> Any:
+    """The constant ``project_name`` of a per-row call (project-typed calls need one)."""
+    if LABEL not in overload.returns:
+        return None
+    position = _positions(call, overload).index(0)
+    if position not in constant_positions:
+        raise PgmlError(
+            "0A000",
+            f"{call.sql_name} needs the same project_name for every row",
+            hint="Call it once per project, with the project's name as a literal.",
+        )
+    return values[constant_positions.index(position)]
+
+
 def _positions(call: CallSite, overload: Overload) -> list[int]:
     names = [p.name for p in overload.params]
     return [i if name is None else names.index(name) for i, name in enumerate(call.names)]
@@ -608,6 +648,8 @@ def encode_value(kind: str, value: Any) -> str | None:
         return _float_text(value)
     if kind == "real[]":
         return "{" + ",".join("NULL" if v is None else _float_text(v) for v in value) + "}"
+    if kind == "text[]":
+        return text_array_literal([None if v is None else str(v) for v in value])
     if kind == "jsonb":
         return json.dumps(value, ensure_ascii=False)
     if kind == "boolean":

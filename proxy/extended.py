@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from handlers.errors import PgmlError
+from handlers.inference import result_type as project_result_type
 from handlers.serving import Services
 from proxy import protocol as pg
 from proxy.executor import (
@@ -39,7 +40,7 @@ from proxy.inband import (
     encode_parse,
     read_values,
 )
-from proxy.planner import plan_statement, skeleton_sql
+from proxy.planner import plan_statement, project_literals, skeleton_sql
 from proxy.protocol import Message
 
 log = logging.getLogger("pgml_proxy.extended")
@@ -56,6 +57,8 @@ class PgmlStatement:
     sql: str
     parameter_oids: list[int]
     row_description: bytes | None
+    label_types: dict[str, str]
+    """Result types of project-typed calls, as described (see ``skeleton_sql``)."""
 
 
 @dataclass
@@ -272,7 +275,8 @@ class Takeover:
             self.inband.send(pg.message(b"P", body) + FLUSH)
             await self.inband.steps(1, forward=lambda m: True)
             return
-        skeleton = skeleton_sql(sql, oids)
+        label_types = await self._label_types(sql)
+        skeleton = skeleton_sql(sql, oids, label_types)
         self.inband.send(
             encode_parse("__pgml_describe", skeleton, oids)
             + encode_describe(b"S", "__pgml_describe")
@@ -282,9 +286,18 @@ class Takeover:
         results = await self.inband.steps(3)
         described = results[0]
         self.state.statements[name] = PgmlStatement(
-            name, sql, described.parameter_oids, described.row_description
+            name, sql, described.parameter_oids, described.row_description, label_types
         )
         self.inband.send_client(pg.message(b"1"))
+
+    async def _label_types(self, sql: str) -> dict[str, str]:
+        """Result types of the projects the statement names literally; a project that
+        does not exist (yet) is left out, and its calls fail when they run."""
+        found: dict[str, str] = {}
+        for project in project_literals(sql):
+            with contextlib.suppress(PgmlError):
+                found[project] = await project_result_type(self.services, self.database, project)
+        return found
 
     def _bind(self, bind: BindMessage) -> None:
         statement = self.state.statements[bind.statement]
@@ -339,6 +352,7 @@ class Takeover:
             portal.params,
             self.database,
             drop_on_commit=True,
+            label_types=portal.statement.label_types,
         )
         portal.execution = execution
         final = await execution.evaluate(plan)

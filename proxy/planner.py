@@ -14,7 +14,7 @@ types, formats, command tags and transaction semantics are PostgreSQL's own:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import sqlglot
@@ -24,6 +24,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from handlers.errors import PgmlError, unsupported
 from handlers.functions import TEXT_ARRAY_OIDS, Function, Overload
+from handlers.inference import LABEL
 from handlers.registry import FUNCTIONS
 from proxy.sourcetext import CallText, SourceText, call_text, space_parameters
 
@@ -378,12 +379,15 @@ def table_rows(call: CallSite, overload: Overload, column_arrays: Sequence[str])
     return f'{table} AS "{call.function.name}"'
 
 
-def skeleton_sql(sql: str, parameter_oids: Sequence[int]) -> str:
+def skeleton_sql(
+    sql: str, parameter_oids: Sequence[int], label_types: Mapping[str, str] | None = None
+) -> str:
     """The statement with each call replaced by a typed NULL of its result type.
 
     PostgreSQL describes it exactly as it will describe the rewritten statement: the same
     columns, and the types of the client's own ``$n`` parameters, which keep their places
-    inside the calls' (typed) arguments.
+    inside the calls' (typed) arguments.  ``label_types`` gives the result type of calls
+    whose type is their project's, by project name (text when it is not there).
     """
     plan = plan_statement(sql)
     assert plan is not None
@@ -395,7 +399,10 @@ def skeleton_sql(sql: str, parameter_oids: Sequence[int]) -> str:
             for i, position in enumerate(positions)
         ]
         null = f"CASE WHEN ROW({', '.join(typed)}) IS NULL THEN NULL END" if typed else "NULL"
-        value = f"CAST({null} AS {overload.returns})"
+        returns = result_type(
+            overload, (label_types or {}).get(project_literal(call) or "", "text")
+        )
+        value = f"CAST({null} AS {returns})"
         if overload.columns:
             arrays = [f"CAST(ARRAY[{null}] AS {kind}[])" for _, kind in overload.columns]
             if call.in_from:
@@ -408,6 +415,35 @@ def skeleton_sql(sql: str, parameter_oids: Sequence[int]) -> str:
         else:
             plan.substitute(call, named_scalar(value, call.function.name))
     return plan.render()
+
+
+def result_type(overload: Overload, label_type: str) -> str:
+    """The overload's SQL result type, with a project's label type filled in."""
+    return overload.returns.replace(LABEL, label_type)
+
+
+def project_literal(call: CallSite) -> str | None:
+    """The call's ``project_name`` when the statement spells it as a string literal."""
+    for arg, name in zip(call.args, call.names, strict=True):
+        if name == "project_name" or (name is None and arg is call.args[0]):
+            if isinstance(arg, exp.Literal) and arg.is_string:
+                return str(arg.this)
+            return None
+    return None
+
+
+def project_literals(sql: str) -> set[str]:
+    """Projects named literally by calls whose result type is their project's."""
+    plan = plan_statement(sql)
+    if plan is None:
+        return set()
+    found = set()
+    for call in plan.calls:
+        if any(LABEL in o.returns for o in call.function.overloads):
+            name = project_literal(call)
+            if name is not None:
+                found.add(name)
+    return found
 
 
 def _nesting(call: CallSite) -> int:

@@ -1,0 +1,138 @@
+"""``pgml.predict``, ``pgml.predict_proba``, ``pgml.generate`` and ``pgml.deploy``.
+
+Calls are grouped by project; each group goes to the project's deployed model through
+the shared batcher, so rows of one statement and calls from many sessions share batches.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from handlers.errors import PgmlError
+from handlers.functions import Args, CallContext
+from handlers.predictor import Predictor, generation_options
+
+LABEL = "label"
+"""A result type that is the project's: REAL or TEXT labels, TEXT for generated text."""
+
+
+async def result_type(services: Any, database: str, project: str) -> str:
+    """The SQL type ``pgml.predict`` returns for ``project``."""
+    await services.ensure_catalog(database)
+    catalog = await services.catalog(database)
+    return str((await catalog.deployed(project)).result_type)
+
+
+async def _serve(
+    ctx: CallContext,
+    batch: Sequence[Args],
+    operation: str,
+    arrays: bool,
+    options_at: int | None = None,
+) -> list[Any]:
+    """Run ``operation`` for each call's text (or texts); one model call per group."""
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, args in enumerate(batch):
+        options = json.dumps(args[options_at], sort_keys=True) if options_at is not None else ""
+        groups[(args[0], options)].append(index)
+    results: list[Any] = [None] * len(batch)
+    for (project, options), indexes in groups.items():
+        _, predictor = await ctx.services.deployed(ctx.database, project)
+        _check_operation(project, predictor, operation)
+        texts = _texts([batch[i][1] for i in indexes], arrays)
+        work = _work(predictor, operation, json.loads(options) if options else {})
+        outputs = iter(
+            await ctx.services.batcher.submit((id(predictor), operation, options), work, texts)
+        )
+        for index in indexes:
+            if arrays:
+                results[index] = [None if t is None else next(outputs) for t in batch[index][1]]
+            else:
+                results[index] = next(outputs)
+        ctx.check_cancel()
+    return results
+
+
+def _texts(values: list[Any], arrays: bool) -> list[str]:
+    if not arrays:
+        return [str(v) for v in values]
+    return [str(t) for inputs in values for t in inputs if t is not None]
+
+
+def _work(predictor: Predictor, operation: str, options: dict[str, Any]) -> Any:
+    if operation == "generate":
+        return lambda texts: predictor.generate(texts, options)
+    if operation == "predict_proba":
+        return predictor.probabilities
+    return predictor.predict
+
+
+def _check_operation(project: str, predictor: Predictor, operation: str) -> None:
+    if operation == "predict_proba" and predictor.generates_text:
+        raise PgmlError(
+            "0A000",
+            f'pgml.predict_proba needs a text-classification project; "{project}" is '
+            f"{predictor.task}",
+            hint="Use pgml.generate (or pgml.predict) for text output.",
+        )
+    if operation == "generate" and not predictor.generates_text:
+        raise PgmlError(
+            "0A000",
+            f"pgml.generate needs a text-generation, translation or summarization project; "
+            f'"{project}" is text-classification',
+            hint="Use pgml.predict or pgml.predict_proba.",
+        )
+
+
+async def predict_text(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return await _serve(ctx, batch, "predict", arrays=False)
+
+
+async def predict_array(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return await _serve(ctx, batch, "predict", arrays=True)
+
+
+async def predict_proba_text(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return await _serve(ctx, batch, "predict_proba", arrays=False)
+
+
+async def predict_proba_array(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return await _serve(ctx, batch, "predict_proba", arrays=True)
+
+
+async def generate_text(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    checked = [(p, t, generation_options(c)) for p, t, c in batch]
+    return await _serve(ctx, checked, "generate", arrays=False, options_at=2)
+
+
+async def generate_array(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    checked = [(p, t, generation_options(c)) for p, t, c in batch]
+    return await _serve(ctx, checked, "generate", arrays=True, options_at=2)
+
+
+async def deploy_strategy(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    await ctx.services.ensure_catalog(ctx.database)
+    catalog = await ctx.services.catalog(ctx.database)
+    rows = []
+    for project_name, strategy, algorithm in batch:
+        project, _ = await catalog.deploy(project_name, strategy, algorithm)
+        chosen = algorithm or await _algorithm(catalog, project_name)
+        rows.append([(project.name, strategy, chosen)])
+    return rows
+
+
+async def deploy_model(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    await ctx.services.ensure_catalog(ctx.database)
+    catalog = await ctx.services.catalog(ctx.database)
+    rows = []
+    for (model_id,) in batch:
+        project, algorithm = await catalog.deploy_model(int(model_id))
+        rows.append([(project.name, "specific", algorithm)])
+    return rows
+
+
+async def _algorithm(catalog: Any, project_name: str) -> str:
+    return str((await catalog.deployed(project_name)).algorithm)

@@ -1,0 +1,329 @@
+"""Projects, models, deployments, files and logs in the catalog, through the service
+connection: these writes must be visible to other sessions (and other proxies) at once,
+whatever the caller's transaction does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from handlers.errors import PgmlError, invalid_argument
+from handlers.tuning.options import KEY_METRICS
+
+FILE_PART_BYTES = 16 * 1024 * 1024
+"""Model files are stored in parts of this size (a bytea value is read whole)."""
+
+STRATEGIES = ("best_score", "most_recent", "rollback", "specific")
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: int
+    name: str
+    task: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deployed:
+    """A project's deployed model and what serving needs to know about it."""
+
+    project: Project
+    model_id: int
+    algorithm: str
+    created_at: float
+    label_type: str
+
+    @property
+    def result_type(self) -> str:
+        """``predict``'s SQL type: the label's for classification, else text."""
+        return self.label_type if self.project.task == "text-classification" else "text"
+
+
+def _project(row: Any) -> Project:
+    return Project(int(row["id"]), row["name"], row["task"])
+
+
+class Catalog:
+    """The catalog of one database, through the proxy's asyncpg pool for it."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def project(self, name: str) -> Project | None:
+        row = await self.pool.fetchrow(
+            "SELECT id, name, task FROM pgml.projects WHERE name = $1", name
+        )
+        return None if row is None else _project(row)
+
+    async def ensure_project(self, name: str, task: str) -> Project:
+        row = await self.pool.fetchrow(
+            "INSERT INTO pgml.projects (name, task) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET updated_at = clock_timestamp() "
+            "RETURNING id, name, task",
+            name,
+            task,
+        )
+        project = _project(row)
+        if project.task != task:
+            raise invalid_argument(
+                f'project "{name}" is a {project.task} project, not {task}',
+                hint="Use a new project name for another task.",
+            )
+        return project
+
+    async def last_run(self, project: Project) -> dict[str, Any] | None:
+        """The relation, label, split and model of the project's latest model."""
+        row = await self.pool.fetchrow(
+            "SELECT s.relation_name, s.y_column_name[1] AS y_column_name, s.test_size, "
+            "s.test_sampling, m.algorithm FROM pgml.models AS m "
+            "JOIN pgml.snapshots AS s ON s.id = m.snapshot_id "
+            "WHERE m.project_id = $1 ORDER BY m.id DESC LIMIT 1",
+            project.id,
+        )
+        return None if row is None else dict(row)
+
+    async def add_snapshot(
+        self,
+        relation: str,
+        y_column: str,
+        test_size: float,
+        sampling: str,
+        columns: dict[str, str],
+        analysis: dict[str, Any],
+    ) -> int:
+        return int(
+            await self.pool.fetchval(
+                "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, "
+                "test_sampling, status, columns, analysis) "
+                "VALUES ($1, ARRAY[$2], $3, $4, 'successful', $5::jsonb, $6::jsonb) RETURNING id",
+                relation,
+                y_column,
+                test_size,
+                sampling,
+                json.dumps(columns),
+                json.dumps(analysis),
+            )
+        )
+
+    async def add_model(
+        self, project: Project, snapshot_id: int, algorithm: str, hyperparams: dict[str, Any]
+    ) -> tuple[int, float]:
+        """A new ``in_progress`` model: its id and creation time (epoch seconds)."""
+        row = await self.pool.fetchrow(
+            "INSERT INTO pgml.models (project_id, snapshot_id, algorithm, hyperparams) "
+            "VALUES ($1, $2, $3, $4::jsonb) RETURNING id, extract(epoch FROM created_at) AS t",
+            project.id,
+            snapshot_id,
+            algorithm,
+            json.dumps(hyperparams),
+        )
+        return int(row["id"]), float(row["t"])
+
+    async def log(self, project: Project, model_id: int, record: dict[str, Any]) -> None:
+        await self.pool.execute(
+            "INSERT INTO pgml.logs (model_id, project_id, logs) VALUES ($1, $2, $3::jsonb)",
+            model_id,
+            project.id,
+            json.dumps(record),
+        )
+
+    async def fail_model(self, model_id: int, status: str, error: str) -> None:
+        await self.pool.execute(
+            "UPDATE pgml.models SET status = $2, error = $3, updated_at = clock_timestamp() "
+            "WHERE id = $1",
+            model_id,
+            status,
+            error,
+        )
+
+    async def finish_model(self, model_id: int, metrics: dict[str, Any], folder: Path) -> None:
+        """Store the model's files and mark it successful, in one transaction."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute("DELETE FROM pgml.files WHERE model_id = $1", model_id)
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                name = path.relative_to(folder).as_posix()
+                with path.open("rb") as handle:
+                    part = 0
+                    while chunk := handle.read(FILE_PART_BYTES):
+                        await connection.execute(
+                            "INSERT INTO pgml.files (model_id, path, part, data) "
+                            "VALUES ($1, $2, $3, $4)",
+                            model_id,
+                            name,
+                            part,
+                            chunk,
+                        )
+                        part += 1
+            await connection.execute(
+                "UPDATE pgml.models SET status = 'successful', metrics = $2::jsonb, "
+                "updated_at = clock_timestamp() WHERE id = $1",
+                model_id,
+                json.dumps(metrics),
+            )
+
+    async def files(self, model_id: int) -> AsyncIterator[tuple[str, bytes]]:
+        """The model's stored files, part by part, in order."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            ids = await connection.fetch(
+                "SELECT id FROM pgml.files WHERE model_id = $1 ORDER BY path, part", model_id
+            )
+            for row in ids:
+                part = await connection.fetchrow(
+                    "SELECT path, data FROM pgml.files WHERE id = $1", row["id"]
+                )
+                yield part["path"], bytes(part["data"])
+
+    async def deployed(self, name: str) -> Deployed:
+        """The project's deployed model; a clear error when there is none."""
+        row = await self.pool.fetchrow(
+            "SELECT p.id, p.name, p.task, m.id AS model_id, m.algorithm, "
+            "extract(epoch FROM m.created_at) AS created_at, "
+            "s.analysis->>'label_type' AS label_type "
+            "FROM pgml.projects AS p "
+            "LEFT JOIN LATERAL (SELECT model_id FROM pgml.deployments WHERE project_id = p.id "
+            "ORDER BY created_at DESC, id DESC LIMIT 1) AS d ON true "
+            "LEFT JOIN pgml.models AS m ON m.id = d.model_id "
+            "LEFT JOIN pgml.snapshots AS s ON s.id = m.snapshot_id WHERE p.name = $1",
+            name,
+        )
+        if row is None:
+            raise PgmlError(
+                "42704",
+                f'project "{name}" does not exist',
+                hint="pgml.tune creates projects; SELECT name FROM pgml.projects lists them.",
+            )
+        if row["model_id"] is None:
+            raise PgmlError(
+                "55000",
+                f'project "{name}" has no deployed model',
+                hint="Tune it with pgml.tune, or deploy a trained model with pgml.deploy.",
+            )
+        return Deployed(
+            _project(row),
+            int(row["model_id"]),
+            row["algorithm"],
+            float(row["created_at"]),
+            row["label_type"] or "text",
+        )
+
+    async def model_created_at(self, model_id: int) -> float:
+        value = await self.pool.fetchval(
+            "SELECT extract(epoch FROM created_at) FROM pgml.models WHERE id = $1", model_id
+        )
+        return float(value)
+
+    # --- deployment ----------------------------------------------------------------------
+
+    async def deploy_automatically(self, project: Project, model_id: int) -> bool:
+        """Deploy ``model_id`` when its key metric beats the deployed model's (or none is)."""
+        metric, higher = KEY_METRICS[project.task]
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "SELECT 1 FROM pgml.projects WHERE id = $1 FOR UPDATE", project.id
+            )
+            current = await connection.fetchrow(
+                "SELECT m.id, (m.metrics->>$2)::float8 AS score FROM pgml.deployments AS d "
+                "JOIN pgml.models AS m ON m.id = d.model_id WHERE d.project_id = $1 "
+                "ORDER BY d.created_at DESC, d.id DESC LIMIT 1",
+                project.id,
+                metric,
+            )
+            score = await connection.fetchval(
+                "SELECT (metrics->>$2)::float8 FROM pgml.models WHERE id = $1", model_id, metric
+            )
+            if current is not None and not _beats(score, current["score"], higher):
+                return False
+            await self._insert_deployment(connection, project.id, model_id, "new_score")
+            return True
+
+    async def deploy(
+        self, project_name: str, strategy: str, algorithm: str | None
+    ) -> tuple[Project, int]:
+        """Deploy by strategy; the project and the model now deployed."""
+        if strategy not in STRATEGIES or strategy == "specific":
+            raise invalid_argument(
+                f'unknown deployment strategy "{strategy}"',
+                hint="Use best_score, most_recent or rollback, or pgml.deploy(model_id).",
+            )
+        project = await self.project(project_name)
+        if project is None:
+            raise PgmlError("42704", f'project "{project_name}" does not exist')
+        metric, higher = KEY_METRICS[project.task]
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "SELECT 1 FROM pgml.projects WHERE id = $1 FOR UPDATE", project.id
+            )
+            if strategy == "rollback":
+                model_id = await connection.fetchval(
+                    "SELECT model_id FROM pgml.deployments WHERE project_id = $1 "
+                    "AND model_id <> coalesce((SELECT model_id FROM pgml.deployments "
+                    "WHERE project_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1), -1) "
+                    "AND ($2::text IS NULL OR model_id IN "
+                    "(SELECT id FROM pgml.models WHERE algorithm = $2)) "
+                    "ORDER BY created_at DESC, id DESC LIMIT 1",
+                    project.id,
+                    algorithm,
+                )
+            else:
+                order = (
+                    "m.id DESC"
+                    if strategy == "most_recent"
+                    else f"(m.metrics->>'{metric}')::float8 {'DESC' if higher else 'ASC'} "
+                    "NULLS LAST, m.id DESC"
+                )
+                model_id = await connection.fetchval(
+                    "SELECT m.id FROM pgml.models AS m WHERE m.project_id = $1 "
+                    "AND m.status = 'successful' AND ($2::text IS NULL OR m.algorithm = $2) "
+                    f"ORDER BY {order} LIMIT 1",
+                    project.id,
+                    algorithm,
+                )
+            if model_id is None:
+                raise PgmlError(
+                    "55000",
+                    f'project "{project_name}" has no model to deploy with {strategy}'
+                    + (f" and algorithm {algorithm}" if algorithm else ""),
+                )
+            await self._insert_deployment(connection, project.id, int(model_id), strategy)
+        return project, int(model_id)
+
+    async def deploy_model(self, model_id: int) -> tuple[Project, str]:
+        """Deploy one model by id (strategy ``specific``); its project and algorithm."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                "SELECT p.id, p.name, p.task, m.algorithm, m.status FROM pgml.models AS m "
+                "JOIN pgml.projects AS p ON p.id = m.project_id WHERE m.id = $1 "
+                "FOR UPDATE OF p",
+                model_id,
+            )
+            if row is None:
+                raise PgmlError("42704", f"model {model_id} does not exist")
+            if row["status"] != "successful":
+                raise PgmlError(
+                    "55000", f"model {model_id} is {row['status']} and cannot be deployed"
+                )
+            project = _project(row)
+            await self._insert_deployment(connection, project.id, model_id, "specific")
+        return project, row["algorithm"]
+
+    @staticmethod
+    async def _insert_deployment(
+        connection: Any, project_id: int, model_id: int, strategy: str
+    ) -> None:
+        await connection.execute(
+            "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ($1, $2, $3)",
+            project_id,
+            model_id,
+            strategy,
+        )
+
+
+def _beats(score: float | None, current: float | None, higher: bool) -> bool:
+    if score is None:
+        return False
+    if current is None:
+        return True
+    return score > current if higher else score < current

@@ -1,0 +1,142 @@
+"""Validating ``pgml.tune``'s arguments before anything is read or trained."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from handlers.errors import PgmlError, invalid_argument
+
+TASKS = ("text-classification", "translation", "summarization", "text-generation")
+SEQ2SEQ_TASKS = frozenset({"translation", "summarization"})
+KEY_METRICS: dict[str, tuple[str, bool]] = {
+    "text-classification": ("f1", True),
+    "translation": ("bleu", True),
+    "summarization": ("rougeL", True),
+    "text-generation": ("perplexity", False),
+}
+"""The metric a task's models are compared by, and whether higher is better."""
+
+SAMPLINGS = ("random", "first", "last", "stratified")
+PROXY_KEYS = frozenset({"max_length", "max_input_length", "max_target_length"})
+"""Hyperparameters the proxy uses itself (tokenisation lengths); the rest go to
+``TrainingArguments``."""
+CHOSEN_BY_PROXY = frozenset({"output_dir", "logging_dir", "overwrite_output_dir"})
+SECRET_KEYS = frozenset({"token", "hub_token"})
+
+
+def normalise_task(task: str) -> str:
+    """``_`` and ``-`` are the same; ``translation_xx_to_yy`` is a translation."""
+    name = task.strip().lower().replace("_", "-")
+    if name.startswith("translation"):
+        return "translation"
+    if name not in TASKS:
+        raise invalid_argument(
+            f'unknown task "{task}"',
+            hint="Tasks: " + ", ".join(TASKS) + ".",
+        )
+    return name
+
+
+def is_secret(key: str) -> bool:
+    return key in SECRET_KEYS or key.endswith("_token") or key.endswith("_key")
+
+
+def without_secrets(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """What may be stored and shown: every key but tokens and keys."""
+    return {k: v for k, v in hyperparams.items() if not is_secret(k)}
+
+
+@dataclass(frozen=True, slots=True)
+class TuneOptions:
+    """Validated hyperparameters: tokenisation lengths and ``TrainingArguments`` keys."""
+
+    task: str
+    training: dict[str, Any] = field(default_factory=dict)
+    max_length: int | None = None
+    max_input_length: int | None = None
+    max_target_length: int | None = None
+
+    @property
+    def stored(self) -> dict[str, Any]:
+        """The hyperparameters as recorded in ``pgml.models`` (no secrets)."""
+        lengths = {k: getattr(self, k) for k in sorted(PROXY_KEYS) if getattr(self, k) is not None}
+        return without_secrets(self.training) | lengths
+
+
+def parse_hyperparams(task: str, value: Any, allowed: frozenset[str]) -> TuneOptions:
+    """Check ``hyperparams`` against ``allowed`` (the ``TrainingArguments`` fields)."""
+    if value is None:
+        value = {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise PgmlError(
+                "22P02",
+                "invalid input syntax for type json",
+                detail=f"hyperparams: {exc.msg} at character {exc.pos + 1}.",
+            ) from exc
+    if not isinstance(value, dict):
+        raise invalid_argument(
+            "hyperparams must be a JSON object", hint="""For example '{"num_train_epochs": 1}'."""
+        )
+    unknown = sorted(k for k in value if k not in allowed and k not in PROXY_KEYS)
+    if unknown:
+        raise invalid_argument(
+            f'unknown hyperparameter "{unknown[0]}"',
+            detail="hyperparams takes the keys of Hugging Face TrainingArguments"
+            + (" (Seq2SeqTrainingArguments)" if task in SEQ2SEQ_TASKS else "")
+            + " and "
+            + ", ".join(sorted(PROXY_KEYS))
+            + ".",
+        )
+    chosen = sorted(k for k in value if k in CHOSEN_BY_PROXY)
+    if chosen:
+        raise invalid_argument(
+            f'hyperparameter "{chosen[0]}" is chosen by pgml-proxy',
+            hint="Leave it out; the trained files are stored in pgml.files.",
+        )
+    lengths: dict[str, int] = {}
+    for key in sorted(PROXY_KEYS & value.keys()):
+        length = value[key]
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise invalid_argument(f"hyperparameter {key} must be a positive integer")
+        lengths[key] = length
+    training = {k: v for k, v in value.items() if k not in PROXY_KEYS}
+    return TuneOptions(task, training, **lengths)
+
+
+def parse_test_size(value: Any) -> float:
+    """A fraction in (0, 1) or a row count of at least 1."""
+    try:
+        size = float(value)
+    except (TypeError, ValueError) as exc:
+        raise invalid_argument("test_size must be a number") from exc
+    if math.isnan(size) or size <= 0 or (size >= 1 and not size.is_integer()):
+        raise invalid_argument(
+            f"test_size must be a fraction between 0 and 1 or a whole number of rows, not {value}"
+        )
+    return size
+
+
+def parse_sampling(value: Any, task: str) -> str:
+    sampling = str(value or "random").strip().lower()
+    if sampling not in SAMPLINGS:
+        raise invalid_argument(
+            f'unknown test_sampling "{value}"', hint="Use " + ", ".join(SAMPLINGS) + "."
+        )
+    if sampling == "stratified" and task != "text-classification":
+        raise invalid_argument("test_sampling stratified needs a text-classification task")
+    return sampling
+
+
+def training_argument_names(task: str) -> frozenset[str]:
+    """The fields of the ``TrainingArguments`` class the task trains with."""
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    cls = Seq2SeqTrainingArguments if task in SEQ2SEQ_TASKS else TrainingArguments
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)

@@ -1,0 +1,202 @@
+"""``pgml.tune``: check the arguments, snapshot the relation, train in a worker process,
+record the model and its metrics, store its files and deploy it when it is better."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from handlers.errors import PgmlError, invalid_argument
+from handlers.functions import Args, CallContext
+from handlers.projects import Catalog, Project
+from handlers.tuning.options import (
+    SEQ2SEQ_TASKS,
+    TuneOptions,
+    normalise_task,
+    parse_hyperparams,
+    parse_sampling,
+    parse_test_size,
+    training_argument_names,
+)
+from handlers.tuning.runner import TrainingCancelled, run_training
+from handlers.tuning.snapshot import Snapshot, read_snapshot
+
+log = logging.getLogger("pgml_proxy.tune")
+
+DEFAULT_SEED = 42
+
+
+async def tune(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return [[await _tune(ctx, *args)] for args in batch]
+
+
+async def _tune(
+    ctx: CallContext,
+    project_name: str | None,
+    task: str | None,
+    relation_name: str | None,
+    y_column_name: str | None,
+    model_name: str | None,
+    hyperparams: Any,
+    test_size: Any,
+    test_sampling: str | None,
+    automatic_deploy: bool | None,
+) -> tuple[str, str, str, bool]:
+    if not project_name:
+        raise invalid_argument("pgml.tune needs a project_name")
+    services = ctx.services
+    await services.ensure_catalog(ctx.database)
+    catalog: Catalog = await services.catalog(ctx.database)
+    existing = await catalog.project(project_name)
+    last = await catalog.last_run(existing) if existing else None
+    task = normalise_task(task) if task else (existing.task if existing else None)
+    if task is None:
+        raise invalid_argument(f'project "{project_name}" is new: pgml.tune needs its task')
+    if existing is not None and existing.task != task:
+        raise invalid_argument(
+            f'project "{project_name}" is a {existing.task} project, not {task}',
+            hint="Use a new project name for another task.",
+        )
+    relation_name = relation_name or (last or {}).get("relation_name")
+    y_column_name = y_column_name or (last or {}).get("y_column_name")
+    model_name = model_name or (last or {}).get("algorithm")
+    for value, what in (
+        (relation_name, "relation_name"),
+        (y_column_name, "y_column_name"),
+        (model_name, "model_name"),
+    ):
+        if not value:
+            raise invalid_argument(f'project "{project_name}" is new: pgml.tune needs {what}')
+    assert relation_name and y_column_name and model_name
+    allowed = await services.run(training_argument_names, task)
+    options = parse_hyperparams(task, hyperparams, allowed)
+    size = parse_test_size(0.25 if test_size is None else test_size)
+    sampling = parse_sampling(test_sampling, task)
+    await services.run(_check_training_arguments, options, services.device)
+    model_path = await services.resolve_model(model_name)
+    seed = int(options.training.get("seed", DEFAULT_SEED))
+    snapshot = await read_snapshot(
+        ctx.session, task, relation_name, y_column_name, size, sampling, seed
+    )
+    ctx.check_cancel()
+    project = existing or await catalog.ensure_project(project_name, task)
+    snapshot_id = await catalog.add_snapshot(
+        snapshot.relation,
+        snapshot.y_column,
+        size,
+        sampling,
+        {c.name: c.type for c in snapshot.columns},
+        snapshot.analysis,
+    )
+    model_id, created_at = await catalog.add_model(project, snapshot_id, model_name, options.stored)
+    await ctx.session.notice(
+        f"training model {model_id} ({model_name}) for {task} on {len(snapshot.train)} rows, "
+        f"testing on {len(snapshot.test)}"
+    )
+    await _train_and_record(
+        ctx, catalog, project, model_id, created_at, str(model_path), snapshot, options, seed
+    )
+    deployed = automatic_deploy is not False and await catalog.deploy_automatically(
+        project, model_id
+    )
+    if deployed:
+        await ctx.session.notice(f"model {model_id} deployed for project {project_name}")
+    return project.name, task, model_name, deployed
+
+
+async def _train_and_record(
+    ctx: CallContext,
+    catalog: Catalog,
+    project: Project,
+    model_id: int,
+    created_at: float,
+    model_path: str,
+    snapshot: Snapshot,
+    options: TuneOptions,
+    seed: int,
+) -> None:
+    services = ctx.services
+    workdir = tempfile.mkdtemp(prefix=f"pgml-tune-{model_id}-", dir=services.work_dir())
+    job = {
+        "task": options.task,
+        "model_path": model_path,
+        "output_dir": workdir,
+        "train": snapshot.train,
+        "test": snapshot.test,
+        "training": options.training,
+        "labels": snapshot.labels,
+        "label_type": snapshot.label_type,
+        "max_length": options.max_length,
+        "max_input_length": options.max_input_length,
+        "max_target_length": options.max_target_length,
+        "device": services.device,
+        "seed": seed,
+    }
+
+    async def relay(event: dict[str, Any]) -> None:
+        record = {k: v for k, v in event.items() if k != "event"}
+        if event["event"] == "before":
+            record = {"before_tuning": event["metrics"]}
+        await catalog.log(project, model_id, record)
+        await ctx.session.notice(describe_progress(event))
+
+    try:
+        outcome = await run_training(job, Path(workdir), relay, ctx.cancelled)
+        metrics = dict(outcome["after"]) | {"before_tuning": outcome["before"]}
+        folder = Path(workdir) / "model"
+        await catalog.finish_model(model_id, metrics, folder)
+        services.keep_trained(ctx.database, model_id, created_at, folder)
+    except TrainingCancelled:
+        await asyncio.shield(catalog.fail_model(model_id, "cancelled", "cancelled by the client"))
+        raise
+    except asyncio.CancelledError:
+        await asyncio.shield(catalog.fail_model(model_id, "cancelled", "the client went away"))
+        raise
+    except PgmlError as error:
+        await asyncio.shield(catalog.fail_model(model_id, "failed", error.message))
+        raise
+    except Exception as error:
+        log.exception("training model %d failed", model_id)
+        await asyncio.shield(catalog.fail_model(model_id, "failed", str(error)))
+        raise PgmlError("XX000", f"training failed: {error}") from error
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_training_arguments(options: TuneOptions, device: str) -> None:
+    """Build the arguments once here, so that bad values fail before any training."""
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    cls = Seq2SeqTrainingArguments if options.task in SEQ2SEQ_TASKS else TrainingArguments
+    settings = {"report_to": "none"} | ({"use_cpu": True} if device == "cpu" else {})
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            cls(**settings | options.training, output_dir=scratch)
+        except (TypeError, ValueError) as exc:
+            raise invalid_argument(f"bad hyperparameters: {exc}") from exc
+
+
+def describe_progress(event: dict[str, Any]) -> str:
+    """One NOTICE line for a worker event."""
+    kind = event.get("event")
+    if kind == "before":
+        return "before tuning: " + _numbers(event["metrics"])
+    if kind == "begin":
+        return f"training {event['max_steps']} steps over {event['epochs']:g} epochs"
+    skip = {"event", "step", "max_steps", "epoch"}
+    values = {k: v for k, v in event.items() if k not in skip}
+    return (
+        f"epoch {event.get('epoch', 0):.2f} step {event.get('step')}/{event.get('max_steps')}: "
+        + _numbers(values)
+    )
+
+
+def _numbers(values: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
+    )
