@@ -121,16 +121,14 @@ class Execution:
 
     async def run_sql(self, sql: str, params: Sequence[str | None] = ()) -> list[list[Any]]:
         encoded = [None if p is None else p.encode("utf-8") for p in params]
-        result = await self._select(sql, encoded)
+        result = await self._select(sql, encoded, own=True)
         return [[None if v is None else v.decode("utf-8") for v in row] for row in result.rows]
 
     async def notice(self, message: str) -> None:
         self.inband.send_client(pg.PgError("NOTICE", "00000", message).encode(b"N"))
 
     async def copy_in(self, sql: str, chunks: AsyncIterator[bytes]) -> int:
-        tag = await self.inband.copy_in(
-            "__pgml_copy", sql, self.param_values(), self.param_oids(), chunks
-        )
+        tag = await self.inband.copy_in("__pgml_copy", sql, [], [], chunks)
         return int(tag.rsplit(" ", 1)[-1])
 
     # --- a simple Query ------------------------------------------------------------------
@@ -490,11 +488,19 @@ class Execution:
             [text_array_literal(keys).encode(), text_array_literal(encoded).encode()],
         )
 
-    async def _select(self, sql: str, extra: Sequence[bytes | None] = ()) -> Result:
-        """Run one helper statement (Flush, not Sync); nothing of it reaches the client."""
-        values = self.param_values() + list(extra)
-        oids = self.param_oids() + [TEXT_OID] * len(extra)
-        formats = self.param_formats() + [0] * len(extra)
+    async def _select(
+        self, sql: str, extra: Sequence[bytes | None] = (), *, own: bool = False
+    ) -> Result:
+        """Run one helper statement (Flush, not Sync); nothing of it reaches the client.
+
+        Its ``$n`` are the client's parameters, then the proxy's, then ``extra``; with
+        ``own`` (a handler's SQL) they are ``extra`` alone.
+        """
+        values, oids, formats = list(extra), [TEXT_OID] * len(extra), [0] * len(extra)
+        if not own:
+            values = self.param_values() + values
+            oids = self.param_oids() + oids
+            formats = self.param_formats() + formats
         self.inband.send(
             encode_parse("__pgml_helper", sql, oids)
             + encode_bind("__pgml_helper", "__pgml_helper", values, formats)

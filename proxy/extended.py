@@ -272,6 +272,7 @@ class Takeover:
             raise PgmlError("42P05", f'prepared statement "{name}" already exists')
         plan = plan_statement(sql)
         if plan is None:  # mentions pgml but calls none of its functions
+            self.state.statements.pop(name, None)  # a plain unnamed statement replaces ours
             self.inband.send(pg.message(b"P", body) + FLUSH)
             await self.inband.steps(1, forward=lambda m: True)
             return

@@ -1049,3 +1049,27 @@ def test_sqlalchemy_async_asyncpg(
             await engine.dispose()
 
     asyncio.run(main())
+
+
+def test_a_plain_unnamed_statement_replaces_a_pgml_one(conn: psycopg.Connection[Any]) -> None:
+    """The unnamed statement of a pgml call, then one that only mentions pgml (a catalog
+    query) with another number of parameters: the second is PostgreSQL's own."""
+    assert conn.execute("SELECT pgml.version() || %s || %s", ("a", "b")).fetchone()
+    found = conn.execute(
+        "SELECT count(*) FROM pg_namespace WHERE nspname = %s", ("pgml",)
+    ).fetchone()
+    assert found is not None and found[0] in (0, 1)
+    (total,) = conn.execute("SELECT %s::int + 1 AS pgml_total", (41,)).fetchone() or (None,)
+    assert total == 42
+
+
+def test_load_dataset_with_bound_parameters(conn: psycopg.Connection[Any], tmp_path: Any) -> None:
+    """Handler SQL binds its own parameters, not the client's."""
+    source = tmp_path / "bound_rows.csv"
+    source.write_text("a,b\n1,x\n2,y\n")
+    rows = conn.execute(
+        'SELECT * FROM pgml.load_dataset(%s, "limit" => %s)', (str(source), 5)
+    ).fetchall()
+    assert rows == [("bound_rows", 2)]
+    assert conn.execute("SELECT count(*) FROM pgml.bound_rows").fetchone() == (2,)
+    conn.execute("DROP TABLE pgml.bound_rows")
