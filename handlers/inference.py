@@ -118,8 +118,7 @@ async def deploy_strategy(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     catalog = await ctx.services.catalog(ctx.database)
     rows = []
     for project_name, strategy, algorithm in batch:
-        project, _ = await catalog.deploy(project_name, strategy, algorithm)
-        chosen = algorithm or await _algorithm(catalog, project_name)
+        project, chosen = await catalog.deploy(project_name, strategy, algorithm)
         rows.append([(project.name, strategy, chosen)])
     return rows
 
@@ -132,7 +131,3 @@ async def deploy_model(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
         project, algorithm = await catalog.deploy_model(int(model_id))
         rows.append([(project.name, "specific", algorithm)])
     return rows
-
-
-async def _algorithm(catalog: Any, project_name: str) -> str:
-    return str((await catalog.deployed(project_name)).algorithm)

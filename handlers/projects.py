@@ -241,8 +241,8 @@ class Catalog:
 
     async def deploy(
         self, project_name: str, strategy: str, algorithm: str | None
-    ) -> tuple[Project, int]:
-        """Deploy by strategy; the project and the model now deployed."""
+    ) -> tuple[Project, str]:
+        """Deploy by strategy; the project and the algorithm of the model now deployed."""
         if strategy not in STRATEGIES or strategy == "specific":
             raise invalid_argument(
                 f'unknown deployment strategy "{strategy}"',
@@ -288,7 +288,10 @@ class Catalog:
                     + (f" and algorithm {algorithm}" if algorithm else ""),
                 )
             await self._insert_deployment(connection, project.id, int(model_id), strategy)
-        return project, int(model_id)
+            chosen = await connection.fetchval(
+                "SELECT algorithm FROM pgml.models WHERE id = $1", model_id
+            )
+        return project, str(chosen)
 
     async def deploy_model(self, model_id: int) -> tuple[Project, str]:
         """Deploy one model by id (strategy ``specific``); its project and algorithm."""
