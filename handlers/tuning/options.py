@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +35,7 @@ SECRET_KEYS = frozenset({"token", "hub_token"})
 def normalise_task(task: str) -> str:
     """``_`` and ``-`` are the same; ``translation_xx_to_yy`` is a translation."""
     name = task.strip().lower().replace("_", "-")
-    if name.startswith("translation"):
+    if re.fullmatch(r"translation(-[a-z]{2,3}-to-[a-z]{2,3})?", name):
         return "translation"
     if name not in TASKS:
         raise invalid_argument(
@@ -134,9 +138,64 @@ def parse_sampling(value: Any, task: str) -> str:
     return sampling
 
 
-def training_argument_names(task: str) -> frozenset[str]:
-    """The fields of the ``TrainingArguments`` class the task trains with."""
+def arguments_class(task: str) -> type:
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-    cls = Seq2SeqTrainingArguments if task in SEQ2SEQ_TASKS else TrainingArguments
-    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+    return Seq2SeqTrainingArguments if task in SEQ2SEQ_TASKS else TrainingArguments
+
+
+def training_argument_names(task: str) -> frozenset[str]:
+    """The fields of the ``TrainingArguments`` class the task trains with."""
+    return frozenset(f.name for f in dataclasses.fields(arguments_class(task)) if f.init)
+
+
+def check_value_types(task: str, training: dict[str, Any]) -> None:
+    """Each value's JSON type fits its ``TrainingArguments`` field (which checks little)."""
+    hints = typing.get_type_hints(arguments_class(task))
+    for key, value in training.items():
+        hint = hints.get(key, Any)
+        if not _fits(hint, value):
+            shown = json.dumps(value)
+            raise invalid_argument(
+                f'hyperparameter "{key}" must be {_describe(hint)}, not {shown[:40]}'
+            )
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(arg, value) for arg in typing.get_args(hint))
+    target = origin or hint
+    if target is type(None):
+        return value is None
+    if target is bool:
+        return isinstance(value, bool)
+    if target is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if target is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(target, type) and issubclass(target, str | enum.Enum):
+        return isinstance(value, str)
+    if target in (list, tuple):
+        return isinstance(value, list)
+    if target is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in typing.get_args(hint)))
+    target = typing.get_origin(hint) or hint
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        tuple: "a list",
+        dict: "an object",
+        type(None): "null",
+    }
+    if isinstance(target, type) and issubclass(target, str | enum.Enum):
+        return "a string"
+    return names.get(target, str(hint))

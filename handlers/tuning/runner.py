@@ -99,29 +99,22 @@ def _kill(pid: int) -> None:
 
 
 def _worker_error(code: int, failure: dict[str, Any] | None, tail: deque[str]) -> PgmlError:
+    """The client's error; the worker's own output (a traceback) goes to the log only."""
+    if tail:
+        log.warning("training worker failed; its last output:\n%s", "\n".join(tail))
     if failure is not None:
         return PgmlError(
-            "XX000",
-            f"training failed: {failure.get('kind')}: {failure.get('message')}",
-            detail=_last_lines(tail),
+            "XX000", f"training failed: {failure.get('kind')}: {failure.get('message')}"
         )
     if code < 0:
         name = signal.Signals(-code).name
         return PgmlError(
             "XX000",
             f"the training worker was killed by signal {-code} ({name})",
-            detail=_last_lines(tail),
             hint="SIGKILL often means the machine ran out of memory; try a smaller "
             "per_device_train_batch_size or max_length.",
         )
-    return PgmlError(
-        "XX000", f"the training worker exited with status {code}", detail=_last_lines(tail)
-    )
-
-
-def _last_lines(tail: deque[str]) -> str | None:
-    lines = [line for line in tail if line.strip()]
-    return "\n".join(lines[-5:]) or None
+    return PgmlError("XX000", f"the training worker exited with status {code}")
 
 
 async def _read_events(

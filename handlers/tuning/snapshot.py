@@ -174,7 +174,12 @@ def split(
     """Train and test rows; ``test_size`` a fraction or a count (see SPEC §4)."""
     total = len(pairs)
     count = round(total * test_size) if test_size < 1 else int(test_size)
-    if count < 1 or count >= total:
+    if count >= total:
+        raise invalid_argument(
+            f"test_size {test_size:g} leaves no training rows: the relation has {total}",
+            hint="Both splits need at least one row.",
+        )
+    if count < 1:
         raise invalid_argument(
             f"test_size {test_size:g} leaves {count} test and {total - count} training rows "
             f"of {total}",

@@ -17,6 +17,7 @@ from handlers.projects import Catalog, Project
 from handlers.tuning.options import (
     SEQ2SEQ_TASKS,
     TuneOptions,
+    check_value_types,
     normalise_task,
     parse_hyperparams,
     parse_sampling,
@@ -172,6 +173,7 @@ def _check_training_arguments(options: TuneOptions, device: str) -> None:
     """Build the arguments once here, so that bad values fail before any training."""
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+    check_value_types(options.task, options.training)
     cls = Seq2SeqTrainingArguments if options.task in SEQ2SEQ_TASKS else TrainingArguments
     settings = {"report_to": "none"} | ({"use_cpu": True} if device == "cpu" else {})
     with tempfile.TemporaryDirectory() as scratch:

@@ -140,9 +140,9 @@ def test_split_stratified_gives_a_rare_label_its_largest_remainder() -> None:
     ("total", "test_size", "shown"),
     [
         (40, 0.001, "leaves 0 test and 40 training rows of 40"),
-        (40, 0.99, "leaves 40 test and 0 training rows of 40"),
-        (40, 40, "leaves 40 test and 0 training rows of 40"),
-        (40, 1000, "test_size 1000 leaves 1000 test"),
+        (40, 0.99, "leaves no training rows: the relation has 40"),
+        (40, 40, "leaves no training rows: the relation has 40"),
+        (40, 1000, "test_size 1000 leaves no training rows"),
         (1, 0.5, "of 1"),
     ],
 )
