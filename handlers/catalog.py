@@ -14,6 +14,8 @@ from typing import Any, Protocol
 log = logging.getLogger("pgml_proxy.catalog")
 
 LOCK_KEY = 0x70676D6C  # "pgml"
+CHANGES_CHANNEL = "pgml_catalog"
+"""Notified whenever projects, models or deployments change."""
 """Advisory lock serialising catalog migrations in a database."""
 
 MIGRATIONS: list[str] = [
@@ -100,6 +102,21 @@ MIGRATIONS: list[str] = [
     GRANT USAGE ON SCHEMA pgml TO PUBLIC;
     GRANT SELECT ON pgml.projects, pgml.snapshots, pgml.models, pgml.deployments, pgml.logs,
         pgml.deployed_models, pgml.trained_models, pgml.overview TO PUBLIC;
+    """,
+    # 2: a notification on every change of projects, models and deployments, so that
+    # proxies that cache what is deployed (see handlers/deployments.py) hear of it.
+    f"""
+    CREATE FUNCTION pgml.notify_catalog_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{CHANGES_CHANNEL}', TG_TABLE_NAME);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER notify_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+        ON pgml.projects FOR EACH STATEMENT EXECUTE FUNCTION pgml.notify_catalog_change();
+    CREATE TRIGGER notify_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+        ON pgml.models FOR EACH STATEMENT EXECUTE FUNCTION pgml.notify_catalog_change();
+    CREATE TRIGGER notify_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+        ON pgml.deployments FOR EACH STATEMENT EXECUTE FUNCTION pgml.notify_catalog_change();
     """,
 ]
 """Migration N brings the catalog from version N-1 to N. Never edit one that shipped:

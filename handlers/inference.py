@@ -21,9 +21,7 @@ LABEL = "label"
 
 async def result_type(services: Any, database: str, project: str) -> str:
     """The SQL type ``pgml.predict`` returns for ``project``."""
-    await services.ensure_catalog(database)
-    catalog = await services.catalog(database)
-    return str((await catalog.deployed(project)).result_type)
+    return str((await services.deployment(database, project)).result_type)
 
 
 async def _serve(

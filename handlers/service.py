@@ -43,17 +43,26 @@ class ServiceConnections:
                 import asyncpg
 
                 self._pools[database] = await asyncpg.create_pool(
-                    host=self.login.host,
-                    port=self.login.port,
-                    user=self.login.user,
-                    password=self.login.password,
-                    database=database,
-                    ssl=None if self.login.sslmode == "disable" else self.login.sslmode,
-                    min_size=0,
-                    max_size=self.max_size,
-                    server_settings={"application_name": "pgml-proxy"},
+                    **self._settings(database), min_size=0, max_size=self.max_size
                 )
             return self._pools[database]
+
+    async def connect(self, database: str) -> Any:
+        """A connection of its own (not from the pool), e.g. to LISTEN on."""
+        import asyncpg
+
+        return await asyncpg.connect(**self._settings(database))
+
+    def _settings(self, database: str) -> dict[str, Any]:
+        return {
+            "host": self.login.host,
+            "port": self.login.port,
+            "user": self.login.user,
+            "password": self.login.password,
+            "database": database,
+            "ssl": None if self.login.sslmode == "disable" else self.login.sslmode,
+            "server_settings": {"application_name": "pgml-proxy"},
+        }
 
     async def ensure_catalog(self, database: str) -> None:
         """Create or migrate the catalog of ``database`` once per proxy process."""

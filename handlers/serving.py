@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from handlers.batching import Batcher
+from handlers.deployments import DeploymentCache
 from handlers.device import pick_device
 from handlers.errors import PgmlError
 from handlers.models import ModelNotFound, ModelResolver
@@ -50,6 +51,7 @@ class Services:
         self._models: dict[Hashable, Any] = {}
         self._loading: dict[Hashable, asyncio.Future[Any]] = {}
         self._deployed: dict[tuple[str, int], int] = {}
+        self.deployments = None if service is None else DeploymentCache(service)
         self.batcher = Batcher(self.run, batch_size)
 
     @property
@@ -119,11 +121,17 @@ class Services:
             shutil.move(str(folder), target)
             (target / COMPLETE_MARKER).touch()
 
-    async def deployed(self, database: str, project: str) -> tuple[Deployed, Any]:
-        """The project's deployed model and its loaded predictor, switched on redeploys."""
+    async def deployment(self, database: str, project: str) -> Deployed:
+        """What the project has deployed now (cached until the catalog changes)."""
         await self.ensure_catalog(database)
         catalog = await self.catalog(database)
-        deployed = await catalog.deployed(project)
+        assert self.deployments is not None  # there is a service connection
+        return await self.deployments.deployed(database, catalog, project)
+
+    async def deployed(self, database: str, project: str) -> tuple[Deployed, Any]:
+        """The project's deployed model and its loaded predictor, switched on redeploys."""
+        deployed = await self.deployment(database, project)
+        catalog = await self.catalog(database)
         slot = (database, deployed.project.id)
         previous = self._deployed.get(slot)
         if previous is not None and previous != deployed.model_id:
@@ -200,6 +208,8 @@ class Services:
 
     async def close(self) -> None:
         """Close the service connections and stop the worker threads."""
+        if self.deployments is not None:
+            await self.deployments.close()
         if self.service is not None:
             await self.service.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

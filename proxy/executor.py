@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,14 @@ from typing import Any
 from sqlglot import exp
 
 from handlers.errors import PgmlError
-from handlers.functions import ACCEPTED_OIDS, Args, CallContext, Overload, no_such_function
+from handlers.functions import (
+    ACCEPTED_OIDS,
+    TEXT_OIDS,
+    Args,
+    CallContext,
+    Overload,
+    no_such_function,
+)
 from handlers.inference import LABEL
 from handlers.inference import result_type as project_result_type
 from handlers.serving import Services
@@ -58,6 +66,8 @@ _FORWARDED_RESULTS = frozenset(b"TDCI")
 """RowDescription, DataRow, CommandComplete, EmptyQueryResponse."""
 
 _NAMES = itertools.count(1)
+_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+_PARAMETER = re.compile(r"\$(\d+)")
 
 TEXT_OID = 25
 """Every value the proxy binds is sent as text and cast in the SQL to its type."""
@@ -288,7 +298,12 @@ class Execution:
 
     async def _evaluate_constant(self, plan: StatementPlan, call: CallSite) -> None:
         texts = [plan.argument_text(call, i) for i in range(len(call.args))]
-        types, values = await self._constant_arguments(texts)
+        known = [self._text_argument(text) for text in texts]
+        if all(k is not None for k in known):  # string literals and text parameters
+            types: list[tuple[int, str]] = [(TEXT_OID, "text")] * len(texts)
+            values: list[Any] = [k[0] for k in known if k is not None]
+        else:
+            types, values = await self._constant_arguments(texts)
         overload, args = bind_arguments(call, types, values)
         returns = await self._result_type(overload, args[0] if args else None)
         result = None
@@ -296,6 +311,25 @@ class Execution:
             result = (await overload.handler(self.context, [args]))[0]
             self._check_cancel()
         plan.substitute(call, self._substitute_constant(call, overload, result, returns))
+
+    def _text_argument(self, text: str) -> tuple[str | None] | None:
+        """The value of an argument PostgreSQL would read as text without asking it: a
+        string literal, or a text parameter sent in text format; else None."""
+        if _STRING_LITERAL.fullmatch(text):
+            return (text[1:-1].replace("''", "'"),)
+        found = _PARAMETER.fullmatch(text)
+        if found is None:
+            return None
+        index = int(found.group(1)) - 1
+        user = self.user
+        if not 0 <= index < len(user.values) or user.oids[index] not in TEXT_OIDS:
+            return None
+        formats = user.formats
+        binary = formats[index] if len(formats) > 1 else (formats[0] if formats else 0)
+        value = user.values[index]
+        if binary:
+            return None
+        return (None if value is None else value.decode("utf-8"),)
 
     async def _result_type(self, overload: Overload, project: Any) -> str:
         """The call's SQL result type; a project-typed call's is its project's."""

@@ -199,3 +199,30 @@ def test_a_new_proxy_restores_the_model_from_the_catalog(
         assert "restored model" not in restarted.log()
     finally:
         restarted.stop()
+
+
+def test_a_deploy_through_one_proxy_switches_another(
+    cluster: PostgresCluster,
+    tuner: ProxyProcess,
+    project: str,
+    models_dir: Path,
+    guide_datasets_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Proxies cache what is deployed; the catalog's notifications keep them right."""
+    other = tuning_proxy(cluster, models_dir, guide_datasets_dir, tmp_path / "cache")
+    try:
+        psql(other, f"SELECT pgml.predict('{project}', 'great')")
+        current = deployed_model(tuner, project)
+        psql(tuner, f"SELECT * FROM pgml.tune('{project}', automatic_deploy => false)")
+        newest = psql(
+            tuner,
+            "SELECT max(m.id) FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id "
+            f"WHERE p.name = '{project}'",
+        )
+        assert newest != current
+        psql(tuner, f"SELECT * FROM pgml.deploy({newest})")
+        psql(other, f"SELECT pgml.predict('{project}', 'great')")
+        assert f"switched to model {newest}" in other.log()
+    finally:
+        other.stop()
