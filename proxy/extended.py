@@ -70,6 +70,8 @@ class PgmlPortal:
     execution: Execution | None = None
     upstream: str | None = None
     done: bool = False
+    unanswered: int = 0
+    """Messages for the upstream portal sent but not yet answered (read with Execute's)."""
 
 
 @dataclass
@@ -338,8 +340,16 @@ class Takeover:
         if portal.execution is None:
             await self._start(portal)
         assert portal.upstream is not None
-        self.inband.send(encode_execute(portal.upstream, max_rows) + FLUSH)
-        (result,) = await self.inband.steps(1, forward=lambda m: m.type in _RESULTS)
+        whole = max_rows == 0  # it cannot stop half-way: close the portal at once
+        self.inband.send(
+            encode_execute(portal.upstream, max_rows)
+            + (encode_close(b"P", portal.upstream) if whole else b"")
+            + FLUSH
+        )
+        expected, portal.unanswered = portal.unanswered + 1 + whole, 0
+        (result,) = await self.inband.steps(expected, forward=lambda m: m.type in _RESULTS)
+        if whole:
+            portal.upstream = None
         if not result.suspended:
             await self._finish_portal(portal)
 
@@ -369,9 +379,8 @@ class Takeover:
                 portal.result_formats,
             )
             + encode_close(b"S", upstream)
-            + FLUSH
         )
-        await self.inband.steps(3)
+        portal.unanswered = 3  # answered with the Execute that follows
         portal.upstream = upstream
 
     async def _finish_portal(self, portal: PgmlPortal) -> None:

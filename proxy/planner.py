@@ -14,8 +14,9 @@ types, formats, command tags and transaction semantics are PostgreSQL's own:
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sqlglot
 from sqlglot import TokenType, exp
@@ -86,9 +87,15 @@ class StatementPlan:
         return self.source.render(call.text.arguments[index])
 
     def substitute(self, call: CallSite, replacement: str) -> None:
-        """Put ``replacement`` (SQL) where the call stands, in the text and in the tree."""
+        """Put ``replacement`` (SQL) where the call stands, in the text and in the tree.
+
+        The tree is only read to evaluate the other calls, so a plan of one call leaves it
+        as it is (and can be reused, see :func:`plan_statement`).
+        """
         assert call.text is not None
         self.source.replace(call.text.span, replacement)
+        if len(self.calls) == 1:
+            return
         parsed = sqlglot.parse_one(f"SELECT {replacement}", dialect=DIALECT)
         assert isinstance(parsed, exp.Select)
         call.node.replace(parsed.expressions[0])
@@ -146,8 +153,31 @@ _BODY_STATEMENT = re.compile(
 )
 
 
+PLAN_CACHE_SIZE = 512
+_plans: OrderedDict[str, StatementPlan | None] = OrderedDict()
+
+
 def plan_statement(sql: str) -> StatementPlan | None:
-    """Plan one statement; ``None`` when it calls no pgml function (relay it as it is)."""
+    """Plan one statement; ``None`` when it calls no pgml function (relay it as it is).
+
+    Plans of one call (the tree of which evaluation never changes) are kept by text, so a
+    prepared statement run again, or the same query sent again, is not parsed again.
+    """
+    if sql in _plans:
+        _plans.move_to_end(sql)
+        cached = _plans[sql]
+        return None if cached is None else replace(cached, source=SourceText(cached.source.text))
+    plan = _plan_statement(sql)
+    if plan is None or len(plan.calls) == 1:
+        _plans[sql] = plan
+        if len(_plans) > PLAN_CACHE_SIZE:
+            _plans.popitem(last=False)
+        if plan is not None:
+            return replace(plan, source=SourceText(plan.source.text))
+    return plan
+
+
+def _plan_statement(sql: str) -> StatementPlan | None:
     if _BODY_STATEMENT.match(sql):
         if _BODY_CALL.search(sql):
             raise unsupported(
@@ -159,7 +189,7 @@ def plan_statement(sql: str) -> StatementPlan | None:
     sql = space_parameters(sql)
     declare = _DECLARE_CURSOR.match(sql)
     if declare is not None:
-        plan = plan_statement(sql[declare.end() :])
+        plan = _plan_statement(sql[declare.end() :])
         if plan is not None:
             plan.prefix = declare.group(0)
         return plan
