@@ -139,10 +139,13 @@ def main() -> None:
     training = time.monotonic()
     outcome = trainer.train()
     train_seconds = time.monotonic() - training
-    after = next(
-        (e for e in reversed(trainer.state.log_history) if "eval_f1" in e),
-        None,
-    ) or trainer.evaluate()
+    after = (
+        next(
+            (e for e in reversed(trainer.state.log_history) if "eval_f1" in e),
+            None,
+        )
+        or trainer.evaluate()
+    )
     trainer.save_model(str(output / "model"))
     tokenizer.save_pretrained(str(output / "model"))
     print(

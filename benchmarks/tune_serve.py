@@ -25,6 +25,9 @@ The serving measurements reuse one tuned project (``rt``): the one ``quality`` a
     .venv/bin/python benchmarks/tune_serve.py                  # everything, full sizes
     .venv/bin/python benchmarks/tune_serve.py --quick          # a smoke run of everything
     .venv/bin/python benchmarks/tune_serve.py serve-latency memory --device cuda
+
+On a small CPU machine that other work shares, ``--threads 1`` gives steadier figures:
+PyTorch's default of one thread per core stalls whenever another process holds a core.
 """
 
 from __future__ import annotations
@@ -68,10 +71,11 @@ MEASUREMENTS = (
 TUNING = frozenset({"quality", "train-speed"})
 SIZES: dict[str, tuple[Any, Any, str]] = {
     # option: (full run, --quick, help)
-    "rows": (2000, 300, "rows of the dataset that quality and train-speed tune on"),
-    "serve_tune_rows": (300, 200, "rows of the short tune when only serving is measured"),
-    "predict_rows": (10_000, 1000, "distinct texts that serve-batch predicts"),
-    "rounds": (3, 1, "interleaved rounds of serve-batch (median)"),
+    "rows": (2000, 200, "rows of the dataset that quality and train-speed tune on"),
+    "serve_tune_rows": (300, 100, "rows of the short tune when only serving is measured"),
+    "predict_rows": (10_000, 500, "distinct texts that serve-batch predicts"),
+    "train_rounds": (3, 1, "interleaved plain scripts and tunes of train-speed (median)"),
+    "rounds": (3, 1, "interleaved rounds of serve-batch and serve-concurrency (median)"),
     "iterations": (500, 60, "single-row calls of serve-latency, each path"),
     "seconds": (10.0, 3.0, "length of each serve-concurrency run"),
     "clients": (32, 32, "concurrent clients of serve-concurrency"),
@@ -159,10 +163,13 @@ def read_data(path: Path, seed: int) -> list[dict[str, Any]]:
 def copy_rows(dsn: str, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(columns)))
-        with conn.cursor() as cursor, cursor.copy(
-            sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(table))
-        ) as copy:
+        conn.execute(
+            sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(columns))
+        )
+        with (
+            conn.cursor() as cursor,
+            cursor.copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(table))) as copy,
+        ):
             for row in rows:
                 copy.write_row(row)
 
@@ -269,7 +276,7 @@ def measure_tuning(bench: Bench, selected: list[str]) -> None:
         )
         bench.report(
             "train-speed",
-            "wall s, whole call vs whole script",
+            "wall s: the whole pgml.tune call vs the whole script",
             f"{proxy_wall:.1f}",
             f"{plain_wall:.1f}",
             f"{plain_wall / proxy_wall:.3f}",
@@ -299,7 +306,7 @@ def run_plain_trainer(bench: Bench, rows: list[dict[str, Any]]) -> tuple[dict[st
         "--rows",
         str(rows_file),
         "--model",
-        str(ModelResolver().resolve(MODEL)),
+        str(ModelResolver(models_dir=args.models_dir).resolve(MODEL)),
         "--hyperparams",
         json.dumps(bench.hyperparams),
         "--test-size",
@@ -424,15 +431,15 @@ def measure_serve_latency(bench: Bench) -> None:
         proxy, bare = quantile(ms["proxy"], q), quantile(ms["bare"], q)
         bench.report(
             "serve-latency",
-            f"ms at the {label}, {args.iterations} calls: proxy - bare = {proxy - bare:.2f} ms",
+            f"ms at the {label} of {args.iterations} calls (ratio: proxy - bare)",
             f"{proxy:.2f}",
             f"{bare:.2f}",
-            f"{proxy / bare:.2f}",
-            "<= 1 ms more" if label == "median" else "",
+            f"{proxy - bare:+.2f} ms",
+            "<= +1 ms" if label == "median" else "",
         )
     bench.report(
         "serve-latency",
-        "ms at the median of SELECT $1::text through the proxy (the hop alone)",
+        "ms at the median of a prepared SELECT $1::text through the proxy (the hop alone)",
         f"{quantile(ms['relay'], 0.5):.2f}",
         "",
         "",
@@ -446,7 +453,9 @@ def measure_serve_latency(bench: Bench) -> None:
 async def _clients(dsn: str, count: int, seconds: float, texts: list[str]) -> int:
     """Single-row predicts done by ``count`` clients in ``seconds``."""
     predict_sql = f"SELECT pgml.predict('{PROJECT}', %s)"
-    connections = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(count)]
+    connections = [
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(count)
+    ]
     try:
         for n, conn in enumerate(connections):  # prepare, outside the measured time
             await (await conn.execute(predict_sql, [texts[n]], prepare=True)).fetchone()
@@ -471,7 +480,7 @@ def measure_serve_concurrency(bench: Bench) -> None:
     args = bench.args
     texts = distinct_texts(bench.data, 2000)
     counts: dict[int, list[float]] = {1: [], args.clients: []}
-    for _ in range(max(1, args.rounds - 1)):
+    for _ in range(args.rounds):
         for count in counts:
             calls = asyncio.run(_clients(bench.proxy.dsn(), count, args.seconds, texts))
             counts[count].append(calls / args.seconds)
@@ -481,7 +490,7 @@ def measure_serve_concurrency(bench: Bench) -> None:
     predictor = bench.predictor()
     started = time.perf_counter()
     batches = 0
-    while time.perf_counter() - started < 1.0 or batches < 3:
+    while time.perf_counter() - started < max(1.0, args.seconds / 2) or batches < 3:
         predictor.predict(texts[batches * args.clients : (batches + 1) * args.clients])
         batches += 1
     bare = batches * args.clients / (time.perf_counter() - started)
@@ -510,9 +519,10 @@ def measure_memory(bench: Bench) -> None:
     """A fresh proxy (same database and model cache): 1 connection, then 50."""
     args = bench.args
     folder = bench.model_folder()
-    weights = sum(
-        p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")
-    ) / 2**20
+    weights = (
+        sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+        / 2**20
+    )
     proxy = start_proxy(bench.cluster, bench.cache_dir, args)
     assert proxy.process is not None
     pid = proxy.process.pid
@@ -524,11 +534,13 @@ def measure_memory(bench: Bench) -> None:
         with PeakRss(pid) as peak:
             connections[0].execute(predict_sql, ["a first prediction"]).fetchone()
             one = settled_rss(pid)
+            gpu_one = gpu_mb(pid)
             while len(connections) < args.connections:
                 connections.append(psycopg.connect(proxy.dsn(), autocommit=True))
             for n, conn in enumerate(connections):
                 conn.execute(predict_sql, [f"prediction number {n}"]).fetchone()
             many = settled_rss(pid)
+            gpu_many = gpu_mb(pid)
         print(
             f"  fresh proxy: {idle:.0f} MB idle, {one:.0f} MB after 1 predict, "
             f"{many:.0f} MB with {len(connections)} connections (peak {peak.mb:.0f} MB)",
@@ -541,20 +553,29 @@ def measure_memory(bench: Bench) -> None:
     growth = many - one
     bench.report(
         "memory",
-        f"proxy RSS MB, 1 connection -> {args.connections} (+{growth:.0f} MB)",
-        f"{many:.0f}",
-        f"{one:.0f}",
-        f"{many / one:.3f}",
-        f"growth < model ({weights:.0f} MB)",
+        f"proxy RSS MB after 1 connection -> after {args.connections} (ratio: growth / weights)",
+        f"{one:.0f} -> {many:.0f} (+{growth:.0f})",
+        f"weights {weights:.0f}",
+        f"{growth / weights:.2f}",
+        "< 1 (model held once)",
     )
     bench.report(
         "memory",
-        "RSS MB of loading the model (idle -> 1 predict) vs its weights' size",
-        f"+{one - idle:.0f}",
-        f"{weights:.0f}",
+        "proxy RSS MB idle -> after its first predict (PyTorch and the model)",
+        f"{idle:.0f} -> {one:.0f} (+{one - idle:.0f})",
+        f"weights {weights:.0f}",
         f"{(one - idle) / weights:.2f}",
         "",
     )
+    if gpu_one is not None and gpu_many is not None:
+        bench.report(
+            "memory",
+            f"proxy GPU MB after 1 connection -> after {args.connections} (nvidia-smi)",
+            f"{gpu_one:.0f} -> {gpu_many:.0f} (+{gpu_many - gpu_one:.0f})",
+            f"weights {weights:.0f}",
+            f"{(gpu_many - gpu_one) / weights:.2f}",
+            "< 1 (model held once)",
+        )
 
 
 def settled_rss(pid: int) -> float:
@@ -562,10 +583,28 @@ def settled_rss(pid: int) -> float:
     return rss_mb(pid)
 
 
+def gpu_mb(pid: int) -> float | None:
+    """GPU memory nvidia-smi reports for ``pid``; None without a GPU or that process."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    done = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+    )
+    for line in done.stdout.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
+            return float(fields[1])
+    return None
+
+
 # --- main -------------------------------------------------------------------------------
 
 
-def start_proxy(cluster: PostgresCluster, cache_dir: Path, args: argparse.Namespace) -> ProxyProcess:
+def start_proxy(
+    cluster: PostgresCluster, cache_dir: Path, args: argparse.Namespace
+) -> ProxyProcess:
     return ProxyProcess(
         "--upstream",
         cluster.dsn(),
@@ -577,11 +616,22 @@ def start_proxy(cluster: PostgresCluster, cache_dir: Path, args: argparse.Namesp
         args.device,
         "--log-level",
         "warning",
-        env={"HF_HUB_OFFLINE": "1"},
+        *(["--models-dir", str(args.models_dir)] if args.models_dir else []),
+        env={"HF_HUB_OFFLINE": "1", **thread_env(args)},
     ).start()
 
 
+def thread_env(args: argparse.Namespace) -> dict[str, str]:
+    """``--threads``: the same CPU thread count for the proxy, its training worker and
+    the references (unset: each library's default, one thread per core)."""
+    if args.threads is None:
+        return {}
+    return {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+
+
 def print_table(bench: Bench) -> None:
+    print()
+    print("ratio: pgml-proxy / reference as speeds (higher is better) unless the figure says")
     print()
     print("| measurement | figure | pgml-proxy | reference | ratio | target |")
     print("|---|---|---|---|---|---|")
@@ -604,6 +654,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (proxy and refs)")
     parser.add_argument("--batch-size", type=int, default=256, help="the proxy's --batch-size")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help=f"the proxy's --models-dir, also where the references look for {MODEL}",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the dataset shuffle")
     parser.add_argument("--tune-seed", type=int, default=42, help="pgml.tune's split seed")
     parser.add_argument("--test-size", type=float, default=0.2)
@@ -611,7 +667,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--train-batch-size", type=int, default=16)
     parser.add_argument(
-        "--train-rounds", type=int, default=1, help="tunes and plain scripts of train-speed"
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of PyTorch everywhere (proxy, worker, references); default: cores",
     )
     parser.add_argument("--verbose", action="store_true", help="print pgml.tune's NOTICEs")
     for name, (full, quick, text) in SIZES.items():
@@ -636,6 +695,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.update(thread_env(args))  # before PyTorch is imported here
     data = read_data(args.data, args.seed)
     hyperparams = {
         "num_train_epochs": args.epochs,
@@ -668,7 +728,8 @@ def main() -> None:
         if bench._predictor is not None:
             device = bench._predictor.device
         print(
-            f"device {device}, proxy --batch-size {args.batch_size}, project {PROJECT} "
+            f"device {device}, threads {args.threads or 'default'}, "
+            f"proxy --batch-size {args.batch_size}, project {PROJECT} "
             f"tuned on {len(bench.tuned_rows)} rows, {time.perf_counter() - began:.0f} s in all"
         )
         print_table(bench)
