@@ -56,7 +56,8 @@ class Overload:
     columns: tuple[tuple[str, str], ...] = ()
     """``TABLE(...)`` result columns: (name, SQL type)."""
     row_dependent_ok: bool = True
-    """Whether arguments may read columns (evaluated per row in batches)."""
+    """Whether arguments may read columns (evaluated per row in batches).  Such handlers
+    must not use ``CallContext.session``: the next batch is fetched while they run."""
     strict: bool = True
     """NULL in any argument gives NULL without calling the handler, as STRICT functions do."""
 

@@ -17,12 +17,14 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlglot import exp
 
+from dashboard import metrics
 from handlers.errors import PgmlError
 from handlers.functions import (
     ACCEPTED_OIDS,
@@ -35,6 +37,7 @@ from handlers.functions import (
 from handlers.inference import LABEL
 from handlers.inference import result_type as project_result_type
 from handlers.serving import Services
+from proxy import logs
 from proxy import protocol as pg
 from proxy.inband import (
     FLUSH,
@@ -84,6 +87,37 @@ PROXY_STATEMENTS = (
     "__pgml_copy",
 )
 """Prepared statements the proxy names; closed again after a failure left them open."""
+
+
+@dataclass(frozen=True, slots=True)
+class _RowCall:
+    """A call evaluated per row: where its arguments come from and what it returns."""
+
+    call: CallSite
+    overload: Overload
+    types: list[tuple[int, str]]
+    row_positions: list[int]
+    constant_positions: list[int]
+    const_values: list[Any]
+    returns: str
+
+    def arguments(self, batch: Result) -> tuple[list[str], list[Args]]:
+        """The batch's row keys and argument tuples, rows with a NULL argument left out
+        (strict functions give NULL for them)."""
+        keys: list[str] = []
+        tuples: list[Args] = []
+        for row in batch.rows:
+            values: list[Any] = [None] * len(self.call.args)
+            for position, value in zip(self.constant_positions, self.const_values, strict=True):
+                values[position] = value
+            for position, raw in zip(self.row_positions, row[1:], strict=True):
+                values[position] = _json(raw)
+            _, args = bind_arguments(self.call, self.types, values, self.overload)
+            if any(v is None for v in args):
+                continue
+            keys.append(_text(row[0]))
+            tuples.append(args)
+        return keys, tuples
 
 
 class StatementFailed(Exception):
@@ -263,10 +297,18 @@ class Execution:
         pending = list(plan.calls)
         while pending:
             call = self._next_ready(pending)
-            if call.scope is None:
-                await self._evaluate_constant(plan, call)
-            else:
-                await self._evaluate_per_row(plan, call)
+            started = time.perf_counter()
+            ok = False
+            try:
+                with logs.context(function=call.sql_name):
+                    if call.scope is None:
+                        await self._evaluate_constant(plan, call)
+                    else:
+                        await self._evaluate_per_row(plan, call)
+                    log.debug("evaluated in %.1f ms", (time.perf_counter() - started) * 1000)
+                ok = True
+            finally:
+                metrics.record_call(call.sql_name, ok, time.perf_counter() - started)
             pending.remove(call)
         return plan.render()
 
@@ -452,23 +494,10 @@ class Execution:
             + FLUSH
         )
         await self.inband.steps(3)
-        while True:
-            self.inband.send(encode_execute(portal, self.batch_size) + FLUSH)
-            (batch,) = await self.inband.steps(1)
-            await self._evaluate_batch(
-                call,
-                overload,
-                types,
-                row_positions,
-                constant_positions,
-                const_values,
-                batch,
-                f"{table}_v",
-                returns,
-            )
-            self._check_cancel()
-            if not batch.suspended:
-                break
+        per_row = _RowCall(
+            call, overload, types, row_positions, constant_positions, const_values, returns
+        )
+        await self._evaluate_batches(per_row, portal, f"{table}_v")
         self.inband.send(encode_close(b"P", portal) + FLUSH)
         await self.inband.steps(1)
         await self._select(
@@ -485,35 +514,39 @@ class Execution:
             f"FROM {table} AS __pgml_l WHERE {match})",
         )
 
-    async def _evaluate_batch(
-        self,
-        call: CallSite,
-        overload: Overload,
-        types: list[tuple[int, str]],
-        row_positions: list[int],
-        constant_positions: list[int],
-        const_values: list[Any],
-        batch: Result,
-        results_table: str,
-        returns: str,
+    async def _evaluate_batches(self, rows: _RowCall, portal: str, results_table: str) -> None:
+        """Run the call over the portal's rows a batch at a time; the next batch is fetched
+        while the model works on this one (handlers of per-row calls never use the
+        session, so the two do not meet on the connection)."""
+        self.inband.send(encode_execute(portal, self.batch_size) + FLUSH)
+        (batch,) = await self.inband.steps(1)
+        while True:
+            keys, tuples = rows.arguments(batch)
+            computing = (
+                asyncio.ensure_future(rows.overload.handler(self.context, tuples))
+                if tuples
+                else None
+            )
+            upcoming: Result | None = None
+            try:
+                if batch.suspended:
+                    self.inband.send(encode_execute(portal, self.batch_size) + FLUSH)
+                    (upcoming,) = await self.inband.steps(1)
+                results = [] if computing is None else await computing
+            finally:
+                if computing is not None and not computing.done():
+                    computing.cancel()
+            self._check_cancel()
+            metrics.record_rows(rows.call.sql_name, len(tuples), len(results))
+            if results:
+                await self._store_results(results_table, rows.returns, keys, results)
+            if upcoming is None:
+                return
+            batch = upcoming
+
+    async def _store_results(
+        self, results_table: str, returns: str, keys: list[str], results: list[Any]
     ) -> None:
-        keys: list[str] = []
-        tuples: list[Args] = []
-        for row in batch.rows:
-            values: list[Any] = [None] * len(call.args)
-            for position, value in zip(constant_positions, const_values, strict=True):
-                values[position] = value
-            for position, raw in zip(row_positions, row[1:], strict=True):
-                values[position] = _json(raw)
-            _, args = bind_arguments(call, types, values, overload)
-            if any(v is None for v in args):
-                continue
-            keys.append(_text(row[0]))
-            tuples.append(args)
-        if not tuples:
-            return
-        results = await overload.handler(self.context, tuples)
-        self._check_cancel()
         encoded = [encode_value(returns, r) for r in results]
         await self._select(
             f"INSERT INTO {results_table} SELECT u.k, CAST(u.v AS {returns}) "

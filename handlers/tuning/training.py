@@ -71,6 +71,15 @@ class TaskRecipe:
     def dataset(self, rows: list[tuple[str, str]]) -> Any:
         raise NotImplementedError
 
+    def tokenized_text(self, data: Any) -> Any:
+        """A dataset's ``text`` column replaced by its tokens, cut at the input length."""
+        length = self.input_length()
+        return data.map(
+            lambda b: self.tokenizer(b["text"], truncation=True, max_length=length),
+            batched=True,
+            remove_columns=["text"],
+        )
+
     def collator(self, model: Any) -> Any:
         raise NotImplementedError
 
@@ -111,12 +120,7 @@ class Classification(TaskRecipe):
 
         ids = {label: i for i, label in enumerate(self.job.labels)}
         data = Dataset.from_dict({"text": [r[0] for r in rows], "label": [ids[r[1]] for r in rows]})
-        length = self.input_length()
-        return data.map(
-            lambda b: self.tokenizer(b["text"], truncation=True, max_length=length),
-            batched=True,
-            remove_columns=["text"],
-        )
+        return self.tokenized_text(data)
 
     def collator(self, model: Any) -> Any:
         from transformers import DataCollatorWithPadding
@@ -203,13 +207,7 @@ class Generation(TaskRecipe):
         from datasets import Dataset
 
         eos = self.tokenizer.eos_token or ""
-        data = Dataset.from_dict({"text": [r[0] + eos for r in rows]})
-        length = self.input_length()
-        return data.map(
-            lambda b: self.tokenizer(b["text"], truncation=True, max_length=length),
-            batched=True,
-            remove_columns=["text"],
-        )
+        return self.tokenized_text(Dataset.from_dict({"text": [r[0] + eos for r in rows]}))
 
     def collator(self, model: Any) -> Any:
         from transformers import DataCollatorForLanguageModeling
