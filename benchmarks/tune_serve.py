@@ -491,7 +491,8 @@ def measure_serve_concurrency(bench: Bench) -> None:
     started = time.perf_counter()
     batches = 0
     while time.perf_counter() - started < max(1.0, args.seconds / 2) or batches < 3:
-        predictor.predict(texts[batches * args.clients : (batches + 1) * args.clients])
+        start = batches * args.clients % (len(texts) - args.clients)
+        predictor.predict(texts[start : start + args.clients])
         batches += 1
     bare = batches * args.clients / (time.perf_counter() - started)
     bench.report(
