@@ -53,6 +53,16 @@ class Services:
         self._deployed: dict[tuple[str, int], int] = {}
         self.deployments = None if service is None else DeploymentCache(service)
         self.batcher = Batcher(self.run, batch_size)
+        self.trainings: dict[tuple[str, int], asyncio.Event] = {}
+        """Trainings running in this proxy, by (database, model id): set to cancel one."""
+
+    def cancel_training(self, database: str, model_id: int) -> bool:
+        """Ask a training of this proxy to stop; whether it was running here."""
+        event = self.trainings.get((database, model_id))
+        if event is None:
+            return False
+        event.set()
+        return True
 
     @property
     def device(self) -> str:

@@ -16,6 +16,7 @@ from proxy.server import Proxy
 from proxy.upstream import UpstreamAddress, parse_upstream
 
 if TYPE_CHECKING:
+    from dashboard.app import Dashboard
     from handlers.serving import Services
 
 log = logging.getLogger("pgml_proxy")
@@ -44,6 +45,13 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
         services=lambda: _services(settings, upstream),
     )
     await proxy.listen(settings.host, settings.port)
+    dashboard: Dashboard | None = None
+    if settings.dashboard_port:
+        from dashboard.app import Dashboard
+
+        database = settings.dashboard_database or upstream.database or "postgres"
+        dashboard = Dashboard(proxy, database)
+        await dashboard.start(settings.host, settings.dashboard_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -51,7 +59,11 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
     print(f"pgml-proxy ready: {connection_string(settings, upstream, proxy.port)}", flush=True)
     await stop.wait()
     log.info("shutting down: %d session(s) open", len(proxy.sessions))
-    await proxy.shutdown(settings.shutdown_grace)
+    try:
+        if dashboard is not None:
+            await dashboard.stop()
+    finally:
+        await proxy.shutdown(settings.shutdown_grace)
 
 
 def _services(settings: Settings, upstream: UpstreamAddress) -> Services:

@@ -34,6 +34,8 @@ class Settings:
     cache_dir: Path
     device: str
     batch_size: int
+    dashboard_port: int = 0
+    dashboard_database: str | None = None
 
 
 def _env(flag: str) -> str | None:
@@ -118,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
         "256",
         type=int,
     )
+    add(
+        "dashboard-port",
+        "port of the web dashboard and /metrics, on --host; 0 turns it off (default %(default)s)",
+        "0",
+        type=int,
+    )
+    add(
+        "dashboard-database",
+        "database whose catalog the dashboard shows (default: the database of --upstream, "
+        "else postgres)",
+        None,
+    )
     return parser
 
 
@@ -128,6 +142,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         parser.error("--tls-cert and --tls-key go together")
     if int(args.batch_size) < 1:
         parser.error("--batch-size must be at least 1")
+    if not 0 <= int(args.dashboard_port) <= 65535:
+        parser.error("--dashboard-port must be between 0 and 65535")
     return Settings(
         host=args.host,
         port=int(args.port),
@@ -144,4 +160,6 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         cache_dir=Path(args.cache_dir).expanduser(),
         device=args.device,
         batch_size=int(args.batch_size),
+        dashboard_port=int(args.dashboard_port),
+        dashboard_database=args.dashboard_database,
     )

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from dashboard import metrics
 from handlers.errors import PgmlError
 from handlers.functions import (
     ACCEPTED_OIDS,
@@ -297,12 +298,17 @@ class Execution:
         while pending:
             call = self._next_ready(pending)
             started = time.perf_counter()
-            with logs.context(function=call.sql_name):
-                if call.scope is None:
-                    await self._evaluate_constant(plan, call)
-                else:
-                    await self._evaluate_per_row(plan, call)
-                log.debug("evaluated in %.1f ms", (time.perf_counter() - started) * 1000)
+            ok = False
+            try:
+                with logs.context(function=call.sql_name):
+                    if call.scope is None:
+                        await self._evaluate_constant(plan, call)
+                    else:
+                        await self._evaluate_per_row(plan, call)
+                    log.debug("evaluated in %.1f ms", (time.perf_counter() - started) * 1000)
+                ok = True
+            finally:
+                metrics.record_call(call.sql_name, ok, time.perf_counter() - started)
             pending.remove(call)
         return plan.render()
 
@@ -531,6 +537,7 @@ class Execution:
                 if computing is not None and not computing.done():
                     computing.cancel()
             self._check_cancel()
+            metrics.record_rows(rows.call.sql_name, len(tuples), len(results))
             if results:
                 await self._store_results(results_table, rows.returns, keys, results)
             if upcoming is None:

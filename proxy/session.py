@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, cast
 
+from dashboard import metrics
 from proxy import logs
 from proxy import protocol as pg
 from proxy.inband import Inband
@@ -93,7 +94,7 @@ class ClientSession(asyncio.Protocol):
         self._cancel_requested = False
         self._upstream_writable = asyncio.Event()
         self._upstream_writable.set()
-        self._client_selector: pg.Selector = pg.client_message_of_interest
+        self._client_selector: pg.Selector = _client_message_of_interest
         self._extended: ExtendedState | None = None
         self._takeover_input: TakeoverInput | None = None
         self._startup_timer: asyncio.TimerHandle | None = None
@@ -106,6 +107,7 @@ class ClientSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
         self.proxy.sessions.add(self)
+        metrics.connections_opened += 1
         self._startup_timer = asyncio.get_running_loop().call_later(
             STARTUP_TIMEOUT, self._startup_timed_out
         )
@@ -161,6 +163,7 @@ class ClientSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.phase
         self.phase = Phase.CLOSED
+        metrics.connections_closed += 1
         if self._startup_timer is not None:
             self._startup_timer.cancel()
         self.proxy.sessions.discard(self)
@@ -415,6 +418,7 @@ class ClientSession(asyncio.Protocol):
 
         prepared = prepare_query(message)
         if prepared is None:
+            metrics.statements_relayed += 1
             self._write_upstream(message.raw)
             return
         await self._until_idle(message)
@@ -630,8 +634,22 @@ class UpstreamConnection(asyncio.Protocol):
         self._session.upstream_resumed()
 
 
+def _client_message_of_interest(mtype: int, data: bytes, start: int, end: int) -> bool:
+    """Terminate, or a Query or Parse that mentions ``pgml``; the others are counted as
+    relayed statements."""
+    if mtype == pg.TERMINATE or pg.PGML_PATTERN.search(data, start + 5, end) is not None:
+        return True
+    metrics.statements_relayed += 1
+    return False
+
+
 def _tracked_message(mtype: int, data: bytes, start: int, end: int) -> bool:
     """Every extended-protocol message; a Query only when it mentions ``pgml``."""
     if mtype == pg.QUERY:
-        return pg.PGML_PATTERN.search(data, start + 5, end) is not None
+        if pg.PGML_PATTERN.search(data, start + 5, end) is not None:
+            return True
+        metrics.statements_relayed += 1
+        return False
+    if mtype == pg.PARSE and pg.PGML_PATTERN.search(data, start + 5, end) is None:
+        metrics.statements_relayed += 1
     return True

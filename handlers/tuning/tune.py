@@ -146,14 +146,19 @@ async def _train_and_record(
         await catalog.log(project, model_id, record)
         await ctx.session.notice(describe_progress(event))
 
+    stop = asyncio.Event()
+    services.trainings[(ctx.database, model_id)] = stop
     try:
-        outcome = await run_training(job, Path(workdir), relay, ctx.cancelled)
+        outcome = await run_training(
+            job, Path(workdir), relay, lambda: ctx.cancelled() or stop.is_set()
+        )
         metrics = dict(outcome["after"]) | {"before_tuning": outcome["before"]}
         folder = Path(workdir) / "model"
         await catalog.finish_model(model_id, metrics, folder)
         services.keep_trained(ctx.database, model_id, created_at, folder)
     except TrainingCancelled:
-        await asyncio.shield(catalog.fail_model(model_id, "cancelled", "cancelled by the client"))
+        reason = "cancelled from the dashboard" if stop.is_set() else "cancelled by the client"
+        await asyncio.shield(catalog.fail_model(model_id, "cancelled", reason))
         raise
     except asyncio.CancelledError:
         await asyncio.shield(catalog.fail_model(model_id, "cancelled", "the client went away"))
@@ -166,6 +171,7 @@ async def _train_and_record(
         await asyncio.shield(catalog.fail_model(model_id, "failed", str(error)))
         raise PgmlError("XX000", f"training failed: {error}") from error
     finally:
+        services.trainings.pop((ctx.database, model_id), None)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -58,8 +58,9 @@ def tuner(
 
 
 def tuning_proxy(
-    cluster: PostgresCluster, models_dir: Path, datasets_dir: Path, cache_dir: Path
+    cluster: PostgresCluster, models_dir: Path, datasets_dir: Path, cache_dir: Path, *extra: str
 ) -> ProxyProcess:
+    """A proxy that tunes and serves; ``extra`` flags (e.g. ``--dashboard-port``) go last."""
     return ProxyProcess(
         "--upstream",
         cluster.dsn(),
@@ -71,5 +72,6 @@ def tuning_proxy(
         str(cache_dir),
         "--log-level",
         "debug",
+        *extra,
         env=OFFLINE,
     ).start()

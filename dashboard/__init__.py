@@ -1,0 +1,1 @@
+"""The proxy's web dashboard (``--dashboard-port``) and its Prometheus ``/metrics``."""

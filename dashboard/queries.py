@@ -1,0 +1,240 @@
+"""Catalog reads for the dashboard, through the proxy's service pool (asyncpg)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from handlers.tuning.options import KEY_METRICS, without_secrets
+
+
+def _json(value: Any) -> Any:
+    """A JSONB value as asyncpg returns it (text) decoded; ``{}`` for NULL."""
+    if value is None:
+        return {}
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def key_metric(task: str) -> tuple[str, bool]:
+    """The metric models of ``task`` are compared by, and whether higher is better."""
+    return KEY_METRICS.get(task, ("eval_loss", False))
+
+
+@dataclass(slots=True)
+class ModelRow:
+    id: int
+    project_id: int
+    project: str
+    task: str
+    algorithm: str
+    status: str
+    hyperparams: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    created_at: Any
+    updated_at: Any
+    snapshot_id: int | None = None
+    deployed: bool = False
+
+    @property
+    def before(self) -> dict[str, Any]:
+        before = self.metrics.get("before_tuning")
+        return before if isinstance(before, dict) else {}
+
+    @property
+    def after(self) -> dict[str, Any]:
+        return {k: v for k, v in self.metrics.items() if k != "before_tuning"}
+
+    @property
+    def key(self) -> str:
+        return key_metric(self.task)[0]
+
+
+@dataclass(slots=True)
+class ProjectRow:
+    id: int
+    name: str
+    task: str
+    models: int
+    deployed_id: int | None
+    deployed_algorithm: str | None
+    deployed_metrics: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return key_metric(self.task)[0]
+
+
+@dataclass(slots=True)
+class Curves:
+    """Training curves from ``pgml.logs``: per series, its (step, value) points."""
+
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    max_steps: int | None = None
+    last_step: int | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    model: ModelRow
+    last_step: int | None
+    max_steps: int | None
+    seconds_left: float | None
+
+    @property
+    def progress(self) -> float | None:
+        if not self.max_steps or self.last_step is None:
+            return None
+        return min(1.0, self.last_step / self.max_steps)
+
+
+_MODEL_SELECT = (
+    "SELECT m.id, m.project_id, p.name AS project, p.task, m.algorithm, m.status, "
+    "m.hyperparams::text AS hyperparams, m.metrics::text AS metrics, m.error, m.created_at, "
+    "m.updated_at, m.snapshot_id, "
+    "(SELECT d.model_id FROM pgml.deployments AS d WHERE d.project_id = m.project_id "
+    " ORDER BY d.created_at DESC, d.id DESC LIMIT 1) = m.id AS deployed "
+    "FROM pgml.models AS m JOIN pgml.projects AS p ON p.id = m.project_id "
+)
+
+
+def _model(row: Any) -> ModelRow:
+    return ModelRow(
+        id=row["id"],
+        project_id=row["project_id"],
+        project=row["project"],
+        task=row["task"],
+        algorithm=row["algorithm"],
+        status=row["status"],
+        hyperparams=without_secrets(_json(row["hyperparams"])),
+        metrics=_json(row["metrics"]),
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        snapshot_id=row["snapshot_id"],
+        deployed=bool(row["deployed"]),
+    )
+
+
+async def projects(pool: Any) -> list[ProjectRow]:
+    """Every project with its deployed model and number of models."""
+    rows = await pool.fetch(
+        "SELECT p.id, p.name, p.task, "
+        "(SELECT count(*) FROM pgml.models AS m WHERE m.project_id = p.id) AS models, "
+        "d.model_id, m.algorithm, m.metrics::text AS metrics "
+        "FROM pgml.projects AS p "
+        "LEFT JOIN LATERAL (SELECT model_id FROM pgml.deployments "
+        "  WHERE project_id = p.id ORDER BY created_at DESC, id DESC LIMIT 1) AS d ON true "
+        "LEFT JOIN pgml.models AS m ON m.id = d.model_id "
+        "ORDER BY p.id"
+    )
+    return [
+        ProjectRow(
+            id=r["id"],
+            name=r["name"],
+            task=r["task"],
+            models=r["models"],
+            deployed_id=r["model_id"],
+            deployed_algorithm=r["algorithm"],
+            deployed_metrics=_json(r["metrics"]),
+        )
+        for r in rows
+    ]
+
+
+async def project(pool: Any, project_id: int) -> ProjectRow | None:
+    for found in await projects(pool):
+        if found.id == project_id:
+            return found
+    return None
+
+
+async def project_models(pool: Any, project_id: int) -> list[ModelRow]:
+    rows = await pool.fetch(_MODEL_SELECT + "WHERE m.project_id = $1 ORDER BY m.id", project_id)
+    return [_model(r) for r in rows]
+
+
+async def deployments(pool: Any, project_id: int) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT d.id, d.model_id, d.strategy, d.created_at, m.algorithm "
+        "FROM pgml.deployments AS d LEFT JOIN pgml.models AS m ON m.id = d.model_id "
+        "WHERE d.project_id = $1 ORDER BY d.created_at, d.id",
+        project_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def model(pool: Any, model_id: int) -> ModelRow | None:
+    row = await pool.fetchrow(_MODEL_SELECT + "WHERE m.id = $1", model_id)
+    return None if row is None else _model(row)
+
+
+async def snapshot(pool: Any, snapshot_id: int | None) -> dict[str, Any] | None:
+    if snapshot_id is None:
+        return None
+    row = await pool.fetchrow(
+        "SELECT id, relation_name, y_column_name, test_size, test_sampling, "
+        "analysis::text AS analysis FROM pgml.snapshots WHERE id = $1",
+        snapshot_id,
+    )
+    if row is None:
+        return None
+    found = dict(row)
+    found["analysis"] = _json(found["analysis"])
+    return found
+
+
+async def curves(pool: Any, model_id: int) -> Curves:
+    """Loss, learning rate and evaluation metrics against step, in log order."""
+    rows = await pool.fetch(
+        "SELECT logs::text AS logs FROM pgml.logs WHERE model_id = $1 ORDER BY id", model_id
+    )
+    out = Curves()
+    for row in rows:
+        record = _json(row["logs"])
+        if not isinstance(record, dict) or "before_tuning" in record:
+            continue
+        if isinstance(record.get("max_steps"), int | float):
+            out.max_steps = int(record["max_steps"])
+        step = record.get("step")
+        if not isinstance(step, int | float):
+            continue
+        out.last_step = int(step)
+        for name, value in record.items():
+            if name in ("step", "epoch", "max_steps", "epochs") or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float):
+                out.series.setdefault(name, []).append((float(step), float(value)))
+    return out
+
+
+async def jobs(pool: Any) -> list[Job]:
+    """Models being trained, with their progress and an extrapolated time left."""
+    rows = await pool.fetch(
+        _MODEL_SELECT + "WHERE m.status = 'in_progress' ORDER BY m.id",
+    )
+    found: list[Job] = []
+    for row in rows:
+        current = _model(row)
+        progress = await pool.fetchrow(
+            "SELECT max((logs->>'step')::float) AS step, max((logs->>'max_steps')::float) AS total,"
+            " extract(epoch FROM now() - min(created_at)) AS elapsed "
+            "FROM pgml.logs WHERE model_id = $1",
+            current.id,
+        )
+        total = progress["total"]
+        step = progress["step"] if progress["step"] is not None or total is None else 0
+        left: float | None = None
+        if step and total and progress["elapsed"] is not None:
+            elapsed = float(progress["elapsed"])
+            left = max(0.0, elapsed * (float(total) - float(step)) / float(step))
+        found.append(
+            Job(
+                current,
+                None if step is None else int(step),
+                None if total is None else int(total),
+                left,
+            )
+        )
+    return found
