@@ -236,20 +236,20 @@ def _ensure_padding(tokenizer: Any, model: Any) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-TIMINGS = frozenset(
-    {"runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "epoch"}
+NOT_METRICS = frozenset(
+    {"runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "epoch", "step"}
 )
-"""Evaluation figures that say how fast it ran, not how good the model is."""
+"""Figures of an evaluation that say how fast or where it ran, not how good the model is."""
 
 
 def _plain(found: dict[str, Any]) -> dict[str, float]:
-    """Numbers only, ``eval_`` prefixes dropped (but ``eval_loss``), timings left out."""
+    """Numbers only, ``eval_`` prefixes dropped (but ``eval_loss``), ``NOT_METRICS`` left out."""
     plain = {
         (k[5:] if k.startswith("eval_") and k != "eval_loss" else k): float(v)
         for k, v in found.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    return {k: v for k, v in plain.items() if k not in TIMINGS}
+    return {k: v for k, v in plain.items() if k not in NOT_METRICS}
 
 
 def train(job: Job, emit: Emit) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -340,3 +341,36 @@ def test_browser_deploy_button(
     assert "deployed" in row.text
     assert deployed_model(direct, site.project) == other
     browser.save_screenshot(str(tmp_path / "project.png"))
+
+
+def test_browser_projects_page(site: Site, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(site.base + "/")
+    rows = browser.find_elements(By.CSS_SELECTOR, "table tr")
+    assert any(EVIL_NAME in row.text for row in rows)  # listed, and shown as text
+    assert not browser.find_elements(By.TAG_NAME, "script")  # the name did not become one
+
+
+def test_browser_cancel_from_the_jobs_page(
+    site: Site, browser: Any, cluster: PostgresCluster, direct: psycopg.Connection[Any]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    table = f"dash_long_{uuid.uuid4().hex[:8]}"
+    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=LONG_ROWS)
+    project = f"dash_browser_{uuid.uuid4().hex[:8]}"
+    call = Background(site.proxy.dsn(), long_tune(project, table))
+    try:
+        model_id = wait_until_training(direct, project, call.thread.is_alive)
+        browser.get(site.base + "/jobs")
+        clicked = time.monotonic()
+        browser.find_element(By.ID, f"cancel-{model_id}").click()
+        call.join(60)
+        stopped_in = time.monotonic() - clicked
+    finally:
+        call.close()
+        cluster.psql(f"DROP TABLE IF EXISTS {table} CASCADE")
+    assert isinstance(call.error, psycopg.Error) and call.error.sqlstate == "57014"
+    assert stopped_in < 5
+    assert models_of(direct, project) == [(model_id, "cancelled", "cancelled from the dashboard")]
