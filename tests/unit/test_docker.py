@@ -60,7 +60,7 @@ def test_compose_file_is_valid(tmp_path: Path) -> None:
     for name in ("proxy", "proxy-gpu"):
         proxy = services[name]
         assert proxy["depends_on"]["postgres"]["condition"] == "service_healthy"
-        assert "--upstream" in proxy["command"]
+        assert "--upstream" in proxy["command"] and "--dashboard-port" in proxy["command"]
         assert any(str(v).endswith(":/models:ro") for v in proxy["volumes"])
     devices = services["proxy-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
