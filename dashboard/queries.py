@@ -93,8 +93,7 @@ _MODEL_SELECT = (
     "SELECT m.id, m.project_id, p.name AS project, p.task, m.algorithm, m.status, "
     "m.hyperparams::text AS hyperparams, m.metrics::text AS metrics, m.error, m.created_at, "
     "m.updated_at, m.snapshot_id, "
-    "(SELECT d.model_id FROM pgml.deployments AS d WHERE d.project_id = m.project_id "
-    " ORDER BY d.created_at DESC, d.id DESC LIMIT 1) = m.id AS deployed "
+    "m.id IN (SELECT id FROM pgml.deployed_models) AS deployed "
     "FROM pgml.models AS m JOIN pgml.projects AS p ON p.id = m.project_id "
 )
 
@@ -122,11 +121,10 @@ async def projects(pool: Any) -> list[ProjectRow]:
     rows = await pool.fetch(
         "SELECT p.id, p.name, p.task, "
         "(SELECT count(*) FROM pgml.models AS m WHERE m.project_id = p.id) AS models, "
-        "d.model_id, m.algorithm, m.metrics::text AS metrics "
+        "d.id AS model_id, m.algorithm, m.metrics::text AS metrics "
         "FROM pgml.projects AS p "
-        "LEFT JOIN LATERAL (SELECT model_id FROM pgml.deployments "
-        "  WHERE project_id = p.id ORDER BY created_at DESC, id DESC LIMIT 1) AS d ON true "
-        "LEFT JOIN pgml.models AS m ON m.id = d.model_id "
+        "LEFT JOIN pgml.deployed_models AS d ON d.name = p.name "
+        "LEFT JOIN pgml.models AS m ON m.id = d.id "
         "ORDER BY p.id"
     )
     return [

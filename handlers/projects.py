@@ -183,9 +183,8 @@ class Catalog:
             "extract(epoch FROM m.created_at) AS created_at, "
             "s.analysis->>'label_type' AS label_type "
             "FROM pgml.projects AS p "
-            "LEFT JOIN LATERAL (SELECT model_id FROM pgml.deployments WHERE project_id = p.id "
-            "ORDER BY created_at DESC, id DESC LIMIT 1) AS d ON true "
-            "LEFT JOIN pgml.models AS m ON m.id = d.model_id "
+            "LEFT JOIN pgml.deployed_models AS d ON d.name = p.name "
+            "LEFT JOIN pgml.models AS m ON m.id = d.id "
             "LEFT JOIN pgml.snapshots AS s ON s.id = m.snapshot_id WHERE p.name = $1",
             name,
         )
@@ -208,12 +207,6 @@ class Catalog:
             float(row["created_at"]),
             row["label_type"] or "text",
         )
-
-    async def model_created_at(self, model_id: int) -> float:
-        value = await self.pool.fetchval(
-            "SELECT extract(epoch FROM created_at) FROM pgml.models WHERE id = $1", model_id
-        )
-        return float(value)
 
     # --- deployment ----------------------------------------------------------------------
 

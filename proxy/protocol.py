@@ -350,11 +350,6 @@ def mentions_pgml(mtype: int, data: bytes, start: int, end: int) -> bool:
     return PGML_PATTERN.search(data, start + 5, end) is not None
 
 
-def client_message_of_interest(mtype: int, data: bytes, start: int, end: int) -> bool:
-    """Terminate, or a Query or Parse that mentions ``pgml``."""
-    return mtype == TERMINATE or PGML_PATTERN.search(data, start + 5, end) is not None
-
-
 def want_all(mtype: int, data: bytes, start: int, end: int) -> bool:
     return True
 

@@ -637,7 +637,7 @@ class UpstreamConnection(asyncio.Protocol):
 def _client_message_of_interest(mtype: int, data: bytes, start: int, end: int) -> bool:
     """Terminate, or a Query or Parse that mentions ``pgml``; the others are counted as
     relayed statements."""
-    if mtype == pg.TERMINATE or pg.PGML_PATTERN.search(data, start + 5, end) is not None:
+    if mtype == pg.TERMINATE or pg.mentions_pgml(mtype, data, start, end):
         return True
     metrics.statements_relayed += 1
     return False
@@ -645,11 +645,9 @@ def _client_message_of_interest(mtype: int, data: bytes, start: int, end: int) -
 
 def _tracked_message(mtype: int, data: bytes, start: int, end: int) -> bool:
     """Every extended-protocol message; a Query only when it mentions ``pgml``."""
-    if mtype == pg.QUERY:
-        if pg.PGML_PATTERN.search(data, start + 5, end) is not None:
-            return True
-        metrics.statements_relayed += 1
-        return False
-    if mtype == pg.PARSE and pg.PGML_PATTERN.search(data, start + 5, end) is None:
-        metrics.statements_relayed += 1
-    return True
+    if mtype not in (pg.QUERY, pg.PARSE):
+        return True
+    if pg.mentions_pgml(mtype, data, start, end):
+        return True
+    metrics.statements_relayed += 1
+    return mtype == pg.PARSE

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.tuning import metrics
-from handlers.tuning.options import SEQ2SEQ_TASKS
+from handlers.tuning.options import arguments_class
 
 Emit = Callable[..., None]
 
@@ -261,10 +261,6 @@ def train(job: Job, emit: Emit) -> dict[str, Any]:
     recipe = RECIPES[job.task](job)
     model = recipe.model()
     train_set, test_set = recipe.dataset(job.train), recipe.dataset(job.test)
-    seq2seq = job.task in SEQ2SEQ_TASKS
-    arguments_class = (
-        transformers.Seq2SeqTrainingArguments if seq2seq else transformers.TrainingArguments
-    )
     settings: dict[str, Any] = {
         "eval_strategy": "epoch",
         "logging_strategy": "steps",
@@ -278,7 +274,7 @@ def train(job: Job, emit: Emit) -> dict[str, Any]:
     settings |= {"output_dir": str(Path(job.output_dir) / "checkpoints")}
     if job.device == "cpu":
         settings["use_cpu"] = True
-    arguments = arguments_class(**settings)
+    arguments = arguments_class(job.task)(**settings)
 
     last_eval_step = -1
     training = False

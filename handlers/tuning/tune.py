@@ -15,8 +15,8 @@ from handlers.errors import PgmlError, invalid_argument
 from handlers.functions import Args, CallContext
 from handlers.projects import Catalog, Project
 from handlers.tuning.options import (
-    SEQ2SEQ_TASKS,
     TuneOptions,
+    arguments_class,
     check_value_types,
     normalise_task,
     parse_hyperparams,
@@ -177,10 +177,8 @@ async def _train_and_record(
 
 def _check_training_arguments(options: TuneOptions, device: str) -> None:
     """Build the arguments once here, so that bad values fail before any training."""
-    from transformers import Seq2SeqTrainingArguments, TrainingArguments
-
     check_value_types(options.task, options.training)
-    cls = Seq2SeqTrainingArguments if options.task in SEQ2SEQ_TASKS else TrainingArguments
+    cls = arguments_class(options.task)
     settings = {"report_to": "none"} | ({"use_cpu": True} if device == "cpu" else {})
     with tempfile.TemporaryDirectory() as scratch:
         try:
