@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.passthrough import pgbench, wait_for_port  # noqa: E402
+from benchmarks.passthrough import pgbench, pgbench_init, wait_for_port  # noqa: E402
 from tests.support.pgserver import BIN, PostgresCluster, free_port  # noqa: E402
 from tests.support.proxyproc import ProxyProcess  # noqa: E402
 
@@ -96,24 +96,7 @@ def main() -> None:
         "--upstream", cluster.dsn(), "--dashboard-port", str(dashboard_port)
     ).start()
     try:
-        subprocess.run(
-            [
-                str(BIN / "pgbench"),
-                "-i",
-                "-q",
-                "-s",
-                "10",
-                "-h",
-                str(cluster.socket_dir),
-                "-p",
-                str(cluster.port),
-                "-U",
-                "postgres",
-                "postgres",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        pgbench_init(cluster)
         wait_for_port(dashboard_port)
         ids = fill_catalog(proxy, cluster, args.log_rows)
         base = f"http://127.0.0.1:{dashboard_port}"

@@ -106,6 +106,28 @@ def start_pgbouncer(cluster: PostgresCluster, workdir: Path) -> tuple[subprocess
     return process, port
 
 
+def pgbench_init(cluster: PostgresCluster, scale: int = 10) -> None:
+    """pgbench's tables in the cluster's postgres database."""
+    subprocess.run(
+        [
+            str(BIN / "pgbench"),
+            "-i",
+            "-q",
+            "-s",
+            str(scale),
+            "-h",
+            str(cluster.socket_dir),
+            "-p",
+            str(cluster.port),
+            "-U",
+            "postgres",
+            "postgres",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 def pgbench(port: int, mode: str, clients: int, seconds: int) -> float:
     result = subprocess.run(
         [
@@ -155,24 +177,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="pgml-bench-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        subprocess.run(
-            [
-                str(BIN / "pgbench"),
-                "-i",
-                "-q",
-                "-s",
-                "10",
-                "-h",
-                str(cluster.socket_dir),
-                "-p",
-                str(cluster.port),
-                "-U",
-                "postgres",
-                "postgres",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        pgbench_init(cluster)
         proxy, proxy_port, start_seconds = start_proxy(cluster)
         processes.append(proxy)
         time.sleep(0.5)

@@ -14,9 +14,8 @@ from tests.support.proxyproc import ProxyProcess
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-@pytest.fixture
-def scratch(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
-    """Unique names for tables a test creates; each is dropped afterwards."""
+def dropped_afterwards(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
+    """Unique table names handed out, then the tables dropped (a fixture's body)."""
     names: list[str] = []
 
     def new(prefix: str) -> str:
@@ -27,6 +26,12 @@ def scratch(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
     for name in names:
         quoted = '"' + name.replace('"', '""') + '"'
         cluster.psql(f"DROP TABLE IF EXISTS {quoted} CASCADE")
+
+
+@pytest.fixture
+def scratch(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
+    """Unique names for tables a test creates; each is dropped afterwards."""
+    yield from dropped_afterwards(cluster)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from psycopg.pq import TransactionStatus
 
 from tests.conftest import PASSWORDS
 from tests.integration._pgml import psql, unique
+from tests.integration.conftest import dropped_afterwards
 from tests.support.pgserver import BIN, PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 from tests.support.tiny_models import ENGLISH
@@ -163,15 +164,8 @@ def create_table(
 
 @pytest.fixture(scope="module")
 def module_tables(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
-    names: list[str] = []
-
-    def new(prefix: str) -> str:
-        names.append(unique(prefix))
-        return names[-1]
-
-    yield new
-    for name in names:
-        cluster.psql(f"DROP TABLE IF EXISTS {name} CASCADE")
+    """Like ``scratch``, for the tables of the module's shared projects."""
+    yield from dropped_afterwards(cluster)
 
 
 def tune_ok(dsn: str, sql: str) -> tuple[Any, ...]:
