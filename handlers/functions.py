@@ -88,6 +88,11 @@ class SessionSQL(Protocol):
         """Run ``COPY ... FROM STDIN`` fed with ``chunks``; return the rows copied."""
         ...
 
+    def copy_out(self, sql: str) -> AsyncIterator[bytes]:
+        """Run ``COPY ... TO STDOUT``; its data as it arrives, one CopyData payload each
+        (read the iterator to the end, or close it to stop early)."""
+        ...
+
     async def notice(self, message: str) -> None:
         """Send the client a NOTICE now (psql prints it while the statement runs)."""
         ...

@@ -175,6 +175,9 @@ class Execution:
         tag = await self.inband.copy_in("__pgml_copy", sql, [], [], chunks)
         return int(tag.rsplit(" ", 1)[-1])
 
+    def copy_out(self, sql: str) -> AsyncIterator[bytes]:
+        return self.inband.copy_out("__pgml_copy", sql)
+
     # --- a simple Query ------------------------------------------------------------------
 
     async def run_planned(self, statements: list[str], plans: list[StatementPlan | None]) -> None:

@@ -274,6 +274,32 @@ class Inband:
         (result,) = await self.steps(2)
         return result.tag
 
+    async def copy_out(self, name: str, sql: str) -> AsyncIterator[bytes]:
+        """``COPY ... TO STDOUT``: each CopyData payload as the server sends it.  Stopped
+        early, the rest of the copy is read and dropped, so the session stays in step."""
+        self.send(
+            encode_parse(name, sql) + encode_bind(name, name, []) + encode_execute(name) + FLUSH
+        )
+        while (message := await self.receive()).type != ord("H"):
+            if message.type == pg.ERROR_RESPONSE:
+                raise ServerError(message)
+        error: ServerError | None = None
+        try:
+            while (message := await self.receive()).type == ord("d"):
+                yield message.body
+        finally:
+            # Read to the CommandComplete whether or not the reader stopped early.
+            while message.type != ord("C"):
+                if message.type == pg.ERROR_RESPONSE:
+                    error = ServerError(message)
+                    break
+                message = await self.receive()
+            if error is None:
+                self.send(encode_close(b"S", name) + FLUSH)
+                await self.steps(1)
+        if error is not None:
+            raise error
+
     async def close_statements(self, names: Sequence[str]) -> None:
         """Close prepared statements that may have been left open (closing none is fine)."""
         self.send(b"".join(encode_close(b"S", name) for name in names))
