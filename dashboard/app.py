@@ -20,7 +20,7 @@ from handlers.errors import PgmlError
 
 if TYPE_CHECKING:
     from handlers.projects import Catalog
-    from proxy.server import Proxy
+    from proxy.relay.server import Proxy
 
 log = logging.getLogger("pgml_proxy.dashboard")
 
@@ -119,11 +119,10 @@ class Dashboard:
     # --- helpers -------------------------------------------------------------------
 
     def _open_connections(self) -> int:
-        return len(self.proxy.sessions)
+        return int(self.proxy.status()["connections_open"])
 
     def _models(self) -> dict[Any, Any]:
-        services = self.proxy._services
-        return {} if services is None else dict(services._models)
+        return dict(self.proxy.status()["models"])
 
     def _database(self, request: web.Request) -> str:
         return request.query.get("database") or self.database

@@ -60,6 +60,10 @@ class Overload:
     must not use ``CallContext.session``: the next batch is fetched while they run."""
     strict: bool = True
     """NULL in any argument gives NULL without calling the handler, as STRICT functions do."""
+    varies: Callable[[Sequence[Any]], bool] | None = None
+    """Whether results may differ between calls with the same arguments (sampling), given
+    the call's arguments (None for those read per row).  Per-row calls that vary are
+    evaluated for every row; the others once per distinct argument tuple."""
 
     def accepts(self, type_oids: Sequence[int | None]) -> bool:
         return all(

@@ -72,6 +72,14 @@ async def embed_array(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     return await _embed_groups(ctx, keys, texts)
 
 
+def _samples(args: Sequence[Any]) -> bool:
+    """Whether ``pgml.generate`` samples: its config asks so, or is read per row."""
+    config = args[2]
+    if isinstance(config, str):
+        config = json.loads(config)
+    return not isinstance(config, dict) or bool(config.get("do_sample"))
+
+
 _PROJECT = Param("project_name", "text")
 _CONFIG = Param("config", "jsonb", "{}", required=False)
 _DEPLOY_COLUMNS = (("project", "text"), ("strategy", "text"), ("algorithm", "text"))
@@ -143,8 +151,15 @@ FUNCTIONS: dict[str, Function] = {
     "generate": Function(
         "generate",
         (
-            Overload((_PROJECT, Param("input", "text"), _CONFIG), "text", generate_text),
-            Overload((_PROJECT, Param("inputs", "text[]"), _CONFIG), "text[]", generate_array),
+            Overload(
+                (_PROJECT, Param("input", "text"), _CONFIG), "text", generate_text, varies=_samples
+            ),
+            Overload(
+                (_PROJECT, Param("inputs", "text[]"), _CONFIG),
+                "text[]",
+                generate_array,
+                varies=_samples,
+            ),
         ),
     ),
     "deploy": Function(

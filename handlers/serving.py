@@ -95,6 +95,10 @@ class Services:
         pending.set_result(loaded)
         return loaded
 
+    def loaded_models(self) -> dict[Hashable, Any]:
+        """The models loaded now, by cache key."""
+        return dict(self._models)
+
     async def model(self, kind: str, name: str, load: Callable[[Path, str], Any]) -> Any:
         """The model ``name`` found by the resolver, loaded once."""
 

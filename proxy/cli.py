@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from proxy import logs
 from proxy.config import Settings, parse_settings
 from proxy.embedded import EmbeddedPostgres
-from proxy.server import Proxy
-from proxy.upstream import UpstreamAddress, parse_upstream
+from proxy.relay.address import UpstreamAddress, parse_upstream
+from proxy.relay.server import Proxy
 
 if TYPE_CHECKING:
     from dashboard.app import Dashboard
@@ -58,7 +58,7 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
         loop.add_signal_handler(sig, stop.set)
     print(f"pgml-proxy ready: {connection_string(settings, upstream, proxy.port)}", flush=True)
     await stop.wait()
-    log.info("shutting down: %d session(s) open", len(proxy.sessions))
+    log.info("shutting down: %d session(s) open", len(proxy.hub.sessions))
     try:
         if dashboard is not None:
             await dashboard.stop()

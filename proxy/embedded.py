@@ -9,7 +9,7 @@ from typing import Any
 
 import platformdirs
 
-from proxy.upstream import UpstreamAddress
+from proxy.relay.address import UpstreamAddress
 
 log = logging.getLogger("pgml_proxy.embedded")
 

@@ -72,3 +72,4 @@ def configure(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("sqlglot").setLevel(logging.WARNING)  # it notes its own rewrites

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.planner import DIALECT
-from proxy.sourcetext import SourceText, call_text, space_parameters
+from proxy.engine.planner import DIALECT
+from proxy.engine.sourcetext import SourceText, call_text, space_parameters
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.upstream import UpstreamAddress, parse_upstream
+from proxy.relay.address import UpstreamAddress, parse_upstream
 
 
 @pytest.mark.parametrize(

@@ -105,6 +105,12 @@ def space_parameters(sql: str) -> str:
     it as the start of a dollar-quoted string.  Spacing changes nothing for PostgreSQL,
     and literals, quoted identifiers and comments are left exactly as they are.
     """
+    return spaced(sql)[0]
+
+
+def spaced(sql: str) -> tuple[str, list[int]]:
+    """:func:`space_parameters`, and where in the original each space went in."""
+    inserted: list[int] = []
     out: list[str] = []
     i, n = 0, len(sql)
     while i < n:
@@ -139,12 +145,13 @@ def space_parameters(sql: str) -> str:
                     and not in_identifier
                 ):
                     out.append(" ")
+                    inserted.append(i)
                 out.append(char)
                 i += 1
         else:
             out.append(char)
             i += 1
-    return "".join(out)
+    return "".join(out), inserted
 
 
 def _is_escape_string(sql: str, quote: int) -> bool:

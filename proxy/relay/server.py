@@ -1,24 +1,23 @@
-"""The listening proxy: accepts clients, maps cancel keys, shuts down cleanly."""
+"""The listening proxy: accepts clients into sessions and shuts down cleanly."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from proxy import protocol as pg
-from proxy.protocol import PgError
-from proxy.session import ClientSession
-from proxy.upstream import UpstreamAddress
+from proxy.relay.address import UpstreamAddress
+from proxy.relay.hub import Hub
+from proxy.relay.session import ClientSession
+from proxy.wire.codec import PgError
 
 if TYPE_CHECKING:
     from handlers.serving import Services
-
-log = logging.getLogger("pgml_proxy.server")
+    from proxy.engine.session import Engine
+    from proxy.engine.upstream import Upstream
 
 SHUTDOWN_ERROR = PgError(
     "FATAL", "57P01", "terminating connection because pgml-proxy is shutting down"
@@ -26,7 +25,7 @@ SHUTDOWN_ERROR = PgError(
 
 
 class Proxy:
-    """Process-wide state shared by every session."""
+    """Process-wide state: the listener, the sessions, the services the handlers share."""
 
     def __init__(
         self,
@@ -36,14 +35,9 @@ class Proxy:
         connect_timeout: float = 10.0,
         services: Callable[[], Services] | None = None,
     ) -> None:
-        self.upstream = upstream
-        self.tls_context = tls_context
-        self.connect_timeout = connect_timeout
-        self.sessions: set[ClientSession] = set()
-        self.cancel_keys: dict[tuple[int, bytes], ClientSession] = {}
+        self.hub = Hub(upstream, tls_context, connect_timeout, self._engine)
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self._make_services = services
         self._services: Services | None = None
 
@@ -59,10 +53,15 @@ class Proxy:
                 self._services = self._make_services()
         return self._services
 
+    def _engine(self, upstream: Upstream, session: ClientSession) -> Engine:
+        from proxy.engine.session import Engine
+
+        return Engine(upstream, self.services, session)
+
     async def listen(self, host: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ClientSession(self, next(self._ids)),
+            lambda: ClientSession(self.hub, next(self._ids)),
             host,
             port,
             reuse_address=True,
@@ -75,44 +74,30 @@ class Proxy:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
-    # --- cancel ----------------------------------------------------------------------
+    # --- what the dashboard reads --------------------------------------------------------
 
-    def forward_cancel(self, request: pg.CancelRequest) -> None:
-        """Relay a client's CancelRequest to the backend its key was issued for."""
-        session = self.cancel_keys.get((request.pid, request.secret))
-        if session is None:
-            log.info("cancel request with an unknown key ignored")
-            return
-        session.request_cancel()
+    def status(self) -> dict[str, Any]:
+        """Open sessions and loaded models, for the dashboard and ``/metrics``."""
+        services = self._services
+        return {
+            "connections_open": len(self.hub.sessions),
+            "models": {} if services is None else services.loaded_models(),
+            "services": services,
+        }
 
-    def send_cancel(self, pid: int, secret: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._send_cancel(pid, secret))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _send_cancel(self, pid: int, secret: bytes) -> None:
-        try:
-            transport, _ = await asyncio.wait_for(
-                self.upstream.open(asyncio.Protocol, tls=False), self.connect_timeout
-            )
-        except (OSError, TimeoutError) as exc:
-            log.warning("could not deliver a cancel request upstream: %s", exc)
-            return
-        transport.write(pg.CancelRequest(pid, secret).encode())
-        transport.close()
-
-    # --- shutdown --------------------------------------------------------------------
+    # --- shutdown ------------------------------------------------------------------------
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let in-flight statements finish for ``grace`` s, then close all."""
         if self._server is not None:
             self._server.close()
         deadline = time.monotonic() + grace
+        sessions = self.hub.sessions
         while True:
-            for session in list(self.sessions):
+            for session in list(sessions):
                 if not session.in_flight or time.monotonic() >= deadline:
                     session.terminate(SHUTDOWN_ERROR)
-            if not self.sessions or time.monotonic() >= deadline + 1:
+            if not sessions or time.monotonic() >= deadline + 1:
                 break
             await asyncio.sleep(0.05)
         if self._server is not None:

@@ -1,0 +1,158 @@
+"""Which overload a call means, and its arguments as the handler takes them: one place.
+
+Overloads are chosen as PostgreSQL chooses among functions: by the number and names of
+the arguments, then by their types.  A type OID of 0 is not known yet and matches any
+parameter; ``unknown`` (705, an untyped literal) matches any parameter but an array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlglot import exp
+
+from handlers.errors import PgmlError
+from handlers.functions import ACCEPTED_OIDS, TEXT_ARRAY_OIDS, Args, Overload, no_such_function
+from handlers.inference import LABEL
+from proxy.engine.calls import CallSite
+from proxy.engine.values import TEXT_ARRAY_OID, UNKNOWN_OID, json_value, type_name
+
+
+def positions(call: CallSite, overload: Overload) -> list[int] | None:
+    """The parameter each argument goes to, or None when the overload cannot take them."""
+    params = overload.params
+    if len(call.args) > len(params):
+        return None
+    names = [p.name for p in params]
+    found: list[int] = []
+    for index, name in enumerate(call.names):
+        if name is None:
+            found.append(index)
+        elif name in names:
+            found.append(names.index(name))
+        else:
+            return None
+    if len(set(found)) != len(found):
+        return None
+    given = set(found)
+    if any(p.required and i not in given for i, p in enumerate(params)):
+        return None
+    return found
+
+
+def _accepts(kind: str, oid: int) -> bool:
+    if oid == 0:
+        return True
+    if oid == UNKNOWN_OID:
+        return not kind.endswith("[]")
+    return oid in ACCEPTED_OIDS[kind]
+
+
+def pick_overload(call: CallSite, oids: Sequence[int]) -> Overload:
+    """The overload whose parameters take arguments of these types."""
+    for overload in call.function.overloads:
+        found = positions(call, overload)
+        if found is not None and all(
+            _accepts(overload.params[p].type, oid) for p, oid in zip(found, oids, strict=True)
+        ):
+            return overload
+    _explain_mismatch(call)
+    names = [
+        (f"{name} => " if name else "") + type_name(oid)
+        for name, oid in zip(call.names, oids, strict=True)
+    ]
+    raise no_such_function(call.function.name, names, call.function)
+
+
+def _explain_mismatch(call: CallSite) -> None:
+    """When no overload takes these argument names or counts, say which rule broke."""
+    if any(positions(call, o) is not None for o in call.function.overloads):
+        return
+    widest = max(call.function.overloads, key=lambda o: len(o.params))
+    if len(call.args) > len(widest.params):
+        raise PgmlError("42883", f"{call.sql_name} takes at most {len(widest.params)} arguments")
+    known = call.function.parameter_names()
+    for name in call.names:
+        if name is not None and name not in known:
+            raise PgmlError(
+                "42883",
+                f'{call.sql_name} has no parameter named "{name}"',
+                hint="Parameters: " + ", ".join(p.name for p in widest.params) + ".",
+            )
+    named = [n for n in call.names if n is not None]
+    for name in named:
+        if named.count(name) > 1:
+            raise PgmlError("42601", f'argument "{name}" of {call.sql_name} is given twice')
+    first = call.function.overloads[0]
+    missing = [
+        p.name
+        for i, p in enumerate(first.params)
+        if p.required and i >= len(call.args) and p.name not in named
+    ]
+    if missing:
+        raise PgmlError("42883", f"{call.sql_name} needs the argument {missing[0]}")
+
+
+def bind(call: CallSite, overload: Overload, values: Sequence[Any]) -> Args:
+    """The handler's argument tuple: every parameter, defaults filled in, JSON parsed."""
+    found = positions(call, overload)
+    assert found is not None
+    slots: list[Any] = [p.default for p in overload.params]
+    for position, value in zip(found, values, strict=True):
+        slots[position] = value
+    return tuple(
+        None if v is None else convert(overload.params[i].type, v) for i, v in enumerate(slots)
+    )
+
+
+def convert(kind: str, value: Any) -> Any:
+    if kind == "jsonb" and isinstance(value, str):
+        return json_value(value)
+    if kind == "boolean" and isinstance(value, str):
+        return value.strip().lower() in ("t", "true", "yes", "on", "1")
+    return value
+
+
+def parameter_type(call: CallSite, overload: Overload, argument: int) -> str:
+    found = positions(call, overload)
+    assert found is not None
+    return overload.params[found[argument]].type
+
+
+def syntax_oids(call: CallSite, parameter_oids: Sequence[int]) -> list[int]:
+    """Argument types as far as the statement's syntax tells them (before PostgreSQL
+    has been asked): arrays, the client's typed ``$n`` parameters, literals."""
+    found: list[int] = []
+    for arg in call.args:
+        if isinstance(arg, exp.Array) or (
+            isinstance(arg, exp.Cast) and arg.to.is_type(exp.DataType.Type.ARRAY)
+        ):
+            found.append(TEXT_ARRAY_OID)
+        elif isinstance(arg, exp.Parameter) and arg.this.name.isdigit():
+            number = int(arg.this.name)
+            oid = parameter_oids[number - 1] if 0 < number <= len(parameter_oids) else 0
+            found.append(TEXT_ARRAY_OID if oid in TEXT_ARRAY_OIDS else oid or UNKNOWN_OID)
+        else:
+            found.append(UNKNOWN_OID)
+    return found
+
+
+def project_literal(call: CallSite) -> str | None:
+    """The call's ``project_name`` when the statement spells it as a string literal."""
+    for index, (arg, name) in enumerate(zip(call.args, call.names, strict=True)):
+        if name == "project_name" or (name is None and index == 0):
+            if isinstance(arg, exp.Literal) and arg.is_string:
+                return str(arg.this)
+            return None
+    return None
+
+
+def typed_by_project(call: CallSite) -> bool:
+    """Whether the call's result type is its project's (REAL or TEXT labels)."""
+    return any(LABEL in o.returns for o in call.function.overloads)
+
+
+def result_type(overload: Overload, label_type: str) -> str:
+    """The overload's SQL result type, with a project's label type filled in."""
+    return overload.returns.replace(LABEL, label_type)

@@ -1,0 +1,163 @@
+"""The pgml calls of a statement, and where each one stands.
+
+A call whose arguments read no column (a *constant* call) is evaluated once.  A call
+whose arguments read columns is evaluated once per row of its *scope*: the nearest
+SELECT, UPDATE or DELETE around it.  Places the proxy cannot evaluate a call in are
+refused here, before anything runs, with SQLSTATE 0A000 naming the place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlglot import Token, exp
+
+from handlers.errors import PgmlError, unsupported
+from handlers.functions import Function
+from handlers.registry import FUNCTIONS
+from proxy.engine.sourcetext import CallText, call_text
+
+CALL_PATTERN = re.compile(
+    r"\bpgml\s*\.\s*(" + "|".join(sorted(FUNCTIONS, key=len, reverse=True)) + r")\s*\(",
+    re.IGNORECASE,
+)
+"""A call's spelling, for text sqlglot cannot parse into a statement."""
+
+Scope = exp.Select | exp.Update | exp.Delete
+
+
+@dataclass(eq=False)
+class CallSite:
+    """One pgml call in a statement."""
+
+    node: exp.Expr
+    """What gets replaced: the ``pgml.f(...)`` Dot, or the Table in ``FROM``."""
+    function: Function
+    args: list[exp.Expr]
+    names: list[str | None]
+    """For each argument, its name when passed as ``name => value``."""
+    in_from: bool
+    text: CallText
+    """Where the call and its arguments stand in the statement's text."""
+    scope: Scope | None = None
+    """The query whose rows the arguments read; ``None`` for a constant call."""
+    alias: str | None = None
+    """The name PostgreSQL gives a set-returning call's column in FROM."""
+
+    @property
+    def sql_name(self) -> str:
+        return f"pgml.{self.function.name}"
+
+    @property
+    def per_row(self) -> bool:
+        return self.scope is not None
+
+
+def find_calls(tree: exp.Expr, tokens: list[Token]) -> list[CallSite]:
+    """Every pgml call in ``tree`` (outermost first), located and checked."""
+    calls: list[CallSite] = []
+    for node in tree.walk():
+        anonymous: exp.Expr | None = None
+        in_from = False
+        if isinstance(node, exp.Dot) and _is_pgml(node.this):
+            anonymous = node.expression
+            start = node.this.meta["start"]
+        elif isinstance(node, exp.Table) and _is_pgml(node.args.get("db")):
+            anonymous = node.this
+            in_from = True
+            start = node.args["db"].meta["start"]
+        if not isinstance(anonymous, exp.Anonymous):
+            continue
+        function = FUNCTIONS.get(str(anonymous.this).lower())
+        if function is None:
+            continue
+        args, names = _arguments(anonymous)
+        text = call_text(tokens, start)
+        site = CallSite(node, function, args, names, in_from, text)
+        if len(text.arguments) != len(args):
+            raise PgmlError("42601", f"could not read the arguments of {site.sql_name}")
+        if in_from:
+            alias = node.args.get("alias")
+            site.alias = alias.name if alias is not None and alias.name else function.name
+        _place(site)
+        calls.append(site)
+    return calls
+
+
+def mentions_call(text: str) -> bool:
+    return CALL_PATTERN.search(text) is not None
+
+
+def _is_pgml(node: exp.Expr | None) -> bool:
+    if not isinstance(node, exp.Identifier):
+        return False
+    return node.name == "pgml" if node.quoted else node.name.lower() == "pgml"
+
+
+def _arguments(call: exp.Anonymous) -> tuple[list[exp.Expr], list[str | None]]:
+    args: list[exp.Expr] = []
+    names: list[str | None] = []
+    for arg in call.expressions:
+        if isinstance(arg, exp.Kwarg):
+            names.append(arg.this.name)
+            args.append(arg.expression)
+        else:
+            if any(n is not None for n in names):
+                raise PgmlError("42601", "positional argument cannot follow named argument")
+            names.append(None)
+            args.append(arg)
+    return args, names
+
+
+def ancestors(node: exp.Expr) -> list[exp.Expr]:
+    found: list[exp.Expr] = []
+    parent = node.parent
+    while parent is not None:
+        found.append(parent)
+        parent = parent.parent
+    return found
+
+
+def contains(root: exp.Expr | None, node: exp.Expr) -> bool:
+    """Whether ``node`` itself (not an equal copy) is in ``root``'s tree."""
+    return root is not None and any(n is node for n in root.walk())
+
+
+def reads_columns(node: exp.Expr) -> bool:
+    return any(isinstance(n, exp.Column) for n in node.walk())
+
+
+def _place(call: CallSite) -> None:
+    """Find the call's scope and check that the proxy can evaluate it there."""
+    node = call.node
+    above = ancestors(node)
+    if any(isinstance(a, exp.Returning) for a in above):
+        raise unsupported(
+            f"{call.sql_name} cannot be called in a RETURNING list",
+            hint="Compute the values first: UPDATE ... SET col = pgml...(...), then "
+            "return the column.",
+        )
+    if any(isinstance(a, exp.Join) and contains(a.args.get("on"), node) for a in above):
+        raise unsupported(
+            f"{call.sql_name} cannot be called in a JOIN condition",
+            hint="Compute it in a CTE first, then join on the CTE's column.",
+        )
+    if not any(reads_columns(arg) for arg in call.args):
+        return
+    if call.in_from:
+        raise unsupported(
+            f"{call.sql_name} in FROM cannot take column arguments",
+            hint="Pass constant arguments, or call it in the select list.",
+        )
+    scope = next((a for a in above if isinstance(a, exp.Select | exp.Update | exp.Delete)), None)
+    if scope is None or _in_conflict_clause(node, above):
+        raise unsupported(
+            f"{call.sql_name} reads columns outside of a query",
+            hint="Call it in a SELECT (INSERT ... SELECT pgml...(...) FROM ...).",
+        )
+    call.scope = scope
+
+
+def _in_conflict_clause(node: exp.Expr, above: list[exp.Expr]) -> bool:
+    return any(isinstance(a, exp.OnConflict) for a in above)

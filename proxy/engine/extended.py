@@ -1,0 +1,284 @@
+"""pgml statements through the extended query protocol (Parse, Bind, Describe, Execute).
+
+The proxy keeps the session's pgml prepared statements and portals itself and answers
+the client's messages about them; every other message of the batch is relayed at once,
+in order, and the reply queue puts every answer in its place.  A pgml statement is
+described when it is parsed (its calls replaced by typed NULLs), and evaluated when its
+portal first runs; the statement that replaces it then runs in an upstream portal of its
+own, so row limits and suspended portals are PostgreSQL's.  When PostgreSQL skips the
+rest of a failed batch, the proxy's answers for it are skipped too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from handlers.errors import PgmlError
+from handlers.inference import result_type as project_result_type
+from proxy.engine import binding
+from proxy.engine.executor import BoundParams
+from proxy.engine.planner import Parsed, parse_statement, skeleton
+from proxy.engine.query import ABORT_SQL, INTERNAL_ERROR, error_response
+from proxy.engine.upstream import ROWS, ServerError, Skipped
+from proxy.wire import codec
+from proxy.wire.codec import Backend, Frontend, Message, MessageFormatError
+
+if TYPE_CHECKING:
+    from proxy.engine.session import Engine
+
+log = logging.getLogger("pgml_proxy.extended")
+
+_UPSTREAM_NAMES = itertools.count(1)
+_FINAL_ROWS = ROWS | {Backend.ERROR, Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
+_DESCRIBE_NAME = "__pgml_describe"
+FINAL_NAME = "__pgml_final"
+HELPER_NAME = "__pgml_h"
+"""The prepared statement the proxy's helper SQL uses in extended-protocol sessions: the
+client's unnamed statement is the client's."""
+
+
+IN_FAILED_TRANSACTION = PgmlError(
+    "25P02", "current transaction is aborted, commands ignored until end of transaction block"
+)
+
+
+@dataclass(eq=False)
+class PgmlStatement:
+    name: str
+    parsed: Parsed
+    parameter_oids: list[int]
+    row_description: bytes | None
+    label_types: dict[str, str]
+    """Result types of project-typed calls, as described (see ``skeleton``)."""
+
+
+@dataclass(eq=False)
+class PgmlPortal:
+    name: str
+    statement: PgmlStatement
+    params: BoundParams
+    result_formats: list[int]
+    bound_after: int
+    """Sync points written before it was bound: it ends with the transaction after them."""
+    upstream: str | None = None
+    """The upstream portal running the statement in its place, once started."""
+
+
+@dataclass
+class ExtendedState:
+    """A session's pgml prepared statements and portals, and answers about them."""
+
+    engine: Engine
+    statements: dict[str, PgmlStatement] = field(default_factory=dict)
+    portals: dict[str, PgmlPortal] = field(default_factory=dict)
+
+    def wants(self, message: Message) -> bool:
+        """Whether the proxy answers this client message itself (the session has already
+        taken Parse messages that mention pgml)."""
+        self._forget_ended()
+        kind, body = message.type, message.body
+        name = codec.leading_name(body)
+        if kind == Frontend.PARSE:
+            if name and name in self.statements:
+                return True
+            self.statements.pop(name, None)  # a plain statement replaces ours
+            return False
+        if kind == Frontend.BIND:
+            statement = codec.leading_name(body[len(name.encode()) + 1 :])
+            if statement in self.statements:
+                return True
+            self.portals.pop(name, None)
+            return False
+        if kind in (Frontend.DESCRIBE, Frontend.CLOSE):
+            target = codec.leading_name(body[1:])
+            return target in (self.statements if body[:1] == b"S" else self.portals)
+        if kind == Frontend.EXECUTE:
+            return name in self.portals
+        return False
+
+    def forget_unnamed(self) -> None:
+        """A simple Query destroys the unnamed statement and portal."""
+        self.statements.pop("", None)
+        self.portals.pop("", None)
+
+    def _forget_ended(self) -> None:
+        """Portals do not outlive the transaction they were bound in."""
+        idle = self.engine.upstream.queue.idle_through
+        for name in [n for n, p in self.portals.items() if idle > p.bound_after]:
+            del self.portals[name]
+
+    # --- answering ---------------------------------------------------------------------
+
+    async def answer(self, message: Message) -> None:
+        upstream = self.engine.upstream
+        try:
+            await self._answer(message)
+        except ServerError as error:  # a request of the proxy's own failed in PostgreSQL
+            upstream.local(codec.moved_position(error.message.raw, None))
+        except Skipped:  # PostgreSQL is skipping this batch: so is the proxy
+            pass
+        except MessageFormatError as error:
+            self._fail(PgmlError("08P01", str(error)))
+        except UnicodeDecodeError as error:
+            self._fail(
+                PgmlError("22021", f'invalid byte sequence for encoding "UTF8": {_bytes(error)}')
+            )
+        except PgmlError as error:
+            self._fail(error)
+        except ConnectionError:
+            raise
+        except Exception:
+            log.exception("internal error running a pgml statement")
+            self._fail(INTERNAL_ERROR)
+
+    def _fail(self, error: PgmlError) -> None:
+        """Report an error of the proxy's and put PostgreSQL's batch in error too."""
+        upstream = self.engine.upstream
+        upstream.local(error_response(error))
+        upstream.fail_batch(ABORT_SQL)
+        upstream.flush()
+
+    async def _answer(self, message: Message) -> None:
+        kind, body = message.type, message.body
+        if kind == Frontend.PARSE:
+            await self._parse(codec.decode_parse(body), message)
+        elif kind == Frontend.BIND:
+            self._bind(codec.decode_bind(body))
+        elif kind == Frontend.DESCRIBE:
+            self._describe(codec.decode_target(body, "DESCRIBE"))
+        elif kind == Frontend.EXECUTE:
+            await self._execute(codec.decode_execute(body))
+        elif kind == Frontend.CLOSE:
+            self._close(codec.decode_target(body, "CLOSE"))
+
+    async def _parse(self, parse: codec.ParseMessage, message: Message) -> None:
+        upstream = self.engine.upstream
+        if parse.name and parse.name in self.statements:
+            raise PgmlError("42P05", f'prepared statement "{parse.name}" already exists')
+        parsed = parse_statement(parse.sql)
+        if parsed is None or upstream.status == b"E":
+            # mentions pgml but calls none of its functions, or PostgreSQL refuses it
+            # (25P02) before anything runs
+            self.statements.pop(parse.name, None)
+            upstream.relay(message.raw, Frontend.PARSE)
+            upstream.push()
+            return
+        labels = await self._label_types(parsed)
+        upstream.parse(_DESCRIBE_NAME, skeleton(parsed, parse.param_oids, labels), parse.param_oids)
+        described = upstream.describe(b"S", _DESCRIBE_NAME)
+        upstream.close(b"S", _DESCRIBE_NAME)
+        upstream.flush()
+        result = await described
+        self.statements[parse.name] = PgmlStatement(
+            parse.name, parsed, result.parameter_oids, result.row_description, labels
+        )
+        upstream.local(codec.PARSE_COMPLETE)
+
+    async def _label_types(self, parsed: Parsed) -> dict[str, str]:
+        """Result types of the projects the statement names literally; a project that
+        does not exist (yet) is left out, and its calls fail when they run."""
+        engine = self.engine
+        found: dict[str, str] = {}
+        for call in parsed.calls:
+            project = binding.project_literal(call) if binding.typed_by_project(call) else None
+            if project is not None and project not in found:
+                with contextlib.suppress(PgmlError):
+                    found[project] = await project_result_type(
+                        engine.services, engine.database, project
+                    )
+        return found
+
+    def _bind(self, bind: codec.BindMessage) -> None:
+        statement = self.statements[bind.statement]
+        if self.engine.upstream.status == b"E":
+            raise IN_FAILED_TRANSACTION
+        if len(bind.values) != len(statement.parameter_oids):
+            raise PgmlError(
+                "08P01",
+                f"bind message supplies {len(bind.values)} parameters, but prepared statement "
+                f'"{statement.name}" requires {len(statement.parameter_oids)}',
+            )
+        if bind.portal and bind.portal in self.portals:
+            raise PgmlError("42P03", f'cursor "{bind.portal}" already exists')
+        params = BoundParams(bind.values, bind.formats, statement.parameter_oids)
+        self.portals[bind.portal] = PgmlPortal(
+            bind.portal,
+            statement,
+            params,
+            bind.result_formats,
+            self.engine.upstream.queue.pushed_syncs,
+        )
+        self.engine.upstream.local(codec.BIND_COMPLETE)
+
+    def _describe(self, target: codec.Target) -> None:
+        if target.kind == b"S":
+            statement = self.statements[target.name]
+            answer = codec.parameter_description(statement.parameter_oids)
+            description, formats = statement.row_description, [0]
+        else:
+            portal = self.portals[target.name]
+            answer = b""
+            description, formats = portal.statement.row_description, portal.result_formats
+        if description is None:
+            answer += codec.NO_DATA
+        else:
+            answer += codec.row_description_with_formats(description, formats)
+        self.engine.upstream.local(answer)
+
+    async def _execute(self, execute: codec.ExecuteMessage) -> None:
+        upstream = self.engine.upstream
+        portal = self.portals[execute.portal]
+        if portal.upstream is None:
+            execution = self.engine.execution(
+                params=portal.params,
+                label_types=portal.statement.label_types,
+                helper=HELPER_NAME,
+                drop_at_commit=True,
+            )
+            final = await execution.evaluate(portal.statement.parsed)
+            execution.check_cancel()
+            name = FINAL_NAME
+            portal.upstream = f"__pgml_portal_{next(_UPSTREAM_NAMES)}"
+            errors = frozenset({Backend.ERROR})
+            upstream.request(
+                codec.parse(name, final, execution.param_oids()), Frontend.PARSE, errors
+            )
+            upstream.request(
+                codec.bind(
+                    portal.upstream,
+                    name,
+                    execution.param_values(),
+                    execution.param_formats(),
+                    portal.result_formats,
+                ),
+                Frontend.BIND,
+                errors,
+            )
+            upstream.close(b"S", name)
+        upstream.execute(portal.upstream, execute.max_rows, _FINAL_ROWS)
+        upstream.flush()
+
+    def _close(self, target: codec.Target) -> None:
+        upstream = self.engine.upstream
+        if target.kind == b"S":
+            self.statements.pop(target.name, None)
+            upstream.local(codec.CLOSE_COMPLETE)
+            return
+        portal = self.portals.pop(target.name)
+        if portal.upstream is None:
+            upstream.local(codec.CLOSE_COMPLETE)
+            return
+        upstream.request(
+            codec.close(b"P", portal.upstream),
+            Frontend.CLOSE,
+            frozenset({Backend.CLOSE_COMPLETE, Backend.ERROR}),
+        )
+        upstream.flush()
+
+
+def _bytes(error: UnicodeDecodeError) -> str:
+    return " ".join(f"0x{b:02x}" for b in error.object[error.start : error.end])

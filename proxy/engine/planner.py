@@ -1,0 +1,276 @@
+"""Statements that call pgml functions: parsed once per text, and the SQL that stands in
+for each call.
+
+The proxy never sends a pgml call to PostgreSQL.  Each call is evaluated by the proxy
+and replaced in the statement's text, which PostgreSQL then runs as usual, so column
+names, types, formats, command tags and transaction semantics are PostgreSQL's own:
+
+* a call whose arguments read no column (a *constant* call) becomes a bound parameter
+  (``$n::type``), or a derived table for a set-returning call in ``FROM``;
+* calls whose arguments read columns are evaluated per row of their scope, which is then
+  replaced by a query over the materialised rows (:mod:`proxy.engine.scopes`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import Token, TokenType, exp
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.errors import ParseError, TokenError
+
+from handlers.errors import PgmlError, unsupported
+from handlers.functions import Overload
+from handlers.registry import FUNCTIONS
+from proxy.engine.binding import pick_overload, positions, project_literal, result_type, syntax_oids
+from proxy.engine.calls import CallSite, ancestors, find_calls, mentions_call
+from proxy.engine.sourcetext import SourceText, space_parameters, spaced
+from proxy.engine.sqltext import SqlText
+
+DIALECT = Postgres()
+
+
+@dataclass(frozen=True, eq=False)
+class Parsed:
+    """One statement that calls pgml functions, parsed.  Shared through the cache: read
+    it, never change it."""
+
+    text: str
+    """The statement (after any ``DECLARE ... CURSOR FOR``), ``$n`` spaced for sqlglot."""
+    prefix: str
+    """``DECLARE name ... CURSOR FOR`` before the query, kept as the client wrote it."""
+    tree: exp.Expr
+    sql: SqlText
+    calls: tuple[CallSite, ...]
+
+    @property
+    def declares_cursor(self) -> bool:
+        """A cursor reads the calls' results after the statement: they live to its end."""
+        return bool(self.prefix)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One statement of a simple Query, as the client wrote it."""
+
+    text: str
+    offset: int
+    """Where it starts in the Query's text (error positions are counted from there)."""
+
+
+def split_statements(sql: str) -> list[Piece]:
+    """Split a simple Query's text into statements, as PostgreSQL's parser would."""
+    text, inserted = spaced(sql)
+    try:
+        tokens = DIALECT.tokenize(text)
+    except TokenError:
+        return [Piece(sql, 0)]
+    moved = [i + k for k, i in enumerate(inserted)]  # the spaces' places in ``text``
+
+    def original(position: int) -> int:
+        return position - sum(1 for m in moved if m < position)
+
+    bounds: list[int] = []
+    start = 0
+    has_tokens = False
+    for token in tokens:
+        if token.token_type != TokenType.SEMICOLON:
+            has_tokens = True
+            continue
+        if has_tokens or not bounds:
+            bounds.append(token.end + 1)
+        else:  # an empty statement: PostgreSQL ignores it
+            bounds[-1] = token.end + 1
+        start = token.end + 1
+        has_tokens = False
+    if text[start:].strip():
+        if has_tokens or not bounds:
+            bounds.append(len(text))
+        else:  # only a comment after the last statement
+            bounds[-1] = len(text)
+    pieces: list[Piece] = []
+    begin = 0
+    for bound in bounds or [len(text)]:
+        first, last = original(begin), original(bound)
+        pieces.append(Piece(sql[first:last], first))
+        begin = bound
+    return pieces
+
+
+_TRANSACTION_CONTROL = re.compile(
+    r"^(?:\s|--[^\n]*\n|/\*.*?\*/)*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|"
+    r"PREPARE\s+TRANSACTION)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def controls_transaction(statement: str) -> bool:
+    return _TRANSACTION_CONTROL.match(statement) is not None
+
+
+_DECLARE_CURSOR = re.compile(
+    r"^\s*DECLARE\s+(?:\"(?:[^\"]|\"\")+\"|\w+)\s+(?:\w+\s+)*?CURSOR\s+"
+    r"(?:(?:WITH|WITHOUT)\s+HOLD\s+)?FOR\s+",
+    re.IGNORECASE,
+)
+
+_BODY_STATEMENT = re.compile(
+    r"^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:DO\b|CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\b)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+CACHE_SIZE = 512
+_cache: OrderedDict[str, Parsed | None] = OrderedDict()
+
+
+def parse_statement(sql: str) -> Parsed | None:
+    """The statement parsed; ``None`` when it calls no pgml function (relay it as it
+    is).  Kept by text, so a statement run again is not parsed again."""
+    if sql in _cache:
+        _cache.move_to_end(sql)
+        return _cache[sql]
+    parsed = _parse(sql)
+    _cache[sql] = parsed
+    if len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return parsed
+
+
+def _parse(sql: str) -> Parsed | None:
+    if _BODY_STATEMENT.match(sql):
+        if mentions_call(sql):
+            raise unsupported(
+                "pgml functions cannot be called inside a function body or DO block",
+                hint="Call pgml functions in a top-level statement, e.g. "
+                "INSERT INTO results SELECT pgml.predict(...) FROM ...",
+            )
+        return None
+    sql = space_parameters(sql)
+    prefix = ""
+    declare = _DECLARE_CURSOR.match(sql)
+    if declare is not None:
+        prefix, sql = declare.group(0), sql[declare.end() :]
+    try:
+        tokens = DIALECT.tokenize(sql)
+        tree = sqlglot.parse_one(sql, dialect=DIALECT)
+    except (ParseError, TokenError) as exc:
+        if mentions_call(sql):
+            raise PgmlError(
+                "42601",
+                "could not parse a statement that calls a pgml function",
+                detail=str(exc).splitlines()[0],
+                hint="Write the call in a plain SELECT, INSERT, UPDATE or CREATE TABLE AS.",
+            ) from exc
+        return None
+    if tree is None:
+        return None
+    if isinstance(tree, exp.Command):
+        if _calls_in_tokens(tokens):
+            raise unsupported(
+                f"pgml functions cannot be called in {tree.name.upper()} statements",
+                hint="Run the pgml call in a SELECT of its own.",
+            )
+        return None
+    calls = find_calls(tree, tokens)
+    if not calls:
+        return None
+    if isinstance(tree, exp.Create) and str(tree.args.get("kind", "")).upper() == "VIEW":
+        raise unsupported(
+            "pgml functions cannot be called in a view definition",
+            hint="Store the results with CREATE TABLE ... AS SELECT pgml...(...) FROM ..., "
+            "then define the view over that table.",
+        )
+    return Parsed(sql, prefix, tree, SqlText(sql, tokens), tuple(calls))
+
+
+def _calls_in_tokens(tokens: list[Token]) -> bool:
+    """Whether the tokens spell ``pgml.<function>(`` anywhere (not inside a string)."""
+    for i in range(len(tokens) - 3):
+        first, dot, name, paren = tokens[i : i + 4]
+        if (
+            first.text.lower() == "pgml"
+            and dot.token_type == TokenType.DOT
+            and name.text.lower() in FUNCTIONS
+            and paren.token_type == TokenType.L_PAREN
+        ):
+            return True
+    return False
+
+
+def nesting(call: CallSite) -> int:
+    return len(ancestors(call.node))
+
+
+# --- what stands in for a constant call ---------------------------------------------------
+
+
+def named_scalar(value_sql: str, name: str) -> str:
+    """A value as a scalar subquery whose column is ``name``: PostgreSQL names a select-list
+    item after it, through casts and subscripts, as it would name the call."""
+    return f'(SELECT {value_sql} AS "{name}")'
+
+
+def derived_table(value_sql: str, call: CallSite) -> str:
+    """A set-returning call in FROM as a derived table.
+
+    Its column takes the name PostgreSQL gives a scalar function's column in FROM: the
+    table alias when there is one (a column alias list after it still renames it), else
+    the function's name, which then also names the table.
+    """
+    name = call.alias or call.function.name
+    table = f'(SELECT {value_sql} AS "{name}")'
+    return table if call.node.args.get("alias") is not None else f'{table} AS "{name}"'
+
+
+def table_rows(call: CallSite, overload: Overload, column_arrays: Sequence[str]) -> str:
+    """A ``TABLE(...)`` function's rows in FROM, one array expression per column."""
+    names = ", ".join(f'"{name}"' for name, _ in overload.columns)
+    table = f"(SELECT * FROM unnest({', '.join(column_arrays)}) AS __pgml_rows({names}))"
+    if call.node.args.get("alias") is not None:
+        return table
+    return f'{table} AS "{call.function.name}"'
+
+
+def in_select_list(call: CallSite) -> bool:
+    """Whether the call is itself an item of a select list (then a set-returning call
+    names its column after itself)."""
+    return isinstance(call.node.parent, exp.Select)
+
+
+def skeleton(parsed: Parsed, parameter_oids: Sequence[int], label_types: Mapping[str, str]) -> str:
+    """The statement with each call replaced by a typed NULL of its result type.
+
+    PostgreSQL describes it exactly as it will describe the rewritten statement: the same
+    columns, and the types of the client's own ``$n`` parameters, which keep their places
+    inside the calls' (typed) arguments.  ``label_types`` gives the result type of calls
+    whose type is their project's, by project name (text when it is not there).
+    """
+    text = SourceText(parsed.text)
+    for call in sorted(parsed.calls, key=lambda c: -nesting(c)):
+        overload = pick_overload(call, syntax_oids(call, parameter_oids))
+        found = positions(call, overload)
+        assert found is not None
+        typed = [
+            f"CAST(({text.render(span)}) AS {overload.params[p].type})"
+            for span, p in zip(call.text.arguments, found, strict=True)
+        ]
+        null = f"CASE WHEN ROW({', '.join(typed)}) IS NULL THEN NULL END" if typed else "NULL"
+        returns = result_type(overload, label_types.get(project_literal(call) or "", "text"))
+        value = f"CAST({null} AS {returns})"
+        if overload.columns:
+            arrays = [f"CAST(ARRAY[{null}] AS {kind}[])" for _, kind in overload.columns]
+            if call.in_from:
+                replacement = table_rows(call, overload, arrays)
+            else:
+                fields = ", ".join(f"({a})[1]" for a in arrays)
+                replacement = named_scalar(f"ROW({fields})", call.function.name)
+        elif call.in_from:
+            replacement = derived_table(value, call)
+        else:
+            replacement = named_scalar(value, call.function.name)
+        text.replace(call.text.span, replacement)
+    return parsed.prefix + text.render()

@@ -1,0 +1,195 @@
+"""A simple Query that calls pgml functions, answered as PostgreSQL answers a Query.
+
+One statement runs in PostgreSQL's own implicit transaction (or the client's block):
+the helper statements go with Flush and the statement that replaces the client's, with
+its Sync, in the same write, so a failure anywhere aborts it all.  Several statements
+in one Query run in one transaction of the proxy's, unless they manage transactions
+themselves, and stop at the first error, as PostgreSQL runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from handlers.errors import PgmlError
+from proxy import metrics
+from proxy.engine.executor import Execution
+from proxy.engine.planner import (
+    Parsed,
+    Piece,
+    controls_transaction,
+    parse_statement,
+    split_statements,
+)
+from proxy.engine.upstream import RESULTS, Reply, ServerError, Skipped
+from proxy.wire import codec
+from proxy.wire.codec import Backend, Frontend, Message
+from proxy.wire.replies import EVERYTHING
+
+if TYPE_CHECKING:
+    from proxy.engine.session import Engine
+
+log = logging.getLogger("pgml_proxy.query")
+
+FINAL_ROWS = RESULTS | {Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
+"""What the statement that replaces the client's sends the client: PostgreSQL's own."""
+ERROR_ONLY = frozenset({Backend.ERROR})
+_ALL_BUT_READY = EVERYTHING - {Backend.READY_FOR_QUERY}
+
+INTERNAL_ERROR = PgmlError(
+    "XX000", "internal error in pgml-proxy", hint="The proxy's log has the details."
+)
+ABORT_SQL = "DO $$BEGIN RAISE EXCEPTION 'a pgml call failed'; END$$"
+"""Fails, so that PostgreSQL's transaction state follows a failed pgml call."""
+
+
+def error_response(error: PgmlError) -> bytes:
+    return codec.PgError("ERROR", error.sqlstate, error.message, error.detail, error.hint).encode()
+
+
+async def answer_query(engine: Engine, message: Message) -> None:
+    upstream = engine.upstream
+    try:
+        sql = message.body[:-1].decode("utf-8")
+    except UnicodeDecodeError:  # PostgreSQL's own 22021, before any function could run
+        _relay(engine, message)
+        return
+    pieces = split_statements(sql)
+    try:
+        parsed = [parse_statement(piece.text) for piece in pieces]
+    except PgmlError as error:
+        upstream.local(error_response(error))
+        await _fail_transaction(engine)
+        return
+    if all(p is None for p in parsed) or (
+        upstream.status == b"E" and not any(controls_transaction(p.text) for p in pieces)
+    ):  # in a failed transaction PostgreSQL refuses it (25P02) before anything runs
+        _relay(engine, message)
+        return
+    if len(pieces) == 1:
+        assert parsed[0] is not None
+        await _one_statement(engine, parsed[0])
+    else:
+        await _statements(engine, pieces, parsed)
+
+
+def _relay(engine: Engine, message: Message) -> None:
+    metrics.statements_relayed += 1
+    engine.upstream.relay(message.raw, Frontend.QUERY)
+    engine.upstream.push()
+
+
+async def _one_statement(engine: Engine, parsed: Parsed) -> None:
+    upstream = engine.upstream
+    execution = engine.execution()
+    try:
+        final = await execution.evaluate(parsed)
+        execution.check_cancel()
+    except ConnectionError:
+        raise
+    except Exception as error:
+        await _report(engine, error)
+        upstream.sync(EVERYTHING)
+        return
+    _send_final(execution, final)
+    await execution.drop_temp_tables()
+    upstream.sync(EVERYTHING)
+
+
+def _send_final(execution: Execution, sql: str) -> Reply:
+    """The statement in the client's place: its rows, tag and errors are PostgreSQL's
+    own (errors without a position: it is not the text the client wrote)."""
+    upstream = execution.upstream
+    upstream.request(codec.parse("", sql, execution.param_oids()), Frontend.PARSE, ERROR_ONLY)
+    upstream.request(
+        codec.bind("", "", execution.param_values(), execution.param_formats()),
+        Frontend.BIND,
+        ERROR_ONLY,
+    )
+    upstream.describe(b"P", "", frozenset({Backend.ROW_DESCRIPTION}) | ERROR_ONLY)
+    return upstream.execute("", 0, FINAL_ROWS | ERROR_ONLY)
+
+
+async def _report(engine: Engine, error: Exception) -> None:
+    """The client gets the error; PostgreSQL's transaction fails as the statement's would."""
+    upstream = engine.upstream
+    if isinstance(error, ServerError):
+        upstream.local(codec.moved_position(error.message.raw, None))
+        return
+    if isinstance(error, Skipped):  # an earlier error of the proxy's own: already told
+        return
+    if not isinstance(error, PgmlError):
+        log.error("internal error running a pgml statement", exc_info=error)
+        error = INTERNAL_ERROR
+    upstream.local(error_response(error))
+    await _fail_transaction(engine, sync=False)
+
+
+async def _fail_transaction(engine: Engine, sync: bool = True) -> None:
+    """Put PostgreSQL's transaction in the state a failed statement leaves (its error is
+    the proxy's to report, PostgreSQL's own is dropped)."""
+    upstream = engine.upstream
+    upstream.fail_batch(ABORT_SQL)
+    if sync:
+        upstream.sync(EVERYTHING)
+    else:
+        upstream.flush()
+
+
+async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Parsed | None]) -> None:
+    upstream = engine.upstream
+    wrap = upstream.status == b"I" and not any(controls_transaction(p.text) for p in pieces)
+    if wrap:
+        upstream.query("BEGIN")
+    plain: list[Piece] = []
+    failed = True
+    try:
+        for piece, statement in zip(pieces, parsed, strict=True):
+            if statement is None:
+                plain.append(piece)
+                continue
+            if plain:
+                await _plain(engine, plain)
+                plain = []
+            execution = engine.execution()
+            try:
+                final = await execution.evaluate(statement)
+                execution.check_cancel()
+            except ConnectionError:
+                raise
+            except Exception as error:
+                await _report(engine, error)
+                raise _Failed from error
+            done = _send_final(execution, final)
+            await execution.drop_temp_tables()
+            upstream.flush()
+            try:
+                await done
+            except (ServerError, Skipped) as error:  # PostgreSQL has told the client
+                raise _Failed from error
+        if plain:
+            await _plain(engine, plain)
+        failed = False
+    except _Failed:
+        await upstream.sync()  # out of the failed batch, if it was one
+    if wrap:
+        upstream.query("ROLLBACK" if failed else "COMMIT", ERROR_ONLY)
+    reply = upstream.sync()
+    await reply
+    upstream.local(codec.ready_for_query(reply.status))
+
+
+class _Failed(Exception):
+    """A statement failed and the client has been told: the rest of the Query is not run."""
+
+
+async def _plain(engine: Engine, pieces: list[Piece]) -> None:
+    """Statements without pgml calls go to PostgreSQL as the client wrote them."""
+    reply = engine.upstream.query(
+        "".join(p.text for p in pieces), _ALL_BUT_READY, position=pieces[0].offset
+    )
+    engine.upstream.flush()
+    await reply
+    if reply.error is not None:
+        raise _Failed

@@ -1,0 +1,76 @@
+"""The statement engine of one client session: it answers the client messages that
+involve pgml functions (a Query, or extended-protocol messages about pgml statements)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from handlers.serving import Services
+from proxy.engine.executor import BoundParams, Execution
+from proxy.engine.extended import ExtendedState
+from proxy.engine.query import answer_query
+from proxy.engine.upstream import Upstream
+from proxy.wire.codec import Frontend, Message
+
+
+class SessionInfo(Protocol):
+    """What the engine knows of the session it serves."""
+
+    id: int
+    user: str
+    database: str
+
+
+class Engine:
+    def __init__(self, upstream: Upstream, services: Services, session: SessionInfo) -> None:
+        self.upstream = upstream
+        self.services = services
+        self.session = session
+        self.extended = ExtendedState(self)
+        self._cancelled = False
+
+    @property
+    def database(self) -> str:
+        return self.session.database
+
+    def wants(self, message: Message) -> bool:
+        """Whether the engine answers this client message (one that does not mention
+        pgml itself: it may name a pgml statement or portal)."""
+        if message.type == Frontend.QUERY:
+            self.extended.forget_unnamed()
+            return False
+        return self.extended.wants(message)
+
+    def cancel(self) -> None:
+        """The client asked to cancel: the work under way stops at its next check."""
+        self._cancelled = True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def execution(
+        self,
+        *,
+        params: BoundParams | None = None,
+        label_types: dict[str, str] | None = None,
+        helper: str = "",
+        drop_at_commit: bool = False,
+    ) -> Execution:
+        return Execution(
+            self.upstream,
+            self.services,
+            database=self.database,
+            cancelled=self.cancelled,
+            params=params,
+            label_types=label_types,
+            helper=helper,
+            drop_at_commit=drop_at_commit,
+        )
+
+    async def answer(self, message: Message) -> None:
+        self._cancelled = False
+        if message.type == Frontend.QUERY:
+            self.extended.forget_unnamed()
+            await answer_query(self, message)
+        else:
+            await self.extended.answer(message)

@@ -1,0 +1,367 @@
+"""The engine's end of a client's own upstream session.
+
+Requests are buffered, recorded in the session's reply queue with the route of their
+replies, and written together on :meth:`Upstream.flush` or :meth:`Upstream.sync`, so a
+batch of helper statements costs one round trip.  Each request returns a :class:`Reply`
+to await: its result, :class:`ServerError` for an ErrorResponse, :class:`Skipped` when the
+server ignored it after an earlier error of its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.wire import codec
+from proxy.wire.codec import Backend, Column, Frontend, Message
+from proxy.wire.replies import RELAYED, Expected, ReplyQueue
+
+NOTHING: frozenset[int] = frozenset()
+RESULTS = frozenset(
+    {
+        Backend.ROW_DESCRIPTION,
+        Backend.DATA_ROW,
+        Backend.COMMAND_COMPLETE,
+        Backend.EMPTY_QUERY,
+        Backend.PORTAL_SUSPENDED,
+    }
+)
+"""A statement's rows and tag, as the client receives them from PostgreSQL."""
+ROWS = RESULTS - {Backend.ROW_DESCRIPTION}
+
+
+class ServerError(Exception):
+    """PostgreSQL answered a request of the proxy's with an ErrorResponse."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.fields = codec.parse_error_fields(message.body)
+        super().__init__(self.fields.get("M", "error"))
+
+    @property
+    def sqlstate(self) -> str:
+        return self.fields.get("C", "XX000")
+
+
+class Skipped(Exception):
+    """The server skipped the request: an earlier request of its batch failed."""
+
+
+@dataclass(slots=True, eq=False)
+class Result:
+    """What one statement returned: its columns, rows (text or binary values) and tag."""
+
+    columns: list[Column] = field(default_factory=list)
+    row_description: bytes | None = None
+    """The RowDescription body as the server sent it (None: NoData, or not described)."""
+    parameter_oids: list[int] = field(default_factory=list)
+    rows: list[list[bytes | None]] = field(default_factory=list)
+    tag: str = ""
+    suspended: bool = False
+    """An Execute with a row limit stopped before the end (PortalSuspended)."""
+
+
+class Reply:
+    """One request's outcome, filled in by the reply queue (a :class:`~proxy.wire.replies.Sink`)."""
+
+    __slots__ = ("_future", "error", "result", "status")
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self.result = Result()
+        self.error: ServerError | None = None
+        """For a Query or Sync: the first ErrorResponse among its replies."""
+        self.status = b""
+        """For a Query or Sync: the transaction status its ReadyForQuery gave."""
+
+    def deliver(self, message: Message) -> None:
+        kind, body = message.type, message.raw[5:]
+        result = self.result
+        if kind == Backend.DATA_ROW:
+            result.rows.append(codec.parse_data_row(body))
+        elif kind == Backend.ROW_DESCRIPTION:
+            result.columns = codec.parse_row_description(body)
+            result.row_description = body
+        elif kind == Backend.PARAMETER_DESCRIPTION:
+            result.parameter_oids = codec.parse_parameter_description(body)
+        elif kind == Backend.COMMAND_COMPLETE:
+            result.tag = codec.command_tag(body)
+        elif kind == Backend.PORTAL_SUSPENDED:
+            result.suspended = True
+        elif kind == Backend.ERROR and self.error is None:
+            self.error = ServerError(message)
+        elif kind == Backend.READY_FOR_QUERY:
+            self.status = body[:1]
+
+    def complete(self, error: Message | None) -> None:
+        if self._future.done():
+            return
+        if error is not None:
+            self._future.set_exception(ServerError(error))
+            self._future.exception()  # the awaiter re-raises it; never "unretrieved"
+        else:
+            self._future.set_result(self.result)
+
+    def skip(self, cause: Message | None) -> None:
+        """Skipped for an error of the proxy's own (``cause``): that error is this
+        request's too; else the client's own error came first."""
+        if not self._future.done():
+            self._future.set_exception(Skipped() if cause is None else ServerError(cause))
+            self._future.exception()
+
+    @property
+    def done(self) -> bool:
+        return self._future.done()
+
+    def __await__(self) -> Generator[Any, None, Result]:
+        return self._future.__await__()
+
+
+class CopyOut(Reply):
+    """An Execute of ``COPY ... TO STDOUT``: its data handed on as it arrives."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def deliver(self, message: Message) -> None:
+        if message.type == Backend.COPY_DATA:
+            self.chunks.put_nowait(message.raw[5:])
+        else:
+            super().deliver(message)
+
+    def complete(self, error: Message | None) -> None:
+        super().complete(error)
+        self.chunks.put_nowait(None)
+
+    def skip(self, cause: Message | None) -> None:
+        super().skip(cause)
+        self.chunks.put_nowait(None)
+
+
+class CopyIn(Reply):
+    """An Execute of ``COPY ... FROM STDIN``: ``started`` once the server takes data."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+
+    def deliver(self, message: Message) -> None:
+        if message.type == Backend.COPY_IN:
+            self.started.set()
+        else:
+            super().deliver(message)
+
+    def complete(self, error: Message | None) -> None:
+        super().complete(error)
+        self.started.set()
+
+    def skip(self, cause: Message | None) -> None:
+        super().skip(cause)
+        self.started.set()
+
+
+class Upstream:
+    """Requests of the engine's on a session's upstream connection, and local answers."""
+
+    def __init__(
+        self,
+        queue: ReplyQueue,
+        write_upstream: Callable[[bytes], None],
+        write_client: Callable[[bytes], None],
+        upstream_writable: Callable[[], Awaitable[object]],
+    ) -> None:
+        self.queue = queue
+        self._write_upstream = write_upstream
+        self._write_client = write_client
+        self._writable = upstream_writable
+        self._buffer: list[bytes] = []
+
+    @property
+    def status(self) -> bytes:
+        """The transaction status of the last ReadyForQuery: I, T or E."""
+        return self.queue.status
+
+    # --- requests ------------------------------------------------------------------------
+
+    def request(
+        self,
+        data: bytes,
+        kind: int,
+        forward: frozenset[int] = NOTHING,
+        *,
+        reply: Reply | None = None,
+        position: int | None = None,
+        explains: bool = True,
+    ) -> Reply:
+        """Buffer one request; its replies in ``forward`` go to the client, the rest to
+        the returned reply.  Errors forwarded lose their position (or move it by
+        ``position``): the proxy's SQL is not the text the client wrote."""
+        sink = reply or Reply()
+        self._buffer.append(data)
+        self.queue.expect(Expected(kind, forward, sink, position, explains=explains))
+        return sink
+
+    def relay(self, data: bytes, kind: int) -> None:
+        """Buffer a client's own request, answered straight back to the client."""
+        self._buffer.append(data)
+        self.queue.expect(RELAYED[kind])
+
+    def parse(self, name: str, sql: str, oids: Sequence[int] = ()) -> Reply:
+        """A named statement replaces any left by an earlier failure (closing one that
+        does not exist is no error)."""
+        self.forget(b"S", name)
+        return self.request(codec.parse(name, sql, oids), Frontend.PARSE)
+
+    def forget(self, kind: bytes, name: str) -> None:
+        """Close a named statement or portal that a failure may have left open."""
+        if name:
+            self._buffer.append(codec.close(kind, name))
+            self.queue.expect(Expected(Frontend.CLOSE, NOTHING, None, None))
+
+    def bind(
+        self,
+        portal: str,
+        statement: str,
+        values: Sequence[bytes | None] = (),
+        formats: Sequence[int] = (),
+        result_formats: Sequence[int] = (),
+    ) -> Reply:
+        self.forget(b"P", portal)
+        return self.request(
+            codec.bind(portal, statement, values, formats, result_formats), Frontend.BIND
+        )
+
+    def describe(self, kind: bytes, name: str, forward: frozenset[int] = NOTHING) -> Reply:
+        return self.request(codec.describe(kind, name), Frontend.DESCRIBE, forward)
+
+    def execute(
+        self,
+        portal: str,
+        max_rows: int = 0,
+        forward: frozenset[int] = NOTHING,
+        *,
+        reply: Reply | None = None,
+    ) -> Reply:
+        return self.request(codec.execute(portal, max_rows), Frontend.EXECUTE, forward, reply=reply)
+
+    def close(self, kind: bytes, name: str) -> Reply:
+        return self.request(codec.close(kind, name), Frontend.CLOSE)
+
+    def fail_batch(self, sql: str) -> None:
+        """Run ``sql``, which fails, so that PostgreSQL's transaction and batch fail as a
+        failed statement's would; its error is not the client's (the proxy has answered)."""
+        name = "__pgml_abort"
+        self.forget(b"S", name)
+        self.forget(b"P", name)
+        for data, kind in (
+            (codec.parse(name, sql), Frontend.PARSE),
+            (codec.bind(name, name), Frontend.BIND),
+            (codec.execute(name), Frontend.EXECUTE),
+        ):
+            self.request(data, kind, explains=False)
+
+    def query(
+        self, sql: str, forward: frozenset[int] = NOTHING, position: int | None = None
+    ) -> Reply:
+        return self.request(codec.query(sql), Frontend.QUERY, forward, position=position)
+
+    def statement(
+        self,
+        sql: str,
+        values: Sequence[bytes | None] = (),
+        oids: Sequence[int] = (),
+        formats: Sequence[int] = (),
+        *,
+        name: str = "",
+    ) -> Reply:
+        """One statement through the extended protocol, described and run to the end:
+        the reply of its Execute, with the columns in its result."""
+        executed = Reply()
+        into = _Into(executed)
+        self.forget(b"S", name)
+        self.forget(b"P", name)
+        for data, kind in (
+            (codec.parse(name, sql, oids), Frontend.PARSE),
+            (codec.bind(name, name, values, formats), Frontend.BIND),
+            (codec.describe(b"P", name), Frontend.DESCRIBE),
+        ):
+            self._buffer.append(data)
+            self.queue.expect(Expected(kind, NOTHING, into, None))
+        self.execute(name, reply=executed)
+        if name:
+            self.close(b"P", name)
+            self.close(b"S", name)
+        return executed
+
+    # --- writing ---------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write the buffered requests with a Flush: the server answers them now, and
+        its implicit transaction and error state stay the client's."""
+        self._buffer.append(codec.FLUSH)
+        self._write()
+
+    def sync(self, forward: frozenset[int] = NOTHING) -> Reply:
+        """Write the buffered requests and a Sync; its reply carries the status."""
+        reply = self.request(codec.SYNC, Frontend.SYNC, forward)
+        self._write()
+        return reply
+
+    def push(self) -> None:
+        """Write the buffered requests as they are (they end in a Sync or a Query)."""
+        self._write()
+
+    def write_raw(self, data: bytes) -> None:
+        """Bytes that get no reply (copy data), after the buffered requests."""
+        self._buffer.append(data)
+        self._write()
+
+    async def writable(self) -> None:
+        """Until the upstream connection's write buffer has room again."""
+        await self._writable()
+
+    def _write(self) -> None:
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._write_upstream(data)
+
+    # --- the client ------------------------------------------------------------------------
+
+    def local(self, data: bytes) -> None:
+        """An answer to the client, after every reply owed before it (dropped, like the
+        message it answers, if the server skips the batch it belongs to)."""
+        now = self.queue.local(data)
+        if now:
+            self._write_client(now)
+
+    def notice(self, data: bytes) -> None:
+        """A NoticeResponse for the client at once (notices may come at any time)."""
+        self._write_client(data)
+
+
+class _Into:
+    """Hands a request's replies to another request's reply: the Parse, Bind and
+    Describe of a statement to the reply of its Execute (which the server skips if one
+    of them fails: then their error is the Execute's)."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: Reply) -> None:
+        self.target = target
+
+    def deliver(self, message: Message) -> None:
+        self.target.deliver(message)
+
+    def complete(self, error: Message | None) -> None:
+        if error is not None:
+            self.target.complete(error)
+
+    def skip(self, cause: Message | None) -> None:
+        """The Execute after it is skipped too, and says so."""

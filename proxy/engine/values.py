@@ -1,0 +1,139 @@
+"""Values between Python and PostgreSQL's text format, in one place.
+
+Every value the proxy hands PostgreSQL goes as text (a bound parameter in text format,
+cast in the SQL to its type); every argument it reads comes back as text too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from handlers.errors import PgmlError
+
+TEXT_OID = 25
+UNKNOWN_OID = 705
+TEXT_ARRAY_OID = 1009
+
+TYPE_NAMES = {
+    25: "text",
+    1043: "character varying",
+    1042: "character",
+    19: "name",
+    705: "unknown",
+    1009: "text[]",
+    1015: "character varying[]",
+    20: "bigint",
+    23: "integer",
+    21: "smallint",
+    700: "real",
+    701: "double precision",
+    1700: "numeric",
+    16: "boolean",
+    114: "json",
+    3802: "jsonb",
+    3807: "jsonb[]",
+    1021: "real[]",
+    1005: "smallint[]",
+    1007: "integer[]",
+    1016: "bigint[]",
+    1022: "double precision[]",
+    1231: "numeric[]",
+    1000: "boolean[]",
+    199: "json[]",
+    17: "bytea",
+    18: '"char"',
+    26: "oid",
+    1082: "date",
+    1083: "time without time zone",
+    1114: "timestamp without time zone",
+    1184: "timestamp with time zone",
+    1186: "interval",
+    2950: "uuid",
+    869: "inet",
+    2249: "record",
+}
+
+
+def type_name(oid: int) -> str:
+    return TYPE_NAMES.get(oid, f"type {oid}")
+
+
+def encode(kind: str, value: Any) -> str | None:
+    """``value`` in PostgreSQL's text input format for SQL type ``kind``."""
+    if value is None:
+        return None
+    if kind == "text":
+        return str(value)
+    if kind in ("real", "double precision"):
+        return _float_text(value)
+    if kind == "real[]":
+        return "{" + ",".join("NULL" if v is None else _float_text(v) for v in value) + "}"
+    if kind == "text[]":
+        return text_array_literal([None if v is None else str(v) for v in value])
+    if kind in ("jsonb", "json"):
+        return json.dumps(value, ensure_ascii=False)
+    if kind == "boolean":
+        return "t" if value else "f"
+    return str(value)
+
+
+def _float_text(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(float(value))
+
+
+def text_array_literal(values: Sequence[str | None]) -> str:
+    """A ``text[]`` literal: every element quoted, so no value can break out of it."""
+    quoted = (
+        "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for v in values
+    )
+    return "{" + ",".join(quoted) + "}"
+
+
+FETCHED_AS_JSON = frozenset({"text[]", "jsonb[]"})
+"""Argument types the proxy reads as ``to_json(x)::text`` (arrays); the others it reads
+in their own text output."""
+
+
+def fetch_expression(kind: str, column: str) -> str:
+    """SQL reading an argument column of type ``kind`` in the form :func:`decode` takes."""
+    return f"to_json({column})::text" if kind in FETCHED_AS_JSON else column
+
+
+def decode(kind: str, raw: bytes | None) -> Any:
+    """An argument's value from the text :func:`fetch_expression` reads."""
+    if raw is None:
+        return None
+    if kind in FETCHED_AS_JSON:
+        return json.loads(raw)
+    text = raw.decode("utf-8")
+    if kind == "text":
+        return text
+    if kind == "jsonb":
+        return json.loads(text)
+    if kind == "bigint":
+        return int(text)
+    if kind == "real":
+        return float(text)
+    if kind == "boolean":
+        return text == "t"
+    raise PgmlError("XX000", f"no decoder for arguments of type {kind}")
+
+
+def json_value(text: str) -> Any:
+    """A JSON argument given as text, failing as PostgreSQL's json input does."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PgmlError(
+            "22P02",
+            "invalid input syntax for type json",
+            detail=f"{exc.msg} at character {exc.pos + 1}.",
+        ) from exc

@@ -1,0 +1,63 @@
+"""What every session of one proxy shares: where the server is, the registry of sessions
+and cancel keys, and how to start the statement engine for a session.
+
+The listener (:mod:`proxy.relay.server`) owns it; sessions only ever see this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from proxy.relay.address import UpstreamAddress
+from proxy.wire.codec import CancelRequest
+
+if TYPE_CHECKING:
+    from proxy.engine.session import Engine
+    from proxy.engine.upstream import Upstream
+    from proxy.relay.session import ClientSession
+
+log = logging.getLogger("pgml_proxy.server")
+
+EngineFactory = Callable[["Upstream", "ClientSession"], "Engine"]
+
+
+@dataclass(eq=False)
+class Hub:
+    upstream: UpstreamAddress
+    tls_context: ssl.SSLContext | None = None
+    connect_timeout: float = 10.0
+    make_engine: EngineFactory | None = None
+    """Starts the statement engine of a session (on its first pgml statement)."""
+    sessions: set[ClientSession] = field(default_factory=set)
+    cancel_keys: dict[tuple[int, bytes], ClientSession] = field(default_factory=dict)
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def forward_cancel(self, request: CancelRequest) -> None:
+        """Relay a client's CancelRequest to the session its key was issued for."""
+        session = self.cancel_keys.get((request.pid, request.secret))
+        if session is None:
+            log.info("cancel request with an unknown key ignored")
+            return
+        session.request_cancel()
+
+    def send_cancel(self, pid: int, secret: bytes) -> None:
+        """Ask the server to cancel what backend ``pid`` runs (on a connection of its own)."""
+        task = asyncio.get_running_loop().create_task(self._send_cancel(pid, secret))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_cancel(self, pid: int, secret: bytes) -> None:
+        try:
+            transport, _ = await asyncio.wait_for(
+                self.upstream.open(asyncio.Protocol, tls=False), self.connect_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            log.warning("could not deliver a cancel request upstream: %s", exc)
+            return
+        transport.write(CancelRequest(pid, secret).encode())
+        transport.close()
