@@ -123,6 +123,8 @@ _BODY_STATEMENT = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 
+_CURRENT_OF = re.compile(r"\bWHERE\s+CURRENT\s+OF\b", re.IGNORECASE)
+
 CACHE_SIZE = 512
 _cache: OrderedDict[str, Parsed | None] = OrderedDict()
 
@@ -154,6 +156,11 @@ def _parse(sql: str) -> Parsed | None:
     declare = _DECLARE_CURSOR.match(sql)
     if declare is not None:
         prefix, sql = declare.group(0), sql[declare.end() :]
+    if _CURRENT_OF.search(sql) and mentions_call(sql):
+        raise unsupported(
+            "pgml functions cannot be called in UPDATE or DELETE ... WHERE CURRENT OF",
+            hint="Update the rows by key: UPDATE t SET col = pgml...(...) WHERE id = ...",
+        )
     try:
         tokens = DIALECT.tokenize(sql)
         tree = sqlglot.parse_one(sql, dialect=DIALECT)

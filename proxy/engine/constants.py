@@ -1,0 +1,164 @@
+"""Constant calls: a call whose arguments read no column is evaluated once, before the
+statement runs, and its value takes its place as a parameter of the proxy's own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlglot import exp
+
+from handlers.errors import PgmlError
+from handlers.functions import TEXT_OIDS, Overload
+from proxy.engine import binding, values
+from proxy.engine.calls import CallSite
+from proxy.engine.planner import derived_table, in_select_list, named_scalar, table_rows
+from proxy.engine.sourcetext import SourceText
+
+if TYPE_CHECKING:
+    from proxy.engine.executor import Execution
+
+_TYPED_LITERALS = {"jsonb": 3802, "json": 114, "text": 25}
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """An argument's type and value, known before the call runs."""
+
+    oid: int
+    value: Any
+
+
+async def evaluate_constant(execution: Execution, text: SourceText, call: CallSite) -> None:
+    """Evaluate a call whose arguments read no column, once, and put its value where
+    it stood (as a parameter of the proxy's own)."""
+    known = [
+        known_value(execution, arg, text.render(span))
+        for arg, span in zip(call.args, call.text.arguments, strict=True)
+    ]
+    missing = [i for i, k in enumerate(known) if k is None]
+    if missing:
+        found = await _typed_values(
+            execution, [text.render(call.text.arguments[i]) for i in missing]
+        )
+        for i, k in zip(missing, found, strict=True):
+            known[i] = k
+    given = [k for k in known if k is not None]
+    overload = binding.pick_overload(call, [k.oid for k in given])
+    args = binding.bind(call, overload, [k.value for k in given])
+    returns = await execution.result_type(call, overload, args)
+    result = None
+    if not overload.strict or not any(v is None for v in args):
+        result = (await overload.handler(execution.context, [args]))[0]
+        execution.check_cancel()
+    if not overload.set_returning and not overload.columns:
+        execution.values[id(call.node)] = Known(_oid_of(returns), result)
+    text.replace(call.text.span, _constant_sql(execution, call, overload, result, returns))
+
+
+def known_value(execution: Execution, arg: exp.Expr, source: str) -> Known | None:
+    """An argument's type and value when the statement alone says them: a string,
+    number or boolean literal, a typed string literal, a text parameter, or a call
+    evaluated already; else None (PostgreSQL is asked)."""
+    inner = execution.values.get(id(arg))
+    if inner is not None:
+        return inner
+    if isinstance(arg, exp.Null):
+        return Known(values.UNKNOWN_OID, None)
+    if isinstance(arg, exp.Boolean):
+        return Known(16, bool(arg.this))
+    if isinstance(arg, exp.Literal):
+        return _literal(arg, source)
+    if isinstance(arg, exp.Cast) and isinstance(arg.this, exp.Literal) and arg.this.is_string:
+        oid = _TYPED_LITERALS.get(arg.to.sql(dialect="postgres").lower())
+        plain = _literal(arg.this, source[source.find("'") : source.rfind("'") + 1])
+        return None if oid is None or plain is None else Known(oid, plain.value)
+    if isinstance(arg, exp.Parameter) and arg.this.name.isdigit():
+        return _parameter(execution, int(arg.this.name) - 1)
+    return None
+
+
+def _parameter(execution: Execution, index: int) -> Known | None:
+    user = execution.user
+    if not 0 <= index < len(user.values) or user.oids[index] not in TEXT_OIDS:
+        return None
+    if user.formats and user.formats[index]:
+        return None
+    value = user.values[index]
+    return Known(values.TEXT_OID, None if value is None else value.decode("utf-8"))
+
+
+async def _typed_values(execution: Execution, texts: Sequence[str]) -> list[Known]:
+    """The types and values of constant expressions, asked of PostgreSQL."""
+    inner = ", ".join(f"({t}) AS __pgml_a{i}" for i, t in enumerate(texts))
+    outer = ", ".join(
+        f"pg_typeof(s.__pgml_a{i})::oid, to_json(s.__pgml_a{i})::text" for i in range(len(texts))
+    )
+    result = await execution.select(f"SELECT {outer} FROM (SELECT {inner}) AS s")
+    row = result.rows[0]
+    return [
+        Known(int(_text(row[2 * i])), values.decode("jsonb", row[2 * i + 1]))
+        for i in range(len(texts))
+    ]
+
+
+def _constant_sql(
+    execution: Execution, call: CallSite, overload: Overload, result: Any, returns: str
+) -> str:
+    if overload.columns:
+        rows = [] if result is None else result
+        kinds = [kind for _, kind in overload.columns]
+        params = [
+            execution.add_param(
+                values.text_array_literal([values.encode(kind, r[i]) for r in rows])
+            )
+            for i, kind in enumerate(kinds)
+        ]
+        if call.in_from:
+            typed = [f"{p}::{k}[]" for p, k in zip(params, kinds, strict=True)]
+            return table_rows(call, overload, typed)
+        if len(rows) != 1:
+            raise PgmlError(
+                "0A000",
+                f"{call.sql_name} returned {len(rows)} rows where one value is needed",
+                hint=f"Call it in FROM: SELECT * FROM {call.sql_name}(...).",
+            )
+        fields = ", ".join(f"(CAST({p} AS {k}[]))[1]" for p, k in zip(params, kinds, strict=True))
+        return named_scalar(f"ROW({fields})", call.function.name)
+    if overload.set_returning:
+        rows = [] if result is None else result
+        param = execution.add_param(
+            values.text_array_literal([values.encode(returns, r) for r in rows])
+        )
+        value = f"CAST(unnest(CAST({param} AS text[])) AS {returns})"
+        if call.in_from:
+            return derived_table(value, call)
+        return f'{value} AS "{call.function.name}"' if in_select_list(call) else value
+    value = f"CAST({execution.add_param(values.encode(returns, result))} AS {returns})"
+    if call.in_from:
+        return derived_table(value, call)
+    return named_scalar(value, call.function.name)
+
+
+def _literal(node: exp.Literal, source: str) -> Known | None:
+    if not node.is_string:
+        text = node.name
+        if not text.isdigit():
+            return Known(1700, float(text))
+        number = int(text)
+        return Known(23 if number < 2**31 else 20 if number < 2**63 else 1700, number)
+    if not (source.startswith("'") and source.endswith("'")) or "\\" in source:
+        return None  # E'...', U&'...', $$...$$ or backslashes: PostgreSQL reads them
+    return Known(values.UNKNOWN_OID, source[1:-1].replace("''", "'"))
+
+
+def _oid_of(kind: str) -> int:
+    for oid, name in values.TYPE_NAMES.items():
+        if name == kind:
+            return oid
+    return 0
+
+
+def _text(raw: bytes | None) -> str:
+    return "" if raw is None else raw.decode("utf-8")

@@ -1,0 +1,299 @@
+"""Per-row calls: a step's rows materialised once, the calls evaluated over them a batch
+at a time, and the query that takes the scope's place (see :mod:`proxy.engine.scopes`)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from handlers.errors import PgmlError
+from handlers.functions import Args, Overload
+from proxy import metrics
+from proxy.engine import binding, values
+from proxy.engine.calls import CallSite, reads_columns
+from proxy.engine.constants import known_value
+from proxy.engine.planner import Parsed
+from proxy.engine.scopes import MARK, ROW_KEY, M, ScopeStep, Slot
+from proxy.engine.upstream import Reply, Result, ServerError, Skipped
+from proxy.wire.codec import Column
+
+if TYPE_CHECKING:
+    from proxy.engine.executor import Execution
+
+_NAMES = itertools.count(1)
+"""Temporary tables and portals are numbered process-wide: a session may hold several
+statements' at once (open cursors and portals)."""
+
+
+@dataclass(eq=False)
+class _RowCall:
+    """A per-row call of a step, resolved: where its arguments are, what it returns."""
+
+    call: CallSite
+    overload: Overload
+    kinds: list[str]
+    """Each argument's parameter type: the type its column is cast to."""
+    columns: list[str]
+    """Each argument's ``M`` column."""
+    returns: str
+    varies: bool
+
+
+async def run_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> str:
+    """Materialise the scope's rows, evaluate the calls over them, and return the
+    query (or statement) that takes the scope's place."""
+    described = await _describe(execution, step)
+    groups = _group_columns(step.slots, described.columns)
+    names = [f"c{i + 1}" for i in range(len(described.columns))]
+    by_slot: list[list[tuple[str, str]]] = []
+    position = 0
+    for group in groups:
+        by_slot.append([(names[position + j], c.name) for j, c in enumerate(group)])
+        position += len(group)
+    rows = [
+        await _resolve(execution, parsed, step, i, call, groups, by_slot)
+        for i, call in enumerate(step.calls)
+    ]
+    number = next(_NAMES)
+    table = f"pg_temp.__pgml_{number}"
+    on_commit = " ON COMMIT DROP" if execution.drop_at_commit else ""
+    created = [
+        execution.request(
+            f"CREATE TEMP TABLE {table}_m{on_commit} AS SELECT row_number() OVER () AS "
+            f"{ROW_KEY}, s.* FROM ({step.inner}) AS s({', '.join(names)})"
+        )
+    ]
+    execution.temp_tables.append(f"{table}_m")
+    if step.kind in ("update", "delete"):  # the outer statement finds rows by ctid
+        created.append(execution.request(f"ANALYZE {table}_m"))
+    prepared = [
+        _prepare(execution, f"{table}_{i}", f"{table}_m", i, row, on_commit, created)
+        for i, row in enumerate(rows)
+    ]
+    execution.upstream.flush()
+    await _all(created)
+    for i, (row, (_, arguments)) in enumerate(zip(rows, prepared, strict=True)):
+        await _fill(execution, f"{table}_{i}_v", f"__pgml_p{number}_{i}", arguments, row)
+    source = f"{table}_m AS {M}" + "".join(join for join, _ in prepared)
+    return step.outer(by_slot, [f"__pgml_v{i}.__pgml_v" for i in range(len(rows))], source)
+
+
+async def _describe(execution: Execution, step: ScopeStep) -> Result:
+    name = execution.helper
+    execution.upstream.parse(name, step.inner, execution.param_oids())
+    reply = execution.upstream.describe(b"S", name)
+    if name:
+        execution.upstream.close(b"S", name)
+    execution.upstream.flush()
+    try:
+        return await reply
+    except ServerError as error:
+        if error.sqlstate in ("42703", "42P01") and step.nested:
+            raise PgmlError(
+                "0A000",
+                "pgml functions cannot be evaluated in a subquery that reads columns of "
+                "an outer query",
+                detail=error.fields.get("M"),
+                hint="Qualify the columns with their table, or move the call to the outer query.",
+            ) from error
+        raise
+
+
+async def _resolve(
+    execution: Execution,
+    parsed: Parsed,
+    step: ScopeStep,
+    index: int,
+    call: CallSite,
+    groups: list[list[Column]],
+    by_slot: list[list[tuple[str, str]]],
+) -> _RowCall:
+    oids = [0] * len(call.args)
+    columns = [""] * len(call.args)
+    for s, slot in enumerate(step.slots):
+        if slot.kind == "arg" and slot.index == index:
+            oids[slot.argument] = groups[s][0].type_oid
+            columns[slot.argument] = by_slot[s][0][0]
+    overload = binding.pick_overload(call, oids)
+    if not overload.row_dependent_ok:
+        raise PgmlError(
+            "0A000",
+            f"{call.sql_name}({', '.join(p.type for p in overload.params[:2])}) returns a "
+            "set and cannot read columns",
+            hint="Call it with an array literal, or with one row's value per call.",
+        )
+    kinds = [binding.parameter_type(call, overload, a) for a in range(len(call.args))]
+    constants: list[Any] = []
+    for arg, span in zip(call.args, call.text.arguments, strict=True):
+        found = (
+            None if reads_columns(arg) else known_value(execution, arg, parsed.text[slice(*span)])
+        )
+        constants.append(None if found is None else found.value)
+    if binding.typed_by_project(call) and reads_columns(
+        call.args[_project_argument(call, overload)]
+    ):
+        raise PgmlError(
+            "0A000",
+            f"{call.sql_name} needs the same project_name for every row",
+            hint="Call it once per project, with the project's name as a literal.",
+        )
+    bound = binding.bind(call, overload, constants)
+    returns = await execution.result_type(call, overload, bound)
+    varies = overload.varies is not None and overload.varies(bound)
+    return _RowCall(call, overload, kinds, columns, returns, varies)
+
+
+def _prepare(
+    execution: Execution,
+    name: str,
+    materialised: str,
+    index: int,
+    row: _RowCall,
+    on_commit: str,
+    replies: list[Reply],
+) -> tuple[str, str]:
+    """Tables for one call's arguments and results: the join that reads them in the
+    outer query, and the query that reads the arguments to evaluate."""
+    casts = [_cast(f"{M}.{c}", k) for c, k in zip(row.columns, row.kinds, strict=True)]
+    strict = " AND ".join(f"{c} IS NOT NULL" for c in casts) if row.overload.strict else ""
+    where = f" WHERE {strict}" if strict else ""
+    replies.append(
+        execution.request(
+            f"CREATE TEMP TABLE {name}_v (__pgml_id bigint, __pgml_v {row.returns}){on_commit}"
+        )
+    )
+    execution.temp_tables.append(f"{name}_v")
+    results = f"__pgml_v{index}"
+    if row.varies:  # every row gets a value of its own
+        fetch = ", ".join(
+            values.fetch_expression(k, c) for k, c in zip(row.kinds, casts, strict=True)
+        )
+        return (
+            f" LEFT JOIN {name}_v AS {results} ON {results}.__pgml_id = {M}.{ROW_KEY}",
+            f"SELECT {M}.{ROW_KEY}, {fetch} FROM {materialised} AS {M}{where}",
+        )
+    distinct = f"__pgml_a{index}"
+    labels = [f"a{j}" for j in range(len(casts))]
+    replies.append(
+        execution.request(
+            f"CREATE TEMP TABLE {name}_a{on_commit} AS SELECT row_number() OVER () AS "
+            f"__pgml_id, d.* FROM (SELECT DISTINCT {', '.join(casts)} FROM {materialised} "
+            f"AS {M}{where}) AS d({', '.join(labels)})"
+        )
+    )
+    execution.temp_tables.append(f"{name}_a")
+    fetch = ", ".join(values.fetch_expression(k, a) for k, a in zip(row.kinds, labels, strict=True))
+    match = " AND ".join(f"{distinct}.{a} = {c}" for a, c in zip(labels, casts, strict=True))
+    return (
+        f" LEFT JOIN {name}_a AS {distinct} ON {match}"
+        f" LEFT JOIN {name}_v AS {results} ON {results}.__pgml_id = {distinct}.__pgml_id",
+        f"SELECT __pgml_id, {fetch} FROM {name}_a",
+    )
+
+
+async def _fill(
+    execution: Execution, results: str, portal: str, arguments: str, row: _RowCall
+) -> None:
+    """Run the call over its arguments a batch at a time, the next batch read while
+    the model works on this one, each batch's results written with that read."""
+    upstream = execution.upstream
+    size = int(execution.services.batch_size)
+    upstream.parse(portal, arguments)
+    upstream.bind(portal, portal)
+    upstream.close(b"S", portal)
+    fetched = upstream.execute(portal, size)
+    upstream.flush()
+    written: list[Reply] = []
+    batch = await fetched
+    while True:
+        ids, tuples = _arguments(row, batch)
+        computing = (
+            asyncio.ensure_future(row.overload.handler(execution.context, tuples))
+            if tuples
+            else None
+        )
+        upcoming = upstream.execute(portal, size) if batch.suspended else None
+        upstream.flush()
+        try:
+            results_now = [] if computing is None else await computing
+        finally:
+            if computing is not None and not computing.done():
+                computing.cancel()
+        execution.check_cancel()
+        metrics.record_rows(row.call.sql_name, len(tuples), len(results_now))
+        if results_now:
+            encoded = [values.encode(row.returns, r) for r in results_now]
+            written.append(
+                execution.request(
+                    f"INSERT INTO {results} SELECT u.i, CAST(u.v AS {row.returns}) FROM "
+                    "unnest(CAST($1 AS bigint[]), CAST($2 AS text[])) AS u(i, v)",
+                    [
+                        values.text_array_literal(ids).encode(),
+                        values.text_array_literal(encoded).encode(),
+                    ],
+                )
+            )
+        if upcoming is None:
+            break
+        try:
+            batch = await upcoming
+        except Skipped:
+            await _all(written)
+            raise
+    upstream.close(b"P", portal)
+    upstream.flush()
+    await _all(written)
+
+
+def _arguments(row: _RowCall, batch: Result) -> tuple[list[str], list[Args]]:
+    ids: list[str] = []
+    tuples: list[Args] = []
+    kinds = row.kinds
+    for raw in batch.rows:
+        decoded = [values.decode(k, v) for k, v in zip(kinds, raw[1:], strict=True)]
+        ids.append(_text(raw[0]))
+        tuples.append(binding.bind(row.call, row.overload, decoded))
+    return ids, tuples
+
+
+def _group_columns(slots: list[Slot], columns: list[Column]) -> list[list[Column]]:
+    """The inner query's described columns, slot by slot.  A late step's one star takes
+    what the other slots leave; an early step's stars run up to the mark after each."""
+    groups: list[list[Column]] = []
+    position = 0
+    for i, slot in enumerate(slots):
+        if slot.kind == "star":
+            width = len(columns) - (len(slots) - 1)
+        elif slot.kind == "export" and i + 1 < len(slots) and slots[i + 1].kind == "mark":
+            width = 0
+            while columns[position + width].name != MARK:
+                width += 1
+        else:
+            width = 1
+        groups.append(columns[position : position + width])
+        position += width
+    return groups
+
+
+def _cast(column: str, kind: str) -> str:
+    collate = ' COLLATE "C"' if kind in ("text", "text[]") else ""
+    return f"CAST({column} AS {kind}){collate}"
+
+
+def _project_argument(call: CallSite, overload: Overload) -> int:
+    found = binding.positions(call, overload)
+    assert found is not None
+    return found.index(0)
+
+
+async def _all(replies: list[Reply]) -> None:
+    """Wait for every reply; the first failure is raised (a skipped request's cause is
+    the earlier failure, raised first)."""
+    for reply in replies:
+        await reply
+
+
+def _text(raw: bytes | None) -> str:
+    return "" if raw is None else raw.decode("utf-8")

@@ -1,0 +1,448 @@
+"""Where a scope splits into its inner query (the rows, produced once) and its outer
+query (the rest, over those rows): the planning half of :mod:`proxy.engine.scopes`."""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from handlers.errors import unsupported
+from proxy.engine.calls import CallSite, ancestors, contains
+from proxy.engine.scopes import MARK, Export, ScopeStep, Slot, StepKind
+from proxy.engine.sourcetext import SourceText
+from proxy.engine.sqltext import SelectLayout, Span, SqlText, subquery_of
+
+
+def plan_scope(sql: SqlText, scope: exp.Expr, calls: list[CallSite]) -> ScopeStep:
+    """The step that evaluates ``calls`` (all of one scope; their arguments hold no
+    other call) or, when some of them must run before others, the first part of them."""
+    if isinstance(scope, exp.Select):
+        return _plan_select(sql, scope, calls)
+    assert isinstance(scope, exp.Update | exp.Delete)
+    return _plan_change(sql, scope, calls)
+
+
+def _clause(node: exp.Expr, scope: exp.Expr) -> str:
+    """The argument of ``scope`` that ``node`` stands in (``expressions``, ``where``...)."""
+    child = node
+    while child.parent is not None and child.parent is not scope:
+        child = child.parent
+    return str(child.arg_key)
+
+
+def _within(node: exp.Expr, scope: exp.Expr, kinds: tuple[type, ...]) -> bool:
+    for above in ancestors(node):
+        if above is scope:
+            return False
+        if isinstance(above, kinds):
+            return True
+    return False
+
+
+def _grouped(select: exp.Select) -> bool:
+    if select.args.get("group") is not None or select.args.get("having") is not None:
+        return True
+    return any(_aggregates(e, select) for e in select.expressions)
+
+
+def _aggregates(root: exp.Expr, scope: exp.Expr) -> bool:
+    return any(
+        isinstance(node, exp.AggFunc)
+        and not _within(node, scope, (exp.Window,))
+        and node.find_ancestor(exp.Select) is scope
+        for node in root.walk()
+    )
+
+
+def _is_rows_level(call: CallSite, select: exp.Select, grouped: bool) -> bool | None:
+    """True: the call runs once per row of FROM and WHERE; False: once per row the scope
+    returns; None: a place no step can evaluate (HAVING or ORDER BY of a grouped query)."""
+    clause = _clause(call.node, select)
+    if _within(call.node, select, (exp.AggFunc, exp.Window)) or clause in ("where", "group"):
+        return True
+    if clause == "expressions":
+        return False
+    return None if grouped else True
+
+
+def _plan_select(sql: SqlText, select: exp.Select, calls: list[CallSite]) -> ScopeStep:
+    if select.args.get("into") is not None:
+        raise unsupported(
+            "pgml functions cannot be called in SELECT ... INTO",
+            hint="Use CREATE TABLE ... AS SELECT pgml...(...) FROM ... instead.",
+        )
+    layout = sql.select_layout(select)
+    grouped = _grouped(select)
+    levels = {}
+    for call in calls:
+        level = _is_rows_level(call, select, grouped)
+        if level is None:
+            raise unsupported(
+                f"{call.sql_name} cannot be called in {_clause(call.node, select).upper()} "
+                "of a query with GROUP BY or aggregates",
+                hint="Compute it in a subquery in FROM, then use its column.",
+            )
+        levels[id(call)] = level
+    items = list(select.expressions)
+    call_items = {i for i, item in enumerate(items) if any(contains(item, c.node) for c in calls)}
+    rows_level = [c for c in calls if levels[id(c)]]
+    if not rows_level and not grouped and not _late_fits(select, items, call_items):
+        rows_level = calls
+    if rows_level:
+        return _early(sql, select, layout, rows_level, items)
+    return _late(sql, select, layout, calls, items, call_items)
+
+
+def _late_fits(select: exp.Select, items: list[exp.Expr], call_items: set[int]) -> bool:
+    """Whether select-list calls may run after the scope's own ORDER BY and LIMIT."""
+    if select.args.get("distinct") is not None:
+        return False
+    if sum(1 for e in items if _is_star(e)) > 1:
+        return False
+    aliases = {items[i].alias.lower() for i in call_items if isinstance(items[i], exp.Alias)}
+    for key in ("order", "group"):
+        clause = select.args.get(key)
+        if clause is None:
+            continue
+        for ordered in clause.expressions:
+            target = ordered.this if isinstance(ordered, exp.Ordered) else ordered
+            if (
+                isinstance(target, exp.Literal)
+                and target.is_int
+                and int(target.name) - 1 in call_items
+            ):
+                return False
+            if (
+                isinstance(target, exp.Column)
+                and not target.table
+                and target.name.lower() in aliases
+            ):
+                return False
+    return True
+
+
+def _is_star(item: exp.Expr) -> bool:
+    return isinstance(item, exp.Star) or (
+        isinstance(item, exp.Column) and isinstance(item.this, exp.Star)
+    )
+
+
+def _late(
+    sql: SqlText,
+    select: exp.Select,
+    layout: SelectLayout,
+    calls: list[CallSite],
+    items: list[exp.Expr],
+    call_items: set[int],
+) -> ScopeStep:
+    text = SourceText(sql.text)
+    slots: list[Slot] = []
+    exports: list[Export] = []
+    item_spans = [sql.chars(*r) for r in layout.items]
+    for i, item in enumerate(items):
+        if i in call_items:
+            text.replace(item_spans[i], "NULL")
+            slots.append(Slot("null", i))
+            _collect(sql, item, calls, exports, whole_aggregates=True)
+        else:
+            slots.append(Slot("star" if _is_star(item) else "item", i))
+    slots += [Slot("export", k) for k in range(len(exports))]
+    added = [e.text for e in exports]
+    for c, call in enumerate(calls):
+        for a, span in enumerate(call.text.arguments):
+            slots.append(Slot("arg", c, a))
+            added.append(sql.text[span[0] : span[1]])
+    end = item_spans[-1][1]
+    text.replace((end, end), ", " + ", ".join(added))
+    span = sql.chars(layout.start, layout.end)
+    _refuse_correlation(select)
+    return ScopeStep(
+        "late",
+        select,
+        span,
+        text.render(span),
+        slots,
+        calls,
+        exports,
+        ordered=select.args.get("order") is not None,
+        nested=select.parent is not None,
+        _text=sql,
+        _items=items,
+        _item_spans=item_spans,
+    )
+
+
+def _early(
+    sql: SqlText,
+    select: exp.Select,
+    layout: SelectLayout,
+    calls: list[CallSite],
+    items: list[exp.Expr],
+) -> ScopeStep:
+    clauses = {name: sql.chars(*r) for name, r in layout.clauses.items() if r[0] <= r[1]}
+    if "from" not in clauses:
+        raise unsupported("pgml functions read columns only in a query with FROM")
+    exports: list[Export] = []
+    for item in items:
+        if _is_star(item):
+            star_span = sql.span(item) if not isinstance(item, exp.Star) else _star_span(sql, item)
+            exports.append(Export(item, star_span, sql.text[star_span[0] : star_span[1]], True))
+        else:
+            _collect(sql, item, calls, exports, whole_aggregates=False)
+    conditions = _conditions(sql, layout.clauses.get("where"), select.args.get("where"), calls)
+    for key in ("distinct", "group", "having", "order", "windows", "qualify"):
+        value = select.args.get(key)
+        if value is not None:
+            _collect(sql, value, calls, exports, whole_aggregates=False)
+    where = select.args.get("where")
+    if where is not None:
+        for conjunct in _conjunct_nodes(where.this):
+            if any(contains(conjunct, c.node) for c in calls):
+                _collect(sql, conjunct, calls, exports, whole_aggregates=False)
+    slots, inner_list = _inner_list(sql, exports, calls)
+    inner = _inner_text(sql, layout.clauses, clauses, inner_list, conditions)
+    if "locking" in clauses:
+        inner += " " + sql.text[slice(*clauses["locking"])]
+    _refuse_correlation(select)
+    return ScopeStep(
+        "early",
+        select,
+        sql.chars(layout.start, layout.end),
+        inner,
+        slots,
+        calls,
+        exports,
+        nested=select.parent is not None,
+        _text=sql,
+        _items=items,
+        _item_spans=[sql.chars(*r) for r in layout.items],
+        _pieces=clauses,
+        _conditions=conditions,
+    )
+
+
+def _star_span(sql: SqlText, star: exp.Star) -> Span:
+    found = sql.meta_range(star)
+    assert found is not None
+    return sql.chars(*found)
+
+
+def _inner_list(
+    sql: SqlText, exports: list[Export], calls: list[CallSite], head: list[str] | None = None
+) -> tuple[list[Slot], list[str]]:
+    """The inner query's select list: ``head`` (row identity), exports, the calls'
+    arguments, then each star with a mark after it."""
+    slots = [Slot("row", i) for i in range(len(head or []))]
+    texts = list(head or [])
+    for k, export in enumerate(exports):
+        if not export.star:
+            slots.append(Slot("export", k))
+            texts.append(export.text)
+    for c, call in enumerate(calls):
+        for a, span in enumerate(call.text.arguments):
+            slots.append(Slot("arg", c, a))
+            texts.append(sql.text[span[0] : span[1]])
+    for k, export in enumerate(exports):
+        if export.star:
+            slots += [Slot("export", k), Slot("mark")]
+            texts += [export.text, f"NULL AS {MARK}"]
+    return slots, texts
+
+
+def _inner_text(
+    sql: SqlText,
+    ranges: dict[str, tuple[int, int]],
+    clauses: dict[str, Span],
+    select_list: list[str],
+    conditions: list[tuple[Span, bool]],
+) -> str:
+    parts = []
+    if "with" in clauses:
+        parts.append(sql.text[slice(*clauses["with"])])
+    parts.append("SELECT " + ", ".join(select_list))
+    parts.append(sql.text[slice(*clauses["from"])])
+    kept = [sql.text[slice(*span)] for span, has_call in conditions if not has_call]
+    if kept:
+        parts.append("WHERE " + " AND ".join(f"({c})" for c in kept))
+    return " ".join(parts)
+
+
+def _conjunct_nodes(condition: exp.Expr) -> list[exp.Expr]:
+    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+
+
+def _conditions(
+    sql: SqlText,
+    where_range: tuple[int, int] | None,
+    where: exp.Expr | None,
+    calls: list[CallSite],
+) -> list[tuple[Span, bool]]:
+    """WHERE's top-level conditions, each with whether it holds one of ``calls``."""
+    if where_range is None or where is None:
+        return []
+    nodes = _conjunct_nodes(where.this)
+    pieces = sql.conjuncts(where_range[0] + 1, where_range[1])
+    if len(pieces) != len(nodes):  # an AND the splitter read differently: keep it whole
+        pieces = [(where_range[0] + 1, where_range[1])]
+        nodes = [where.this]
+    return [
+        (sql.chars(*piece), any(contains(node, c.node) for c in calls))
+        for piece, node in zip(pieces, nodes, strict=True)
+    ]
+
+
+def _collect(
+    sql: SqlText,
+    root: exp.Expr,
+    calls: list[CallSite],
+    exports: list[Export],
+    *,
+    whole_aggregates: bool,
+) -> None:
+    """The values the outer query will read from ``M`` in ``root``: column references
+    and subqueries (and, where the inner query groups, aggregate and window calls)."""
+    call_nodes = {id(c.node) for c in calls}
+
+    def visit(node: exp.Expr) -> None:
+        if id(node) in call_nodes:
+            return
+        if subquery_of(node) is not None:
+            exports.append(_export(sql, node))
+            return
+        if whole_aggregates and (
+            isinstance(node, exp.Window)
+            or (isinstance(node, exp.AggFunc) and not isinstance(node.parent, exp.Window))
+        ):
+            exports.append(_export(sql, node))
+            return
+        if isinstance(node, exp.Column):
+            if isinstance(node.this, exp.Star):  # t.* inside an expression: the whole row
+                span = sql.span(node)
+                table = node.args.get("table")
+                exports.append(Export(node, span, table.sql(dialect="postgres") if table else "*"))
+                return
+            exports.append(_export(sql, node))
+            return
+        for child in node.iter_expressions():
+            visit(child)
+
+    visit(root)
+
+
+def _export(sql: SqlText, node: exp.Expr) -> Export:
+    span = sql.span(node)
+    return Export(node, span, sql.text[span[0] : span[1]])
+
+
+def _refuse_correlation(scope: exp.Expr) -> None:
+    """Columns of an outer query, read where the calls' rows are produced."""
+    visible = _sources(scope)
+    columns = [
+        c
+        for c in scope.find_all(exp.Column)
+        if c.find_ancestor(exp.Select, exp.Update, exp.Delete) is scope
+    ]
+    for column in columns:
+        table = column.table
+        if table and table.lower() not in visible:
+            raise unsupported(
+                "pgml functions cannot be evaluated in a correlated subquery "
+                f'(it reads "{table}.{column.name}" of an outer query)',
+                hint="Join the tables in one query, or move the call to the outer query.",
+            )
+
+
+def _sources(scope: exp.Expr) -> set[str]:
+    names: set[str] = set()
+    roots: list[exp.Expr | None] = [scope.args.get("from_"), *(scope.args.get("joins") or [])]
+    if isinstance(scope, exp.Update | exp.Delete):
+        roots += [scope.this, *(scope.args.get("using") or [])]
+    for root in roots:
+        if root is None:
+            continue
+        for node in root.walk():
+            if isinstance(node, exp.Table | exp.Subquery | exp.Unnest | exp.Lateral) and (
+                node is root or node.find_ancestor(exp.Select, exp.Update, exp.Delete) is scope
+            ):
+                alias = node.alias_or_name
+                if alias:
+                    names.add(alias.lower())
+    return names
+
+
+# --- UPDATE and DELETE -------------------------------------------------------------------------
+
+
+def _plan_change(sql: SqlText, scope: exp.Update | exp.Delete, calls: list[CallSite]) -> ScopeStep:
+    kind: StepKind = "update" if isinstance(scope, exp.Update) else "delete"
+    keyword = "UPDATE" if kind == "update" else "DELETE"
+    extra = "FROM" if kind == "update" else "USING"
+    target_node = scope.this
+    target_range = sql.meta_range(target_node)
+    assert target_range is not None
+    start = target_range[0]
+    while start > 0 and sql.word(start) != keyword:
+        start -= 1
+    end = sql.statement_end(start)
+    marks = {
+        word: at
+        for word in ("SET", extra, "WHERE", "RETURNING")
+        if (at := sql.keyword_at_depth0(target_range[1] + 1, end, (word,))) >= 0
+    }
+    order = sorted(marks.items(), key=lambda kv: kv[1])
+    bounds = [at for _, at in order[1:]] + [end + 1]
+    ranges = {word: (at, bound - 1) for (word, at), bound in zip(order, bounds, strict=True)}
+    first = start + (2 if kind == "delete" else 1)  # after DELETE FROM
+    target_text = sql.source(first, min(marks.values(), default=end + 1) - 1)
+    alias = target_node.args.get("alias")
+    named = alias.this if alias is not None else target_node.this
+    target = sql.source(*sql.token_range(named)) if named.meta else named.sql(dialect="postgres")
+    if "RETURNING" in ranges and extra in ranges:
+        raise unsupported(
+            f"{keyword} ... {extra} ... RETURNING with a pgml call is not supported",
+            hint=f"Leave out RETURNING, or the {extra} list.",
+        )
+    exports: list[Export] = []
+    if isinstance(scope, exp.Update):
+        for assignment in scope.expressions:
+            value = assignment.expression if isinstance(assignment, exp.EQ) else assignment
+            _collect(sql, value, calls, exports, whole_aggregates=False)
+    where = scope.args.get("where")
+    conditions = _conditions(sql, ranges.get("WHERE"), where, calls)
+    if where is not None:
+        for conjunct in _conjunct_nodes(where.this):
+            if any(contains(conjunct, c.node) for c in calls):
+                _collect(sql, conjunct, calls, exports, whole_aggregates=False)
+    slots, select_list = _inner_list(sql, exports, calls, [f"{target}.tableoid", f"{target}.ctid"])
+    begin = start
+    if scope.args.get("with_") is not None:
+        begin = sql.keyword_before(start, "WITH")
+    parts = [sql.source(begin, start - 1)] if begin < start else []
+    sources = target_text
+    if extra in ranges:
+        sources += ", " + sql.source(ranges[extra][0] + 1, ranges[extra][1])
+    parts.append("SELECT " + ", ".join(select_list) + " FROM " + sources)
+    kept = [sql.text[slice(*span)] for span, has_call in conditions if not has_call]
+    if kept:
+        parts.append("WHERE " + " AND ".join(f"({c})" for c in kept))
+    parts.append(f"FOR UPDATE OF {target}")
+    pieces = {}
+    if kind == "update":
+        pieces["set"] = sql.chars(ranges["SET"][0] + 1, ranges["SET"][1])
+    if "RETURNING" in ranges:
+        pieces["returning"] = sql.chars(*ranges["RETURNING"])
+    _refuse_correlation(scope)
+    return ScopeStep(
+        kind,
+        scope,
+        sql.chars(begin, end),
+        " ".join(parts),
+        slots,
+        calls,
+        exports,
+        nested=scope.parent is not None,
+        _text=sql,
+        _pieces=pieces,
+        _conditions=conditions,
+        _target=target,
+        _target_text=target_text,
+    )
