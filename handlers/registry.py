@@ -45,8 +45,8 @@ async def _embed_groups(
     out: list[list[list[float]]] = []
     for (name, kwargs), group in zip(keys, texts, strict=True):
         options = embed_options(_kwargs(kwargs))
-        embedder = await services.model("embedding", name, SentenceEmbedder)
-        out.append(await services.run(lambda e=embedder, g=group, o=options: e.embed(g, **o)))
+        async with services.lease("embedding", name, SentenceEmbedder) as embedder:
+            out.append(await services.run(lambda e=embedder, g=group, o=options: e.embed(g, **o)))
     return out
 
 

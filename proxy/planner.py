@@ -24,7 +24,7 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
 
 from handlers.errors import PgmlError, unsupported
-from handlers.functions import TEXT_ARRAY_OIDS, Function, Overload
+from handlers.functions import JSON_ARRAY_OIDS, TEXT_ARRAY_OIDS, Function, Overload
 from handlers.inference import LABEL
 from handlers.registry import FUNCTIONS
 from proxy.sourcetext import CallText, SourceText, call_text, space_parameters
@@ -513,5 +513,5 @@ def _could_be(arg: exp.Expr, sql_type: str, parameter_oids: Sequence[int]) -> bo
     if isinstance(arg, exp.Parameter) and arg.this.name.isdigit():
         number = int(arg.this.name)
         if 0 < number <= len(parameter_oids):
-            is_array = parameter_oids[number - 1] in TEXT_ARRAY_OIDS
+            is_array = parameter_oids[number - 1] in TEXT_ARRAY_OIDS | JSON_ARRAY_OIDS
     return is_array == sql_type.endswith("[]")
