@@ -23,6 +23,8 @@ from handlers.inference import (
     predict_text,
 )
 from handlers.loading import load_dataset
+from handlers.rank import rank
+from handlers.transform import stream_rows, transform_messages, transform_stream, transform_texts
 from handlers.tuning.tune import tune
 
 
@@ -70,6 +72,45 @@ async def embed_array(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     ]
     texts = [[t for t in inputs if t is not None] for _, inputs, _ in batch]
     return await _embed_groups(ctx, keys, texts)
+
+
+def _transform_overloads() -> tuple[Overload, ...]:
+    """PostgresML's four: the task as text or JSONB, the inputs as TEXT[] or JSONB[]."""
+    overloads = []
+    for inputs, handler in (("text[]", transform_texts), ("jsonb[]", transform_messages)):
+        for task in ("text", "jsonb"):
+            params = (
+                Param("task", task),
+                Param("args", "jsonb", "{}", required=False),
+                Param("inputs", inputs, [], required=False),
+                Param("cache", "boolean", False, required=False),
+            )
+            overloads.append(Overload(params, "jsonb", handler))
+    return tuple(overloads)
+
+
+def _transform_stream_overloads() -> tuple[Overload, ...]:
+    """One text input, or one conversation of JSONB messages; rows of generated text."""
+    overloads = []
+    for name, kind, default in (("input", "text", ""), ("inputs", "jsonb[]", [])):
+        for task in ("text", "jsonb"):
+            params = (
+                Param("task", task),
+                Param("args", "jsonb", "{}", required=False),
+                Param(name, kind, default, required=False),
+                Param("cache", "boolean", False, required=False),
+            )
+            overloads.append(
+                Overload(
+                    params,
+                    "text",
+                    transform_stream,
+                    set_returning=True,
+                    row_dependent_ok=False,
+                    stream=stream_rows,
+                )
+            )
+    return tuple(overloads)
 
 
 _PROJECT = Param("project_name", "text")
@@ -194,6 +235,26 @@ FUNCTIONS: dict[str, Function] = {
                 "real[]",
                 embed_array,
                 set_returning=True,
+                row_dependent_ok=False,
+            ),
+        ),
+    ),
+    "transform": Function("transform", _transform_overloads()),
+    "transform_stream": Function("transform_stream", _transform_stream_overloads()),
+    "rank": Function(
+        "rank",
+        (
+            Overload(
+                (
+                    Param("transformer", "text"),
+                    Param("query", "text"),
+                    Param("documents", "text[]"),
+                    Param("kwargs", "jsonb", "{}", required=False),
+                ),
+                "record",
+                rank,
+                set_returning=True,
+                columns=(("corpus_id", "integer"), ("score", "real"), ("text", "text")),
                 row_dependent_ok=False,
             ),
         ),
