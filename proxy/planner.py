@@ -239,7 +239,7 @@ def find_calls(tree: exp.Expr) -> list[CallSite]:
         if isinstance(node, exp.Dot) and _is_pgml(node.this):
             anonymous = node.expression
         elif isinstance(node, exp.Table) and _is_pgml(node.args.get("db")):
-            anonymous = node.this
+            anonymous = _as_anonymous(node.this)
             in_from = True
         if not isinstance(anonymous, exp.Anonymous):
             continue
@@ -254,6 +254,19 @@ def find_calls(tree: exp.Expr) -> list[CallSite]:
             site.alias = alias.name if alias is not None and alias.name else name
         calls.append(site)
     return calls
+
+
+def _as_anonymous(node: exp.Expr) -> exp.Expr:
+    """A pgml function that sqlglot reads as one of its own (``pgml.rank`` in FROM is
+    ``Rank``), as the anonymous call it is."""
+    if isinstance(node, exp.Anonymous) or not isinstance(node, exp.Func):
+        return node
+    name = node.sql_name().lower()
+    if name not in FUNCTIONS or set(node.args) - {"expressions"}:
+        return node
+    anonymous = exp.Anonymous(this=name, expressions=list(node.expressions))
+    node.replace(anonymous)
+    return anonymous
 
 
 def _is_pgml(node: exp.Expr | None) -> bool:
