@@ -271,7 +271,7 @@ class Dashboard:
             request,
             "loaded.html",
             models=[] if cache is None else cache.loaded(),
-            budget=None if cache is None else cache.budget,
+            budget=None if cache is None else cache.known_budget,
             used=0 if cache is None else cache.used,
             counts=None
             if cache is None

@@ -166,11 +166,12 @@ class _Collector:
         yield used
         if cache is None:
             return
-        yield GaugeMetricFamily(
-            "pgml_proxy_model_memory_budget_bytes",
-            "The model memory budget (--model-memory).",
-            value=cache.budget,
-        )
+        if cache.known_budget is not None:
+            yield GaugeMetricFamily(
+                "pgml_proxy_model_memory_budget_bytes",
+                "The model memory budget (--model-memory).",
+                value=cache.known_budget,
+            )
         yield GaugeMetricFamily(
             "pgml_proxy_model_memory_used_bytes",
             "Bytes held by loaded models, loads in progress and evicted models not yet freed.",

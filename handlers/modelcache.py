@@ -257,6 +257,11 @@ class ModelCache:
         return self._budget
 
     @property
+    def known_budget(self) -> int | None:
+        """The budget once a model has been loaded (reading it earlier picks the device)."""
+        return self._budget
+
+    @property
     def used(self) -> int:
         """Bytes held by loaded models, loads in progress and evicted models not yet freed."""
         return (

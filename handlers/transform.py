@@ -91,12 +91,16 @@ async def _transform(ctx: CallContext, batch: Sequence[Args], messages: bool) ->
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     specs: dict[str, TaskSpec] = {}
     calls: list[list[Any]] = []
+    parsed: dict[tuple[str, str], tuple[TaskSpec, str]] = {}
     for index, (task, args, inputs, _cache) in enumerate(batch):
-        spec = task_spec(task)
-        options = transform_args(args)
+        raw = (json.dumps(task, sort_keys=True), json.dumps(args, sort_keys=True))
+        if raw not in parsed:  # the rows of a per-row call share their task and args
+            spec = task_spec(task)
+            parsed[raw] = (spec, json.dumps(transform_args(args), sort_keys=True))
+        spec, options_key = parsed[raw]
         specs[spec.key] = spec
         calls.append(_inputs(spec, list(inputs), messages))
-        groups[(spec.key, json.dumps(options, sort_keys=True))].append(index)
+        groups[(spec.key, options_key)].append(index)
     results: list[Any] = [None] * len(batch)
     for (spec_key, options_key), indexes in groups.items():
         spec = specs[spec_key]
