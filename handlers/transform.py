@@ -13,7 +13,7 @@ import contextlib
 import json
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from handlers.errors import PgmlError, invalid_argument
@@ -141,7 +141,7 @@ async def transform_messages(ctx: CallContext, batch: Sequence[Args]) -> list[An
     return await _transform(ctx, batch, messages=True)
 
 
-async def stream_rows(ctx: CallContext, args: Args) -> AsyncIterator[str]:
+async def stream_rows(ctx: CallContext, args: Args) -> AsyncGenerator[str, None]:
     """One ``transform_stream`` call's text, a row per piece as it is generated.
 
     Generation runs on a worker thread and stops at the next token once the iterator is
@@ -199,5 +199,6 @@ async def transform_stream(ctx: CallContext, batch: Sequence[Args]) -> list[Any]
     """Each call's rows collected (for an engine that sends rows when the call ends)."""
     results: list[Any] = []
     for args in batch:
-        results.append([piece async for piece in stream_rows(ctx, args)])
+        async with contextlib.aclosing(stream_rows(ctx, args)) as rows:
+            results.append([piece async for piece in rows])
     return results

@@ -235,11 +235,18 @@ def bodies(cluster: PostgresCluster, scratch: Callable[[str], str]) -> tuple[str
     return table, texts
 
 
-@pytest.mark.parametrize(
-    "case",
-    [("text-classification", SENTIMENT, {}), ("text-generation", GENERATION, GREEDY)],
-    ids=_id,
-)
+PER_ROW: list[tuple[str, str, dict[str, Any]]] = [
+    ("text-classification", SENTIMENT, {}),
+    ("token-classification", NER, {}),
+    ("zero-shot-classification", NLI, {"candidate_labels": ["databases", "weather"]}),
+    ("text-generation", GENERATION, GREEDY),
+    ("translation_en_to_es", TRANSLATION, GREEDY),
+    ("summarization", SUMMARIZATION, GREEDY),
+]
+SEQ2SEQ_KEYS = {"translation_en_to_es": "translation_text", "summarization": "summary_text"}
+
+
+@pytest.mark.parametrize("case", PER_ROW, ids=_id)
 def test_per_row_calls_in_batches(
     tproxy: ProxyProcess,
     conn: psycopg.Connection[Any],
@@ -249,7 +256,11 @@ def test_per_row_calls_in_batches(
 ) -> None:
     name, model, args = case
     table, texts = bodies
-    expected = {i: bare.run(name, model, [t], **args) for i, t in enumerate(texts)}
+    if name in SEQ2SEQ_KEYS:
+        outputs = bare.seq2seq(model, texts, SEQ2SEQ_KEYS[name], **args)
+        expected = {i: [out] for i, out in enumerate(outputs)}
+    else:
+        expected = {i: bare.run(name, model, [t], **args) for i, t in enumerate(texts)}
     sql = (
         f"SELECT id, pgml.transform({literal({'task': name, 'model': model})}::jsonb, "
         f"{literal(args)}, inputs => ARRAY[body]) AS r FROM {table} ORDER BY id"
@@ -267,6 +278,34 @@ def test_per_row_calls_in_batches(
     assert [r[0] for r in got] == list(range(3, len(texts)))
     for row_id, value in got:
         same(value, expected[row_id], f"row {row_id}")
+
+
+def test_per_row_jsonb_inputs(
+    tproxy: ProxyProcess, bare: Bare, bodies: tuple[str, list[str]]
+) -> None:
+    """Question answering and chat with JSONB inputs built from each row's columns."""
+    table, texts = bodies
+    question = "What is it about?"
+    qa = literal({"task": "question-answering", "model": SQUAD})
+    rows = psql_rows(
+        tproxy.dsn(),
+        f"SELECT id, pgml.transform({qa}::jsonb, inputs => ARRAY[jsonb_build_object("
+        f"'question', '{question}', 'context', body)]) FROM {table} ORDER BY id",
+    )
+    for row_id, cell in rows:
+        expected = bare.answer(SQUAD, question, texts[int(row_id or -1)])
+        same(json.loads(cell or "null"), expected, f"row {row_id}")
+    chat = literal({"task": "conversational", "model": CHAT})
+    rows = psql_rows(
+        tproxy.dsn(),
+        f"SELECT id, pgml.transform({chat}::jsonb, {literal(GREEDY)}, ARRAY[jsonb_build_object("
+        f"'role', 'user', 'content', body)]) FROM {table} WHERE id < 5 ORDER BY id",
+    )
+    assert len(rows) == 5
+    for row_id, cell in rows:
+        messages = [{"role": "user", "content": texts[int(row_id or -1)]}]
+        replies = bare.run("text-generation", CHAT, messages, return_full_text=False, **GREEDY)
+        same(json.loads(cell or "null"), [r["generated_text"] for r in replies], f"row {row_id}")
 
 
 def test_concurrent_sessions_share_the_pipeline(tproxy: ProxyProcess, bare: Bare) -> None:
