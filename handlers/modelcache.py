@@ -386,6 +386,10 @@ class ModelCache:
         try:
             if self.used > budget:
                 await self._make_room(0, name)
+        except BaseException:
+            del self._entries[key]
+            self._release(entry)
+            raise
         finally:
             entry.users -= 1
         log.info("loaded %s %s: %d bytes (%d of %d in use)", kind, name, size, self.used, budget)

@@ -173,3 +173,25 @@ def test_cuda_out_of_memory_fails_the_call_only() -> None:
         await services.close()
 
     asyncio.run(scenario())
+
+
+def test_a_load_larger_than_its_estimate_is_dropped_when_no_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("handlers.modelcache.ROOM_WAIT", 0.2)
+
+    async def scenario() -> None:
+        cache = ModelCache(MemorySetting(bytes=bytes_of(250)))
+
+        async def small() -> int:
+            return bytes_of(10)
+
+        async with cache.lease("a", load(100)):
+            with pytest.raises(PgmlError) as caught:
+                await cache.get("b", load(200), estimate=small)
+            assert caught.value.sqlstate == "53200"
+            assert [m.name for m in cache.loaded()] == ["a"]
+            cache.collect()
+            assert cache.used == bytes_of(100)
+
+    asyncio.run(scenario())
