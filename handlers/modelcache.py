@@ -388,6 +388,7 @@ class ModelCache:
                 await self._make_room(0, name)
         except BaseException:
             del self._entries[key]
+            value = None  # the traceback keeps this frame: it must not keep the model
             self._release(entry)
             raise
         finally:
