@@ -9,7 +9,8 @@
    client doing the same: calls per second.
 
 Models are the tiny random ones of the tests unless ``--models-dir`` and ``--classifier`` /
-``--generator`` name real ones (``--device`` as the proxy's).
+``--generator`` name real ones (``--device`` as the proxy's); ``--medium`` classifies with a
+random DistilBERT of 11 M parameters instead, so that the model's work is not negligible.
 
     .venv/bin/python benchmarks/transform.py --rows 10000 --batch-size 256
 """
@@ -168,6 +169,20 @@ def concurrency_benchmark(proxy: ProxyProcess, classifier: str, args: Any) -> No
     print(f"  ratio {args.clients} clients / 1 client: {many / one:.2f}")
 
 
+def build_medium_classifier(models: Path) -> str:
+    """A random DistilBERT classifier (dim 384, 6 layers) with the tiny model's tokenizer."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    base = models / "distilbert-base-uncased"
+    config = DistilBertConfig.from_pretrained(
+        base, dim=384, hidden_dim=1536, n_layers=6, n_heads=6, num_labels=2
+    )
+    folder = models / "medium" / "sentiment"
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    return "medium/sentiment"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=10_000)
@@ -180,12 +195,15 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--classifier", default="tiny/sentiment")
     parser.add_argument("--generator", default="gpt2")
+    parser.add_argument("--medium", action="store_true")
     args = parser.parse_args()
     models = args.models_dir
     if models is None:
         from tests.support.tiny_pipelines import build_pipeline_models
 
         models = build_pipeline_models(Path(tempfile.mkdtemp(prefix="pgml-bench-models-")))
+    if args.medium:
+        args.classifier = build_medium_classifier(models)
     cluster = PostgresCluster().start()
     proxy = ProxyProcess(
         "--upstream", cluster.dsn(), "--models-dir", str(models), "--device", args.device,
