@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from dashboard.metrics import Exporter
 from handlers.errors import PgmlError
 
 if TYPE_CHECKING:
+    from handlers.modelcache import ModelCache
     from handlers.projects import Catalog
     from proxy.relay.server import Proxy
 
@@ -59,6 +61,18 @@ def _fmt(value: Any) -> str:
     return json.dumps(value)
 
 
+def _bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -82,6 +96,8 @@ class Dashboard:
         )
         self.templates.filters["fmt"] = _fmt
         self.templates.filters["duration"] = _duration
+        self.templates.filters["bytes"] = _bytes
+        self.templates.filters["when"] = _when
         self.exporter = Exporter(self._open_connections, self._models)
         self.app = self.build()
 
@@ -94,6 +110,7 @@ class Dashboard:
                 web.post("/projects/{id}/deploy", self.deploy),
                 web.get("/models/{id}", self.model),
                 web.get("/jobs", self.jobs),
+                web.get("/loaded", self.loaded),
                 web.post("/jobs/{id}/cancel", self.cancel),
                 web.get("/metrics", self.metrics),
                 web.static("/static", HERE / "static"),
@@ -121,8 +138,9 @@ class Dashboard:
     def _open_connections(self) -> int:
         return int(self.proxy.status()["connections_open"])
 
-    def _models(self) -> dict[Any, Any]:
-        return dict(self.proxy.status()["models"])
+    def _models(self) -> ModelCache | None:
+        models: ModelCache | None = self.proxy.status()["models"]
+        return models
 
     def _database(self, request: web.Request) -> str:
         return request.query.get("database") or self.database
@@ -245,6 +263,24 @@ class Dashboard:
             if database == self._database(request)
         }
         return self._page(request, "jobs.html", jobs=running, here=here)
+
+    async def loaded(self, request: web.Request) -> web.StreamResponse:
+        """The models this proxy holds in memory, their sizes and last use, and the budget."""
+        cache = self._models()
+        return self._page(
+            request,
+            "loaded.html",
+            models=[] if cache is None else cache.loaded(),
+            budget=None if cache is None else cache.known_budget,
+            used=0 if cache is None else cache.used,
+            counts=None
+            if cache is None
+            else {
+                "evictions": cache.evictions,
+                "refusals": cache.refusals,
+                "out of memory": cache.out_of_memory,
+            },
+        )
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         model_id = self._id(request)

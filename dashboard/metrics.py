@@ -11,25 +11,6 @@ from typing import Any
 from proxy import metrics as counters
 
 
-def _model_memory(models: dict[Any, Any]) -> int:
-    """Bytes of parameters of the cached torch models (0 unless torch is imported)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return 0
-    seen: set[int] = set()
-    total = 0
-    for loaded in models.values():
-        for candidate in (loaded, getattr(loaded, "model", None)):
-            parameters = getattr(candidate, "parameters", None)
-            if not callable(parameters) or not isinstance(candidate, torch.nn.Module):
-                continue
-            for p in parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    total += p.numel() * p.element_size()
-    return total
-
-
 def _gpu_memory() -> dict[str, int]:
     """Allocated and reserved CUDA memory, only when torch is already imported."""
     torch = sys.modules.get("torch")
@@ -47,6 +28,7 @@ class _Collector:
     def __init__(self, open_connections: Any, models: Any) -> None:
         self._open = open_connections
         self._models = models
+        """Returns the proxy's ModelCache, or None before the first pgml call."""
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -90,15 +72,7 @@ class _Collector:
             for function, n in sorted(values.items()):
                 rows.add_metric([function], n)
             yield rows
-        models = self._models()
-        yield GaugeMetricFamily(
-            "pgml_proxy_models_loaded", "Models loaded in this proxy.", value=len(models)
-        )
-        yield GaugeMetricFamily(
-            "pgml_proxy_model_parameter_bytes",
-            "Bytes of parameters of the loaded models.",
-            value=_model_memory(models),
-        )
+        yield from self._model_families()
         gpu = _gpu_memory()
         if gpu:
             memory = GaugeMetricFamily(
@@ -107,6 +81,56 @@ class _Collector:
             for kind, n in gpu.items():
                 memory.add_metric([kind], n)
             yield memory
+
+    def _model_families(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        cache = self._models()
+        loaded = [] if cache is None else cache.loaded()
+        yield GaugeMetricFamily(
+            "pgml_proxy_models_loaded", "Models loaded in this proxy.", value=len(loaded)
+        )
+        yield GaugeMetricFamily(
+            "pgml_proxy_model_parameter_bytes",
+            "Bytes of parameters and buffers of the loaded models.",
+            value=sum(m.bytes for m in loaded),
+        )
+        sizes = GaugeMetricFamily(
+            "pgml_proxy_model_bytes", "Bytes of each loaded model.", labels=["model", "kind"]
+        )
+        used = GaugeMetricFamily(
+            "pgml_proxy_model_last_used_seconds",
+            "When each loaded model was last used (Unix time).",
+            labels=["model", "kind"],
+        )
+        for model in loaded:
+            sizes.add_metric([model.name, model.kind], model.bytes)
+            used.add_metric([model.name, model.kind], model.last_used)
+        yield sizes
+        yield used
+        if cache is None:
+            return
+        if cache.known_budget is not None:
+            yield GaugeMetricFamily(
+                "pgml_proxy_model_memory_budget_bytes",
+                "The model memory budget (--model-memory).",
+                value=cache.known_budget,
+            )
+        yield GaugeMetricFamily(
+            "pgml_proxy_model_memory_used_bytes",
+            "Bytes held by loaded models, loads in progress and evicted models not yet freed.",
+            value=cache.used,
+        )
+        for name, value, text in (
+            ("pgml_proxy_model_evictions", cache.evictions, "Idle models evicted for room."),
+            ("pgml_proxy_model_refusals", cache.refusals, "Loads refused for lack of room."),
+            (
+                "pgml_proxy_out_of_memory",
+                cache.out_of_memory,
+                "Calls failed by a device out-of-memory.",
+            ),
+        ):
+            yield CounterMetricFamily(name, text, value=value)
 
 
 class Exporter:

@@ -16,6 +16,8 @@ from handlers.errors import PgmlError
 TEXT_OIDS = frozenset({25, 1043, 1042, 19, 705})
 """text, varchar, bpchar, name, unknown."""
 TEXT_ARRAY_OIDS = frozenset({1009, 1015, 1014})
+JSON_ARRAY_OIDS = frozenset({3807, 199})
+"""jsonb[], json[]."""
 INTEGER_OIDS = frozenset({20, 21, 23})
 NUMBER_OIDS = INTEGER_OIDS | {700, 701, 1700}
 JSON_OIDS = frozenset({114, 3802}) | TEXT_OIDS
@@ -24,6 +26,7 @@ BOOLEAN_OIDS = frozenset({16}) | TEXT_OIDS
 ACCEPTED_OIDS: dict[str, frozenset[int]] = {
     "text": TEXT_OIDS,
     "text[]": TEXT_ARRAY_OIDS,
+    "jsonb[]": JSON_ARRAY_OIDS,
     "bigint": INTEGER_OIDS,
     "real": NUMBER_OIDS,
     "jsonb": JSON_OIDS,
@@ -44,6 +47,8 @@ Args = tuple[Any, ...]
 Handler = Callable[["CallContext", Sequence[Args]], Awaitable[list[Any]]]
 """Gets a batch of argument tuples (no NULLs), returns one result per tuple: a value,
 or for set-returning functions a list of rows."""
+Stream = Callable[["CallContext", Args], AsyncIterator[Any]]
+"""One call's rows as they are produced (a set-returning function that streams)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,10 @@ class Overload:
     """Whether results may differ between calls with the same arguments (sampling), given
     the call's arguments (None for those read per row).  Per-row calls that vary are
     evaluated for every row; the others once per distinct argument tuple."""
+    stream: Stream | None = None
+    """For a set-returning overload: its rows while they are produced, for an engine that
+    sends rows before the call ends.  Closing the iterator early stops the work; its
+    ``handler`` gives the same rows collected."""
 
     def accepts(self, type_oids: Sequence[int | None]) -> bool:
         return all(

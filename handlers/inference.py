@@ -42,9 +42,10 @@ async def _serve(
         _check_operation(project, predictor, operation)
         texts = _texts([batch[i][1] for i in indexes], arrays)
         work = _work(predictor, operation, json.loads(options) if options else {})
-        outputs = iter(
-            await ctx.services.batcher.submit((id(predictor), operation, options), work, texts)
-        )
+        with ctx.services.using(predictor):
+            outputs = iter(
+                await ctx.services.batcher.submit((id(predictor), operation, options), work, texts)
+            )
         for index in indexes:
             if arrays:
                 results[index] = [None if t is None else next(outputs) for t in batch[index][1]]

@@ -23,6 +23,8 @@ from handlers.inference import (
     predict_text,
 )
 from handlers.loading import load_dataset
+from handlers.rank import rank
+from handlers.transform import stream_rows, transform_messages, transform_stream, transform_texts
 from handlers.tuning.tune import tune
 
 
@@ -45,8 +47,8 @@ async def _embed_groups(
     out: list[list[list[float]]] = []
     for (name, kwargs), group in zip(keys, texts, strict=True):
         options = embed_options(_kwargs(kwargs))
-        embedder = await services.model("embedding", name, SentenceEmbedder)
-        out.append(await services.run(lambda e=embedder, g=group, o=options: e.embed(g, **o)))
+        async with services.lease("embedding", name, SentenceEmbedder) as embedder:
+            out.append(await services.run(lambda e=embedder, g=group, o=options: e.embed(g, **o)))
     return out
 
 
@@ -78,6 +80,66 @@ def _samples(args: Sequence[Any]) -> bool:
     if isinstance(config, str):
         config = json.loads(config)
     return not isinstance(config, dict) or bool(config.get("do_sample"))
+
+
+_SAMPLING_TASKS = frozenset({"text-generation", "conversational"})
+"""Pipelines that sample unless ``do_sample`` is false (transformers' defaults)."""
+
+
+def _transform_samples(args: Sequence[Any]) -> bool:
+    """Whether ``pgml.transform`` samples: its args ask so, or a generation task does by
+    default; unknown (read per row) counts as sampling."""
+    task, options = args[0], args[1]
+    if isinstance(task, str) and task.lstrip().startswith("{"):
+        task = json.loads(task)
+    if isinstance(options, str):
+        options = json.loads(options)
+    if task is None or not isinstance(options, dict):
+        return True
+    name = task.get("task") if isinstance(task, dict) else task
+    sample = options.get("do_sample")
+    if sample is not None:
+        return bool(sample)
+    return str(name).replace("_", "-") in _SAMPLING_TASKS
+
+
+def _transform_overloads() -> tuple[Overload, ...]:
+    """PostgresML's four: the task as text or JSONB, the inputs as TEXT[] or JSONB[]."""
+    overloads = []
+    for inputs, handler in (("text[]", transform_texts), ("jsonb[]", transform_messages)):
+        for task in ("text", "jsonb"):
+            params = (
+                Param("task", task),
+                Param("args", "jsonb", "{}", required=False),
+                Param("inputs", inputs, [], required=False),
+                Param("cache", "boolean", False, required=False),
+            )
+            overloads.append(Overload(params, "jsonb", handler, varies=_transform_samples))
+    return tuple(overloads)
+
+
+def _transform_stream_overloads() -> tuple[Overload, ...]:
+    """One text input, or one conversation of JSONB messages; rows of generated text."""
+    overloads = []
+    for name, kind, default in (("input", "text", ""), ("inputs", "jsonb[]", [])):
+        for task in ("text", "jsonb"):
+            params = (
+                Param("task", task),
+                Param("args", "jsonb", "{}", required=False),
+                Param(name, kind, default, required=False),
+                Param("cache", "boolean", False, required=False),
+            )
+            overloads.append(
+                Overload(
+                    params,
+                    "text",
+                    transform_stream,
+                    set_returning=True,
+                    row_dependent_ok=False,
+                    stream=stream_rows,
+                )
+            )
+    return tuple(overloads)
 
 
 _PROJECT = Param("project_name", "text")
@@ -209,6 +271,26 @@ FUNCTIONS: dict[str, Function] = {
                 "real[]",
                 embed_array,
                 set_returning=True,
+                row_dependent_ok=False,
+            ),
+        ),
+    ),
+    "transform": Function("transform", _transform_overloads()),
+    "transform_stream": Function("transform_stream", _transform_stream_overloads()),
+    "rank": Function(
+        "rank",
+        (
+            Overload(
+                (
+                    Param("transformer", "text"),
+                    Param("query", "text"),
+                    Param("documents", "text[]"),
+                    Param("kwargs", "jsonb", "{}", required=False),
+                ),
+                "record",
+                rank,
+                set_returning=True,
+                columns=(("corpus_id", "integer"), ("score", "real"), ("text", "text")),
                 row_dependent_ok=False,
             ),
         ),

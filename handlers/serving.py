@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from handlers.allowlist import ModelPolicy
 from handlers.batching import Batcher
 from handlers.deployments import DeploymentCache
 from handlers.device import pick_device
 from handlers.errors import PgmlError
+from handlers.modelcache import MemorySetting, ModelCache, weights_bytes
 from handlers.models import ModelNotFound, ModelResolver
 from handlers.projects import Catalog, Deployed
 from handlers.service import ServiceConnections
@@ -39,8 +43,12 @@ class Services:
         datasets_dir: Path | None = None,
         service: ServiceConnections | None = None,
         cache_dir: Path | None = None,
+        *,
+        model_memory: MemorySetting | None = None,
+        policy: ModelPolicy | None = None,
     ) -> None:
         self.resolver = ModelResolver(models_dir=models_dir)
+        self.policy = policy or ModelPolicy()
         self.batch_size = batch_size
         self.datasets_dir = datasets_dir
         self.service = service
@@ -48,8 +56,7 @@ class Services:
         self.device_setting = device
         self._device: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgml-infer")
-        self._models: dict[Hashable, Any] = {}
-        self._loading: dict[Hashable, asyncio.Future[Any]] = {}
+        self.models = ModelCache(model_memory or MemorySetting(), lambda: self.device)
         self._deployed: dict[tuple[str, int], int] = {}
         self.deployments = None if service is None else DeploymentCache(service)
         self.batcher = Batcher(self.run, batch_size)
@@ -71,45 +78,67 @@ class Services:
         return self._device
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking work (tokenising, inference) off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """Run blocking work (tokenising, inference) off the event loop.  A CUDA
+        out-of-memory fails this work only (SQLSTATE 53200), after freeing what it held."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            message = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+        self.models.out_of_memory += 1
+        self.models.collect()
+        log.warning("out of device memory in a call: %s", message)
+        raise PgmlError(
+            "53200",
+            "out of GPU memory while running the model",
+            detail=message,
+            hint="Use smaller batches (--batch-size), fewer tokens, or lower --model-memory "
+            "to leave more room for activations.",
+        )
 
     async def cached(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
-        """The object cached under ``key``; concurrent first callers share one load."""
-        if key in self._models:
-            return self._models[key]
-        pending = self._loading.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        pending = asyncio.get_running_loop().create_future()
-        self._loading[key] = pending
-        try:
-            loaded = await load()
-        except BaseException as exc:
-            del self._loading[key]
-            pending.set_exception(exc)
-            pending.exception()  # retrieved here: each waiter re-raises its own copy
-            raise
-        self._models[key] = loaded
-        del self._loading[key]
-        pending.set_result(loaded)
-        return loaded
+        """The object cached under ``key``, within the model memory budget; concurrent first
+        callers share one load.  Hold it with :meth:`using` while a call runs on it."""
+        return await self.models.get(key, load)
 
-    def loaded_models(self) -> dict[Hashable, Any]:
-        """The models loaded now, by cache key."""
-        return dict(self._models)
+    def using(self, value: Any) -> contextlib.AbstractContextManager[None]:
+        """Keep the loaded model ``value`` from being evicted while the block runs."""
+        return self.models.using(value)
 
-    async def model(self, kind: str, name: str, load: Callable[[Path, str], Any]) -> Any:
-        """The model ``name`` found by the resolver, loaded once."""
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, kind: str, name: str, load: Callable[[Path, str], Any], *, remote_code: bool = False
+    ) -> AsyncIterator[Any]:
+        """:meth:`model`, held until the block ends."""
+        value = await self.model(kind, name, load, remote_code=remote_code)
+        with self.using(value):
+            yield value
 
-        async def resolve_and_load() -> Any:
-            loaded = await self.run(load, await self.resolve_model(name), self.device)
+    async def model(
+        self, kind: str, name: str, load: Callable[[Path, str], Any], *, remote_code: bool = False
+    ) -> Any:
+        """The model ``name`` found by the resolver, loaded once within the budget."""
+        self.policy.check(name, remote_code=remote_code)
+        key = (kind, name)
+        found = self.models.touch(key)
+        if found is not None:
+            return found
+        folder = await self.resolve_model(name, remote_code=remote_code)
+
+        async def estimate() -> int:
+            return await self.run(weights_bytes, folder)
+
+        async def load_it() -> Any:
+            loaded = await self.run(load, folder, self.device)
             log.info("loaded %s model %s on %s", kind, name, self.device)
             return loaded
 
-        return await self.cached((kind, name), resolve_and_load)
+        return await self.models.get(key, load_it, name=name, kind=kind, estimate=estimate)
 
-    async def resolve_model(self, name: str) -> Path:
+    async def resolve_model(self, name: str, *, remote_code: bool = False) -> Path:
+        """The folder of model ``name``, if ``--allow-models`` allows it."""
+        self.policy.check(name, remote_code=remote_code)
         return await self.run(self._resolve, name)
 
     # --- the catalog and deployed models -----------------------------------------------
@@ -149,19 +178,26 @@ class Services:
         slot = (database, deployed.project.id)
         previous = self._deployed.get(slot)
         if previous is not None and previous != deployed.model_id:
-            self._models.pop(("deployed", database, previous), None)  # callers keep their ref
+            self.models.discard(("deployed", database, previous))  # callers keep their ref
             log.info("project %s switched to model %d", project, deployed.model_id)
         self._deployed[slot] = deployed.model_id
+        folder: list[Path] = []
+
+        async def estimate() -> int:
+            folder.append(await self._local_copy(catalog, database, deployed))
+            return await self.run(weights_bytes, folder[0])
 
         async def load() -> Any:
             from handlers.predictor import Predictor
 
-            folder = await self._local_copy(catalog, database, deployed)
-            predictor = await self.run(Predictor, folder, self.device)
+            predictor = await self.run(Predictor, folder[0], self.device)
             log.info("loaded model %d of project %s on %s", deployed.model_id, project, self.device)
             return predictor
 
-        return deployed, await self.cached(("deployed", database, deployed.model_id), load)
+        key = ("deployed", database, deployed.model_id)
+        name = f"{project} (model {deployed.model_id})"
+        loaded = await self.models.get(key, load, name=name, kind="project", estimate=estimate)
+        return deployed, loaded
 
     async def _local_copy(self, catalog: Catalog, database: str, deployed: Deployed) -> Path:
         """The model's folder on local disk, restored from ``pgml.files`` when missing."""
@@ -220,6 +256,10 @@ class Services:
                 hint="Put the model in --models-dir as <org>/<name>/.",
             ) from exc
 
+    def loaded_models(self) -> list[Any]:
+        """The models loaded now, most recently used first (for the dashboard)."""
+        return self.models.loaded()
+
     async def close(self) -> None:
         """Close the service connections and stop the worker threads."""
         if self.deployments is not None:
@@ -227,3 +267,8 @@ class Services:
         if self.service is not None:
             await self.service.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)

@@ -67,6 +67,8 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
 
 
 def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
+    from handlers.allowlist import ModelPolicy
+    from handlers.modelcache import parse_memory
     from handlers.service import ServiceConnections, ServiceLogin
     from handlers.serving import Services
 
@@ -84,6 +86,8 @@ def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
         settings.datasets_dir,
         ServiceConnections(login),
         settings.cache_dir,
+        model_memory=parse_memory(settings.model_memory),
+        policy=ModelPolicy.from_patterns(settings.allow_models, settings.trust_remote_code),
     )
 
 

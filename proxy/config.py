@@ -36,6 +36,9 @@ class Settings:
     batch_size: int
     dashboard_port: int = 0
     dashboard_database: str | None = None
+    model_memory: str | None = None
+    allow_models: tuple[str, ...] = ()
+    trust_remote_code: tuple[str, ...] = ()
 
 
 def _env(flag: str) -> str | None:
@@ -132,7 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
         "else postgres)",
         None,
     )
+    add(
+        "model-memory",
+        "memory all loaded models share: bytes (8GiB, 500MB) or a share of the GPU's memory "
+        "(0.5, 50%%); idle models are evicted least recently used (default 0.8 of the GPU, "
+        "0.5 of RAM on the CPU)",
+        None,
+    )
+    add(
+        "allow-models",
+        "comma-separated glob patterns of the model names that may be loaded (default: any)",
+        None,
+    )
+    add(
+        "trust-remote-code",
+        "comma-separated glob patterns of the models that may use trust_remote_code "
+        "(default: none)",
+        None,
+    )
     return parser
+
+
+def _patterns(value: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
@@ -144,6 +169,12 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         parser.error("--batch-size must be at least 1")
     if not 0 <= int(args.dashboard_port) <= 65535:
         parser.error("--dashboard-port must be between 0 and 65535")
+    from handlers.modelcache import parse_memory
+
+    try:
+        parse_memory(args.model_memory)
+    except ValueError as exc:
+        parser.error(str(exc))
     return Settings(
         host=args.host,
         port=int(args.port),
@@ -162,4 +193,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         batch_size=int(args.batch_size),
         dashboard_port=int(args.dashboard_port),
         dashboard_database=args.dashboard_database,
+        model_memory=args.model_memory,
+        allow_models=_patterns(args.allow_models),
+        trust_remote_code=_patterns(args.trust_remote_code),
     )

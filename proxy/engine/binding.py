@@ -2,7 +2,8 @@
 
 Overloads are chosen as PostgreSQL chooses among functions: by the number and names of
 the arguments, then by their types.  A type OID of 0 is not known yet and matches any
-parameter; ``unknown`` (705, an untyped literal) matches any parameter but an array.
+parameter; ``unknown`` (705, an untyped literal) matches any parameter, a string one
+first.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import Any
 from sqlglot import exp
 
 from handlers.errors import PgmlError
-from handlers.functions import ACCEPTED_OIDS, TEXT_ARRAY_OIDS, Args, Overload, no_such_function
+from handlers.functions import (
+    ACCEPTED_OIDS,
+    JSON_ARRAY_OIDS,
+    TEXT_ARRAY_OIDS,
+    Args,
+    Overload,
+    no_such_function,
+)
 from handlers.inference import LABEL
 from proxy.engine.calls import CallSite
 from proxy.engine.values import TEXT_ARRAY_OID, UNKNOWN_OID, json_value, type_name
@@ -41,22 +49,25 @@ def positions(call: CallSite, overload: Overload) -> list[int] | None:
     return found
 
 
-def _accepts(kind: str, oid: int) -> bool:
+def _accepts(kind: str, oid: int, strings_only: bool) -> bool:
     if oid == 0:
         return True
     if oid == UNKNOWN_OID:
-        return not kind.endswith("[]")
+        return not (strings_only and kind.endswith("[]"))
     return oid in ACCEPTED_OIDS[kind]
 
 
 def pick_overload(call: CallSite, oids: Sequence[int]) -> Overload:
-    """The overload whose parameters take arguments of these types."""
-    for overload in call.function.overloads:
-        found = positions(call, overload)
-        if found is not None and all(
-            _accepts(overload.params[p].type, oid) for p, oid in zip(found, oids, strict=True)
-        ):
-            return overload
+    """The overload whose parameters take arguments of these types.  Untyped literals go
+    to a string parameter where some overload has one there, as PostgreSQL prefers."""
+    for strings_only in (True, False):
+        for overload in call.function.overloads:
+            found = positions(call, overload)
+            if found is not None and all(
+                _accepts(overload.params[p].type, oid, strings_only)
+                for p, oid in zip(found, oids, strict=True)
+            ):
+                return overload
     _explain_mismatch(call)
     names = [
         (f"{name} => " if name else "") + type_name(oid)
@@ -132,7 +143,9 @@ def syntax_oids(call: CallSite, parameter_oids: Sequence[int]) -> list[int]:
         elif isinstance(arg, exp.Parameter) and arg.this.name.isdigit():
             number = int(arg.this.name)
             oid = parameter_oids[number - 1] if 0 < number <= len(parameter_oids) else 0
-            found.append(TEXT_ARRAY_OID if oid in TEXT_ARRAY_OIDS else oid or UNKNOWN_OID)
+            if oid in TEXT_ARRAY_OIDS:
+                oid = TEXT_ARRAY_OID
+            found.append(oid if oid in JSON_ARRAY_OIDS else oid or UNKNOWN_OID)
         else:
             found.append(UNKNOWN_OID)
     return found

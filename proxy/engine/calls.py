@@ -61,10 +61,10 @@ def find_calls(tree: exp.Expr, tokens: list[Token]) -> list[CallSite]:
         anonymous: exp.Expr | None = None
         in_from = False
         if isinstance(node, exp.Dot) and _is_pgml(node.this):
-            anonymous = node.expression
+            anonymous = _as_anonymous(node.expression)
             start = node.this.meta["start"]
         elif isinstance(node, exp.Table) and _is_pgml(node.args.get("db")):
-            anonymous = node.this
+            anonymous = _as_anonymous(node.this)
             in_from = True
             start = node.args["db"].meta["start"]
         if not isinstance(anonymous, exp.Anonymous):
@@ -87,6 +87,19 @@ def find_calls(tree: exp.Expr, tokens: list[Token]) -> list[CallSite]:
 
 def mentions_call(text: str) -> bool:
     return CALL_PATTERN.search(text) is not None
+
+
+def _as_anonymous(node: exp.Expr) -> exp.Expr:
+    """A pgml function that sqlglot reads as one of its own (``pgml.rank`` is its
+    ``Rank``), as the anonymous call it is."""
+    if isinstance(node, exp.Anonymous) or not isinstance(node, exp.Func):
+        return node
+    name = node.sql_name().lower()
+    if name not in FUNCTIONS or set(k for k, v in node.args.items() if v) - {"expressions"}:
+        return node
+    anonymous = exp.Anonymous(this=name, expressions=list(node.expressions))
+    node.replace(anonymous)
+    return anonymous
 
 
 def _is_pgml(node: exp.Expr | None) -> bool:

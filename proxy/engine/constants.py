@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from proxy.engine.executor import Execution
 
 _TYPED_LITERALS = {"jsonb": 3802, "json": 114, "text": 25}
+_READ_HERE = frozenset({"text", "jsonb", "boolean"})
+"""Parameter types an untyped literal's text is read as by the proxy itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,22 @@ async def evaluate_constant(execution: Execution, text: SourceText, call: CallSi
             known[i] = k
     given = [k for k in known if k is not None]
     overload = binding.pick_overload(call, [k.oid for k in given])
+    # An untyped literal that an overload takes as another type: PostgreSQL reads it.
+    retyped = [
+        i
+        for i, k in enumerate(given)
+        if k.oid == values.UNKNOWN_OID
+        and k.value is not None
+        and binding.parameter_type(call, overload, i) not in _READ_HERE
+    ]
+    if retyped:
+        casts = [
+            f"CAST(({text.render(call.text.arguments[i])}) AS "
+            f"{binding.parameter_type(call, overload, i)})"
+            for i in retyped
+        ]
+        for i, k in zip(retyped, await _typed_values(execution, casts), strict=True):
+            given[i] = k
     args = binding.bind(call, overload, [k.value for k in given])
     returns = await execution.result_type(call, overload, args)
     result = None

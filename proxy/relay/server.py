@@ -81,7 +81,7 @@ class Proxy:
         services = self._services
         return {
             "connections_open": len(self.hub.sessions),
-            "models": {} if services is None else services.loaded_models(),
+            "models": None if services is None else services.models,
             "services": services,
         }
 

@@ -1,0 +1,204 @@
+"""``pgml.transform`` and ``pgml.transform_stream``.
+
+Calls are grouped by (task, args); each group's inputs go to its pipeline through the
+shared batcher, so the rows of one statement and the calls of many sessions share
+pipeline batches.  A call's result is what ``transformers.pipeline(task)(inputs, **args)``
+gives, as JSONB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections import defaultdict
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any
+
+from handlers.errors import PgmlError, invalid_argument
+from handlers.functions import Args, CallContext
+from handlers.modelcache import weights_bytes
+from handlers.pipelines import (
+    COLLAPSING,
+    CONVERSATIONAL,
+    LoadedPipeline,
+    TaskSpec,
+    task_spec,
+    transform_args,
+)
+
+_DONE = object()
+CANCEL_POLL = 0.05
+"""Seconds between checks for a cancel while a stream waits for its next text."""
+
+
+@contextlib.asynccontextmanager
+async def pipeline_lease(services: Any, spec: TaskSpec) -> AsyncIterator[LoadedPipeline]:
+    """The task's pipeline, loaded once per proxy within the model memory budget, held
+    (never evicted) until the block ends."""
+    key = ("pipeline", spec.key)
+    loaded = services.models.touch(key)
+    if loaded is None:
+        services.policy.check(spec.model, remote_code=spec.remote_code)
+        folder = await services.resolve_model(spec.model, remote_code=spec.remote_code)
+        tokenizer_name = spec.options.get("tokenizer")
+        tokenizer = None
+        if tokenizer_name is not None:
+            tokenizer = await services.resolve_model(tokenizer_name, remote_code=spec.remote_code)
+        device = services.device
+        precise = "dtype" in spec.options or "torch_dtype" in spec.options
+
+        async def estimate() -> int:
+            element = None if precise else (2 if device.startswith("cuda") else 4)
+            return int(await services.run(weights_bytes, folder, element))
+
+        async def load() -> LoadedPipeline:
+            return await services.run(LoadedPipeline, spec, folder, device, tokenizer)  # type: ignore[no-any-return]
+
+        loaded = await services.models.get(
+            key, load, name=f"{spec.model} ({spec.task})", kind="pipeline", estimate=estimate
+        )
+    with services.using(loaded):
+        yield loaded
+
+
+def _inputs(spec: TaskSpec, inputs: list[Any], messages: bool) -> list[Any]:
+    """The pipeline items of one call: its texts, or for a chat its one conversation."""
+    if any(i is None for i in inputs):
+        raise PgmlError("22004", "pgml.transform inputs must not contain NULL")
+    chat = messages and spec.pipeline_task == "text-generation"
+    if spec.task == CONVERSATIONAL and not messages:
+        raise invalid_argument(
+            "conversational takes a JSONB[] of messages",
+            hint="""inputs => ARRAY['{"role": "user", "content": "Hi"}'::jsonb]""",
+        )
+    if not chat:
+        return list(inputs)
+    if not inputs:
+        raise invalid_argument("a conversation needs at least one message")
+    for message in inputs:
+        if not isinstance(message, dict) or not {"role", "content"} <= set(message):
+            raise invalid_argument(
+                'chat messages are {"role": ..., "content": ...} objects',
+                hint="""ARRAY['{"role": "user", "content": "Hi"}'::jsonb]""",
+            )
+    return [list(inputs)]
+
+
+async def _transform(ctx: CallContext, batch: Sequence[Args], messages: bool) -> list[Any]:
+    services = ctx.services
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    specs: dict[str, TaskSpec] = {}
+    calls: list[list[Any]] = []
+    parsed: dict[tuple[str, str], tuple[TaskSpec, str]] = {}
+    for index, (task, args, inputs, _cache) in enumerate(batch):
+        raw = (json.dumps(task, sort_keys=True), json.dumps(args, sort_keys=True))
+        if raw not in parsed:  # the rows of a per-row call share their task and args
+            spec = task_spec(task)
+            parsed[raw] = (spec, json.dumps(transform_args(args), sort_keys=True))
+        spec, options_key = parsed[raw]
+        specs[spec.key] = spec
+        calls.append(_inputs(spec, list(inputs), messages))
+        groups[(spec.key, options_key)].append(index)
+    results: list[Any] = [None] * len(batch)
+    for (spec_key, options_key), indexes in groups.items():
+        spec = specs[spec_key]
+        items = [item for i in indexes for item in calls[i]]
+        if not items:
+            for i in indexes:
+                results[i] = []
+            continue
+        options = json.loads(options_key)
+        async with pipeline_lease(services, spec) as pipeline:
+
+            def work(
+                chunk: list[Any], p: LoadedPipeline = pipeline, o: dict[str, Any] = options
+            ) -> list[Any]:
+                return p.run(chunk, o, services.batch_size)
+
+            key = ("transform", id(pipeline), options_key)
+            outputs = iter(await services.batcher.submit(key, work, items))
+        for i in indexes:
+            mine = [next(outputs) for _ in calls[i]]
+            chat = messages and spec.pipeline_task == "text-generation"
+            if chat or (len(mine) == 1 and spec.pipeline_task in COLLAPSING):
+                results[i] = mine[0]
+            else:
+                results[i] = mine
+        ctx.check_cancel()
+    return results
+
+
+async def transform_texts(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    """``inputs TEXT[]``."""
+    return await _transform(ctx, batch, messages=False)
+
+
+async def transform_messages(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    """``inputs JSONB[]``: chat messages (one conversation) or JSON inputs (question
+    answering's ``{"question", "context"}``)."""
+    return await _transform(ctx, batch, messages=True)
+
+
+async def stream_rows(ctx: CallContext, args: Args) -> AsyncGenerator[str, None]:
+    """One ``transform_stream`` call's text, a row per piece as it is generated.
+
+    Generation runs on a worker thread and stops at the next token once the iterator is
+    closed or the statement is cancelled (57014); the model is held until it has stopped.
+    """
+    task, call_args, input_value, _cache = args
+    spec = task_spec(task)
+    options = transform_args(call_args)
+    if not spec.streams:
+        raise PgmlError(
+            "0A000",
+            f"pgml.transform_stream streams generated text; {spec.task} does not generate",
+            hint="Use pgml.transform for this task.",
+        )
+    messages = isinstance(input_value, list)
+    items = _inputs(spec, [input_value] if not messages else list(input_value), messages)
+    if len(items) != 1:
+        raise invalid_argument(
+            "pgml.transform_stream takes one text, or one conversation of JSONB messages"
+        )
+    (item,) = items
+    services = ctx.services
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    stop = threading.Event()
+
+    def emit(text: str) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, text)
+
+    async with pipeline_lease(services, spec) as pipeline:
+        generating = services.run(pipeline.stream, item, options, emit, stop.is_set)
+        work = asyncio.ensure_future(generating)
+        work.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        try:
+            while True:
+                try:
+                    piece = await asyncio.wait_for(queue.get(), CANCEL_POLL)
+                except TimeoutError:
+                    if ctx.cancelled():
+                        stop.set()
+                    continue
+                if piece is _DONE:
+                    break
+                yield piece
+            await work
+            ctx.check_cancel()
+        finally:
+            stop.set()
+            if not work.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(work)
+
+
+async def transform_stream(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    """Each call's rows collected (for an engine that sends rows when the call ends)."""
+    results: list[Any] = []
+    for args in batch:
+        async with contextlib.aclosing(stream_rows(ctx, args)) as rows:
+            results.append([piece async for piece in rows])
+    return results
