@@ -203,6 +203,8 @@ def _violations() -> dict[str, Violation]:
     def close_mid_batch(sql: str) -> bytes:
         return rc.parse("", sql) + rc.bind("", "") + rc.execute()[:5]
 
+    copy_in = rc.query("CREATE TEMP TABLE fuzz_copy_in (a int); COPY fuzz_copy_in FROM STDIN")
+
     return {
         "unknown-type": Violation(rc.msg(b"z", b"abc")),
         "type-0": Violation(rc.msg(b"\x00", b"abc")),
@@ -245,6 +247,14 @@ def _violations() -> dict[str, Violation]:
         "unknown-type-mid-batch": Violation(unknown_mid_batch("SELECT 1")),
         "huge-length-mid-batch": Violation(huge_mid_batch("SELECT 1")),
         "truncated-mid-batch": Violation(close_mid_batch("SELECT 1")),
+        "unknown-type-during-copy": Violation(copy_in + rc.msg(b"z", b"abc")),
+        "query-during-copy": Violation(copy_in + rc.query("SELECT 1")),
+        "parse-during-copy": Violation(copy_in + rc.parse("", "SELECT 1") + rc.sync()),
+        "sync-during-copy": Violation(
+            copy_in + rc.sync() + rc.flush() + rc.copy_data(b"1\n") + rc.copy_done()
+        ),
+        "copy-data-length-2^31": Violation(copy_in + _with_length(rc.copy_data(b"1\n"), 2**31)),
+        "copy-done-length-10001": Violation(copy_in + b"c" + struct.pack("!I", 10_001)),
         "nesting-20000": Violation(rc.query("SELECT " + nested(20_000))),
         "plus-chain-50000": Violation(rc.query("SELECT " + "+".join(["1"] * 50_000))),
         # The same mistakes in statements that call pgml functions.
