@@ -17,18 +17,19 @@ from tests.support.replies import Reply, normalize, read_reply
 
 QUIET = 1.0
 """Seconds of silence that end the reply to a write (a server that closes ends it at once)."""
-FINAL_QUIET = 5.0
-"""The same for the closing ``SELECT 1``, which a usable session answers at once."""
+FINAL_QUIET = 15.0
+"""The same for the closing ``SELECT 1``, which a usable session answers at once (so that
+a slow answer is not taken for none)."""
 SETTLE = 0.15
 """Seconds to wait for more after a reply that ends with ReadyForQuery."""
 PROBE = rc.query("SELECT 1")
 
 
 def drain_to_ready(sock: socket.socket) -> bytes:
-    """Read through the next ReadyForQuery of an idle session."""
+    """Read through the next ReadyForQuery (any status) that ends what arrived."""
     data = b""
     sock.settimeout(10.0)
-    while not data.endswith(b"Z\x00\x00\x00\x05I"):
+    while data[-6:-1] != b"Z\x00\x00\x00\x05":
         chunk = sock.recv(65536)
         assert chunk, f"session ended during set-up: {data!r}"
         data += chunk

@@ -26,12 +26,12 @@ import pytest
 
 from tests.integration._differential import assert_same, exchange_both
 from tests.support import rawclient as rc
-from tests.support.fuzz import MODEL, STARTUP_CASES, VIOLATIONS
+from tests.support.fuzz import MODEL, STARTUP_CASES, VERSION_TWIN, VIOLATIONS
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
 PGML_PREFIX = rc.parse("", "SELECT pgml.version()") + rc.bind("", "") + rc.execute() + rc.sync()
-PLAIN_PREFIX = rc.parse("", "SELECT 'x'::text") + rc.bind("", "") + rc.execute() + rc.sync()
+PLAIN_PREFIX = rc.parse("", VERSION_TWIN) + rc.bind("", "") + rc.execute() + rc.sync()
 
 
 @pytest.fixture(scope="module", autouse=True)

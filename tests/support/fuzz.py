@@ -21,11 +21,15 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from proxy import __version__
 from tests.support import rawclient as rc
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 APPLICATION = "pgml-fuzz"
 """application_name of every fuzz session that logs in: how its backends are counted."""
+
+VERSION_TWIN = f"SELECT '{__version__}'::text AS version"
+"""What ``SELECT pgml.version()`` answers, as plain SQL PostgreSQL runs itself."""
 
 PROTOCOL_3_0 = (3, 0)
 _FRONTEND_TYPES = frozenset(b"QPBDECSHFXdcfp")
@@ -181,7 +185,7 @@ class Violation:
 
 def _violations() -> dict[str, Violation]:
     pgml_version = "SELECT pgml.version()"
-    plain_version = "SELECT 'x'::text"
+    plain_version = VERSION_TWIN
     embed_param = f"SELECT pgml.embed('{MODEL}', $1::text)"
     plain_param = "SELECT $1::text"
 
@@ -266,11 +270,11 @@ def _violations() -> dict[str, Violation]:
             rc.msg(b"P", b"\x00SELECT pgml.version(), '\xff'\x00\x00\x00") + rc.sync()
         ),
         "pgml-query-without-nul": Violation(
-            rc.msg(b"Q", b"SELECT pgml.version()"), rc.msg(b"Q", b"SELECT 'x'::text")
+            rc.msg(b"Q", b"SELECT pgml.version()"), rc.msg(b"Q", VERSION_TWIN.encode())
         ),
         "pgml-query-trailing-bytes": Violation(
             rc.msg(b"Q", b"SELECT pgml.version()\x00junk"),
-            rc.msg(b"Q", b"SELECT 'x'::text\x00junk"),
+            rc.msg(b"Q", VERSION_TWIN.encode() + b"\x00junk"),
         ),
         "pgml-bind-past-end": both(embed_param, plain_param, bind_past),
         "pgml-bind-invalid-utf8": both(embed_param, plain_param, bind_invalid_utf8),
@@ -283,7 +287,7 @@ def _violations() -> dict[str, Violation]:
         ),
         "pgml-plus-chain-50000": Violation(
             rc.query("SELECT pgml.version(), " + "+".join(["1"] * 50_000)),
-            rc.query("SELECT 'x'::text, " + "+".join(["1"] * 50_000)),
+            rc.query(VERSION_TWIN + ", " + "+".join(["1"] * 50_000)),
         ),
     }
 

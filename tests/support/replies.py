@@ -70,6 +70,11 @@ class Reply:
     frames: tuple[bytes, ...]
     closed: bool
 
+    @property
+    def codes(self) -> list[str]:
+        """The SQLSTATE of each ErrorResponse, in order."""
+        return [error_fields(f[5:]).get("C", "") for f in self.frames if f[:1] == b"E"]
+
     def describe(self) -> str:
         shown = []
         for frame in self.frames:
