@@ -21,11 +21,11 @@ import psycopg
 import pytest
 
 from benchmarks.memory import rss_mb
-from tests.integration._hostile import Stack, hostile_stack
 from tests.support import rawclient as rc
 from tests.support.fuzz import MODEL
 from tests.support.fuzzrun import fuzz_backends, wait_for_backends
 from tests.support.rawclient import RawClient
+from tests.support.stack import Stack, private_stack
 
 APPLICATION = "pgml-abandon"
 CLIENTS = 200
@@ -38,7 +38,7 @@ COPY_TABLE = "abandoned_copy"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with hostile_stack("--batch-size", "4", rows=ROWS) as running:
+    with private_stack("--batch-size", "4", rows=ROWS) as running:
         running.cluster.psql(
             f"CREATE TABLE {TX_TABLE} (client int, at timestamptz DEFAULT now());"
             f"CREATE TABLE {COPY_TABLE} (a int, b text)"

@@ -25,12 +25,12 @@ import pytest
 
 from proxy import __version__
 from tests.integration._differential import assert_same, exchange_both
-from tests.integration._hostile import Stack, hostile_stack
 from tests.support import rawclient as rc
 from tests.support.fuzz import MODEL, VERSION_TWIN, nested
 from tests.support.fuzzrun import wait_for_backends
 from tests.support.rawclient import RawClient
 from tests.support.replies import Reply, normalize
+from tests.support.stack import Stack, private_stack
 
 APPLICATION = "pgml-bad-input"
 
@@ -43,7 +43,7 @@ PREPARE_TWIN = rc.parse(BIND_STATEMENT, f"{VERSION_TWIN}, $1::text AS p") + rc.s
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with hostile_stack() as running:
+    with private_stack() as running:
         yield running
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.integration._hostile import Stack, hostile_stack
 from tests.support.fuzz import TrafficGenerator
 from tests.support.fuzzrun import ControlClient, FuzzReport, Latencies, fuzz, wait_for_backends
+from tests.support.stack import Stack, private_stack
 
 SEED = int(os.environ.get("PGML_FUZZ_SEED", "12"))
 SECONDS = float(os.environ.get("PGML_FUZZ_SECONDS", "30"))
@@ -45,7 +45,7 @@ class FuzzRun:
 
 @pytest.fixture(scope="module")
 def run() -> Iterator[FuzzRun]:
-    with hostile_stack("--batch-size", "4") as stack:
+    with private_stack("--batch-size", "4") as stack:
         generator = TrafficGenerator(SEED, stack.table, scale=SCALE)
         with ControlClient(stack.proxy.port, interval=0.01) as control:
             report = fuzz(

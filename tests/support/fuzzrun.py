@@ -120,13 +120,23 @@ def _leave(sock: socket.socket, ending: Ending, closed: bool) -> None:
 
 @dataclass
 class Latencies:
-    """The control client's answers: seconds from each scheduled send to its reply."""
+    """The control client's answers: for each ``SELECT 1``, when it was due to be sent
+    (``time.monotonic()``, the same clock in every process) and the seconds from then to
+    its ReadyForQuery."""
 
-    values: list[float]
+    samples: list[tuple[float, float]]
     failures: list[str]
 
+    @property
+    def values(self) -> list[float]:
+        return [latency for _, latency in self.samples]
+
+    def window(self, start: float, end: float) -> Latencies:
+        """The answers to the queries due in ``[start, end)``."""
+        return Latencies([s for s in self.samples if start <= s[0] < end], self.failures)
+
     def percentile(self, p: float) -> float:
-        if not self.values:
+        if not self.samples:
             return float("inf")
         ordered = sorted(self.values)
         return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
@@ -140,7 +150,7 @@ class Latencies:
 
     def summary(self) -> str:
         return (
-            f"{len(self.values)} answers, p50 {self.percentile(50) * 1000:.1f} ms, "
+            f"{len(self.samples)} answers, p50 {self.percentile(50) * 1000:.1f} ms, "
             f"p99 {self.percentile(99) * 1000:.1f} ms, max {self.max * 1000:.1f} ms, "
             f"{len(self.failures)} failures"
         )
@@ -153,24 +163,32 @@ _READY = b"Z\x00\x00\x00\x05"
 def _control_main(
     host: str, port: int, interval: float, conn: multiprocessing.connection.Connection
 ) -> None:
-    """The control process: pipelined ``SELECT 1`` every ``interval`` s until told to stop."""
-    values: list[float] = []
+    """The control process: log in, say so, then a pipelined ``SELECT 1`` every
+    ``interval`` seconds until told to stop; then send back what it measured."""
+    samples: list[tuple[float, float]] = []
     failures: list[str] = []
     stop = threading.Event()
+    ready = threading.Event()
     threading.Thread(target=lambda: (conn.recv(), stop.set()), daemon=True).start()
     while not stop.is_set():
         try:
-            _control_session(host, port, interval, stop, values)
+            _control_session(host, port, interval, stop, ready, conn, samples)
         except OSError as exc:
             failures.append(f"{time.monotonic():.3f}: {exc!r}")
             stop.wait(0.2)
-    conn.send((values, failures))
+    conn.send((samples, failures))
 
 
 def _control_session(
-    host: str, port: int, interval: float, stop: threading.Event, values: list[float]
+    host: str,
+    port: int,
+    interval: float,
+    stop: threading.Event,
+    ready: threading.Event,
+    conn: multiprocessing.connection.Connection,
+    samples: list[tuple[float, float]],
 ) -> None:
-    sock = socket.create_connection((host, port), timeout=10.0)
+    sock = socket.create_connection((host, port), timeout=30.0)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with sock:
         sock.sendall(login_packet(CONTROL_APPLICATION))
@@ -180,7 +198,10 @@ def _control_session(
             if not chunk:
                 raise ConnectionError("control session closed during login")
             buffer += chunk
-        sent: deque[float] = deque()
+        if not ready.is_set():
+            ready.set()
+            conn.send("ready")
+        due: deque[float] = deque()
         lock = threading.Lock()
         reader_error: list[BaseException] = []
 
@@ -198,26 +219,29 @@ def _control_session(
                         del pending[: pending.rindex(_READY) + len(_READY)]
                         with lock:
                             for _ in range(count):
-                                values.append(now - sent.popleft())
+                                at = due.popleft()
+                                samples.append((at, now - at))
             except OSError as exc:
                 if not stop.is_set():
                     reader_error.append(exc)
 
+        sock.settimeout(None)
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        sock.settimeout(None)
         tick = time.monotonic()
         while not stop.is_set() and not reader_error:
             with lock:
-                sent.append(tick)
+                due.append(tick)
             sock.sendall(_SELECT_1)
             tick += interval
             stop.wait(max(0.0, tick - time.monotonic()))
-        deadline = time.monotonic() + 5.0
-        while sent and not reader_error and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30.0
+        while due and not reader_error and time.monotonic() < deadline:
             time.sleep(0.01)
-        if sent and not reader_error:
-            values.extend([time.monotonic() - t for t in sent])
+        with lock:
+            now = time.monotonic()
+            samples.extend((at, now - at) for at in due)
+            due.clear()
         sock.shutdown(socket.SHUT_RDWR)
         reader.join(1.0)
         if reader_error:
@@ -225,7 +249,10 @@ def _control_session(
 
 
 class ControlClient:
-    """``with ControlClient(port) as control: ...``; then ``control.latencies``."""
+    """``with ControlClient(port) as control: ...``; then ``control.latencies``.
+
+    Entering waits until the control session is logged in, so what it measures is
+    ``SELECT 1`` alone, not the login."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", interval: float = 0.005) -> None:
         context = multiprocessing.get_context("spawn")
@@ -237,13 +264,18 @@ class ControlClient:
 
     def __enter__(self) -> ControlClient:
         self._process.start()
+        if not self._conn.poll(60) or self._conn.recv() != "ready":
+            self._process.kill()
+            raise RuntimeError("the control client could not log in")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._conn.send("stop")
-        if self._conn.poll(30):
-            values, failures = self._conn.recv()
-            self.latencies = Latencies(values, failures)
+        if self._conn.poll(60):
+            samples, failures = self._conn.recv()
+            self.latencies = Latencies(samples, failures)
+        else:
+            self.latencies = Latencies([], ["the control client did not report"])
         self._process.join(5)
         if self._process.is_alive():
             self._process.kill()

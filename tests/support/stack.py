@@ -1,4 +1,5 @@
-"""Set-up shared by the hostile-input tests (fuzz, abandoned sessions, loop stalls).
+"""A private PostgreSQL, a docs table and a warmed-up proxy, for the hostile-input tests
+(fuzz, abandoned sessions, loop stalls, bad input) and their benchmarks.
 
 These tests may leak backends on a proxy that has the bugs they look for, so each module
 runs its own PostgreSQL and its own proxy, and ends whatever is left when it is done.
@@ -57,7 +58,7 @@ def warm_up(proxy: ProxyProcess, table: str) -> None:
 
 
 @contextmanager
-def hostile_stack(*proxy_flags: str, rows: int = 20) -> Iterator[Stack]:
+def private_stack(*proxy_flags: str, rows: int = 20) -> Iterator[Stack]:
     """A private cluster, a docs table of ``rows`` rows, and a warmed-up proxy."""
     cluster = PostgresCluster(max_connections=400).start()
     proxy: ProxyProcess | None = None
