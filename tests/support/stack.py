@@ -22,11 +22,29 @@ from tests.support.proxyproc import ProxyProcess
 DOCS = "hostile_docs"
 
 
+def start_proxy(cluster: PostgresCluster, table: str, flags: tuple[str, ...]) -> ProxyProcess:
+    proxy = ProxyProcess(
+        "--upstream",
+        cluster.dsn(),
+        "--log-level",
+        "info",
+        *flags,
+        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    ).start()
+    try:
+        warm_up(proxy, table)
+    except BaseException:
+        proxy.stop()
+        raise
+    return proxy
+
+
 @dataclass
 class Stack:
     cluster: PostgresCluster
     proxy: ProxyProcess
     table: str
+    flags: tuple[str, ...] = ()
 
     def proxy_alive(self) -> bool:
         return self.proxy.process is not None and self.proxy.process.poll() is None
@@ -38,6 +56,11 @@ class Stack:
                 return conn.execute("SELECT 1").fetchone() == (1,)
         except psycopg.Error:
             return False
+
+    def restart_proxy(self) -> None:
+        """A new proxy with the same flags (after a crash); its port is a new one."""
+        self.proxy.stop()
+        self.proxy = start_proxy(self.cluster, self.table, self.flags)
 
 
 def docs_table(cluster: PostgresCluster, rows: int, name: str = DOCS) -> str:
@@ -61,22 +84,14 @@ def warm_up(proxy: ProxyProcess, table: str) -> None:
 def private_stack(*proxy_flags: str, rows: int = 20) -> Iterator[Stack]:
     """A private cluster, a docs table of ``rows`` rows, and a warmed-up proxy."""
     cluster = PostgresCluster(max_connections=400).start()
-    proxy: ProxyProcess | None = None
+    stack: Stack | None = None
     try:
         table = docs_table(cluster, rows)
-        proxy = ProxyProcess(
-            "--upstream",
-            cluster.dsn(),
-            "--log-level",
-            "info",
-            *proxy_flags,
-            env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-        ).start()
-        warm_up(proxy, table)
-        yield Stack(cluster, proxy, table)
+        stack = Stack(cluster, start_proxy(cluster, table, proxy_flags), table, proxy_flags)
+        yield stack
     finally:
-        if proxy is not None:
-            proxy.stop()
+        if stack is not None:
+            stack.proxy.stop()
         try:
             terminate_backends(cluster)
             terminate_backends(cluster, CONTROL_APPLICATION)
