@@ -170,7 +170,7 @@ def test_200_abandoned_sessions(stack: Stack) -> None:
     if left:
         problems.append(
             f"{len(left)} of {CLIENTS} abandoned backends still open {GONE_WITHIN} s later "
-            "(pid state wait_event query):\n" + "\n".join(left[:40])
+            "(application_name pid state wait_event query):\n" + "\n".join(left[:40])
         )
     for table in (TX_TABLE, COPY_TABLE):
         rows = stack.cluster.psql(f"SELECT count(*) FROM {table}").strip()

@@ -94,7 +94,7 @@ def test_fuzz_no_leaked_backend(run: FuzzRun) -> None:
     """Every fuzz session's upstream backend is gone soon after its client."""
     assert not run.left, (
         f"{len(run.left)} backends still open {BACKENDS_GONE_WITHIN} s after "
-        f"{run.report.sessions} sessions ended (pid state wait_event query):\n"
+        f"{run.report.sessions} sessions ended (application_name pid state wait_event query):\n"
         + "\n".join(run.left[:30])
     )
 

@@ -26,7 +26,8 @@ from tests.support import rawclient as rc
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 APPLICATION = "pgml-fuzz"
-"""application_name of every fuzz session that logs in: how its backends are counted."""
+"""application_name of the fuzz sessions that log in (``pgml-fuzz:<case index>`` for the
+drawn cases): how their backends are counted, and which case left one behind."""
 
 VERSION_TWIN = f"SELECT '{__version__}'::text AS version"
 """What ``SELECT pgml.version()`` answers, as plain SQL PostgreSQL runs itself."""
@@ -64,6 +65,11 @@ class Case:
     ending: Ending = Ending.TERMINATE
     chunk_sizes: tuple[int, ...] = ()
     """Sizes of the writes the data is cut into (cycled); empty: one write per step."""
+
+    @property
+    def index(self) -> int:
+        """The case's number in its generator (the start of its name)."""
+        return int(self.name.split(":", 1)[0])
 
     @property
     def size(self) -> int:

@@ -26,7 +26,7 @@ from tests.support import replies
 from tests.support.fuzz import APPLICATION, Case, Ending, TrafficGenerator, login_packet
 from tests.support.pgserver import PostgresCluster
 
-CONTROL_APPLICATION = "pgml-fuzz-control"
+CONTROL_APPLICATION = "pgml-control"
 SEND_TIMEOUT = 5.0
 
 
@@ -68,7 +68,7 @@ def play(case: Case, port: int, host: str = "127.0.0.1", quiet: float = 0.3) -> 
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     received = bytearray()
     try:
-        if case.login and not _login(sock):
+        if case.login and not _login(sock, f"{APPLICATION}:{case.index}"):
             outcome.closed_by_server = True
             return outcome
         for step in case.steps:
@@ -92,9 +92,9 @@ def play(case: Case, port: int, host: str = "127.0.0.1", quiet: float = 0.3) -> 
     return outcome
 
 
-def _login(sock: socket.socket) -> bool:
+def _login(sock: socket.socket, application: str) -> bool:
     """Start a session with trust authentication; whether it reached ReadyForQuery."""
-    sock.sendall(login_packet())
+    sock.sendall(login_packet(application))
     received = bytearray()
     while _READY not in received:
         chunk = sock.recv(65536)
@@ -284,12 +284,21 @@ class ControlClient:
 # --- backends left behind --------------------------------------------------------------
 
 
+def _named(application: str) -> str:
+    """SQL that picks the backends of ``application``, or of ``application:<anything>``."""
+    return (
+        f"(application_name = '{application}' OR starts_with(application_name, '{application}:'))"
+    )
+
+
 def fuzz_backends(cluster: PostgresCluster, application: str = APPLICATION) -> list[str]:
-    """``pid state wait_event query`` of each backend a fuzz session opened that still exists."""
+    """``application_name pid state wait_event query`` of each backend the given clients
+    opened that still exists."""
     out = cluster.psql(
-        "SELECT pid || ' ' || coalesce(state, '') || ' ' || coalesce(wait_event, '') || ' '"
+        "SELECT application_name || ' ' || pid || ' ' || coalesce(state, '') || ' '"
+        " || coalesce(wait_event, '') || ' '"
         " || left(regexp_replace(query, '\\s+', ' ', 'g'), 80)"
-        f" FROM pg_stat_activity WHERE application_name = '{application}'"
+        f" FROM pg_stat_activity WHERE {_named(application)}"
     )
     return [line for line in out.splitlines() if line]
 
@@ -308,8 +317,7 @@ def wait_for_backends(
 
 def terminate_backends(cluster: PostgresCluster, application: str = APPLICATION) -> None:
     cluster.psql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        f" WHERE application_name = '{application}'"
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {_named(application)}"
     )
 
 
