@@ -7,13 +7,20 @@ class PgmlError(Exception):
     """A failure with a SQLSTATE, a one-line message and optional detail and hint."""
 
     def __init__(
-        self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None
+        self,
+        sqlstate: str,
+        message: str,
+        *,
+        detail: str | None = None,
+        hint: str | None = None,
+        context: str | None = None,
     ) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
         self.detail = detail
         self.hint = hint
+        self.context = context
 
 
 def invalid_argument(message: str, **kwargs: str) -> PgmlError:

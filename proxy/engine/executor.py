@@ -30,7 +30,8 @@ from proxy.engine.constants import Known, evaluate_constant
 from proxy.engine.planner import (
     Parsed,
     nesting,
-    parse_statement,
+    off_loop,
+    parse,
 )
 from proxy.engine.rows import run_step
 from proxy.engine.scopes import ScopeStep
@@ -199,12 +200,12 @@ class Execution:
         for call in sorted(constants, key=lambda c: -nesting(c)):
             await self._timed(call, evaluate_constant(self, text, call))
         statement = text.render()
-        current: Parsed | None = parsed if not constants else parse_statement(statement)
+        current: Parsed | None = parsed if not constants else await parse(statement)
         while current is not None and current.calls:
-            step = _next_step(current)
+            step = await off_loop(_next_step, current)
             outer = await self._timed(step.calls[0], run_step(self, current, step))
             statement = statement[: step.span[0]] + outer + statement[step.span[1] :]
-            current = parse_statement(statement)
+            current = await parse(statement)
         return parsed.prefix + statement
 
     async def _timed(self, call: CallSite, work: Awaitable[T]) -> T:

@@ -21,7 +21,8 @@ from handlers.errors import PgmlError
 from handlers.inference import result_type as project_result_type
 from proxy.engine import binding
 from proxy.engine.executor import BoundParams
-from proxy.engine.planner import Parsed, parse_statement, skeleton
+from proxy.engine import planner
+from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
 from proxy.engine.query import ABORT_SQL, INTERNAL_ERROR, error_response
 from proxy.engine.upstream import ROWS, ServerError, Skipped
 from proxy.wire import codec
@@ -118,15 +119,11 @@ class ExtendedState:
         try:
             await self._answer(message)
         except ServerError as error:  # a request of the proxy's own failed in PostgreSQL
-            upstream.local(codec.moved_position(error.message.raw, None))
+            upstream.local(error.for_client(), held=True)
         except Skipped:  # PostgreSQL is skipping this batch: so is the proxy
             pass
         except MessageFormatError as error:
-            self._fail(PgmlError("08P01", str(error)))
-        except UnicodeDecodeError as error:
-            self._fail(
-                PgmlError("22021", f'invalid byte sequence for encoding "UTF8": {_bytes(error)}')
-            )
+            self._fail(PgmlError(error.sqlstate, error.message, context=error.context))
         except PgmlError as error:
             self._fail(error)
         except ConnectionError:
@@ -138,16 +135,21 @@ class ExtendedState:
     def _fail(self, error: PgmlError) -> None:
         """Report an error of the proxy's and put PostgreSQL's batch in error too."""
         upstream = self.engine.upstream
-        upstream.local(error_response(error))
+        upstream.local(error_response(error), held=True)
         upstream.fail_batch(ABORT_SQL)
         upstream.flush()
 
     async def _answer(self, message: Message) -> None:
         kind, body = message.type, message.body
         if kind == Frontend.PARSE:
-            await self._parse(codec.decode_parse(body), message)
+            try:
+                parse = codec.decode_parse(body)
+            except (MessageFormatError, UnicodeDecodeError):  # PostgreSQL's to refuse
+                self._relay(message)
+                return
+            await self._parse(parse, message)
         elif kind == Frontend.BIND:
-            self._bind(codec.decode_bind(body))
+            self._bind(codec.decode_bind(body, self._check_bind))
         elif kind == Frontend.DESCRIBE:
             self._describe(codec.decode_target(body, "DESCRIBE"))
         elif kind == Frontend.EXECUTE:
@@ -159,13 +161,14 @@ class ExtendedState:
         upstream = self.engine.upstream
         if parse.name and parse.name in self.statements:
             raise PgmlError("42P05", f'prepared statement "{parse.name}" already exists')
-        parsed = parse_statement(parse.sql)
+        try:
+            parsed = await planner.parse(parse.sql)
+        except TooDeep:
+            raise await depth_verdict(upstream, parse.sql, parse.param_oids) from None
         if parsed is None or upstream.status == b"E":
             # mentions pgml but calls none of its functions, or PostgreSQL refuses it
             # (25P02) before anything runs
-            self.statements.pop(parse.name, None)
-            upstream.relay(message.raw, Frontend.PARSE)
-            upstream.push()
+            self._relay(message)
             return
         labels = await self._label_types(parsed)
         upstream.parse(_DESCRIBE_NAME, skeleton(parsed, parse.param_oids, labels), parse.param_oids)
@@ -176,7 +179,13 @@ class ExtendedState:
         self.statements[parse.name] = PgmlStatement(
             parse.name, parsed, result.parameter_oids, result.row_description, labels
         )
-        upstream.local(codec.PARSE_COMPLETE)
+        upstream.local(codec.PARSE_COMPLETE, held=True)
+
+    def _relay(self, message: Message) -> None:
+        """A Parse PostgreSQL answers itself (it replaces a statement of that name)."""
+        self.statements.pop(codec.leading_name(message.body), None)
+        self.engine.upstream.relay(message.raw, Frontend.PARSE)
+        self.engine.upstream.push()
 
     async def _label_types(self, parsed: Parsed) -> dict[str, str]:
         """Result types of the projects the statement names literally; a project that
@@ -192,18 +201,22 @@ class ExtendedState:
                     )
         return found
 
-    def _bind(self, bind: codec.BindMessage) -> None:
-        statement = self.statements[bind.statement]
-        if self.engine.upstream.status == b"E":
-            raise IN_FAILED_TRANSACTION
-        if len(bind.values) != len(statement.parameter_oids):
+    def _check_bind(self, portal: str, name: str, count: int) -> None:
+        """What PostgreSQL checks before it reads a Bind's values, in its order."""
+        statement = self.statements[name]
+        if count != len(statement.parameter_oids):
             raise PgmlError(
                 "08P01",
-                f"bind message supplies {len(bind.values)} parameters, but prepared statement "
+                f"bind message supplies {count} parameters, but prepared statement "
                 f'"{statement.name}" requires {len(statement.parameter_oids)}',
             )
-        if bind.portal and bind.portal in self.portals:
-            raise PgmlError("42P03", f'cursor "{bind.portal}" already exists')
+        if self.engine.upstream.status == b"E":
+            raise IN_FAILED_TRANSACTION
+        if portal and portal in self.portals:
+            raise PgmlError("42P03", f'cursor "{portal}" already exists')
+
+    def _bind(self, bind: codec.BindMessage) -> None:
+        statement = self.statements[bind.statement]
         params = BoundParams(bind.values, bind.formats, statement.parameter_oids)
         self.portals[bind.portal] = PgmlPortal(
             bind.portal,
@@ -212,7 +225,7 @@ class ExtendedState:
             bind.result_formats,
             self.engine.upstream.queue.pushed_syncs,
         )
-        self.engine.upstream.local(codec.BIND_COMPLETE)
+        self.engine.upstream.local(codec.BIND_COMPLETE, held=True)
 
     def _describe(self, target: codec.Target) -> None:
         if target.kind == b"S":
@@ -227,7 +240,7 @@ class ExtendedState:
             answer += codec.NO_DATA
         else:
             answer += codec.row_description_with_formats(description, formats)
-        self.engine.upstream.local(answer)
+        self.engine.upstream.local(answer, held=True)
 
     async def _execute(self, execute: codec.ExecuteMessage) -> None:
         upstream = self.engine.upstream
@@ -266,11 +279,11 @@ class ExtendedState:
         upstream = self.engine.upstream
         if target.kind == b"S":
             self.statements.pop(target.name, None)
-            upstream.local(codec.CLOSE_COMPLETE)
+            upstream.local(codec.CLOSE_COMPLETE, held=True)
             return
         portal = self.portals.pop(target.name)
         if portal.upstream is None:
-            upstream.local(codec.CLOSE_COMPLETE)
+            upstream.local(codec.CLOSE_COMPLETE, held=True)
             return
         upstream.request(
             codec.close(b"P", portal.upstream),
@@ -278,7 +291,3 @@ class ExtendedState:
             frozenset({Backend.CLOSE_COMPLETE, Backend.ERROR}),
         )
         upstream.flush()
-
-
-def _bytes(error: UnicodeDecodeError) -> str:
-    return " ".join(f"0x{b:02x}" for b in error.object[error.start : error.end])

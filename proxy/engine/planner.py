@@ -13,10 +13,13 @@ names, types, formats, command tags and transaction semantics are PostgreSQL's o
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import sqlglot
 from sqlglot import Token, TokenType, exp
@@ -30,8 +33,71 @@ from proxy.engine.binding import pick_overload, positions, project_literal, resu
 from proxy.engine.calls import CallSite, ancestors, find_calls, mentions_call
 from proxy.engine.sourcetext import SourceText, space_parameters, spaced
 from proxy.engine.sqltext import SqlText
+from proxy.engine.upstream import ServerError, Skipped, Upstream
 
 DIALECT = Postgres()
+
+T = TypeVar("T")
+
+_PLANNER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgml-plan")
+"""Parsing and planning run here, off the event loop: a statement of megabytes or of
+thousands of calls must not stall the other sessions."""
+
+
+async def off_loop(work: Callable[..., T], *args: object) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_PLANNER, work, *args)
+
+
+class TooDeep(Exception):
+    """The statement nests more deeply than the proxy reads (sqlglot recurses)."""
+
+
+TOO_DEEP = PgmlError(
+    "54001",
+    "stack depth limit exceeded",
+    detail="pgml-proxy reads statements that call pgml functions nested up to about "
+    "2,000 levels deep.",
+    hint="Nest the expression less deeply.",
+)
+_PARSER_ERRORS = frozenset({"42601", "54001"})
+
+
+async def depth_verdict(upstream: Upstream, sql: str, oids: Sequence[int] = ()) -> Exception:
+    """The error for a statement too deep for the proxy: PostgreSQL's own when its
+    parser refuses the text too (asked with a Parse, which runs nothing), else
+    :data:`TOO_DEEP`."""
+    upstream.parse(_CHECK, sql, oids)
+    checked = upstream.close(b"S", _CHECK)
+    upstream.flush()
+    try:
+        await checked
+    except ServerError as error:
+        if error.sqlstate in _PARSER_ERRORS and error.fields.get("M") != _SEVERAL:
+            error.own_text = True
+            return error
+    except Skipped:
+        pass
+    return TOO_DEEP
+
+
+_SEVERAL = "cannot insert multiple commands into a prepared statement"
+"""A Parse of several statements: PostgreSQL's parser read them all."""
+
+
+_CHECK = "__pgml_check"
+
+
+async def parse(sql: str) -> Parsed | None:
+    """:func:`parse_statement` off the loop, unless its text is parsed already."""
+    if sql in _cache:
+        _cache.move_to_end(sql)
+        return _cache[sql]
+    return await off_loop(parse_statement, sql)
+
+
+def prepare_query(sql: str) -> list[tuple[Piece, Parsed | None]]:
+    """A simple Query's statements, each parsed (None: it calls no pgml function)."""
+    return [(piece, parse_statement(piece.text)) for piece in split_statements(sql)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,6 +230,8 @@ def _parse(sql: str) -> Parsed | None:
     try:
         tokens = DIALECT.tokenize(sql)
         tree = sqlglot.parse_one(sql, dialect=DIALECT)
+    except RecursionError as exc:
+        raise TooDeep from exc
     except (ParseError, TokenError) as exc:
         if mentions_call(sql):
             raise PgmlError(

@@ -18,9 +18,11 @@ from proxy.engine.executor import Execution
 from proxy.engine.planner import (
     Parsed,
     Piece,
+    TooDeep,
     controls_transaction,
-    parse_statement,
-    split_statements,
+    depth_verdict,
+    off_loop,
+    prepare_query,
 )
 from proxy.engine.upstream import RESULTS, Reply, ServerError, Skipped
 from proxy.wire import codec
@@ -45,23 +47,33 @@ ABORT_SQL = "DO $$BEGIN RAISE EXCEPTION 'a pgml call failed'; END$$"
 
 
 def error_response(error: PgmlError) -> bytes:
-    return codec.PgError("ERROR", error.sqlstate, error.message, error.detail, error.hint).encode()
+    extra = {"W": error.context} if error.context else {}
+    return codec.PgError(
+        "ERROR", error.sqlstate, error.message, error.detail, error.hint, extra
+    ).encode()
 
 
 async def answer_query(engine: Engine, message: Message) -> None:
     upstream = engine.upstream
+    reader = codec.BodyReader(message.body)
     try:
-        sql = message.body[:-1].decode("utf-8")
-    except UnicodeDecodeError:  # PostgreSQL's own 22021, before any function could run
+        sql = reader.string()
+        reader.end()
+    except (codec.MessageFormatError, UnicodeDecodeError):
+        # PostgreSQL's own error (22021, 08P01), before any function could run
         _relay(engine, message)
         return
-    pieces = split_statements(sql)
     try:
-        parsed = [parse_statement(piece.text) for piece in pieces]
+        prepared = await off_loop(prepare_query, sql)
+    except TooDeep:
+        await _too_deep(engine, sql)
+        return
     except PgmlError as error:
         upstream.local(error_response(error))
         await _fail_transaction(engine)
         return
+    pieces = [piece for piece, _ in prepared]
+    parsed = [statement for _, statement in prepared]
     if all(p is None for p in parsed) or (
         upstream.status == b"E" and not any(controls_transaction(p.text) for p in pieces)
     ):  # in a failed transaction PostgreSQL refuses it (25P02) before anything runs
@@ -72,6 +84,14 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await _one_statement(engine, parsed[0])
     else:
         await _statements(engine, pieces, parsed)
+
+
+async def _too_deep(engine: Engine, sql: str) -> None:
+    """A statement nested more deeply than the proxy reads: PostgreSQL's own error when
+    its parser refuses it too, else the proxy's limit."""
+    error = await depth_verdict(engine.upstream, sql)
+    await _report(engine, error)
+    engine.upstream.sync(EVERYTHING)
 
 
 def _relay(engine: Engine, message: Message) -> None:
@@ -115,7 +135,7 @@ async def _report(engine: Engine, error: Exception) -> None:
     """The client gets the error; PostgreSQL's transaction fails as the statement's would."""
     upstream = engine.upstream
     if isinstance(error, ServerError):
-        upstream.local(codec.moved_position(error.message.raw, None))
+        upstream.local(error.for_client())
         return
     if isinstance(error, Skipped):  # an earlier error of the proxy's own: already told
         return

@@ -38,7 +38,14 @@ class ServerError(Exception):
     def __init__(self, message: Message) -> None:
         self.message = message
         self.fields = codec.parse_error_fields(message.body)
+        self.own_text = False
+        """Whether it is about text the client wrote itself (its position stands)."""
         super().__init__(self.fields.get("M", "error"))
+
+    def for_client(self) -> bytes:
+        """The ErrorResponse for the client: without a position that points into SQL
+        the proxy wrote."""
+        return self.message.raw if self.own_text else codec.moved_position(self.message.raw, None)
 
     @property
     def sqlstate(self) -> str:
@@ -307,6 +314,9 @@ class Upstream:
         its implicit transaction and error state stay the client's."""
         self._buffer.append(codec.FLUSH)
         self._write()
+        released = self.queue.release()
+        if released:
+            self._write_client(released)
 
     def sync(self, forward: frozenset[int] = NOTHING) -> Reply:
         """Write the buffered requests and a Sync; its reply carries the status."""
@@ -334,10 +344,12 @@ class Upstream:
 
     # --- the client ------------------------------------------------------------------------
 
-    def local(self, data: bytes) -> None:
+    def local(self, data: bytes, *, held: bool = False) -> None:
         """An answer to the client, after every reply owed before it (dropped, like the
-        message it answers, if the server skips the batch it belongs to)."""
-        now = self.queue.local(data)
+        message it answers, if the server skips the batch it belongs to); ``held``: an
+        extended-protocol answer, sent when PostgreSQL would send it (see
+        :class:`~proxy.wire.replies.Expected`)."""
+        now = self.queue.local(data, held=held)
         if now:
             self._write_client(now)
 

@@ -18,10 +18,11 @@ import secrets
 from typing import TYPE_CHECKING, cast
 
 from proxy import logs, metrics
+from proxy.relay import startup
 from proxy.relay.hub import Hub
 from proxy.wire import codec
 from proxy.wire.codec import Backend, Frontend, Message, PgError, ProtocolViolation
-from proxy.wire.framing import ClientFramer, StartupReader
+from proxy.wire.framing import ClientFramer
 from proxy.wire.replies import ANSWERED, RELAYED, ReplyQueue
 
 if TYPE_CHECKING:
@@ -68,9 +69,9 @@ class ClientSession(asyncio.Protocol):
         self.backend_key: tuple[int, bytes] | None = None
         self._client: asyncio.Transport | None = None
         self._upstream: asyncio.Transport | None = None
-        self._startup = StartupReader()
+        self._startup = startup.StartupPhase(hub.tls_context is not None)
         self.replies = ReplyQueue()
-        self._framer = ClientFramer(_WATCHED, ANSWERED, self._relayed)
+        self._framer = ClientFramer(_WATCHED, ANSWERED | {Frontend.FLUSH}, self._relayed)
         self._paused: set[str] = set()
         self._legacy_startup = False
         self._closing = False
@@ -84,6 +85,11 @@ class ClientSession(asyncio.Protocol):
         self._upstream_writable.set()
         self._startup_buffer = b""
         """Server bytes of the startup phase not yet whole messages."""
+        self._raw = False
+        """Relaying the client's bytes as they are, unframed (after a message PostgreSQL
+        refuses to read); the server's answers still come through the reply queue."""
+        self._negotiation: asyncio.Future[bytes] | None = None
+        """The server's answer to an encryption request the proxy replays to it."""
 
     # --- client side ---------------------------------------------------------------
 
@@ -113,13 +119,12 @@ class ClientSession(asyncio.Protocol):
             self._startup_data(data)
 
     def _client_data(self, data: bytes) -> None:
-        try:
-            chunks = self._framer.feed(data, self._want)
-        except ProtocolViolation as exc:
-            self._violation(exc)
-            return
         upstream = self._upstream
         assert upstream is not None
+        if self._raw:
+            upstream.write(data)
+            return
+        chunks = self._framer.feed(data, self._want)
         if chunks is None:
             upstream.write(data)
             return
@@ -128,6 +133,19 @@ class ClientSession(asyncio.Protocol):
                 upstream.write(chunk)
             else:
                 self._take(chunk)
+        if self._framer.broken:
+            self._go_raw()
+
+    def _go_raw(self) -> None:
+        """A message PostgreSQL will not read: from it on the stream is the server's to
+        judge (it ends the session as it does for a client of its own)."""
+        log.warning(
+            "session %d: protocol violation from %s: invalid message length", self.id, self.peer
+        )
+        self._raw = True
+        broken, self._framer.broken = self._framer.broken, b""
+        assert self._upstream is not None
+        self._upstream.write(broken)
 
     def _want(self, mtype: int, data: bytes, start: int, end: int) -> bool:
         """Whether the session answers this client message itself (with the engine)."""
@@ -143,7 +161,12 @@ class ClientSession(asyncio.Protocol):
         return engine is not None and engine.wants(Message(mtype, data[start:end]))
 
     def _relayed(self, mtype: int) -> None:
-        self.replies.expect(RELAYED[mtype])
+        if mtype == Frontend.FLUSH:  # the server sends what it owes: so does the proxy
+            released = self.replies.release()
+            if released:
+                self._write_client(released)
+        else:
+            self.replies.expect(RELAYED[mtype])
 
     def _take(self, message: Message) -> None:
         """A message the session answers itself; what followed it waits behind it."""
@@ -248,32 +271,34 @@ class ClientSession(asyncio.Protocol):
     # --- startup -------------------------------------------------------------------
 
     def _startup_data(self, data: bytes) -> None:
-        try:
-            complete = self._startup.feed(data)
-            if complete is None:
-                return
-            packet, leftover = complete
-            request = codec.parse_startup_packet(packet)
-        except ProtocolViolation as exc:
-            self._violation(exc)
-            return
-        if isinstance(request, codec.StartupMessage):
-            self._begin_connect(request, leftover)
-            return
-        if isinstance(request, codec.CancelRequest):
-            self.hub.forward_cancel(request)
-            self._close_client()
-            return
-        if leftover:
-            self._violation(ProtocolViolation("received unencrypted data after SSL request"))
-            return
         assert self._client is not None
-        if isinstance(request, codec.SSLRequest) and self.hub.tls_context is not None:
-            self._client.write(codec.SSL_ACCEPTED)
-            self.phase = Phase.TLS
-            asyncio.get_running_loop().create_task(self._upgrade_to_tls())
-        else:
-            self._client.write(codec.SSL_REFUSED)
+        for decision in self._startup.feed(data):
+            if isinstance(decision, startup.Answer):
+                self._client.write(decision.data)
+                if decision.tls:
+                    self.phase = Phase.TLS
+                    asyncio.get_running_loop().create_task(self._upgrade_to_tls())
+            elif isinstance(decision, startup.Connect):
+                self._begin_connect(decision)
+            elif isinstance(decision, startup.Cancel):
+                self.hub.forward_cancel(decision.request)
+                self._close_client()
+            elif isinstance(decision, startup.Drop):
+                log.warning(
+                    "session %d: protocol violation from %s: %s",
+                    self.id,
+                    self.peer,
+                    decision.reason,
+                )
+                self._close_client()
+            else:
+                log.warning(
+                    "session %d: protocol violation from %s: %s",
+                    self.id,
+                    self.peer,
+                    decision.error.message,
+                )
+                self._fail(decision.error)
 
     async def _upgrade_to_tls(self) -> None:
         assert self._client is not None and self.hub.tls_context is not None
@@ -291,19 +316,19 @@ class ClientSession(asyncio.Protocol):
         self._client = transport
         self.phase = Phase.STARTUP
 
-    def _begin_connect(self, startup: codec.StartupMessage, leftover: bytes) -> None:
+    def _begin_connect(self, connect: startup.Connect) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        # PostgreSQL answers other major versions with one error in the old format and
-        # closes: those bytes are relayed unframed.
-        self._legacy_startup = startup.major < 3
-        self.user = startup.params.get("user", "")
-        self.database = startup.params.get("database", self.user)
+        # PostgreSQL answers other major versions with one error and closes: those bytes
+        # are relayed unframed.
+        self._legacy_startup = connect.major != 3
+        self.user = connect.params.get("user", "")
+        self.database = connect.params.get("database", self.user)
         self.phase = Phase.CONNECTING
         self._pause_client("connecting")
-        asyncio.get_running_loop().create_task(self._connect(startup.raw + leftover))
+        asyncio.get_running_loop().create_task(self._connect(connect.data, connect.replay))
 
-    async def _connect(self, first_bytes: bytes) -> None:
+    async def _connect(self, first_bytes: bytes, replay: tuple[bytes, ...]) -> None:
         address = self.hub.upstream
         try:
             transport, _ = await asyncio.wait_for(
@@ -328,12 +353,33 @@ class ClientSession(asyncio.Protocol):
             return
         self._upstream = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_WATER)
+        if not await self._replay(transport, replay):
+            return
         transport.write(first_bytes)
         self.phase = Phase.AUTHENTICATING
         self._timer = asyncio.get_running_loop().call_later(
             self.hub.connect_timeout, self._upstream_silent
         )
         self._resume_client("connecting")
+
+    async def _replay(self, transport: asyncio.Transport, requests: tuple[bytes, ...]) -> bool:
+        """Put the server where the client believes it is: the client's encryption
+        requests again, each refused (with one byte) before the next is sent."""
+        if self.hub.upstream.uses_tls:
+            requests = ()  # the proxy's own TLS request was the server's first
+        for request in requests:
+            self._negotiation = asyncio.get_running_loop().create_future()
+            transport.write(request)
+            try:
+                answer = await asyncio.wait_for(self._negotiation, self.hub.connect_timeout)
+            except (TimeoutError, ConnectionError):
+                answer = b""
+            if answer != codec.SSL_REFUSED:
+                log.warning("session %d: upstream did not refuse a replayed request", self.id)
+                self._close_both()
+                return False
+        self._negotiation = None
+        return True
 
     def _upstream_silent(self) -> None:
         """The upstream accepted the connection but never answered the startup packet."""
@@ -354,6 +400,9 @@ class ClientSession(asyncio.Protocol):
     def server_data(self, data: bytes) -> None:
         client = self._client
         if client is None or self.phase is Phase.CLOSED:
+            return
+        if self._negotiation is not None and not self._negotiation.done():
+            self._negotiation.set_result(data[:1])
             return
         if self._legacy_startup:
             client.write(data)
@@ -424,13 +473,15 @@ class ClientSession(asyncio.Protocol):
         return message.raw
 
     def upstream_lost(self, exc: Exception | None) -> None:
+        if self._negotiation is not None and not self._negotiation.done():
+            self._negotiation.set_exception(ConnectionResetError("the server closed"))
         if self._work is not None:
             self._work.cancel()
         if self._client is None or self.phase is Phase.CLOSED:
             return
         replies = self.replies
         sent_fatal = replies.last_type == Backend.ERROR and replies.at_boundary
-        if self.phase is Phase.RELAYING and not sent_fatal and not self._closing:
+        if self.phase is Phase.RELAYING and not (sent_fatal or self._closing or self._raw):
             log.warning("session %d: upstream closed the connection unexpectedly", self.id)
             if replies.at_boundary:
                 self._client.write(
@@ -478,13 +529,6 @@ class ClientSession(asyncio.Protocol):
         if self._client is None or self.phase is Phase.CLOSED:
             return
         if self.replies.at_boundary:
-            self._client.write(error.encode())
-        self._close_both()
-
-    def _violation(self, exc: ProtocolViolation) -> None:
-        log.warning("session %d: protocol violation from %s: %s", self.id, self.peer, exc)
-        error = PgError("FATAL", "08P01", str(exc))
-        if self.replies.at_boundary and self._client is not None:
             self._client.write(error.encode())
         self._close_both()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 INT16 = struct.Struct("!h")
@@ -26,9 +26,12 @@ GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
 
 MAX_STARTUP_LENGTH = 10_000
-"""PostgreSQL's MAX_STARTUP_PACKET_LENGTH."""
+"""PostgreSQL's MAX_STARTUP_PACKET_LENGTH (not counting the length word)."""
 MAX_MESSAGE_LENGTH = 0x3FFF_FFFF
 """PostgreSQL's PQ_LARGE_MESSAGE_LIMIT: no single message may be longer."""
+SMALL_MESSAGE_LENGTH = 10_000
+"""PostgreSQL's PQ_SMALL_MESSAGE_LIMIT, for the messages that carry little."""
+SMALL_MESSAGE_TYPES = frozenset(b"SHEDCXcf")
 MAX_CANCEL_KEY_LENGTH = 256
 """Protocol 3.2 allows cancel keys of up to 256 bytes."""
 
@@ -94,7 +97,23 @@ class ProtocolViolation(Exception):
 
 
 class MessageFormatError(Exception):
-    """A message body that does not decode: PostgreSQL's ``08P01`` ERROR for it."""
+    """A message body that does not decode: PostgreSQL's ERROR for it (``08P01``, or
+    ``22021`` for text that is not UTF-8), with its CONTEXT line where it has one."""
+
+    def __init__(self, message: str, sqlstate: str = "08P01", context: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.context = context
+
+
+def invalid_encoding(raw: bytes, start: int) -> str:
+    """PostgreSQL's message for bytes that are not UTF-8, naming the bad character's
+    bytes as its report_invalid_encoding does."""
+    first = raw[start]
+    width = 2 if 0xC0 <= first < 0xE0 else 3 if 0xE0 <= first < 0xF0 else 4 if first >= 0xF0 else 1
+    shown = " ".join(f"0x{b:02x}" for b in raw[start : start + width])
+    return f'invalid byte sequence for encoding "UTF8": {shown}'
 
 
 # --- whole messages -------------------------------------------------------------------
@@ -124,16 +143,6 @@ def cstring(text: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class SSLRequest:
-    """The client asks for TLS before its startup message."""
-
-
-@dataclass(frozen=True, slots=True)
-class GSSENCRequest:
-    """The client asks for GSSAPI encryption before its startup message."""
-
-
-@dataclass(frozen=True, slots=True)
 class CancelRequest:
     """A request, on a fresh connection, to cancel another session's query."""
 
@@ -145,56 +154,9 @@ class CancelRequest:
         return head + UINT32.pack(self.pid) + self.secret
 
 
-@dataclass(frozen=True, slots=True)
-class StartupMessage:
-    """The client's startup packet, kept byte for byte so it can be relayed unchanged."""
-
-    major: int
-    minor: int
-    params: Mapping[str, str]
-    raw: bytes
-
-
-StartupRequest = SSLRequest | GSSENCRequest | CancelRequest | StartupMessage
-
 SSL_REQUEST = UINT32_PAIR.pack(8, SSL_REQUEST_CODE)
 SSL_REFUSED = b"N"
 SSL_ACCEPTED = b"S"
-
-
-def parse_startup_packet(packet: bytes) -> StartupRequest:
-    """Decode one whole startup-phase packet (length word included)."""
-    if len(packet) < 8:
-        raise ProtocolViolation("invalid length of startup packet")
-    code = UINT32.unpack_from(packet, 4)[0]
-    if code == SSL_REQUEST_CODE and len(packet) == 8:
-        return SSLRequest()
-    if code == GSSENC_REQUEST_CODE and len(packet) == 8:
-        return GSSENCRequest()
-    if code == CANCEL_REQUEST_CODE:
-        secret = packet[12:]
-        if len(packet) < 16 or len(secret) > MAX_CANCEL_KEY_LENGTH:
-            raise ProtocolViolation("invalid length of cancel request packet")
-        return CancelRequest(UINT32.unpack_from(packet, 8)[0], bytes(secret))
-    major, minor = code >> 16, code & 0xFFFF
-    params: dict[str, str] = {}
-    if major == 3:
-        params = _startup_params(packet[8:])
-    return StartupMessage(major, minor, params, bytes(packet))
-
-
-def _startup_params(body: bytes) -> dict[str, str]:
-    parts = body.split(b"\x00")
-    if len(parts) < 2 or parts[-1] or parts[-2]:
-        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
-    words = parts[:-2]
-    if len(words) % 2:
-        raise ProtocolViolation("invalid startup packet layout: a parameter has no value")
-    try:
-        decoded = [w.decode("utf-8") for w in words]
-    except UnicodeDecodeError as exc:
-        raise ProtocolViolation("invalid byte sequence in startup packet") from exc
-    return dict(zip(decoded[::2], decoded[1::2], strict=True))
 
 
 # --- errors and notices ------------------------------------------------------------------
@@ -519,7 +481,10 @@ def decode_parse(body: bytes) -> ParseMessage:
     return ParseMessage(name, sql, oids)
 
 
-def decode_bind(body: bytes) -> BindMessage:
+def decode_bind(body: bytes, check: Callable[[str, str, int], None] | None = None) -> BindMessage:
+    """A Bind, read in PostgreSQL's order: ``check(portal, statement, count)`` judges the
+    statement and the parameter count before any value is read; text values must be
+    UTF-8."""
     reader = BodyReader(body)
     portal, statement = reader.string(), reader.string()
     formats = [reader.int16() for _ in range(reader.int16())]
@@ -528,11 +493,30 @@ def decode_bind(body: bytes) -> BindMessage:
         raise MessageFormatError(
             f"bind message has {len(formats)} parameter formats but {count} parameters"
         )
-    values = [reader.value() for _ in range(count)]
+    if check is not None:
+        check(portal, statement, count)
+    per_param = formats * count if len(formats) == 1 else formats or [0] * count
+    where = f'portal "{portal}"' if portal else "unnamed portal"
+    values: list[bytes | None] = []
+    for index in range(count):
+        try:
+            value = reader.value()
+            if value is not None and not per_param[index]:
+                _utf8(value)
+        except MessageFormatError as error:
+            error.context = f"{where} parameter ${index + 1}"
+            raise
+        values.append(value)
     result_formats = [reader.int16() for _ in range(reader.int16())]
     reader.end()
-    per_param = formats * count if len(formats) == 1 else formats or [0] * count
     return BindMessage(portal, statement, per_param, values, result_formats)
+
+
+def _utf8(raw: bytes) -> None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise MessageFormatError(invalid_encoding(raw, error.start), "22021") from error
 
 
 def decode_target(body: bytes, what: str) -> Target:

@@ -1,7 +1,7 @@
-"""Cutting a client's byte stream into packets and messages, sans-IO.
+"""Cutting a client's byte stream into messages, sans-IO.
 
-:class:`StartupReader` collects the one length-prefixed packet of the startup phase.
-:class:`ClientFramer` walks the message headers of everything after it: the messages the
+:class:`ClientFramer` walks the message headers of everything after the startup
+packet: the messages the
 session wants to look at come out whole; everything else comes out as byte runs to relay
 exactly as they came, without being copied message by message.
 """
@@ -12,10 +12,10 @@ from collections.abc import Callable, Collection
 
 from proxy.wire.codec import (
     MAX_MESSAGE_LENGTH,
-    MAX_STARTUP_LENGTH,
+    SMALL_MESSAGE_LENGTH,
+    SMALL_MESSAGE_TYPES,
     UINT32,
     Message,
-    ProtocolViolation,
 )
 
 Chunk = bytes | Message
@@ -25,30 +25,11 @@ Selector = Callable[[int, bytes, int, int], bool]
 """``want(type, buffer, start, end)``: does the caller want this whole message?"""
 
 
-class StartupReader:
-    """Collects one length-prefixed startup packet from a byte stream."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    @property
-    def has_partial_packet(self) -> bool:
-        return bool(self._buffer)
-
-    def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
-        """Return ``(packet, leftover)`` once a whole packet is in, else ``None``."""
-        self._buffer += data
-        if len(self._buffer) < 4:
-            return None
-        length = UINT32.unpack_from(self._buffer)[0]
-        if length < 8 or length > MAX_STARTUP_LENGTH:
-            raise ProtocolViolation("invalid length of startup packet")
-        if len(self._buffer) < length:
-            return None
-        packet = bytes(self._buffer[:length])
-        leftover = bytes(self._buffer[length:])
-        self._buffer.clear()
-        return packet, leftover
+def valid_length(mtype: int, length: int) -> bool:
+    """Whether PostgreSQL reads a message of this type and declared length (Sync, Flush,
+    Execute, Describe, Close, Terminate, CopyDone and CopyFail are small)."""
+    limit = SMALL_MESSAGE_LENGTH if mtype in SMALL_MESSAGE_TYPES else MAX_MESSAGE_LENGTH
+    return 4 <= length <= limit
 
 
 class ClientFramer:
@@ -64,6 +45,7 @@ class ClientFramer:
         "_pending",
         "_skip",
         "at_boundary",
+        "broken",
         "counted",
         "on_relay",
         "rest",
@@ -83,6 +65,9 @@ class ClientFramer:
         """Whether everything fed so far ends on a message boundary."""
         self.rest = b""
         """Input after the last message taken, not framed yet."""
+        self.broken = b""
+        """Input from a message whose declared length PostgreSQL refuses on: the stream
+        cannot be framed past it."""
         self._skip = 0
         self._pending = bytearray()
         self._need = 0
@@ -97,6 +82,8 @@ class ClientFramer:
         whole = not self._pending
         if not whole:
             data = self._complete_pending(data, want, out)
+            if self.broken:
+                return out
             if out and isinstance(out[-1], Message):
                 self.rest = data
                 self.at_boundary = True
@@ -118,8 +105,8 @@ class ClientFramer:
         while n - pos >= 5:
             mtype = data[pos]
             length = unpack(data, pos + 1)[0]
-            if length < 4 or length > MAX_MESSAGE_LENGTH:
-                raise ProtocolViolation(f"invalid message length {length}")
+            if not valid_length(mtype, length):
+                return self._break(out, data, start, pos)
             end = pos + 1 + length
             if mtype in watched:
                 if end > n:
@@ -147,6 +134,15 @@ class ClientFramer:
             out.append(data[start:pos])
         return out
 
+    def _break(self, out: list[Chunk], data: bytes, start: int, pos: int) -> list[Chunk]:
+        """A length PostgreSQL would not read: frame no further.  What came before it is
+        returned; from it on, :attr:`broken` holds the stream for the server to judge."""
+        if start < pos:
+            out.append(data[start:pos])
+        self.broken = data[pos:]
+        self.at_boundary = True
+        return out
+
     def _begin_pending(self, head: bytes) -> None:
         """Buffer a watched message, or a bare header, that the read cut short."""
         self._pending = bytearray(head)
@@ -162,8 +158,10 @@ class ClientFramer:
             if len(pending) < 5:
                 return data
             length = UINT32.unpack_from(pending, 1)[0]
-            if length < 4 or length > MAX_MESSAGE_LENGTH:
-                raise ProtocolViolation(f"invalid message length {length}")
+            if not valid_length(pending[0], length):
+                self.broken = bytes(pending) + data
+                self._pending = bytearray()
+                return b""
             self._need = 1 + length
             if pending[0] not in self.watched:
                 # A header split across reads of a message relayed unseen.

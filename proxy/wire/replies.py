@@ -84,6 +84,10 @@ class Expected:
     sent from within a longer text), or None: dropped (the statement was rewritten)."""
     local: bytes = b""
     """For ``LOCAL`` entries: the bytes to write to the client when this entry is reached."""
+    held: bool = False
+    """For ``LOCAL`` entries: kept back until the server would send it (it has sent
+    something since, or a Sync or Flush has gone to it), as PostgreSQL buffers the
+    answers to extended-protocol messages."""
     explains: bool = True
     """Whether an error of this request (not forwarded) is the answer to the client's
     message it was made for: the requests the server then skips fail with it."""
@@ -157,6 +161,8 @@ class ReplyQueue:
         """Record a request just written upstream (in the order written)."""
         if entry.request in _SYNC_POINTS:
             self.pushed_syncs += 1
+            for earlier in self._entries:
+                earlier.held = False
         if self._ignoring:
             if entry.request != Frontend.SYNC:
                 if entry.sink is not None:
@@ -168,25 +174,35 @@ class ReplyQueue:
         if not entry.passthrough:
             self._routed += 1
 
-    def local(self, data: bytes, sink: Sink | None = None) -> bytes:
+    def local(self, data: bytes, sink: Sink | None = None, *, held: bool = False) -> bytes:
         """An answer for the client from the proxy, due after everything queued before it.
 
-        Returns what may be written now (``data`` itself when nothing is owed); otherwise
-        it comes out of :meth:`feed` in its turn.  Skipped when the server is ignoring the
-        batch the answered message belongs to, unless a request of the proxy's own made
-        it ignore the batch (then this is the answer to the message that failed).
+        Returns what may be written now (``data`` itself when nothing is owed and it is
+        not ``held``); otherwise it comes out of :meth:`feed` or :meth:`release` in its
+        turn.  Skipped when the server is ignoring the batch the answered message belongs
+        to, unless a request of the proxy's own made it ignore the batch (then this is the
+        answer to the message that failed).
         """
         if self._ignoring and self._own_failure is None:
             if sink is not None:
                 sink.skip(None)
             return b""
-        if not self._entries:
+        if not self._entries and not held:
             if sink is not None:
                 sink.complete(None)
             return data
-        self._entries.append(Expected(LOCAL, sink=sink, local=data))
+        self._entries.append(Expected(LOCAL, sink=sink, local=data, held=held))
         self._routed += 1
         return b""
+
+    def release(self) -> bytes:
+        """A Sync or Flush has gone to the server: held answers before it are due; what
+        may be written now."""
+        for entry in self._entries:
+            entry.held = False
+        out: list[bytes] = []
+        self._drain_local(out)
+        return b"".join(out)
 
     @property
     def busy(self) -> bool:
@@ -224,6 +240,8 @@ class ReplyQueue:
         """Route the server's next bytes: the client's are returned, the proxy's go to
         their sinks."""
         out: list[bytes] = []
+        if data:
+            self._drain_local(out, force=True)
         pos = self._continue(data, out)
         buffer = data
         n = len(data)
@@ -257,7 +275,7 @@ class ReplyQueue:
                 out.append(raw)
             self._advance(mtype, Message(mtype, raw), routed_to_sink=not forward)
             pos = end
-            self._drain_local(out)
+            self._drain_local(out, force=True)
         if pos < n:
             self._partial += buffer[pos:]
         self._drain_local(out)
@@ -309,9 +327,13 @@ class ReplyQueue:
             return n
         return end
 
-    def _drain_local(self, out: list[bytes]) -> None:
+    def _drain_local(self, out: list[bytes], force: bool = False) -> None:
+        """Answers of the proxy's at the head, due now (``force``: the server has sent
+        something, so it would have sent what it owed before too)."""
+        if self._skip or self._stub:  # never inside a message being forwarded
+            return
         entries = self._entries
-        while entries and entries[0].request == LOCAL:
+        while entries and entries[0].request == LOCAL and (force or not entries[0].held):
             entry = entries.popleft()
             self._routed -= 1
             out.append(entry.local)

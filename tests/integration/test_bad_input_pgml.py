@@ -205,7 +205,7 @@ def test_nesting_refused_inside_transaction(stack: Stack) -> None:
     assert same_bytes(stack, deep, setup=rc.query("BEGIN")).codes == ["42601", "25P02"]
 
 
-@pytest.mark.parametrize("depth", [1000, 3000])
+@pytest.mark.parametrize("depth", [1000, 2000])
 def test_nesting_postgresql_accepts_is_answered(stack: Stack, depth: int) -> None:
     """Depths PostgreSQL accepts are answered, with the right values."""
     with psycopg.connect(stack.cluster.dsn(), autocommit=True) as direct:
@@ -215,6 +215,18 @@ def test_nesting_postgresql_accepts_is_answered(stack: Stack, depth: int) -> Non
         assert row == (__version__, 1)
         inner = conn.execute(f"SELECT {nested(depth, 'pgml.version()')}").fetchone()
         assert inner == (__version__,)
+
+
+def test_nesting_deeper_than_the_proxy_reads_is_its_54001(stack: Stack) -> None:
+    """Between the proxy's limit (about 2,000 levels) and PostgreSQL's (about 9,990), the
+    proxy refuses with PostgreSQL's code for a stack limit, and nothing runs."""
+    with psycopg.connect(stack.cluster.dsn(), autocommit=True) as direct:
+        assert direct.execute(f"SELECT {nested(5000)}").fetchone() == (1,)
+    with psycopg.connect(stack.proxy.dsn(), autocommit=True, connect_timeout=5) as conn:
+        with pytest.raises(psycopg.errors.StatementTooComplex) as raised:
+            conn.execute(f"SELECT pgml.version(), {nested(5000)}")
+        assert "2,000 levels" in (raised.value.diag.message_detail or "")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_long_expression_is_54001(stack: Stack) -> None:

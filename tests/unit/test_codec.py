@@ -7,50 +7,7 @@ import struct
 import pytest
 
 from proxy.wire import codec
-from proxy.wire.codec import Message, MessageFormatError, ProtocolViolation
-
-
-def startup_packet(params: dict[str, str], version: int = 196608) -> bytes:
-    body = struct.pack("!I", version)
-    body += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
-    return struct.pack("!I", len(body) + 4) + body
-
-
-class TestStartup:
-    def test_startup_message_keeps_raw_bytes_and_params(self) -> None:
-        packet = startup_packet({"user": "ann", "database": "db", "options": "-c x=1"})
-        request = codec.parse_startup_packet(packet)
-        assert isinstance(request, codec.StartupMessage)
-        assert (request.major, request.minor) == (3, 0)
-        assert request.params == {"user": "ann", "database": "db", "options": "-c x=1"}
-        assert request.raw == packet
-
-    def test_ssl_and_gssenc_requests(self) -> None:
-        assert codec.parse_startup_packet(struct.pack("!II", 8, 80877103)) == codec.SSLRequest()
-        assert codec.parse_startup_packet(struct.pack("!II", 8, 80877104)) == codec.GSSENCRequest()
-
-    @pytest.mark.parametrize("secret", [b"\x01\x02\x03\x04", bytes(range(32))])
-    def test_cancel_request_round_trips(self, secret: bytes) -> None:
-        encoded = codec.CancelRequest(4242, secret).encode()
-        assert codec.parse_startup_packet(encoded) == codec.CancelRequest(4242, secret)
-
-    def test_other_protocol_versions_are_passed_on_not_parsed(self) -> None:
-        request = codec.parse_startup_packet(struct.pack("!II", 8, 2 << 16))
-        assert isinstance(request, codec.StartupMessage)
-        assert (request.major, request.minor, dict(request.params)) == (2, 0, {})
-
-    @pytest.mark.parametrize(
-        "packet",
-        [
-            struct.pack("!I", 4),
-            struct.pack("!II", 12, 196608) + b"a\0b",  # no terminator
-            struct.pack("!II", 11, 196608) + b"a\0\0",  # key without value
-            struct.pack("!III", 12, 80877102, 1),  # cancel request too short
-        ],
-    )
-    def test_malformed_startup_packets(self, packet: bytes) -> None:
-        with pytest.raises(ProtocolViolation):
-            codec.parse_startup_packet(packet)
+from proxy.wire.codec import Message, MessageFormatError
 
 
 def test_error_response_round_trip() -> None:
@@ -120,6 +77,27 @@ class TestFrontendMessages:
     def test_malformed_bind_fails_as_postgresql_does(self, body: bytes, message: str) -> None:
         with pytest.raises(MessageFormatError, match=message):
             codec.decode_bind(body)
+
+    def test_bind_values_in_text_must_be_utf8_and_errors_name_the_parameter(self) -> None:
+        raw = codec.bind("", "s", [b"ok", b"caf\xc3\x28"])
+        with pytest.raises(MessageFormatError) as raised:
+            codec.decode_bind(raw[5:])
+        error = raised.value
+        assert error.sqlstate == "22021"
+        assert error.message == 'invalid byte sequence for encoding "UTF8": 0xc3 0x28'
+        assert error.context == "unnamed portal parameter $2"
+        assert codec.decode_bind(codec.bind("p", "s", [b"\xff"], [1])[5:]).values == [b"\xff"]
+
+    def test_bind_is_checked_before_its_values_are_read(self) -> None:
+        seen: list[tuple[str, str, int]] = []
+
+        def check(portal: str, statement: str, count: int) -> None:
+            seen.append((portal, statement, count))
+            raise MessageFormatError("wrong count")
+
+        with pytest.raises(MessageFormatError, match="wrong count"):
+            codec.decode_bind(b"p\0s\0\0\0\0\x01\x00\x00\x00\x10ab", check)
+        assert seen == [("p", "s", 1)]
 
     def test_describe_and_close_targets(self) -> None:
         target = codec.decode_target(codec.describe(b"P", "cur")[5:], "DESCRIBE")

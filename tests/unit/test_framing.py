@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from proxy.wire import codec
-from proxy.wire.codec import Message, ProtocolViolation
-from proxy.wire.framing import Chunk, ClientFramer, StartupReader
+from proxy.wire.codec import Message
+from proxy.wire.framing import Chunk, ClientFramer
 
 QUERY = codec.message(b"Q", b"SELECT 1\0")
 PGML_QUERY = codec.message(b"Q", b"select PgMl.embed('m', 't')\0")
@@ -88,28 +88,24 @@ def test_an_unwatched_message_streams_without_buffering() -> None:
     assert framer.at_boundary
 
 
-@pytest.mark.parametrize("length", [2**31, 3])
-def test_bad_message_length(length: int) -> None:
-    with pytest.raises(ProtocolViolation):
-        make([]).feed(b"Q" + struct.pack("!I", length), wants_pgml)
+@pytest.mark.parametrize("length", [2**31, 2**30, 3])
+def test_a_length_postgresql_refuses_stops_framing(length: int) -> None:
+    relayed: list[int] = []
+    framer = make(relayed)
+    bad = b"Q" + struct.pack("!I", length) + b"rest"
+    assert framer.feed(QUERY + bad, wants_pgml) == [QUERY]
+    assert framer.broken == bad and relayed == [ord("Q")]
 
 
-def test_bad_length_split_across_reads() -> None:
+@pytest.mark.parametrize(("mtype", "length"), [(b"S", 10_001), (b"E", 20_000), (b"c", 10_001)])
+def test_small_messages_have_postgresqls_small_limit(mtype: bytes, length: int) -> None:
+    framer = make([])
+    assert framer.feed(mtype + struct.pack("!I", length), wants_pgml) == []
+    assert framer.broken
+
+
+def test_a_bad_length_split_across_reads() -> None:
     framer = make([])
     framer.feed(b"d\x80", wants_pgml)
-    with pytest.raises(ProtocolViolation):
-        framer.feed(b"\0\0\0", wants_pgml)
-
-
-def test_startup_reader_waits_for_the_whole_packet_and_returns_the_leftover() -> None:
-    packet = struct.pack("!II", 13, 196608) + b"u\0v\0\0"
-    reader = StartupReader()
-    assert reader.feed(packet[:3]) is None
-    assert reader.feed(packet[3:-1]) is None
-    assert reader.feed(packet[-1:] + b"rest") == (packet, b"rest")
-
-
-@pytest.mark.parametrize("length", [2**31, 3, 10_001])
-def test_startup_reader_rejects_bad_lengths(length: int) -> None:
-    with pytest.raises(ProtocolViolation):
-        StartupReader().feed(struct.pack("!I", length) + b"\0" * 8)
+    assert framer.feed(b"\0\0\0", wants_pgml) == []
+    assert framer.broken == b"d\x80\0\0\0"
