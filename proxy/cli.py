@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import ssl
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from proxy import logs
+from proxy import heap, logs
 from proxy.config import Settings, parse_settings
 from proxy.embedded import EmbeddedPostgres
 from proxy.relay.address import UpstreamAddress, parse_upstream
@@ -46,6 +47,8 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
         services=lambda: _services(settings, upstream),
     )
     await proxy.listen(settings.host, settings.port)
+    loop = asyncio.get_running_loop()
+    housekeeping = asyncio.ensure_future(_housekeeping())
     dashboard: Dashboard | None = None
     if settings.dashboard_port:
         from dashboard.app import Dashboard
@@ -54,17 +57,31 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
         dashboard = Dashboard(proxy, database)
         await dashboard.start(settings.host, settings.dashboard_port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"pgml-proxy ready: {connection_string(settings, upstream, proxy.port)}", flush=True)
     await stop.wait()
+    housekeeping.cancel()
     log.info("shutting down: %d session(s) open", len(proxy.hub.sessions))
     try:
         if dashboard is not None:
             await dashboard.stop()
     finally:
         await proxy.shutdown(settings.shutdown_grace)
+
+
+async def _housekeeping() -> None:
+    await asyncio.get_running_loop().run_in_executor(None, _warm)
+    heap.settle()
+    await heap.keep()
+
+
+def _warm() -> None:
+    """The statement engine and the catalog's client, imported in the background rather
+    than on the first pgml statement's turn on the event loop (no ML library comes with
+    them)."""
+    for name in ("proxy.engine.session", "asyncpg"):
+        importlib.import_module(name)
 
 
 def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
@@ -127,8 +144,14 @@ RECURSION_LIMIT = 50_000
 level); low enough that C recursion (json) meets RecursionError before the 8 MB stack."""
 
 
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits: the planner's threads parse
+big statements while the event loop answers everyone else."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     sys.setrecursionlimit(RECURSION_LIMIT)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     settings = parse_settings(argv)
     logs.configure(settings.log_level, settings.log_format)
     if settings.log_level != "debug":

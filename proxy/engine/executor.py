@@ -9,6 +9,7 @@ in the place of the client's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -29,13 +30,14 @@ from proxy.engine.calls import CallSite
 from proxy.engine.constants import Known, evaluate_constant
 from proxy.engine.planner import (
     Parsed,
+    by_size,
     nesting,
     off_loop,
     parse,
 )
 from proxy.engine.rows import run_step
 from proxy.engine.scopes import ScopeStep
-from proxy.engine.sourcetext import SourceText
+from proxy.engine.sourcetext import SourceText, Span
 from proxy.engine.split import plan_scope
 from proxy.engine.upstream import CopyIn, CopyOut, Reply, Result, ServerError, Skipped, Upstream
 from proxy.wire import codec
@@ -60,6 +62,10 @@ class BoundParams:
     values: list[bytes | None] = field(default_factory=list)
     formats: list[int] = field(default_factory=list)
     oids: list[int] = field(default_factory=list)
+
+
+_SLICE = 32
+"""Constant calls evaluated between two turns of the event loop."""
 
 
 class Execution:
@@ -197,16 +203,18 @@ class Execution:
         self.drop_at_commit = self.drop_at_commit or parsed.declares_cursor
         text = SourceText(parsed.text)
         constants = [c for c in parsed.calls if not c.per_row]
-        for call in sorted(constants, key=lambda c: -nesting(c)):
+        for count, call in enumerate(sorted(constants, key=lambda c: -nesting(c))):
+            if count % _SLICE == _SLICE - 1:
+                await asyncio.sleep(0)  # many calls: let the other sessions in between
             await self._timed(call, evaluate_constant(self, text, call))
-        statement = text.render()
+        statement = await by_size(len(text.text), text.render)
         current: Parsed | None = parsed if not constants else await parse(statement)
         while current is not None and current.calls:
             step = await off_loop(_next_step, current)
             outer = await self._timed(step.calls[0], run_step(self, current, step))
-            statement = statement[: step.span[0]] + outer + statement[step.span[1] :]
+            statement = await by_size(len(statement), _replaced, statement, step.span, outer)
             current = await parse(statement)
-        return parsed.prefix + statement
+        return await by_size(len(statement), str.__add__, parsed.prefix, statement)
 
     async def _timed(self, call: CallSite, work: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -239,6 +247,10 @@ class Execution:
         reply = self.request("DROP TABLE " + ", ".join(self.temp_tables), [])
         self.temp_tables = []
         return reply
+
+
+def _replaced(text: str, span: Span, replacement: str) -> str:
+    return text[: span[0]] + replacement + text[span[1] :]
 
 
 def _next_step(parsed: Parsed) -> ScopeStep:

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 
 from handlers.errors import PgmlError
 from handlers.inference import result_type as project_result_type
-from proxy.engine import binding
+from proxy.engine import binding, planner
 from proxy.engine.executor import BoundParams
-from proxy.engine import planner
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
 from proxy.engine.query import ABORT_SQL, INTERNAL_ERROR, error_response
 from proxy.engine.upstream import ROWS, ServerError, Skipped
@@ -143,7 +142,7 @@ class ExtendedState:
         kind, body = message.type, message.body
         if kind == Frontend.PARSE:
             try:
-                parse = codec.decode_parse(body)
+                parse = await planner.by_size(len(body), codec.decode_parse, body)
             except (MessageFormatError, UnicodeDecodeError):  # PostgreSQL's to refuse
                 self._relay(message)
                 return
@@ -171,7 +170,8 @@ class ExtendedState:
             self._relay(message)
             return
         labels = await self._label_types(parsed)
-        upstream.parse(_DESCRIBE_NAME, skeleton(parsed, parse.param_oids, labels), parse.param_oids)
+        shape = await planner.by_size(len(parse.sql), skeleton, parsed, parse.param_oids, labels)
+        upstream.parse(_DESCRIBE_NAME, shape, parse.param_oids)
         described = upstream.describe(b"S", _DESCRIBE_NAME)
         upstream.close(b"S", _DESCRIBE_NAME)
         upstream.flush()
@@ -257,9 +257,10 @@ class ExtendedState:
             name = FINAL_NAME
             portal.upstream = f"__pgml_portal_{next(_UPSTREAM_NAMES)}"
             errors = frozenset({Backend.ERROR})
-            upstream.request(
-                codec.parse(name, final, execution.param_oids()), Frontend.PARSE, errors
+            statement = await planner.by_size(
+                len(final), codec.parse, name, final, execution.param_oids()
             )
+            upstream.request(statement, Frontend.PARSE, errors)
             upstream.request(
                 codec.bind(
                     portal.upstream,

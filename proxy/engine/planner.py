@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-import sqlglot
 from sqlglot import Token, TokenType, exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
@@ -31,7 +29,8 @@ from handlers.functions import Overload
 from handlers.registry import FUNCTIONS
 from proxy.engine.binding import pick_overload, positions, project_literal, result_type, syntax_oids
 from proxy.engine.calls import CallSite, ancestors, find_calls, mentions_call
-from proxy.engine.sourcetext import SourceText, space_parameters, spaced
+from proxy.engine.parsecache import ParseCache
+from proxy.engine.sourcetext import SourceText, nesting_depth, space_parameters, spaced
 from proxy.engine.sqltext import SqlText
 from proxy.engine.upstream import ServerError, Skipped, Upstream
 
@@ -46,6 +45,19 @@ thousands of calls must not stall the other sessions."""
 
 async def off_loop(work: Callable[..., T], *args: object) -> T:
     return await asyncio.get_running_loop().run_in_executor(_PLANNER, work, *args)
+
+
+BULK = 1 << 18
+"""Characters (or bytes) from which even copying a statement's text is work for the
+planner's threads: a copy of megabytes takes milliseconds."""
+
+
+async def by_size(size: int, work: Callable[..., T], *args: object) -> T:
+    """``work(*args)`` on the loop when it handles fewer than :data:`BULK` characters,
+    else off it."""
+    if size < BULK:
+        return work(*args)
+    return await off_loop(work, *args)
 
 
 class TooDeep(Exception):
@@ -89,9 +101,9 @@ _CHECK = "__pgml_check"
 
 async def parse(sql: str) -> Parsed | None:
     """:func:`parse_statement` off the loop, unless its text is parsed already."""
-    if sql in _cache:
-        _cache.move_to_end(sql)
-        return _cache[sql]
+    kept = _cache.get(sql) if len(sql) < BULK else None
+    if kept is not None:
+        return kept[0]
     return await off_loop(parse_statement, sql)
 
 
@@ -191,20 +203,19 @@ _BODY_STATEMENT = re.compile(
 
 _CURRENT_OF = re.compile(r"\bWHERE\s+CURRENT\s+OF\b", re.IGNORECASE)
 
-CACHE_SIZE = 512
-_cache: OrderedDict[str, Parsed | None] = OrderedDict()
+_cache: ParseCache[Parsed | None] = ParseCache(entries=512, weight=50_000)
+"""Statements kept parsed, weighed by their tokens."""
 
 
 def parse_statement(sql: str) -> Parsed | None:
     """The statement parsed; ``None`` when it calls no pgml function (relay it as it
     is).  Kept by text, so a statement run again is not parsed again."""
-    if sql in _cache:
-        _cache.move_to_end(sql)
-        return _cache[sql]
+    kept = _cache.get(sql) if len(sql) < BULK else None
+    if kept is not None:
+        return kept[0]
     parsed = _parse(sql)
-    _cache[sql] = parsed
-    if len(_cache) > CACHE_SIZE:
-        _cache.popitem(last=False)
+    if len(sql) < BULK:
+        _cache.put(sql, parsed, len(parsed.sql.tokens) if parsed is not None else 1)
     return parsed
 
 
@@ -228,10 +239,7 @@ def _parse(sql: str) -> Parsed | None:
             hint="Update the rows by key: UPDATE t SET col = pgml...(...) WHERE id = ...",
         )
     try:
-        tokens = DIALECT.tokenize(sql)
-        tree = sqlglot.parse_one(sql, dialect=DIALECT)
-    except RecursionError as exc:
-        raise TooDeep from exc
+        read = _read(sql)
     except (ParseError, TokenError) as exc:
         if mentions_call(sql):
             raise PgmlError(
@@ -241,6 +249,9 @@ def _parse(sql: str) -> Parsed | None:
                 hint="Write the call in a plain SELECT, INSERT, UPDATE or CREATE TABLE AS.",
             ) from exc
         return None
+    if read is None:
+        raise TooDeep
+    tokens, tree = read
     if tree is None:
         return None
     if isinstance(tree, exp.Command):
@@ -260,6 +271,27 @@ def _parse(sql: str) -> Parsed | None:
             "then define the view over that table.",
         )
     return Parsed(sql, prefix, tree, SqlText(sql, tokens), tuple(calls))
+
+
+MAX_NESTING = 2048
+"""Parentheses nested deeper than this are not read (sqlglot recurses about 21 frames a
+level, under the recursion limit the command line sets)."""
+
+
+def _read(sql: str) -> tuple[list[Token], exp.Expr | None] | None:
+    """Tokens and tree; None when the statement nests too deeply to read: found from the
+    text first (before any token is made), or from sqlglot's RecursionError (whose
+    traceback of tens of thousands of frames ends here, in the planner's thread)."""
+    if nesting_depth(sql) > MAX_NESTING:
+        return None
+    tokens = DIALECT.tokenize(sql)
+    try:
+        trees = DIALECT.parser().parse(tokens, sql)  # the tokens read once, for both
+    except RecursionError:
+        return None
+    if not trees or trees[0] is None:
+        raise ParseError(f"No expression was parsed from '{sql}'")
+    return tokens, exp.Block(expressions=trees) if len(trees) > 1 else trees[0]
 
 
 def _calls_in_tokens(tokens: list[Token]) -> bool:

@@ -19,6 +19,7 @@ from proxy.engine.planner import (
     Parsed,
     Piece,
     TooDeep,
+    by_size,
     controls_transaction,
     depth_verdict,
     off_loop,
@@ -55,10 +56,8 @@ def error_response(error: PgmlError) -> bytes:
 
 async def answer_query(engine: Engine, message: Message) -> None:
     upstream = engine.upstream
-    reader = codec.BodyReader(message.body)
     try:
-        sql = reader.string()
-        reader.end()
+        sql = await by_size(len(message.body), _query_text, message.body)
     except (codec.MessageFormatError, UnicodeDecodeError):
         # PostgreSQL's own error (22021, 08P01), before any function could run
         _relay(engine, message)
@@ -84,6 +83,13 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await _one_statement(engine, parsed[0])
     else:
         await _statements(engine, pieces, parsed)
+
+
+def _query_text(body: bytes) -> str:
+    reader = codec.BodyReader(body)
+    sql = reader.string()
+    reader.end()
+    return sql
 
 
 async def _too_deep(engine: Engine, sql: str) -> None:
@@ -112,16 +118,17 @@ async def _one_statement(engine: Engine, parsed: Parsed) -> None:
         await _report(engine, error)
         upstream.sync(EVERYTHING)
         return
-    _send_final(execution, final)
+    await _send_final(execution, final)
     await execution.drop_temp_tables()
     upstream.sync(EVERYTHING)
 
 
-def _send_final(execution: Execution, sql: str) -> Reply:
+async def _send_final(execution: Execution, sql: str) -> Reply:
     """The statement in the client's place: its rows, tag and errors are PostgreSQL's
     own (errors without a position: it is not the text the client wrote)."""
     upstream = execution.upstream
-    upstream.request(codec.parse("", sql, execution.param_oids()), Frontend.PARSE, ERROR_ONLY)
+    parse = await by_size(len(sql), codec.parse, "", sql, execution.param_oids())
+    upstream.request(parse, Frontend.PARSE, ERROR_ONLY)
     upstream.request(
         codec.bind("", "", execution.param_values(), execution.param_formats()),
         Frontend.BIND,
@@ -181,7 +188,7 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Parsed |
             except Exception as error:
                 await _report(engine, error)
                 raise _Failed from error
-            done = _send_final(execution, final)
+            done = await _send_final(execution, final)
             await execution.drop_temp_tables()
             upstream.flush()
             try:

@@ -8,6 +8,8 @@ names, casts, column names and types stay its own).
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sqlglot import Token, TokenType
@@ -56,13 +58,15 @@ class CallText:
 
 def call_text(tokens: list[Token], start: int) -> CallText:
     """Locate a call ``pgml.name(...)`` whose first token starts at ``start``."""
-    index = next(i for i, t in enumerate(tokens) if t.start >= start)
+    first = bisect_left(tokens, start, key=lambda t: t.start)
+    index = first
     while tokens[index].token_type != TokenType.L_PAREN:
         index += 1
     depth = 0
     arguments: list[Span] = []
     current: list[Token] = []
-    for token in tokens[index:]:
+    for position in range(index, len(tokens)):
+        token = tokens[position]
         kind = token.token_type
         if kind in _OPEN:
             depth += 1
@@ -73,17 +77,13 @@ def call_text(tokens: list[Token], start: int) -> CallText:
             if depth == 0:
                 if current:
                     arguments.append(_value_span(current))
-                return CallText((tokens[_first(tokens, start)].start, token.end + 1), arguments)
+                return CallText((tokens[first].start, token.end + 1), arguments)
         elif kind == TokenType.COMMA and depth == 1:
             arguments.append(_value_span(current))
             current = []
             continue
         current.append(token)
     raise ValueError("unbalanced parentheses in a pgml call")
-
-
-def _first(tokens: list[Token], start: int) -> int:
-    return next(i for i, t in enumerate(tokens) if t.start >= start)
 
 
 def _value_span(tokens: list[Token]) -> Span:
@@ -112,46 +112,60 @@ def spaced(sql: str) -> tuple[str, list[int]]:
     """:func:`space_parameters`, and where in the original each space went in."""
     inserted: list[int] = []
     out: list[str] = []
+    done = 0
+    for i, char in _code_marks(sql):
+        if char != "$" or i + 1 >= len(sql) or not sql[i + 1].isdigit():
+            continue
+        previous = sql[i - 1] if i else " "
+        if not previous.isspace() and not (previous.isalnum() or previous in "_$"):
+            out.append(sql[done:i])
+            out.append(" ")
+            inserted.append(i)
+            done = i
+    out.append(sql[done:])
+    return "".join(out), inserted
+
+
+def nesting_depth(sql: str) -> int:
+    """How deeply parentheses nest in ``sql`` (outside literals and comments)."""
+    depth = deepest = 0
+    for _, char in _code_marks(sql):
+        if char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth -= 1
+    return deepest
+
+
+_MARK = re.compile(r"""['"$()]|--|/\*""")
+
+
+def _code_marks(sql: str) -> Iterator[tuple[int, str]]:
+    """Each ``$``, ``(`` and ``)`` that stands in the code, not in a literal, a quoted
+    name, a dollar-quoted string or a comment."""
     i, n = 0, len(sql)
-    while i < n:
-        char = sql[i]
-        if char == "'" or char == '"':
-            end = _closing_quote(sql, i, char, escapes=char == "'" and _is_escape_string(sql, i))
-            out.append(sql[i:end])
-            i = end
-        elif sql.startswith("--", i):
+    while (found := _MARK.search(sql, i)) is not None:
+        i = found.start()
+        mark = found.group()
+        if mark == "'" or mark == '"':
+            i = _closing_quote(sql, i, mark, escapes=mark == "'" and _is_escape_string(sql, i))
+        elif mark == "--":
             end = sql.find("\n", i)
-            end = n if end < 0 else end
-            out.append(sql[i:end])
-            i = end
-        elif sql.startswith("/*", i):
-            end = _closing_comment(sql, i)
-            out.append(sql[i:end])
-            i = end
-        elif char == "$":
+            i = n if end < 0 else end
+        elif mark == "/*":
+            i = _closing_comment(sql, i)
+        elif mark == "$":
             tag = _DOLLAR_TAG.match(sql, i)
             if tag is not None and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_")):
                 close = sql.find(tag.group(0), tag.end())
-                end = n if close < 0 else close + len(tag.group(0))
-                out.append(sql[i:end])
-                i = end
+                i = n if close < 0 else close + len(tag.group(0))
             else:
-                previous = sql[i - 1] if i else " "
-                in_identifier = previous.isalnum() or previous in "_$"
-                if (
-                    i + 1 < n
-                    and sql[i + 1].isdigit()
-                    and not previous.isspace()
-                    and not in_identifier
-                ):
-                    out.append(" ")
-                    inserted.append(i)
-                out.append(char)
+                yield i, mark
                 i += 1
         else:
-            out.append(char)
+            yield i, mark
             i += 1
-    return "".join(out), inserted
 
 
 def _is_escape_string(sql: str, quote: int) -> bool:
@@ -159,31 +173,34 @@ def _is_escape_string(sql: str, quote: int) -> bool:
 
 
 def _closing_quote(sql: str, start: int, quote: str, escapes: bool) -> int:
+    """Just past the quote that closes the literal or name opened at ``start`` (doubled
+    quotes, and in E'' strings backslashes, escape one)."""
     i = start + 1
-    while i < len(sql):
-        if escapes and sql[i] == "\\":
-            i += 2
-            continue
-        if sql[i] == quote:
-            if i + 1 < len(sql) and sql[i + 1] == quote:
-                i += 2
+    n = len(sql)
+    while True:
+        end = sql.find(quote, i)
+        if escapes:
+            slash = sql.find("\\", i)
+            if 0 <= slash < end or (end < 0 <= slash):
+                i = slash + 2
                 continue
-            return i + 1
-        i += 1
-    return len(sql)
+        if end < 0:
+            return n
+        if end + 1 < n and sql[end + 1] == quote:
+            i = end + 2
+            continue
+        return end + 1
+
+
+_COMMENT_MARK = re.compile(r"/\*|\*/")
 
 
 def _closing_comment(sql: str, start: int) -> int:
+    """Just past the ``*/`` that closes the comment opened at ``start`` (they nest)."""
     depth, i = 0, start
-    while i < len(sql):
-        if sql.startswith("/*", i):
-            depth += 1
-            i += 2
-        elif sql.startswith("*/", i):
-            depth -= 1
-            i += 2
-            if depth == 0:
-                return i
-        else:
-            i += 1
+    while (found := _COMMENT_MARK.search(sql, i)) is not None:
+        i = found.end()
+        depth += 1 if found.group() == "/*" else -1
+        if depth == 0:
+            return i
     return len(sql)

@@ -230,8 +230,11 @@ def query(sql: str) -> bytes:
 
 
 def parse(name: str, sql: str, param_oids: Sequence[int] = ()) -> bytes:
+    text = sql.encode("utf-8")  # copied once more, below: statements can be megabytes
     oids = struct.pack(f"!h{len(param_oids)}I", len(param_oids), *param_oids)
-    return message(b"P", cstring(name) + cstring(sql) + oids)
+    head = cstring(name)
+    length = 4 + len(head) + len(text) + 1 + len(oids)
+    return b"".join((HEADER.pack(b"P", length), head, text, b"\x00", oids))
 
 
 def bind(

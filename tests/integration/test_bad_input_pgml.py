@@ -339,3 +339,31 @@ def test_unknown_type_while_pgml_statement_runs(stack: Stack) -> None:
     )
     assert backend_gone(stack, pid)
     assert not wait_for_backends(stack.cluster, 2.0, APPLICATION)
+
+
+# --- PostgreSQL's own internal errors ---------------------------------------------------
+
+
+def test_query_inside_an_extended_batch_gets_postgresqls_own_answer(stack: Stack) -> None:
+    """A Query between an Execute and its Sync, then BEGIN: PostgreSQL 18 answers the
+    BEGIN with an XX000 of its own (xact.c); through the proxy the client gets the same
+    bytes, whether or not the batch calls a pgml function."""
+
+    def batch(select: str) -> tuple[bytes, ...]:
+        return (
+            rc.parse("", select)
+            + rc.bind("", "")
+            + rc.execute()
+            + rc.query("SELECT 1")
+            + rc.sync()
+            + rc.query("BEGIN")
+            + rc.query("SELECT 2"),
+        )
+
+    reply = same_as_twin(
+        stack,
+        batch("SELECT pgml.version() AS v"),
+        batch(f"SELECT '{__version__}'::text AS v"),
+    )
+    assert reply.codes[0] == "XX000"
+    no_traceback(stack)

@@ -1,8 +1,10 @@
 """Nothing a client sends stalls the others: ``SELECT 1`` on one connection stays quick
 while another client sends a statement that is heavy for the proxy to parse and plan.
 
-The bound here is loose for shared CI machines (p99 up by at most 100 ms); the target of
-+20 ms is checked by ``benchmarks/loop_stall.py`` on a quiet machine.
+The bound here is loose for shared CI machines: p99 up by at most 100 ms, or by at most
+100 ms more than the same statement with plain values in place of the calls (which the
+proxy only relays) costs.  The target of +20 ms is measured by
+``benchmarks/loop_stall.py`` on a quiet machine.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tests.support.stall import heavy_statements, measure
 SECONDS = 3.0
 BOUND = 0.100
 HEAVY = heavy_statements()
+TWINS = heavy_statements(twin=True)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,13 @@ def test_select_1_not_stalled(stack: Stack, name: str) -> None:
     stall = measure(stack.proxy.port, HEAVY[name], SECONDS)
     assert not stall.idle.failures and not stall.loaded.failures
     assert stall.sent >= 1
-    assert stall.p99_increase <= BOUND, (
-        f"while another client sent a {name} ({stall.sent} times): {stall.loaded.summary()}; "
-        f"alone: {stall.idle.summary()}"
-    )
+    if stall.p99_increase > BOUND:
+        # what PostgreSQL's own work on such a statement costs a machine whose cores the
+        # server, the proxy and both clients share: the proxy answers for the rest
+        plain = measure(stack.proxy.port, TWINS[name], SECONDS)
+        assert stall.p99_increase <= plain.p99_increase + BOUND, (
+            f"while another client sent a {name} ({stall.sent} times): "
+            f"{stall.loaded.summary()}; alone: {stall.idle.summary()}; the same with plain "
+            f"values in place of the calls: p99 up {plain.p99_increase * 1000:.1f} ms"
+        )
     assert stack.proxy_alive()

@@ -40,7 +40,13 @@ class Outcome:
 
     @property
     def internal_errors(self) -> list[dict[str, str]]:
-        return [e for e in self.errors if e.get("C") == "XX000"]
+        """The proxy's own XX000 answers.  PostgreSQL's, relayed as it sent them, name
+        the server's source file (``F``): a Query in the middle of an extended-protocol
+        batch, then Sync and BEGIN, gets "StartTransactionCommand: unexpected state
+        STARTED" from PostgreSQL 18 itself, with or without the proxy."""
+        return [
+            e for e in self.errors if e.get("C") == "XX000" and not e.get("F", "").endswith(".c")
+        ]
 
 
 def _send(sock: socket.socket, data: bytes, sizes: tuple[int, ...]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.engine.planner import DIALECT
-from proxy.engine.sourcetext import SourceText, call_text, space_parameters
+from proxy.engine.sourcetext import SourceText, call_text, nesting_depth, space_parameters
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,19 @@ def test_nested_edits_render_outermost() -> None:
     assert source.render((9, 13)) == "g($1)"
     source.replace((7, 14), "(SELECT 2)")
     assert source.render() == "SELECT (SELECT 2) FROM t"
+
+
+@pytest.mark.parametrize(
+    ("sql", "depth"),
+    [
+        ("SELECT 1", 0),
+        ("SELECT ((1)), (2)", 2),
+        ("SELECT '((((' || \"a(((\" || $$ (((( $$ || $t$ ((( $t$", 0),
+        ("SELECT E'\\' ((' || ((1))", 2),
+        ("SELECT /* ( /* (( */ ( */ (1) -- (((\n", 1),
+        ("SELECT " + "(" * 5000 + "1" + ")" * 5000, 5000),
+        ("SELECT ((1", 2),
+    ],
+)
+def test_nesting_depth_counts_parentheses_in_code_only(sql: str, depth: int) -> None:
+    assert nesting_depth(sql) == depth
