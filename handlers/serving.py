@@ -39,6 +39,7 @@ class Services:
         datasets_dir: Path | None = None,
         service: ServiceConnections | None = None,
         cache_dir: Path | None = None,
+        train_processes: int | None = None,
     ) -> None:
         self.resolver = ModelResolver(models_dir=models_dir)
         self.batch_size = batch_size
@@ -47,6 +48,7 @@ class Services:
         self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "pgml-proxy"
         self.device_setting = device
         self._device: str | None = None
+        self.train_processes_setting = train_processes
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgml-infer")
         self._models: dict[Hashable, Any] = {}
         self._loading: dict[Hashable, asyncio.Future[Any]] = {}
@@ -69,6 +71,17 @@ class Services:
         if self._device is None:
             self._device = pick_device(self.device_setting)
         return self._device
+
+    @property
+    def train_processes(self) -> int:
+        """Training processes per tune: as set, else one per GPU (1 on a CPU or one GPU)."""
+        if self.train_processes_setting is not None:
+            return self.train_processes_setting
+        if self.device == "cuda":
+            import torch
+
+            return max(1, torch.cuda.device_count())
+        return 1
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (tokenising, inference) off the event loop."""
@@ -150,10 +163,10 @@ class Services:
         self._deployed[slot] = deployed.model_id
 
         async def load() -> Any:
-            from handlers.predictor import Predictor
+            from handlers.predictor import load_predictor
 
             folder = await self._local_copy(catalog, database, deployed)
-            predictor = await self.run(Predictor, folder, self.device)
+            predictor = await load_predictor(self, folder, f"model_{deployed.model_id}")
             log.info("loaded model %d of project %s on %s", deployed.model_id, project, self.device)
             return predictor
 

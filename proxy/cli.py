@@ -84,6 +84,7 @@ def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
         settings.datasets_dir,
         ServiceConnections(login),
         settings.cache_dir,
+        settings.train_processes,
     )
 
 
