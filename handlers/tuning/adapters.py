@@ -116,12 +116,37 @@ def _check_on_skeleton(options: TuneOptions, model_path: Path) -> None:
         config.num_labels = 2
     with torch.device("meta"):
         model = model_class(options.task).from_config(config)
+    _check_target_modules(options.lora or {}, model, str(model_path.name))
     structure = (options.lora or {}) | {"init_lora_weights": False}  # no weights to start from
     try:
         get_peft_model(model, lora_config(options.task, structure, model, set()))
     except (TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise invalid_argument(f"bad lora_config: {first}") from exc
+
+
+def _check_target_modules(lora: dict[str, Any], model: Any, name: str) -> None:
+    """Named ``target_modules`` must be modules of the model (PEFT matches a name against
+    the end of a module's full name)."""
+    targets = lora.get("target_modules")
+    if not isinstance(targets, list):
+        return  # a regular expression, "all-linear", or the default
+    names = [n for n, _ in model.named_modules() if n]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        import torch
+
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
+            }
+        )
+        raise invalid_argument(
+            f'lora_config target_modules "{missing[0]}" is not a module of {name}',
+            hint="Its linear layers: " + ", ".join(linear[:30]) + ".",
+        )
 
 
 def lora_config(task: str, lora: dict[str, Any], model: Any, new_modules: set[str]) -> Any:

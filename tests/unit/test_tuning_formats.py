@@ -203,7 +203,7 @@ def test_adapter_options_parsed_and_stored_without_secrets() -> None:
         ({"lora_dropout": 1.5}, "lora_dropout must be at least 0 and below 1"),
         ({"bias": "sometimes"}, '"bias" must be one of "none", "all", "lora_only"'),
         ({"target_modules": 7}, '"target_modules" must be'),
-        ({"target_modules": ["no_such_layer"]}, "no_such_layer"),
+        ({"target_modules": ["no_such_layer"]}, '"no_such_layer" is not a module of gpt2'),
         ({"task_type": "SEQ_CLS"}, '"task_type" is chosen by pgml-proxy'),
         ({"base_model_name_or_path": "x"}, "is chosen by pgml-proxy"),
     ],
