@@ -18,6 +18,8 @@ import threading
 import time
 
 PARENT_POLL_SECONDS = 0.2
+RANK_FAILED = "RankFailed"
+"""The ``kind`` of the error event about a process that died without saying why."""
 
 
 def main(argv: list[str]) -> int:
@@ -31,7 +33,7 @@ def main(argv: list[str]) -> int:
         rank, failure = failed.get_first_failure()
         event = {
             "event": "error",
-            "kind": "RankFailed",
+            "kind": RANK_FAILED,
             "rank": rank,
             "exitcode": failure.exitcode,
             "message": describe_exit(failure.exitcode),

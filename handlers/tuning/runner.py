@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.errors import PgmlError
-from handlers.tuning.launch import describe_exit
+from handlers.tuning.launch import RANK_FAILED, describe_exit
 
 log = logging.getLogger("pgml_proxy.training")
 
@@ -93,7 +93,7 @@ async def run_training(
         asyncio.ensure_future(_read_stderr(process, stderr_tail)),
     ]
     outcome: dict[str, Any] | None = None
-    failure: dict[str, Any] | None = None
+    failures: list[dict[str, Any]] = []
     try:
         while True:
             try:
@@ -107,7 +107,7 @@ async def run_training(
             if event.get("event") == "done":
                 outcome = event
             elif event.get("event") == "error":
-                failure = failure or event
+                failures.append(event)
             else:
                 await on_event(event)
             if cancelled():
@@ -121,7 +121,7 @@ async def run_training(
         job_file.unlink(missing_ok=True)
     if outcome is not None and code == 0:
         return outcome
-    raise _worker_error(code, failure, stderr_tail, processes)
+    raise _worker_error(code, failures, stderr_tail, processes)
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
@@ -138,23 +138,36 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 
 
 def _worker_error(
-    code: int, failure: dict[str, Any] | None, tail: deque[str], processes: int
+    code: int, failures: list[dict[str, Any]], tail: deque[str], processes: int
 ) -> PgmlError:
-    """The client's error; the workers' own output (a traceback) goes to the log only."""
+    """The client's error; the workers' own output (a traceback) goes to the log only.
+
+    A process killed by a signal is the cause whatever the others then reported (a
+    worker whose peer vanished fails in its next collective); else a worker's own
+    exception; else how a process exited."""
     if tail:
         log.warning("training failed; the workers' last output:\n%s", "\n".join(tail))
-    if failure is not None and failure.get("kind") == "RankFailed":
-        who = (
-            "the training worker"
-            if processes == 1
-            else f"training process {failure.get('rank')} of {processes}"
-        )
-        return _exit_error(int(failure.get("exitcode", 1)), who)
-    if failure is not None:
+    ranks = [f for f in failures if f.get("kind") == RANK_FAILED]
+    raised = [f for f in failures if f.get("kind") != RANK_FAILED]
+    signalled = [f for f in ranks if int(f.get("exitcode", 0)) < 0]
+    if signalled:
+        return _exit_error(int(signalled[0]["exitcode"]), _process(signalled[0], processes))
+    if code < 0:
+        return _exit_error(code, "the training worker")
+    if raised:
+        failure = raised[0]
         return PgmlError(
             "XX000", f"training failed: {failure.get('kind')}: {failure.get('message')}"
         )
+    if ranks:
+        return _exit_error(int(ranks[0].get("exitcode", 1)), _process(ranks[0], processes))
     return _exit_error(code, "the training worker")
+
+
+def _process(failure: dict[str, Any], processes: int) -> str:
+    if processes == 1:
+        return "the training worker"
+    return f"training process {failure.get('rank')} of {processes}"
 
 
 def _exit_error(code: int, who: str) -> PgmlError:

@@ -313,6 +313,22 @@ def test_launch_command_and_environment() -> None:
     assert launch_environment("cpu")["TOKENIZERS_PARALLELISM"] == "false"
 
 
+def test_a_killed_process_is_the_cause_not_what_its_peers_then_said() -> None:
+    from collections import deque
+
+    peer = {"kind": "RuntimeError", "message": "Connection closed by peer"}
+    killed = {"kind": "RankFailed", "rank": 1, "exitcode": -9}
+    exited = {"kind": "RankFailed", "rank": 0, "exitcode": 1}
+    error = _worker_error(1, [peer, exited, killed], deque(), 2)
+    assert error.message == "training process 1 of 2 was killed by signal 9 (SIGKILL)"
+    # the launcher itself killed: its workers' errors are consequences
+    error = _worker_error(-9, [peer], deque(), 2)
+    assert error.message == "the training worker was killed by signal 9 (SIGKILL)"
+    # a worker's own exception beats the exit status it caused
+    error = _worker_error(1, [exited, peer], deque(), 2)
+    assert error.message == "training failed: RuntimeError: Connection closed by peer"
+
+
 @pytest.mark.parametrize(
     ("code", "failure", "processes", "shown"),
     [
@@ -344,7 +360,7 @@ def test_worker_errors(
 ) -> None:
     from collections import deque
 
-    error = _worker_error(code, failure, deque(), processes)
+    error = _worker_error(code, [] if failure is None else [failure], deque(), processes)
     assert error.sqlstate == "XX000"
     assert error.message == shown
     if "SIGKILL" in shown:
