@@ -4,6 +4,7 @@ record the model and its metrics, store its files and deploy it when it is bette
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import shutil
 import tempfile
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from handlers.errors import PgmlError, invalid_argument
+from handlers.errors import PgmlError, invalid_argument, unsupported
 from handlers.functions import Args, CallContext
 from handlers.projects import Catalog, Project
 from handlers.tuning.adapters import check_adapter_options
@@ -213,9 +214,15 @@ def _check_training_arguments(options: TuneOptions, device: str) -> None:
     check_value_types(options.task, options.training)
     cls = arguments_class(options.task)
     settings = {"report_to": "none"} | ({"use_cpu": True} if device == "cpu" else {})
+    training = copy.deepcopy(options.training)  # TrainingArguments fills in fsdp_config
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            cls(**settings | options.training, output_dir=scratch)
+            cls(**settings | training, output_dir=scratch)
+        except ImportError as exc:  # deepspeed and the like, when not installed
+            raise unsupported(
+                f"these hyperparameters need a package that is not installed: {exc}",
+                hint="Install it where the proxy runs, or leave those hyperparameters out.",
+            ) from exc
         except (TypeError, ValueError) as exc:
             raise invalid_argument(f"bad hyperparameters: {exc}") from exc
 
