@@ -29,8 +29,8 @@ TEXT_CATEGORY = "S"
 SNAPSHOT_FILE = "snapshot.arrow"
 INPUT, TARGET = "x", "y"
 """The snapshot file's columns: the input text (none for text-generation) and the target."""
-BATCH_BYTES = 2 * 1024 * 1024
-"""COPY data gathered before it is converted and written: the proxy's share of a snapshot."""
+BATCH_BYTES = 512 * 1024
+"""COPY data gathered before it is converted and written (about 2 ms of work a batch)."""
 
 Run = Callable[..., Awaitable[Any]]
 """Runs blocking work off the event loop (``Services.run``)."""
@@ -153,8 +153,8 @@ async def read_snapshot(
         source = materialized
     selected = [y] if x is None else [x, y]
     names = [INPUT, TARGET] if x is not None else [TARGET]
-    writer = SnapshotWriter(
-        folder / SNAPSHOT_FILE, names, collect_labels=task == "text-classification"
+    writer: SnapshotWriter = await run(
+        SnapshotWriter, folder / SNAPSHOT_FILE, names, task == "text-classification"
     )
     sql = (
         "COPY (SELECT "
@@ -162,9 +162,9 @@ async def read_snapshot(
         + f" FROM {source}) TO STDOUT WITH (FORMAT csv, ENCODING 'UTF8')"
     )
     try:
-        await _copy(session, run, sql, writer)
+        await _copy(session, sql, writer)
     finally:
-        await run(writer.close)
+        writer.close()
     snapshot = Snapshot(name, y.name, None if x is None else x.name, columns, writer.path)
     snapshot.materialized = materialized
     snapshot.rows = writer.rows
@@ -190,8 +190,14 @@ async def read_snapshot(
     return snapshot
 
 
-async def _copy(session: SessionSQL, run: Run, sql: str, writer: SnapshotWriter) -> None:
-    """Gather CopyData (one row each) into batches and write each batch off the loop."""
+async def _copy(session: SessionSQL, sql: str, writer: SnapshotWriter) -> None:
+    """Gather CopyData (one row each) into batches and write each batch as it fills.
+
+    The writer runs here, on the event loop, a few milliseconds a batch (Arrow's C++ CSV
+    reader): the client's upstream socket is read only while this loop waits for rows, so
+    at most one read's worth of rows is ever queued.  Handed to a thread, the socket would
+    be read on while the thread writes, and the rows would pile up in the proxy.
+    """
     batch: list[bytes] = []
     size = 0
     rows = session.copy_out(sql)
@@ -200,20 +206,20 @@ async def _copy(session: SessionSQL, run: Run, sql: str, writer: SnapshotWriter)
             batch.append(row)
             size += len(row)
             if size >= BATCH_BYTES:
-                await run(writer.write, b"".join(batch))
+                writer.write(b"".join(batch))
                 batch, size = [], 0
     finally:
         close = getattr(rows, "aclose", None)
         if close is not None:
             await close()  # stopped early: the rest of the copy is read and dropped
     if batch:
-        await run(writer.write, b"".join(batch))
+        writer.write(b"".join(batch))
 
 
 class SnapshotWriter:
     """Rows in PostgreSQL's CSV (whole rows, a batch at a time) into an Arrow IPC stream
     file of text columns, with the row count, NULLs per column, the distinct labels and a
-    checksum on the way.  Its methods block; call them one at a time."""
+    checksum on the way.  Creating one imports pyarrow (run it off the event loop)."""
 
     def __init__(self, path: Path, names: list[str], collect_labels: bool) -> None:
         import pyarrow as pa
