@@ -27,6 +27,7 @@ from tests.support.tiny_models import ENGLISH, SPANISH
 GPT2 = "gpt2"
 MARIAN = "Helsinki-NLP/opus-mt-en-es"
 PROMPT = "The weather is"
+PROMPTS = [PROMPT, "Me gusta", "The library", "El tren sale", "Good morning"]
 SOURCE = "I love databases and I love queries."
 GENERATE = json.dumps({"max_new_tokens": 8})
 LORA_TRAINING = {
@@ -199,31 +200,34 @@ def test_lora_is_served_after_a_restart_with_an_empty_cache(
     tmp_path: Path,
 ) -> None:
     project, _ = gpt2_lora
-    served = generate(tuner, project, PROMPT)
-    assert served.startswith(PROMPT)
+    served = [generate(tuner, project, prompt) for prompt in PROMPTS]
+    assert all(text.startswith(prompt) for text, prompt in zip(served, PROMPTS, strict=True))
     fresh = tuning_proxy(cluster, models_dir, guide_datasets_dir, tmp_path / "empty")
     try:
-        assert generate(fresh, project, PROMPT) == served
+        assert [generate(fresh, project, prompt) for prompt in PROMPTS] == served
         log = fresh.log()
         assert "restored model" in log and "loaded base model gpt2" in log
     finally:
         fresh.stop()
-    assert served != base_generation(models_dir)  # the adapter changes what is generated
+    assert served != base_generations(models_dir)  # the adapter changes what is generated
 
 
-def base_generation(models_dir: Path) -> str:
-    """What the untuned tiny GPT-2 generates for PROMPT, greedily (as pgml.generate does)."""
+def base_generations(models_dir: Path) -> list[str]:
+    """What the untuned tiny GPT-2 generates for each prompt, greedily (as pgml.generate
+    does for one text)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(models_dir / GPT2)
     model = AutoModelForCausalLM.from_pretrained(models_dir / GPT2).eval()
-    encoded = tokenizer([PROMPT], return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(**encoded, max_new_tokens=8, pad_token_id=tokenizer.eos_token_id)
-    return PROMPT + tokenizer.decode(
-        out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True
-    )
+    found = []
+    for prompt in PROMPTS:
+        encoded = tokenizer([prompt], return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**encoded, max_new_tokens=8, pad_token_id=tokenizer.eos_token_id)
+        start = encoded["input_ids"].shape[1]
+        found.append(prompt + tokenizer.decode(out[0, start:], skip_special_tokens=True))
+    return found
 
 
 def test_lora_translation_learns_and_is_served_after_a_restart(
@@ -270,19 +274,23 @@ def test_two_projects_on_one_base_share_its_weights(
     tmp_path: Path,
 ) -> None:
     first, _ = gpt2_lora
+    spanish = f"{lines}_es"  # dropped with the module's tables: named after one of them
+    direct.execute(f"CREATE TABLE {spanish} (text text)")
+    with direct.cursor() as cur:
+        cur.executemany(f"INSERT INTO {spanish} VALUES (%s)", [(s,) for s in SPANISH[:ROWS]])
     second = f"{lines}_lora_b"
     hyperparams = LORA_TRAINING | {"learning_rate": 0.05, "lora_config": {"r": 4}}
-    tune(tuner, second, "text-generation", lines, "text", GPT2, hyperparams)
+    tune(tuner, second, "text-generation", spanish, "text", GPT2, hyperparams)
     cache = tmp_path / "cache"
     # One proxy serves each project alone: what each adapter generates.
     alone = {}
     for project in (first, second):
         single = tuning_proxy(cluster, models_dir, guide_datasets_dir, cache / project)
         try:
-            alone[project] = generate(single, project, PROMPT)
+            alone[project] = generate_all(single, project)
         finally:
             single.stop()
-    assert alone[first] != alone[second]
+    assert alone[first] != alone[second]  # the adapters differ: a wrong switch would show
 
     port = free_port()
     both = tuning_proxy(
@@ -293,9 +301,8 @@ def test_two_projects_on_one_base_share_its_weights(
         one = metric(scrape(port), "pgml_proxy_model_parameter_bytes")
         with psycopg.connect(both.dsn(), autocommit=True) as conn:
             row = conn.execute(
-                "SELECT pgml.generate(%s, %s, %s::jsonb), pgml.generate(%s, %s, %s::jsonb), "
-                "pgml.generate(%s, %s, %s::jsonb)",
-                (first, PROMPT, GENERATE, second, PROMPT, GENERATE, first, PROMPT, GENERATE),
+                "SELECT " + ", ".join(["pgml.generate(%s, %s::text[], %s::jsonb)"] * 3),
+                [v for p in (first, second, first) for v in (p, PROMPTS, GENERATE)],
             ).fetchone()
         assert row == (alone[first], alone[second], alone[first])
         two = metric(scrape(port), "pgml_proxy_model_parameter_bytes")
@@ -307,6 +314,16 @@ def test_two_projects_on_one_base_share_its_weights(
     # The second project added its adapter only (r=4 on c_attn: 1,024 parameters), not a
     # second copy of the base model.
     assert 0 < two - one < 0.05 * one, (one, two)
+
+
+def generate_all(proxy: ProxyProcess, project: str) -> list[str]:
+    """The project's greedy continuations of every prompt of PROMPTS, in one call."""
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pgml.generate(%s, %s::text[], %s::jsonb)", (project, PROMPTS, GENERATE)
+        ).fetchone()
+    assert row is not None and len(row[0]) == len(PROMPTS)
+    return list(row[0])
 
 
 def scrape(port: int) -> str:
