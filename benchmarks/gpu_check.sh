@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Tune and serve the text-classification benchmark project on CUDA and record the figures.
+# The GPU benchmarks, on CUDA, with their output in OUT_DIR (default benchmarks/out/gpu).
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]
 #
-# Runs benchmarks/tune_serve.py with --device cuda (quality, training speed, serving batch,
-# single-row latency, concurrency, memory) and writes its output to OUT_DIR (default
-# benchmarks/out/gpu). Uses .venv/bin/python when there is one, else python3.
+# PGML_GPU_CHECKS picks the sections (default "tune_serve tune_lora"):
+#   tune_serve  benchmarks/tune_serve.py: tune and serve the text-classification project
+#               (quality, training speed, serving batch, latency, concurrency, memory);
+#   tune_lora   benchmarks/tune_lora.py: full tuning against LoRA and QLoRA (load_in_4bit)
+#               of a random Llama-style model of 1.1B parameters built from a config (peak
+#               GPU memory, samples/s), one training process against one per GPU where
+#               there are several, and LoRA against full tuning of all-MiniLM-L6-v2.
+#               Needs peft and bitsandbytes (QLoRA is skipped without bitsandbytes).
+# Extra arguments: PGML_GPU_CHECK_ARGS (tune_serve), PGML_GPU_LORA_ARGS (tune_lora).
+# Uses .venv/bin/python when there is one, else python3.
 #
 # Offline machines: when a bundle folder (PGML_GPU_BUNDLE, default .gpu/) holds
 #   site.tar.xz   Python packages the machine lacks, unpacked onto PYTHONPATH,
@@ -47,4 +54,11 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     "$python" -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
 } 2>&1 | tee "$out/machine.txt"
-"$python" benchmarks/tune_serve.py "${args[@]}" ${PGML_GPU_CHECK_ARGS:-} 2>&1 | tee "$out/tune_serve.txt"
+checks=${PGML_GPU_CHECKS:-tune_serve tune_lora}
+if [[ " $checks " == *" tune_serve "* ]]; then
+    "$python" benchmarks/tune_serve.py "${args[@]}" ${PGML_GPU_CHECK_ARGS:-} 2>&1 | tee "$out/tune_serve.txt"
+fi
+if [[ " $checks " == *" tune_lora "* ]]; then
+    "$python" -c 'import peft, bitsandbytes; print("peft", peft.__version__, "bitsandbytes", bitsandbytes.__version__)' 2>&1 | tee -a "$out/machine.txt" || true
+    "$python" benchmarks/tune_lora.py gpu-llama gpu-processes lora-vs-full "${args[@]}" ${PGML_GPU_LORA_ARGS:-} 2>&1 | tee "$out/tune_lora.txt"
+fi

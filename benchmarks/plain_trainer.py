@@ -1,16 +1,17 @@
 """The reference for ``pgml.tune``'s training speed: Hugging Face ``Trainer`` in a plain script.
 
-Fine-tunes a sequence classifier on the rows of a JSON Lines file (``text``, ``label``)
-the way a user would by hand, with the settings ``pgml.tune`` uses for
-text-classification: the same seeded random split, tokenisation (truncation to the
-tokenizer's length, padding per batch), training arguments and evaluation before and
-after training; then saves the model.  Prints one JSON line of figures on stdout.
+Fine-tunes a sequence classifier (whole, or a PEFT LoRA adapter with ``--lora-config``)
+on the rows of a JSON Lines file (``text``, ``label``) the way a user would by hand, with
+the settings ``pgml.tune`` uses for text-classification: the same seeded random split,
+tokenisation (truncation to the tokenizer's length, padding per batch), training arguments
+and evaluation before and after training; then saves the model.  Prints one JSON line of
+figures on stdout.
 
     .venv/bin/python benchmarks/plain_trainer.py --rows rows.jsonl --model PATH \\
         --hyperparams '{"num_train_epochs": 1}' --test-size 0.2 --device cpu
 
-``tune_serve.py train-speed`` runs it as a subprocess, so that it starts fresh as the
-proxy's training worker does.
+``tune_serve.py train-speed`` and ``tune_lora.py lora-vs-plain`` run it as a subprocess,
+so that it starts fresh as the proxy's training worker does.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--output-dir", type=Path, default=None)
+    parser.add_argument(
+        "--lora-config",
+        default=None,
+        help="PEFT LoraConfig keys as JSON: train a LoRA adapter instead of the whole model",
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -87,6 +93,12 @@ def main() -> None:
         label2id={str(label): i for i, label in enumerate(labels)},
         ignore_mismatched_sizes=True,
     )
+    if args.lora_config is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model, LoraConfig(task_type="SEQ_CLS", **json.loads(args.lora_config))
+        )
     load_seconds = time.monotonic() - loading
     length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 1024)
 

@@ -127,10 +127,13 @@ class Bench:
     def predictor(self) -> Any:
         """The deployed model of ``rt``, loaded here from the folder the proxy serves."""
         if self._predictor is None:
+            from handlers.artifact import Manifest
             from handlers.device import pick_device
             from handlers.predictor import Predictor
 
-            self._predictor = Predictor(self.model_folder(), pick_device(self.args.device))
+            folder = self.model_folder()
+            device = pick_device(self.args.device)
+            self._predictor = Predictor.load(folder, Manifest.read(folder), device)
         return self._predictor
 
     def model_folder(self, model_id: int | None = None) -> Path:
@@ -295,7 +298,7 @@ def measure_tuning(bench: Bench, selected: list[str]) -> None:
 def run_plain_trainer(bench: Bench, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
     """``plain_trainer.py`` in a fresh process on ``rows``; its figures and wall time."""
     from handlers.models import ModelResolver
-    from handlers.tuning.snapshot import split
+    from handlers.tuning.split import split_rows
 
     args = bench.args
     rows_file = bench.work / "plain-rows.jsonl"
@@ -326,11 +329,10 @@ def run_plain_trainer(bench: Bench, rows: list[dict[str, Any]]) -> tuple[dict[st
         raise RuntimeError(f"plain_trainer.py failed:\n{done.stderr[-3000:]}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     # The proxy's split of the same rows, as it reads them (text and label as text).
-    pairs = [(r["text"], str(r["label"])) for r in rows]
-    train, test = split(pairs, args.test_size, "random", args.tune_seed)
+    train, test = split_rows(len(rows), args.test_size, "random", args.tune_seed)
     from benchmarks.plain_trainer import digest
 
-    expected = digest([{"text": t, "label": y} for t, y in test])
+    expected = digest([{"text": rows[i]["text"], "label": str(rows[i]["label"])} for i in test])
     if figures["test_digest"] != expected or figures["train_rows"] != len(train):
         raise RuntimeError("plain_trainer.py drew another split than pgml.tune")
     print(

@@ -239,6 +239,7 @@ class Dashboard:
             raise NotFound(model_id)
         snapshot = await queries.snapshot(catalog.pool, found.snapshot_id)
         curves = await queries.curves(catalog.pool, model_id)
+        parameters = await queries.parameters(catalog.pool, model_id)
         svgs = [
             (name, Markup(charts.line_chart(name, points)))
             for name, points in curves.series.items()
@@ -249,6 +250,7 @@ class Dashboard:
             "model.html",
             model=found,
             snapshot=snapshot,
+            parameters=parameters,
             curves=curves,
             charts=svgs,
             metric_names=names,

@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers.tuning.options import KEY_METRICS, without_secrets
+from handlers.artifact import KEY_METRICS
+from handlers.secrets import without_secrets
 
 
 def _json(value: Any) -> Any:
@@ -172,8 +173,8 @@ async def snapshot(pool: Any, snapshot_id: int | None) -> dict[str, Any] | None:
     if snapshot_id is None:
         return None
     row = await pool.fetchrow(
-        "SELECT id, relation_name, y_column_name, test_size, test_sampling, "
-        "analysis::text AS analysis FROM pgml.snapshots WHERE id = $1",
+        "SELECT id, relation_name, y_column_name, test_size, test_sampling, rows, checksum, "
+        "materialized, analysis::text AS analysis FROM pgml.snapshots WHERE id = $1",
         snapshot_id,
     )
     if row is None:
@@ -181,6 +182,17 @@ async def snapshot(pool: Any, snapshot_id: int | None) -> dict[str, Any] | None:
     found = dict(row)
     found["analysis"] = _json(found["analysis"])
     return found
+
+
+async def parameters(pool: Any, model_id: int) -> dict[str, Any] | None:
+    """How the model was tuned (``full``, ``lora``, ``qlora``) and its trainable and total
+    parameters, as its training logged them."""
+    row = await pool.fetchrow(
+        "SELECT logs::text AS logs FROM pgml.logs WHERE model_id = $1 "
+        "AND logs ? 'trainable_parameters' ORDER BY id LIMIT 1",
+        model_id,
+    )
+    return None if row is None else dict(_json(row["logs"]))
 
 
 async def curves(pool: Any, model_id: int) -> Curves:

@@ -118,6 +118,15 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER notify_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
         ON pgml.deployments FOR EACH STATEMENT EXECUTE FUNCTION pgml.notify_catalog_change();
     """,
+    # 3: what a snapshot holds: its row count, a checksum of its rows (sha256 of the
+    # rows as COPY ... (FORMAT csv) writes them), and whether it is kept as a table
+    # pgml.snapshot_<id> (materialize_snapshot, PostgresML's column name).
+    """
+    ALTER TABLE pgml.snapshots
+        ADD COLUMN rows bigint,
+        ADD COLUMN checksum text,
+        ADD COLUMN materialized boolean NOT NULL DEFAULT false;
+    """,
 ]
 """Migration N brings the catalog from version N-1 to N. Never edit one that shipped:
 append a new one."""

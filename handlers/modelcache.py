@@ -155,7 +155,12 @@ def _safetensors_bytes(path: Path, element_size: int | None) -> int:
 
 def measure(value: Any) -> int:
     """Bytes of the parameters and buffers of the torch modules ``value`` holds (itself,
-    its attributes and their attributes), each tensor counted once."""
+    its attributes and their attributes), each tensor counted once; or what its
+    ``memory_bytes()`` says, when that gives a number (a value sharing another entry's
+    weights)."""
+    own = getattr(value, "memory_bytes", None)
+    if callable(own) and (size := own()) is not None:
+        return int(size)
     torch = sys.modules.get("torch")
     if torch is None:
         return 0

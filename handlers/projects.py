@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from handlers.artifact import KEY_METRICS
 from handlers.errors import PgmlError, invalid_argument
-from handlers.tuning.options import KEY_METRICS
 
 FILE_PART_BYTES = 16 * 1024 * 1024
 """Model files are stored in parts of this size (a bytea value is read whole)."""
@@ -93,18 +93,25 @@ class Catalog:
         sampling: str,
         columns: dict[str, str],
         analysis: dict[str, Any],
+        rows: int,
+        checksum: str,
+        materialized: bool,
     ) -> int:
         return int(
             await self.pool.fetchval(
                 "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, "
-                "test_sampling, status, columns, analysis) "
-                "VALUES ($1, ARRAY[$2], $3, $4, 'successful', $5::jsonb, $6::jsonb) RETURNING id",
+                "test_sampling, status, columns, analysis, rows, checksum, materialized) "
+                "VALUES ($1, ARRAY[$2], $3, $4, 'successful', $5::jsonb, $6::jsonb, $7, $8, $9) "
+                "RETURNING id",
                 relation,
                 y_column,
                 test_size,
                 sampling,
                 json.dumps(columns),
                 json.dumps(analysis),
+                rows,
+                checksum,
+                materialized,
             )
         )
 

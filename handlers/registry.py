@@ -181,6 +181,7 @@ FUNCTIONS: dict[str, Function] = {
                     Param("test_size", "real", 0.25, required=False),
                     Param("test_sampling", "text", "random", required=False),
                     Param("automatic_deploy", "boolean", True, required=False),
+                    Param("materialize_snapshot", "boolean", False, required=False),
                 ),
                 "record",
                 tune,

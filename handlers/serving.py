@@ -46,6 +46,7 @@ class Services:
         *,
         model_memory: MemorySetting | None = None,
         policy: ModelPolicy | None = None,
+        train_processes: int | None = None,
     ) -> None:
         self.resolver = ModelResolver(models_dir=models_dir)
         self.policy = policy or ModelPolicy()
@@ -55,6 +56,7 @@ class Services:
         self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "pgml-proxy"
         self.device_setting = device
         self._device: str | None = None
+        self.train_processes_setting = train_processes
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgml-infer")
         self.models = ModelCache(model_memory or MemorySetting(), lambda: self.device)
         self._deployed: dict[tuple[str, int], int] = {}
@@ -76,6 +78,17 @@ class Services:
         if self._device is None:
             self._device = pick_device(self.device_setting)
         return self._device
+
+    @property
+    def train_processes(self) -> int:
+        """Training processes per tune: as set, else one per GPU (1 on a CPU or one GPU)."""
+        if self.train_processes_setting is not None:
+            return self.train_processes_setting
+        if self.device == "cuda":
+            import torch
+
+            return max(1, torch.cuda.device_count())
+        return 1
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (tokenising, inference) off the event loop.  A CUDA
@@ -188,9 +201,9 @@ class Services:
             return await self.run(weights_bytes, folder[0])
 
         async def load() -> Any:
-            from handlers.predictor import Predictor
+            from handlers.predictor import load_predictor
 
-            predictor = await self.run(Predictor, folder[0], self.device)
+            predictor = await load_predictor(self, folder[0], f"model_{deployed.model_id}")
             log.info("loaded model %d of project %s on %s", deployed.model_id, project, self.device)
             return predictor
 

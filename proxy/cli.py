@@ -106,6 +106,7 @@ def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
         settings.cache_dir,
         model_memory=parse_memory(settings.model_memory),
         policy=ModelPolicy.from_patterns(settings.allow_models, settings.trust_remote_code),
+        train_processes=settings.train_processes,
     )
 
 

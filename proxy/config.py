@@ -34,6 +34,7 @@ class Settings:
     cache_dir: Path
     device: str
     batch_size: int
+    train_processes: int | None = None
     dashboard_port: int = 0
     dashboard_database: str | None = None
     model_memory: str | None = None
@@ -124,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     add(
+        "train-processes",
+        "training processes per pgml.tune, data-parallel (default: one per GPU with "
+        "--device cuda, else 1)",
+        None,
+        type=int,
+        metavar="N",
+    )
+    add(
         "dashboard-port",
         "port of the web dashboard and /metrics, on --host; 0 turns it off (default %(default)s)",
         "0",
@@ -167,6 +176,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         parser.error("--tls-cert and --tls-key go together")
     if int(args.batch_size) < 1:
         parser.error("--batch-size must be at least 1")
+    if args.train_processes is not None and int(args.train_processes) < 1:
+        parser.error("--train-processes must be at least 1")
     if not 0 <= int(args.dashboard_port) <= 65535:
         parser.error("--dashboard-port must be between 0 and 65535")
     from handlers.modelcache import parse_memory
@@ -191,6 +202,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         cache_dir=Path(args.cache_dir).expanduser(),
         device=args.device,
         batch_size=int(args.batch_size),
+        train_processes=None if args.train_processes is None else int(args.train_processes),
         dashboard_port=int(args.dashboard_port),
         dashboard_database=args.dashboard_database,
         model_memory=args.model_memory,

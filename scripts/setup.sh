@@ -2,7 +2,8 @@
 # PGML_PROXY_EXTRAS names the optional dependency groups to add (e.g. "test").
 # PyTorch is installed first: the CPU build (torch 2.13.0) on machines without an NVIDIA
 # GPU, PyPI's CUDA build where `nvidia-smi` sees one. PGML_PROXY_TORCH overrides the choice
-# (any pip requirement, e.g. "torch==2.5.1").
+# (any pip requirement, e.g. "torch==2.5.1"). Where there is a GPU the "cuda" extra
+# (bitsandbytes, for load_in_4bit / load_in_8bit) is added.
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "pgml-proxy needs Python 3.11 or newer ($python is $("$python" -V 2>&1))" >&2
@@ -19,9 +20,13 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
         "${pip[@]}" "torch==2.13.0"
     fi
 fi
+extras=${PGML_PROXY_EXTRAS:-}
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    extras=${extras:+$extras,}cuda
+fi
 spec="."
-[ -n "${PGML_PROXY_EXTRAS:-}" ] && spec=".[${PGML_PROXY_EXTRAS}]"
-stamp=".venv/.installed-$(sha1sum < pyproject.toml | cut -c1-12)-${PGML_PROXY_EXTRAS:-base}"
+[ -n "$extras" ] && spec=".[${extras}]"
+stamp=".venv/.installed-$(sha1sum < pyproject.toml | cut -c1-12)-${extras:-base}"
 if [ ! -e "$stamp" ]; then
     "${pip[@]}" -e "$spec"
     touch "$stamp"

@@ -12,24 +12,18 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from handlers.artifact import SEQ2SEQ_TASKS, TASKS
 from handlers.errors import PgmlError, invalid_argument
-
-TASKS = ("text-classification", "translation", "summarization", "text-generation")
-SEQ2SEQ_TASKS = frozenset({"translation", "summarization"})
-KEY_METRICS: dict[str, tuple[str, bool]] = {
-    "text-classification": ("f1", True),
-    "translation": ("bleu", True),
-    "summarization": ("rougeL", True),
-    "text-generation": ("perplexity", False),
-}
-"""The metric a task's models are compared by, and whether higher is better."""
+from handlers.secrets import without_secrets
 
 SAMPLINGS = ("random", "first", "last", "stratified")
-PROXY_KEYS = frozenset({"max_length", "max_input_length", "max_target_length"})
-"""Hyperparameters the proxy uses itself (tokenisation lengths); the rest go to
-``TrainingArguments``."""
+LENGTH_KEYS = frozenset({"max_length", "max_input_length", "max_target_length"})
+QUANTIZATIONS = {"load_in_4bit": "4bit", "load_in_8bit": "8bit"}
+ADAPTER_KEYS = frozenset({"lora_config", "merge_adapter", *QUANTIZATIONS})
+PROXY_KEYS = LENGTH_KEYS | ADAPTER_KEYS
+"""Hyperparameters the proxy uses itself (tokenisation lengths, parameter-efficient
+tuning); the rest go to ``TrainingArguments``."""
 CHOSEN_BY_PROXY = frozenset({"output_dir", "logging_dir", "overwrite_output_dir"})
-SECRET_KEYS = frozenset({"token", "hub_token"})
 
 
 def normalise_task(task: str) -> str:
@@ -45,30 +39,34 @@ def normalise_task(task: str) -> str:
     return name
 
 
-def is_secret(key: str) -> bool:
-    return key in SECRET_KEYS or key.endswith("_token") or key.endswith("_key")
-
-
-def without_secrets(hyperparams: dict[str, Any]) -> dict[str, Any]:
-    """What may be stored and shown: every key but tokens and keys."""
-    return {k: v for k, v in hyperparams.items() if not is_secret(k)}
-
-
 @dataclass(frozen=True, slots=True)
 class TuneOptions:
-    """Validated hyperparameters: tokenisation lengths and ``TrainingArguments`` keys."""
+    """Validated hyperparameters: tokenisation lengths, parameter-efficient tuning and
+    ``TrainingArguments`` keys."""
 
     task: str
     training: dict[str, Any] = field(default_factory=dict)
     max_length: int | None = None
     max_input_length: int | None = None
     max_target_length: int | None = None
+    lora: dict[str, Any] | None = None
+    """``lora_config``: PEFT ``LoraConfig`` keys; None for full fine-tuning."""
+    quantization: str | None = None
+    """``4bit`` or ``8bit``: the frozen base model quantised with bitsandbytes (QLoRA)."""
+    merge_adapter: bool = False
 
     @property
     def stored(self) -> dict[str, Any]:
         """The hyperparameters as recorded in ``pgml.models`` (no secrets)."""
-        lengths = {k: getattr(self, k) for k in sorted(PROXY_KEYS) if getattr(self, k) is not None}
-        return without_secrets(self.training) | lengths
+        lengths = {k: getattr(self, k) for k in sorted(LENGTH_KEYS) if getattr(self, k) is not None}
+        adapter: dict[str, Any] = {}
+        if self.lora is not None:
+            adapter["lora_config"] = without_secrets(self.lora)
+        if self.quantization is not None:
+            adapter["load_in_" + self.quantization] = True
+        if self.merge_adapter:
+            adapter["merge_adapter"] = True
+        return without_secrets(self.training) | lengths | adapter
 
 
 def parse_hyperparams(task: str, value: Any, allowed: frozenset[str]) -> TuneOptions:
@@ -105,13 +103,53 @@ def parse_hyperparams(task: str, value: Any, allowed: frozenset[str]) -> TuneOpt
             hint="Leave it out; the trained files are stored in pgml.files.",
         )
     lengths: dict[str, int] = {}
-    for key in sorted(PROXY_KEYS & value.keys()):
+    for key in sorted(LENGTH_KEYS & value.keys()):
         length = value[key]
         if not isinstance(length, int) or isinstance(length, bool) or length < 1:
             raise invalid_argument(f"hyperparameter {key} must be a positive integer")
         lengths[key] = length
     training = {k: v for k, v in value.items() if k not in PROXY_KEYS}
-    return TuneOptions(task, training, **lengths)
+    lora, quantization, merge = _adapter_options(value)
+    return TuneOptions(
+        task,
+        training,
+        lengths.get("max_length"),
+        lengths.get("max_input_length"),
+        lengths.get("max_target_length"),
+        lora,
+        quantization,
+        merge,
+    )
+
+
+def _adapter_options(value: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, bool]:
+    """``lora_config``, ``load_in_4bit`` / ``load_in_8bit`` and ``merge_adapter``."""
+    for key in sorted((ADAPTER_KEYS - {"lora_config"}) & value.keys()):
+        if not isinstance(value[key], bool):
+            raise invalid_argument(
+                f'hyperparameter "{key}" must be a boolean, not {json.dumps(value[key])[:40]}'
+            )
+    lora = value.get("lora_config")
+    if lora is not None and not isinstance(lora, dict):
+        raise invalid_argument(
+            "hyperparameter lora_config must be a JSON object of PEFT LoraConfig keys",
+            hint="""For example '{"lora_config": {"r": 8, "lora_alpha": 16}}'.""",
+        )
+    chosen = [q for key, q in QUANTIZATIONS.items() if value.get(key)]
+    if len(chosen) > 1:
+        raise invalid_argument("load_in_4bit and load_in_8bit exclude each other")
+    needs_lora = [k for k in sorted(ADAPTER_KEYS - {"lora_config"}) if value.get(k)]
+    if needs_lora and lora is None:
+        raise invalid_argument(
+            f"hyperparameter {needs_lora[0]} needs lora_config",
+            hint="The base model stays frozen and a LoRA adapter is trained on top: "
+            """add "lora_config": {} (PEFT's defaults) or your LoraConfig keys.""",
+        )
+    return (
+        None if lora is None else dict(lora),
+        chosen[0] if chosen else None,
+        bool(value.get("merge_adapter", False)),
+    )
 
 
 def parse_test_size(value: Any) -> float:
@@ -151,20 +189,25 @@ def training_argument_names(task: str) -> frozenset[str]:
 
 def check_value_types(task: str, training: dict[str, Any]) -> None:
     """Each value's JSON type fits its ``TrainingArguments`` field (which checks little)."""
-    hints = typing.get_type_hints(arguments_class(task))
-    for key, value in training.items():
+    check_field_types(arguments_class(task), training, "hyperparameter")
+
+
+def check_field_types(cls: type, values: dict[str, Any], what: str) -> None:
+    """Each value's JSON type fits the type hint of the dataclass field it is for."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
         hint = hints.get(key, Any)
         if not _fits(hint, value):
             shown = json.dumps(value)
-            raise invalid_argument(
-                f'hyperparameter "{key}" must be {_describe(hint)}, not {shown[:40]}'
-            )
+            raise invalid_argument(f'{what} "{key}" must be {_describe(hint)}, not {shown[:40]}')
 
 
 def _fits(hint: Any, value: Any) -> bool:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_fits(arg, value) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return any(_matches(choice, value) for choice in typing.get_args(hint))
     target = origin or hint
     if target is type(None):
         return value is None
@@ -183,9 +226,19 @@ def _fits(hint: Any, value: Any) -> bool:
     return True
 
 
+def _matches(choice: Any, value: Any) -> bool:
+    """A ``Literal`` choice, where ``"name_[number of ...]"`` stands for ``name_<number>``."""
+    if isinstance(choice, str) and "[" in choice and isinstance(value, str):
+        stem = choice.split("[", 1)[0]
+        return value.startswith(stem) and value[len(stem) :].isdigit()
+    return bool(choice == value and type(choice) is type(value))
+
+
 def _describe(hint: Any) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(dict.fromkeys(_describe(a) for a in typing.get_args(hint)))
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(json.dumps(a) for a in typing.get_args(hint))
     target = typing.get_origin(hint) or hint
     names = {
         bool: "a boolean",

@@ -1,21 +1,39 @@
-"""The data a tune trains on: read from the relation in the caller's own session, checked,
-and split into train and test rows."""
+"""The data a tune trains on: read from the relation in the caller's own session with
+``COPY ... TO STDOUT``, a batch at a time, into an Arrow file in the training folder, and
+checked on the way.
+
+The proxy holds one batch of rows at a time, whatever the size of the table; the training
+worker opens the file memory-mapped.  With ``materialize_snapshot`` the relation is first
+copied into a table in schema ``pgml`` (in the caller's session and transaction, so the
+caller's privileges apply) and the snapshot read from that copy.
+"""
 
 from __future__ import annotations
 
-import math
-import random
-from collections import defaultdict
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from handlers.artifact import sorted_labels
 from handlers.errors import PgmlError, invalid_argument
 from handlers.functions import SessionSQL
 from handlers.loading import quote_ident
+from handlers.tuning.split import count_test_rows
 
 NUMERIC_CATEGORIES = frozenset({"N", "B"})
 """pg_type.typcategory of labels predicted as REAL (numbers and booleans)."""
 TEXT_CATEGORY = "S"
+SNAPSHOT_FILE = "snapshot.arrow"
+INPUT, TARGET = "x", "y"
+"""The snapshot file's columns: the input text (none for text-generation) and the target."""
+BATCH_BYTES = 512 * 1024
+"""COPY data gathered before it is converted and written (about 2 ms of work a batch)."""
+
+Run = Callable[..., Awaitable[Any]]
+"""Runs blocking work off the event loop (``Services.run``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,24 +45,33 @@ class Column:
 
 @dataclass(slots=True)
 class Snapshot:
-    """Rows of (input text, target) split for training; ``labels`` for classification."""
+    """A relation's rows written to ``file``: their count, checksum, labels and split sizes."""
 
     relation: str
     y_column: str
     x_column: str | None
     columns: list[Column]
-    train: list[tuple[str, str]] = field(default_factory=list)
-    test: list[tuple[str, str]] = field(default_factory=list)
+    file: Path
+    rows: int = 0
+    test_rows: int = 0
+    checksum: str = ""
+    """``sha256:`` of the rows as ``COPY ... (FORMAT csv)`` wrote them, in order."""
     labels: list[str] = field(default_factory=list)
     label_type: str = "text"
     """``real`` when the label column is numeric or boolean, else ``text``."""
+    materialized: str | None = None
+    """The table the snapshot was read from when it is kept (renamed once recorded)."""
+
+    @property
+    def train_rows(self) -> int:
+        return self.rows - self.test_rows
 
     @property
     def analysis(self) -> dict[str, Any]:
         found: dict[str, Any] = {
-            "rows": len(self.train) + len(self.test),
-            "train_rows": len(self.train),
-            "test_rows": len(self.test),
+            "rows": self.rows,
+            "train_rows": self.train_rows,
+            "test_rows": self.test_rows,
         }
         if self.labels:
             found["labels"] = self.labels
@@ -107,114 +134,144 @@ def choose_columns(
 
 async def read_snapshot(
     session: SessionSQL,
+    run: Run,
     task: str,
     relation: str,
     y_column: str,
     test_size: float,
-    sampling: str,
-    seed: int,
+    folder: Path,
+    materialize: bool = False,
 ) -> Snapshot:
-    """Read, check and split the relation's rows, in the relation's own order."""
+    """Copy the relation's rows, in the relation's own order, into ``folder``; check them."""
     name, columns = await relation_columns(session, relation)
     x, y = choose_columns(task, relation, columns, y_column)
+    source = name
+    materialized = None
+    if materialize:
+        materialized = f"pgml.{quote_ident('snapshot_pending_' + uuid.uuid4().hex[:16])}"
+        await session.run_sql(f"CREATE TABLE {materialized} AS SELECT * FROM {name}")
+        source = materialized
     selected = [y] if x is None else [x, y]
-    rows = await session.run_sql(
-        "SELECT " + ", ".join(f"{quote_ident(c.name)}::text" for c in selected) + f" FROM {name}"
+    names = [INPUT, TARGET] if x is not None else [TARGET]
+    writer: SnapshotWriter = await run(
+        SnapshotWriter, folder / SNAPSHOT_FILE, names, task == "text-classification"
     )
-    snapshot = Snapshot(name, y.name, None if x is None else x.name, columns)
-    pairs = [(r[0], r[0]) for r in rows] if x is None else [(r[0], r[1]) for r in rows]
-    _check_nulls(pairs, selected)
-    if not pairs:
-        raise invalid_argument(f'relation "{relation}" has no rows to train on')
-    if task == "text-classification":
-        snapshot.label_type = "real" if y.category in NUMERIC_CATEGORIES else "text"
-        snapshot.labels = sorted_labels({p[1] for p in pairs}, snapshot.label_type)
-        if len(snapshot.labels) < 2:
-            raise invalid_argument(
-                f'label column "{y.name}" has a single class ({snapshot.labels[0]})',
-                hint="Classification needs at least two labels.",
-            )
-    snapshot.train, snapshot.test = split(pairs, test_size, sampling, seed)
-    return snapshot
-
-
-def _check_nulls(pairs: list[tuple[str, str]], selected: list[Column]) -> None:
-    for index, column in enumerate(reversed(selected)):
-        position = 1 - index if len(selected) == 2 else 0
-        nulls = sum(1 for p in pairs if p[position] is None)
+    sql = (
+        "COPY (SELECT "
+        + ", ".join(f"{quote_ident(c.name)}::text" for c in selected)
+        + f" FROM {source}) TO STDOUT WITH (FORMAT csv, ENCODING 'UTF8')"
+    )
+    try:
+        await _copy(session, sql, writer)
+    finally:
+        writer.close()
+    snapshot = Snapshot(name, y.name, None if x is None else x.name, columns, writer.path)
+    snapshot.materialized = materialized
+    snapshot.rows = writer.rows
+    snapshot.checksum = writer.checksum
+    for column, nulls in reversed(list(zip(selected, writer.nulls, strict=True))):
         if nulls:
             raise PgmlError(
                 "22004",
                 f'column "{column.name}" has {nulls} NULL value{"s" if nulls > 1 else ""}',
                 hint=f"Filter them out in a view: WHERE {quote_ident(column.name)} IS NOT NULL.",
             )
+    if not writer.rows:
+        raise invalid_argument(f'relation "{relation}" has no rows to train on')
+    if task == "text-classification":
+        snapshot.label_type = "real" if y.category in NUMERIC_CATEGORIES else "text"
+        snapshot.labels = sorted_labels(writer.labels, snapshot.label_type)
+        if len(snapshot.labels) < 2:
+            raise invalid_argument(
+                f'label column "{y.name}" has a single class ({snapshot.labels[0]})',
+                hint="Classification needs at least two labels.",
+            )
+    snapshot.test_rows = count_test_rows(writer.rows, test_size)
+    return snapshot
 
 
-def sorted_labels(labels: set[str], label_type: str) -> list[str]:
-    """Numeric labels in numeric order (booleans false, true), text labels in text order."""
-    if label_type == "real":
-        return sorted(labels, key=_label_number)
-    return sorted(labels)
+async def _copy(session: SessionSQL, sql: str, writer: SnapshotWriter) -> None:
+    """Gather CopyData (one row each) into batches and write each batch as it fills.
+
+    The writer runs here, on the event loop, a few milliseconds a batch (Arrow's C++ CSV
+    reader): the client's upstream socket is read only while this loop waits for rows, so
+    at most one read's worth of rows is ever queued.  Handed to a thread, the socket would
+    be read on while the thread writes, and the rows would pile up in the proxy.
+    """
+    batch: list[bytes] = []
+    size = 0
+    rows = session.copy_out(sql)
+    try:
+        async for row in rows:
+            batch.append(row)
+            size += len(row)
+            if size >= BATCH_BYTES:
+                writer.write(b"".join(batch))
+                batch, size = [], 0
+    finally:
+        close = getattr(rows, "aclose", None)
+        if close is not None:
+            await close()  # stopped early: the rest of the copy is read and dropped
+    if batch:
+        writer.write(b"".join(batch))
 
 
-def _label_number(label: str) -> float:
-    if label in ("true", "false"):
-        return 1.0 if label == "true" else 0.0
-    return float(label)
+class SnapshotWriter:
+    """Rows in PostgreSQL's CSV (whole rows, a batch at a time) into an Arrow IPC stream
+    file of text columns, with the row count, NULLs per column, the distinct labels and a
+    checksum on the way.  Creating one imports pyarrow (run it off the event loop)."""
 
+    def __init__(self, path: Path, names: list[str], collect_labels: bool) -> None:
+        import pyarrow as pa
 
-def label_value(label: str, label_type: str) -> float | str:
-    """What ``predict`` returns for a label: REAL for numeric labels, else the text."""
-    return _label_number(label) if label_type == "real" else label
+        self.path = path
+        self.names = names
+        self.schema = pa.schema([(n, pa.string()) for n in names])
+        self.rows = 0
+        self.nulls = [0] * len(names)
+        self.labels: set[str] = set()
+        self._collect_labels = collect_labels
+        self._hash = hashlib.sha256()
+        self._writer: Any = pa.ipc.new_stream(str(path), self.schema)
 
+    @property
+    def checksum(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
 
-def split(
-    pairs: list[tuple[str, str]], test_size: float, sampling: str, seed: int
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Train and test rows; ``test_size`` a fraction or a count (see SPEC §4)."""
-    total = len(pairs)
-    count = round(total * test_size) if test_size < 1 else int(test_size)
-    if count >= total:
-        raise invalid_argument(
-            f"test_size {test_size:g} leaves no training rows: the relation has {total}",
-            hint="Both splits need at least one row.",
+    def write(self, data: bytes) -> None:
+        import pyarrow.compute as pc
+        from pyarrow import csv
+
+        self._hash.update(data)
+        table = csv.read_csv(
+            _buffer(data),
+            read_options=csv.ReadOptions(
+                column_names=self.names, block_size=len(data) + 1, use_threads=False
+            ),
+            parse_options=csv.ParseOptions(newlines_in_values=True),
+            convert_options=csv.ConvertOptions(
+                column_types=dict.fromkeys(self.names, self.schema.field(0).type),
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
         )
-    if count < 1:
-        raise invalid_argument(
-            f"test_size {test_size:g} leaves {count} test and {total - count} training rows "
-            f"of {total}",
-            hint="Both splits need at least one row.",
-        )
-    if sampling == "first":
-        return pairs[count:], pairs[:count]
-    if sampling == "last":
-        return pairs[: total - count], pairs[total - count :]
-    rng = random.Random(seed)
-    if sampling == "random":
-        order = list(range(total))
-        rng.shuffle(order)
-        chosen = set(order[:count])
-    else:
-        chosen = _stratified(pairs, count, rng)
-    train = [p for i, p in enumerate(pairs) if i not in chosen]
-    test = [p for i, p in enumerate(pairs) if i in chosen]
-    return train, test
+        self.rows += table.num_rows
+        for index, column in enumerate(table.columns):
+            self.nulls[index] += column.null_count
+        if self._collect_labels:
+            self.labels.update(
+                v for v in pc.unique(table.column(TARGET)).to_pylist() if v is not None
+            )
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
-def _stratified(pairs: list[tuple[str, str]], count: int, rng: random.Random) -> set[int]:
-    """Test rows drawn per label in proportion to its share, largest remainders first."""
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for index, (_, label) in enumerate(pairs):
-        by_label[label].append(index)
-    shares = {k: count * len(v) / len(pairs) for k, v in by_label.items()}
-    quotas = {k: math.floor(s) for k, s in shares.items()}
-    for label in sorted(shares, key=lambda k: quotas[k] - shares[k])[
-        : count - sum(quotas.values())
-    ]:
-        quotas[label] += 1
-    chosen: set[int] = set()
-    for label, indexes in sorted(by_label.items()):
-        shuffled = list(indexes)
-        rng.shuffle(shuffled)
-        chosen.update(shuffled[: min(quotas[label], len(shuffled))])
-    return chosen
+def _buffer(data: bytes) -> Any:
+    import pyarrow as pa
+
+    return pa.BufferReader(data)

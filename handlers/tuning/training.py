@@ -1,35 +1,56 @@
-"""Fine-tuning one model with Hugging Face ``Trainer``; runs in the worker process.
+"""Fine-tuning one model with Hugging Face ``Trainer``; runs in the worker process (one
+per rank when several train data-parallel).
 
 One :class:`TaskRecipe` per task builds the model, tokenises the rows and computes the
-task's metrics.  Everything else (arguments, progress, evaluation before and after,
-saving) is shared.
+task's metrics.  Everything else (the split, arguments, a LoRA adapter, progress,
+evaluation before and after, saving) is shared.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from handlers.artifact import (
+    ADAPTER,
+    FULL,
+    Manifest,
+    fingerprint,
+    hub_revision,
+    model_class,
+    quantization_config,
+)
 from handlers.tuning import metrics
+from handlers.tuning.adapters import count_parameters, lora_config, new_modules
 from handlers.tuning.options import arguments_class
+from handlers.tuning.snapshot import INPUT, TARGET
+from handlers.tuning.split import split_rows
 
 Emit = Callable[..., None]
 
-MANIFEST = "pgml.json"
-"""What serving needs besides the Hugging Face files: task, labels, lengths."""
+STRAY_FILES = ("training_args.bin",)
+"""Files ``save_model`` writes that serving does not need."""
+ADAPTER_FILES_PREFIX = "adapter_"
+"""PEFT's files of an adapter (``adapter_config.json``, ``adapter_model.safetensors``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
     task: str
+    model_name: str
     model_path: str
     output_dir: str
-    train: list[tuple[str, str]]
-    test: list[tuple[str, str]]
+    data_file: str
+    """The snapshot: an Arrow file of text columns ``x`` (not for text-generation), ``y``."""
+    rows: int
+    test_size: float
+    sampling: str
+    seed: int
     training: dict[str, Any]
     labels: list[str]
     label_type: str
@@ -37,18 +58,17 @@ class Job:
     max_input_length: int | None
     max_target_length: int | None
     device: str
-    seed: int
+    lora: dict[str, Any] | None = None
+    quantization: str | None = None
+    merge_adapter: bool = False
 
     @classmethod
     def read(cls, path: Path) -> Job:
-        data = json.loads(path.read_text("utf-8"))
-        data["train"] = [tuple(p) for p in data["train"]]
-        data["test"] = [tuple(p) for p in data["test"]]
-        return cls(**data)
+        return cls(**json.loads(path.read_text("utf-8")))
 
 
 class TaskRecipe:
-    """How one task is trained; subclasses fill in the model, data and metrics."""
+    """How one task is trained; subclasses fill in the data and metrics."""
 
     trainer_class_name = "Trainer"
 
@@ -65,19 +85,38 @@ class TaskRecipe:
     def target_length(self) -> int:
         return self.job.max_target_length or self.job.max_length or 128
 
-    def model(self) -> Any:
+    def model_options(self) -> dict[str, Any]:
+        return {}
+
+    def model(self, quantized: bool = True) -> tuple[Any, set[str]]:
+        """The model to tune (its base quantised for QLoRA unless ``quantized`` is off) and
+        the modules the checkpoint did not have."""
+        options = self.model_options()
+        if quantized and self.job.quantization is not None:
+            import torch
+
+            options |= {
+                "quantization_config": quantization_config(self.job.quantization),
+                "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))},
+                "dtype": torch.bfloat16,
+            }
+        model, info = model_class(self.job.task).from_pretrained(
+            self.job.model_path, output_loading_info=True, **options
+        )
+        _ensure_padding(self.tokenizer, model)
+        return model, new_modules(info.get("missing_keys", ()))
+
+    def tokenize(self, batch: dict[str, list[Any]]) -> Any:
         raise NotImplementedError
 
-    def dataset(self, rows: list[tuple[str, str]]) -> Any:
-        raise NotImplementedError
-
-    def tokenized_text(self, data: Any) -> Any:
-        """A dataset's ``text`` column replaced by its tokens, cut at the input length."""
-        length = self.input_length()
+    def dataset(self, data: Any, cache: Path) -> Any:
+        """The snapshot rows ``data`` tokenised into ``cache`` (memory-mapped, like them)."""
         return data.map(
-            lambda b: self.tokenizer(b["text"], truncation=True, max_length=length),
+            self.tokenize,
             batched=True,
-            remove_columns=["text"],
+            remove_columns=data.column_names,
+            cache_file_name=str(cache),
+            desc=f"tokenizing {cache.stem}",
         )
 
     def collator(self, model: Any) -> Any:
@@ -101,26 +140,25 @@ class TaskRecipe:
 
 
 class Classification(TaskRecipe):
-    def model(self) -> Any:
-        from transformers import AutoModelForSequenceClassification
-
+    def model_options(self) -> dict[str, Any]:
         labels = self.job.labels
-        model = AutoModelForSequenceClassification.from_pretrained(
-            self.job.model_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            ignore_mismatched_sizes=True,
-        )
-        _ensure_padding(self.tokenizer, model)
-        return model
+        return {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+            "ignore_mismatched_sizes": True,
+        }
 
-    def dataset(self, rows: list[tuple[str, str]]) -> Any:
-        from datasets import Dataset
+    def extra_arguments(self) -> dict[str, Any]:
+        # One label a sequence: averaging "tokens" across processes would scale the mean
+        # loss (and the gradients) by the number of processes.
+        return {"average_tokens_across_devices": False}
 
+    def tokenize(self, batch: dict[str, list[Any]]) -> Any:
         ids = {label: i for i, label in enumerate(self.job.labels)}
-        data = Dataset.from_dict({"text": [r[0] for r in rows], "label": [ids[r[1]] for r in rows]})
-        return self.tokenized_text(data)
+        encoded = self.tokenizer(batch[INPUT], truncation=True, max_length=self.input_length())
+        encoded["label"] = [ids[y] for y in batch[TARGET]]
+        return encoded
 
     def collator(self, model: Any) -> Any:
         from transformers import DataCollatorWithPadding
@@ -147,25 +185,12 @@ class Classification(TaskRecipe):
 class Seq2Seq(TaskRecipe):
     trainer_class_name = "Seq2SeqTrainer"
 
-    def model(self) -> Any:
-        from transformers import AutoModelForSeq2SeqLM
-
-        return AutoModelForSeq2SeqLM.from_pretrained(self.job.model_path)
-
-    def dataset(self, rows: list[tuple[str, str]]) -> Any:
-        from datasets import Dataset
-
-        data = Dataset.from_dict({"x": [r[0] for r in rows], "y": [r[1] for r in rows]})
-        source, target = self.input_length(), self.target_length()
-
-        def tokenize(batch: dict[str, list[str]]) -> Any:
-            encoded = self.tokenizer(batch["x"], truncation=True, max_length=source)
-            encoded["labels"] = self.tokenizer(
-                text_target=batch["y"], truncation=True, max_length=target
-            )["input_ids"]
-            return encoded
-
-        return data.map(tokenize, batched=True, remove_columns=["x", "y"])
+    def tokenize(self, batch: dict[str, list[Any]]) -> Any:
+        encoded = self.tokenizer(batch[INPUT], truncation=True, max_length=self.input_length())
+        encoded["labels"] = self.tokenizer(
+            text_target=batch[TARGET], truncation=True, max_length=self.target_length()
+        )["input_ids"]
+        return encoded
 
     def collator(self, model: Any) -> Any:
         from transformers import DataCollatorForSeq2Seq
@@ -196,18 +221,13 @@ class Seq2Seq(TaskRecipe):
 
 
 class Generation(TaskRecipe):
-    def model(self) -> Any:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(self.job.model_path)
-        _ensure_padding(self.tokenizer, model)
-        return model
-
-    def dataset(self, rows: list[tuple[str, str]]) -> Any:
-        from datasets import Dataset
-
+    def tokenize(self, batch: dict[str, list[Any]]) -> Any:
         eos = self.tokenizer.eos_token or ""
-        return self.tokenized_text(Dataset.from_dict({"text": [r[0] + eos for r in rows]}))
+        return self.tokenizer(
+            [text + eos for text in batch[TARGET]],
+            truncation=True,
+            max_length=self.input_length(),
+        )
 
     def collator(self, model: Any) -> Any:
         from transformers import DataCollatorForLanguageModeling
@@ -253,14 +273,15 @@ def _plain(found: dict[str, Any]) -> dict[str, float]:
 
 
 def train(job: Job, emit: Emit) -> dict[str, Any]:
-    """Evaluate the base model, fine-tune it, evaluate again, save it to ``output_dir``."""
+    """Split and tokenise the snapshot, evaluate the base model, fine-tune it (whole, or a
+    LoRA adapter on it), evaluate again, save it to ``output_dir``/model."""
+    import datasets
     import transformers
     from transformers import TrainerCallback
 
+    datasets.disable_progress_bars()
     transformers.set_seed(job.seed)
     recipe = RECIPES[job.task](job)
-    model = recipe.model()
-    train_set, test_set = recipe.dataset(job.train), recipe.dataset(job.test)
     settings: dict[str, Any] = {
         "eval_strategy": "epoch",
         "logging_strategy": "steps",
@@ -275,6 +296,13 @@ def train(job: Job, emit: Emit) -> dict[str, Any]:
     if job.device == "cpu":
         settings["use_cpu"] = True
     arguments = arguments_class(job.task)(**settings)
+
+    train_set, test_set = _split(job, recipe, arguments)
+    model, fresh = recipe.model()
+    if job.lora is not None:
+        model = _with_adapter(job, model, fresh, arguments)
+    trainable, total = count_parameters(model)
+    emit(event="parameters", trainable=trainable, total=total, method=_method(job))
 
     last_eval_step = -1
     training = False
@@ -331,10 +359,88 @@ def train(job: Job, emit: Emit) -> dict[str, Any]:
         "train_samples_per_second": float(outcome.metrics.get("train_samples_per_second", 0.0)),
         "train_loss": float(outcome.training_loss),
     }
-    output = Path(job.output_dir) / "model"
-    trainer.save_model(str(output))
-    recipe.tokenizer.save_pretrained(str(output))
-    (output / MANIFEST).write_text(json.dumps(recipe.manifest()), "utf-8")
-    for stray in ("training_args.bin",):
-        (output / stray).unlink(missing_ok=True)
+    manifest = Manifest(
+        **recipe.manifest(),
+        kind=FULL if job.lora is None or job.merge_adapter else ADAPTER,
+        base_model=job.model_name,
+        base_revision=hub_revision(Path(job.model_path)),
+        base_fingerprint=fingerprint(Path(job.model_path)),
+        quantization=job.quantization,
+        trainable_parameters=trainable,
+        total_parameters=total,
+    )
+    _save(job, recipe, trainer, manifest)
     return {"before": before, "after": after, "steps": state.global_step}
+
+
+def _method(job: Job) -> str:
+    if job.lora is None:
+        return "full"
+    return "lora" if job.quantization is None else f"qlora ({job.quantization})"
+
+
+def _split(job: Job, recipe: TaskRecipe, arguments: Any) -> tuple[Any, Any]:
+    """The train and test rows of the snapshot, tokenised (the first process tokenises,
+    the others read its files)."""
+    from datasets import Dataset
+
+    data = Dataset.from_file(job.data_file)
+    labels = None
+    if job.sampling == "stratified":
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        column = data.data.column(TARGET)
+        labels = pc.index_in(column, value_set=pa.array(job.labels)).to_pylist()
+    train_rows, test_rows = split_rows(job.rows, job.test_size, job.sampling, job.seed, labels)
+    folder = Path(job.output_dir)
+    with arguments.main_process_first(desc="tokenizing"):
+        train_set = recipe.dataset(data.select(train_rows), folder / "train.arrow")
+        test_set = recipe.dataset(data.select(test_rows), folder / "test.arrow")
+    return train_set, test_set
+
+
+def _with_adapter(job: Job, model: Any, fresh: set[str], arguments: Any) -> Any:
+    """``model`` frozen under a LoRA adapter (prepared for k-bit training when quantised)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if job.quantization is not None:
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+            model, use_gradient_checkpointing=bool(arguments.gradient_checkpointing)
+        )
+    config = lora_config(job.task, job.lora or {}, model, fresh)
+    config.base_model_name_or_path = job.model_name  # a name, not this machine's path
+    config.revision = hub_revision(Path(job.model_path))
+    return get_peft_model(model, config)
+
+
+def _save(job: Job, recipe: TaskRecipe, trainer: Any, manifest: Manifest) -> None:
+    """The model (or adapter) with its manifest into ``output_dir``/model.
+
+    Every process calls ``save_model`` (sharded trainings gather their weights there);
+    the first process alone writes files."""
+    output = Path(job.output_dir) / "model"
+    merge = job.lora is not None and job.merge_adapter
+    saved = Path(job.output_dir) / "adapter" if merge else output
+    trainer.save_model(str(saved))
+    if not trainer.is_world_process_zero():
+        return
+    if merge:
+        _merged(recipe, saved).save_pretrained(str(output))
+    if job.lora is None or merge:
+        recipe.tokenizer.save_pretrained(str(output))
+        for stray in STRAY_FILES:
+            (output / stray).unlink(missing_ok=True)
+    else:  # the adapter alone: the tokenizer and the rest come with the base model
+        for path in output.iterdir():
+            if not path.name.startswith(ADAPTER_FILES_PREFIX):
+                path.unlink()
+    manifest.write(output)
+
+
+def _merged(recipe: TaskRecipe, adapter: Path) -> Any:
+    """The saved adapter merged into a fresh, unquantised copy of its base model."""
+    from peft import PeftModel
+
+    base, _ = recipe.model(quantized=False)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()

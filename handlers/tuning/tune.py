@@ -4,6 +4,7 @@ record the model and its metrics, store its files and deploy it when it is bette
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import shutil
 import tempfile
@@ -11,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from handlers.errors import PgmlError, invalid_argument
+from handlers.errors import PgmlError, invalid_argument, unsupported
 from handlers.functions import Args, CallContext
 from handlers.projects import Catalog, Project
+from handlers.tuning.adapters import check_adapter_options
 from handlers.tuning.options import (
     TuneOptions,
     arguments_class,
@@ -25,7 +27,7 @@ from handlers.tuning.options import (
     training_argument_names,
 )
 from handlers.tuning.runner import TrainingCancelled, run_training
-from handlers.tuning.snapshot import Snapshot, read_snapshot
+from handlers.tuning.snapshot import read_snapshot
 
 log = logging.getLogger("pgml_proxy.tune")
 
@@ -47,6 +49,7 @@ async def _tune(
     test_size: Any,
     test_sampling: str | None,
     automatic_deploy: bool | None,
+    materialize_snapshot: bool | None = False,
 ) -> tuple[str, str, str, bool]:
     if not project_name:
         raise invalid_argument("pgml.tune needs a project_name")
@@ -80,28 +83,68 @@ async def _tune(
     sampling = parse_sampling(test_sampling, task)
     await services.run(_check_training_arguments, options, services.device)
     model_path = await services.resolve_model(model_name)
+    await services.run(check_adapter_options, options, model_path, services.device)
     seed = int(options.training.get("seed", DEFAULT_SEED))
-    snapshot = await read_snapshot(
-        ctx.session, task, relation_name, y_column_name, size, sampling, seed
-    )
-    ctx.check_cancel()
-    project = existing or await catalog.ensure_project(project_name, task)
-    snapshot_id = await catalog.add_snapshot(
-        snapshot.relation,
-        snapshot.y_column,
-        size,
-        sampling,
-        {c.name: c.type for c in snapshot.columns},
-        snapshot.analysis,
-    )
-    model_id, created_at = await catalog.add_model(project, snapshot_id, model_name, options.stored)
-    await ctx.session.notice(
-        f"training model {model_id} ({model_name}) for {task} on {len(snapshot.train)} rows, "
-        f"testing on {len(snapshot.test)}"
-    )
-    await _train_and_record(
-        ctx, catalog, project, model_id, created_at, str(model_path), snapshot, options, seed
-    )
+    workdir = Path(tempfile.mkdtemp(prefix="pgml-tune-", dir=services.work_dir()))
+    try:
+        snapshot = await read_snapshot(
+            ctx.session,
+            services.run,
+            task,
+            relation_name,
+            y_column_name,
+            size,
+            workdir,
+            materialize=bool(materialize_snapshot),
+        )
+        ctx.check_cancel()
+        project = existing or await catalog.ensure_project(project_name, task)
+        snapshot_id = await catalog.add_snapshot(
+            snapshot.relation,
+            snapshot.y_column,
+            size,
+            sampling,
+            {c.name: c.type for c in snapshot.columns},
+            snapshot.analysis,
+            snapshot.rows,
+            snapshot.checksum,
+            snapshot.materialized is not None,
+        )
+        if snapshot.materialized is not None:
+            await ctx.session.run_sql(
+                f"ALTER TABLE {snapshot.materialized} RENAME TO snapshot_{snapshot_id}"
+            )
+        model_id, created_at = await catalog.add_model(
+            project, snapshot_id, model_name, options.stored
+        )
+        await ctx.session.notice(
+            f"training model {model_id} ({model_name}) for {task} on {snapshot.train_rows} "
+            f"rows, testing on {snapshot.test_rows}"
+        )
+        job = {
+            "task": options.task,
+            "model_name": model_name,
+            "model_path": str(model_path),
+            "output_dir": str(workdir),
+            "data_file": str(snapshot.file),
+            "rows": snapshot.rows,
+            "test_size": size,
+            "sampling": sampling,
+            "seed": seed,
+            "training": options.training,
+            "labels": snapshot.labels,
+            "label_type": snapshot.label_type,
+            "max_length": options.max_length,
+            "max_input_length": options.max_input_length,
+            "max_target_length": options.max_target_length,
+            "device": services.device,
+            "lora": options.lora,
+            "quantization": options.quantization,
+            "merge_adapter": options.merge_adapter,
+        }
+        await _train_and_record(ctx, catalog, project, model_id, created_at, job, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     deployed = automatic_deploy is not False and await catalog.deploy_automatically(
         project, model_id
     )
@@ -116,33 +159,21 @@ async def _train_and_record(
     project: Project,
     model_id: int,
     created_at: float,
-    model_path: str,
-    snapshot: Snapshot,
-    options: TuneOptions,
-    seed: int,
+    job: dict[str, Any],
+    workdir: Path,
 ) -> None:
     services = ctx.services
-    workdir = tempfile.mkdtemp(prefix=f"pgml-tune-{model_id}-", dir=services.work_dir())
-    job = {
-        "task": options.task,
-        "model_path": model_path,
-        "output_dir": workdir,
-        "train": snapshot.train,
-        "test": snapshot.test,
-        "training": options.training,
-        "labels": snapshot.labels,
-        "label_type": snapshot.label_type,
-        "max_length": options.max_length,
-        "max_input_length": options.max_input_length,
-        "max_target_length": options.max_target_length,
-        "device": services.device,
-        "seed": seed,
-    }
 
     async def relay(event: dict[str, Any]) -> None:
         record = {k: v for k, v in event.items() if k != "event"}
         if event["event"] == "before":
             record = {"before_tuning": event["metrics"]}
+        elif event["event"] == "parameters":
+            record = {
+                "trainable_parameters": event["trainable"],
+                "total_parameters": event["total"],
+                "tuning": event["method"],
+            }
         await catalog.log(project, model_id, record)
         await ctx.session.notice(describe_progress(event))
 
@@ -150,10 +181,14 @@ async def _train_and_record(
     services.trainings[(ctx.database, model_id)] = stop
     try:
         outcome = await run_training(
-            job, Path(workdir), relay, lambda: ctx.cancelled() or stop.is_set()
+            job,
+            workdir,
+            relay,
+            lambda: ctx.cancelled() or stop.is_set(),
+            services.train_processes,
         )
         metrics = dict(outcome["after"]) | {"before_tuning": outcome["before"]}
-        folder = Path(workdir) / "model"
+        folder = workdir / "model"
         await catalog.finish_model(model_id, metrics, folder)
         services.keep_trained(ctx.database, model_id, created_at, folder)
     except TrainingCancelled:
@@ -172,7 +207,6 @@ async def _train_and_record(
         raise PgmlError("XX000", f"training failed: {error}") from error
     finally:
         services.trainings.pop((ctx.database, model_id), None)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _check_training_arguments(options: TuneOptions, device: str) -> None:
@@ -180,9 +214,15 @@ def _check_training_arguments(options: TuneOptions, device: str) -> None:
     check_value_types(options.task, options.training)
     cls = arguments_class(options.task)
     settings = {"report_to": "none"} | ({"use_cpu": True} if device == "cpu" else {})
+    training = copy.deepcopy(options.training)  # TrainingArguments fills in fsdp_config
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            cls(**settings | options.training, output_dir=scratch)
+            cls(**settings | training, output_dir=scratch)
+        except ImportError as exc:  # deepspeed and the like, when not installed
+            raise unsupported(
+                f"these hyperparameters need a package that is not installed: {exc}",
+                hint="Install it where the proxy runs, or leave those hyperparameters out.",
+            ) from exc
         except (TypeError, ValueError) as exc:
             raise invalid_argument(f"bad hyperparameters: {exc}") from exc
 
@@ -192,6 +232,12 @@ def describe_progress(event: dict[str, Any]) -> str:
     kind = event.get("event")
     if kind == "before":
         return "before tuning: " + _numbers(event["metrics"])
+    if kind == "parameters":
+        share = event["trainable"] / event["total"] if event["total"] else 0.0
+        return (
+            f"{event['method']} tuning: {event['trainable']:,} of {event['total']:,} "
+            f"parameters trainable ({share:.2%})"
+        )
     if kind == "begin":
         return f"training {event['max_steps']} steps over {event['epochs']:g} epochs"
     skip = {"event", "step", "max_steps", "epoch"}

@@ -180,18 +180,22 @@ class Execution:
         return int(result.tag.rsplit(" ", 1)[-1])
 
     async def copy_out(self, sql: str) -> AsyncIterator[bytes]:
-        """``COPY ... TO STDOUT``: each CopyData payload as it arrives.  Stopping early
-        leaves the rest to the reply queue, which drops it."""
+        """``COPY ... TO STDOUT``: each CopyData payload as it arrives, read from the
+        server as fast as the caller takes them.  Stopping early leaves the rest to the
+        reply queue, which drops it."""
         upstream = self.upstream
-        reply = CopyOut()
+        reply = CopyOut(upstream.pause_reading)
         upstream.parse(self.helper, sql)
         upstream.bind(self.helper, self.helper)
         upstream.execute(self.helper, reply=reply)
         if self.helper:
             upstream.close(b"S", self.helper)
         upstream.flush()
-        while (chunk := await reply.chunks.get()) is not None:
-            yield chunk
+        try:
+            while (chunk := await reply.next()) is not None:
+                yield chunk
+        finally:
+            reply.abandon()
         await reply
 
     # --- evaluating ------------------------------------------------------------------------

@@ -126,28 +126,68 @@ class Reply:
         return self._future.__await__()
 
 
+COPY_HIGH_WATER = 4 << 20
+"""Bytes of CopyData waiting for their reader at which reading from PostgreSQL pauses (the
+server then waits on its socket), so a table of any size passes through in bounded
+memory."""
+COPY_LOW_WATER = 1 << 20
+"""Bytes left waiting at which reading goes on."""
+
+
 class CopyOut(Reply):
-    """An Execute of ``COPY ... TO STDOUT``: its data handed on as it arrives."""
+    """An Execute of ``COPY ... TO STDOUT``: its data handed on as it arrives, read from
+    PostgreSQL no faster than :meth:`next` takes it.  ``pause(True)`` stops reading from
+    the server, ``pause(False)`` goes on."""
 
-    __slots__ = ("chunks",)
+    __slots__ = ("_abandoned", "_chunks", "_pause", "_paused", "_waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, pause: Callable[[bool], None]) -> None:
         super().__init__()
-        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._pause = pause
+        self._paused = False
+        self._waiting = 0
+        self._abandoned = False
+
+    async def next(self) -> bytes | None:
+        """The next CopyData payload; None after the last."""
+        chunk = await self._chunks.get()
+        if chunk is not None:
+            self._waiting -= len(chunk)
+            if self._paused and self._waiting <= COPY_LOW_WATER:
+                self._set_paused(False)
+        return chunk
+
+    def abandon(self) -> None:
+        """The reader stops early: drop what comes from now on (reading goes on)."""
+        self._abandoned = True
+        while not self._chunks.empty():
+            self._chunks.get_nowait()
+        self._waiting = 0
+        self._set_paused(False)
 
     def deliver(self, message: Message) -> None:
-        if message.type == Backend.COPY_DATA:
-            self.chunks.put_nowait(message.raw[5:])
-        else:
+        if message.type != Backend.COPY_DATA:
             super().deliver(message)
+        elif not self._abandoned:
+            chunk = message.raw[5:]
+            self._chunks.put_nowait(chunk)
+            self._waiting += len(chunk)
+            if not self._paused and self._waiting >= COPY_HIGH_WATER:
+                self._set_paused(True)
 
     def complete(self, error: Message | None) -> None:
         super().complete(error)
-        self.chunks.put_nowait(None)
+        self._chunks.put_nowait(None)
 
     def skip(self, cause: Message | None) -> None:
         super().skip(cause)
-        self.chunks.put_nowait(None)
+        self._chunks.put_nowait(None)
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused != self._paused:
+            self._paused = paused
+            self._pause(paused)
 
 
 class CopyIn(Reply):
@@ -183,11 +223,15 @@ class Upstream:
         write_upstream: Callable[[bytes], None],
         write_client: Callable[[bytes], None],
         upstream_writable: Callable[[], Awaitable[object]],
+        pause_reading: Callable[[bool], None],
     ) -> None:
         self.queue = queue
         self._write_upstream = write_upstream
         self._write_client = write_client
         self._writable = upstream_writable
+        self.pause_reading = pause_reading
+        """``pause_reading(True)`` stops reading replies from the server until
+        ``pause_reading(False)``: a reader of the engine's is behind."""
         self._buffer: list[bytes] = []
 
     @property

@@ -73,6 +73,9 @@ class ClientSession(asyncio.Protocol):
         self.replies = ReplyQueue()
         self._framer = ClientFramer(_WATCHED, ANSWERED | {Frontend.FLUSH}, self._relayed)
         self._paused: set[str] = set()
+        """Why the client's input is not read now (empty: it is)."""
+        self._upstream_paused: set[str] = set()
+        """Why the server's replies are not read now (empty: they are)."""
         self._legacy_startup = False
         self._closing = False
         """Set once the proxy itself ends the session, so the close is not reported twice."""
@@ -212,7 +215,11 @@ class ClientSession(asyncio.Protocol):
 
         assert self.hub.make_engine is not None
         upstream = Upstream(
-            self.replies, self._write_upstream, self._write_client, self._upstream_writable.wait
+            self.replies,
+            self._write_upstream,
+            self._write_client,
+            self._upstream_writable.wait,
+            self._engine_reading,
         )
         return self.hub.make_engine(upstream, self)
 
@@ -261,12 +268,32 @@ class ClientSession(asyncio.Protocol):
         log.warning("session %d: %s from %s; connection closed", self.id, what, self.peer)
 
     def pause_writing(self) -> None:
-        if self._upstream is not None and not self._upstream.is_closing():
-            self._upstream.pause_reading()
+        self._pause_upstream("client-full")
 
     def resume_writing(self) -> None:
-        if self._upstream is not None and not self._upstream.is_closing():
+        self._resume_upstream("client-full")
+
+    def _engine_reading(self, paused: bool) -> None:
+        """The engine's reader of a COPY is behind (or has caught up)."""
+        if paused:
+            self._pause_upstream("engine-behind")
+        else:
+            self._resume_upstream("engine-behind")
+
+    def _pause_upstream(self, reason: str) -> None:
+        if not self._upstream_paused and self._upstream_open():
+            assert self._upstream is not None
+            self._upstream.pause_reading()
+        self._upstream_paused.add(reason)
+
+    def _resume_upstream(self, reason: str) -> None:
+        self._upstream_paused.discard(reason)
+        if not self._upstream_paused and self._upstream_open():
+            assert self._upstream is not None
             self._upstream.resume_reading()
+
+    def _upstream_open(self) -> bool:
+        return self._upstream is not None and not self._upstream.is_closing()
 
     # --- startup -------------------------------------------------------------------
 

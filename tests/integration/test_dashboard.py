@@ -171,6 +171,18 @@ def test_model_page_has_metrics_hyperparameters_and_curves(
     assert 'data-series="learning_rate"' in page.body
     assert 'http-equiv="refresh"' not in page.body  # finished: no reload
     assert "Relation" in page.body and "Rows" in page.body
+    snapshot = page.body.split('<table id="snapshot">')[1].split("</table>")[0]
+    assert "<code>sha256:" in snapshot and "Kept as a table</td><td>no" in snapshot
+    parameters = page.body.split('<table id="parameters">')[1].split("</table>")[0]
+    logged = direct.execute(
+        "SELECT logs FROM pgml.logs WHERE model_id = %s AND logs ? 'trainable_parameters'",
+        [model_id],
+    ).fetchone()
+    assert logged is not None
+    assert "<td>Tuning</td><td>full</td>" in parameters
+    total = logged[0]["total_parameters"]
+    assert f'<td>Total parameters</td><td class="num">{total}</td>' in parameters
+    assert "100.00%" in parameters
 
 
 def test_project_page_and_deploy_form(site: Site, direct: psycopg.Connection[Any]) -> None:

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from handlers.artifact import label_value, sorted_labels
 from handlers.batching import Batcher
 from handlers.errors import PgmlError
 from handlers.tuning import metrics
 from handlers.tuning.options import (
+    LENGTH_KEYS,
     PROXY_KEYS,
     TASKS,
     normalise_task,
@@ -23,13 +25,21 @@ from handlers.tuning.options import (
     parse_test_size,
     training_argument_names,
 )
-from handlers.tuning.snapshot import label_value, sorted_labels, split
+from handlers.tuning.split import split_rows
 
 Pairs = list[tuple[str, str]]
 
 
 def rows(count: int, label: Callable[[int], str] = lambda i: str(i % 2)) -> Pairs:
     return [(f"text {i}", label(i)) for i in range(count)]
+
+
+def split(pairs: Pairs, test_size: float, sampling: str, seed: int) -> tuple[Pairs, Pairs]:
+    """``split_rows`` on the rows' numbers and label ids, as the worker calls it."""
+    ids = {label: i for i, label in enumerate(sorted({label for _, label in pairs}))}
+    labels = [ids[label] for _, label in pairs] if sampling == "stratified" else None
+    train, test = split_rows(len(pairs), test_size, sampling, seed, labels)
+    return [pairs[i] for i in train], [pairs[i] for i in test]
 
 
 def raises(sqlstate: str, call: Callable[[], Any]) -> PgmlError:
@@ -331,7 +341,7 @@ def test_parse_hyperparams_refuses_json_that_is_not_an_object(value: Any) -> Non
 
 
 @pytest.mark.parametrize("length", [0, -1, "128", 1.5, True, None])
-@pytest.mark.parametrize("key", sorted(PROXY_KEYS))
+@pytest.mark.parametrize("key", sorted(LENGTH_KEYS))
 def test_parse_hyperparams_refuses_bad_lengths(key: str, length: Any) -> None:
     error = raises("22023", lambda: parse_hyperparams("translation", {key: length}, ALLOWED))
     assert key in error.message

@@ -1,0 +1,207 @@
+"""Data-parallel training on the CPU: a proxy with ``--train-processes 2`` trains through
+PyTorch's launcher with two processes on the gloo backend.  It trains, records metrics
+and deploys, with progress from rank 0 only; a cancel, a killed rank or a killed launcher
+ends every process of the training and marks the model as a one-process training would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.integration.conftest import dropped_afterwards, tuning_proxy
+from tests.integration.test_tune_errors import (
+    TWO_CLASSES,
+    Background,
+    create_table,
+    lit,
+    models_of,
+    tune_sql,
+    wait_until_training,
+)
+from tests.support.pgserver import PostgresCluster
+from tests.support.proxyproc import ProxyProcess
+
+PROCESSES = 2
+LONG_RUN = '{"num_train_epochs": 20, "per_device_train_batch_size": 2}'
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("parallel-cache")
+
+
+@pytest.fixture(scope="module")
+def parallel(
+    cluster: PostgresCluster, models_dir: Path, guide_datasets_dir: Path, cache: Path
+) -> Iterator[ProxyProcess]:
+    proxy = tuning_proxy(
+        cluster, models_dir, guide_datasets_dir, cache, "--train-processes", str(PROCESSES)
+    )
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def direct(cluster: PostgresCluster) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def tables(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
+    yield from dropped_afterwards(cluster)
+
+
+def training_processes(cache: Path) -> dict[int, str]:
+    """Every live process of this proxy's trainings (the launcher and its workers, found by
+    their job file in the cache folder), with its rank (``launcher`` for the launcher)."""
+    marker = str(cache / "training").encode()  # the job files; the proxy names only cache
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker not in command or state == "Z":
+            continue
+        if b"handlers.tuning.launch" in command.split(b"\0"):
+            found[int(entry.name)] = "launcher"
+        else:
+            rank = next((v[5:] for v in environ if v.startswith(b"RANK=")), b"?")
+            found[int(entry.name)] = rank.decode()
+    return found
+
+
+def wait_for_processes(cache: Path, count: int, timeout: float = 120) -> dict[int, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = training_processes(cache)
+        if len(found) >= count:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"expected {count} training processes, found {training_processes(cache)}")
+
+
+def wait_for_none(cache: Path, timeout: float = 10) -> dict[int, str]:
+    deadline = time.monotonic() + timeout
+    while (left := training_processes(cache)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_two_processes_train_record_and_deploy(
+    parallel: ProxyProcess,
+    direct: psycopg.Connection[Any],
+    tables: Callable[[str], str],
+    cluster: PostgresCluster,
+    cache: Path,
+) -> None:
+    table = tables("parallel")
+    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=40)
+    project = f"{table}_p"
+    sql = tune_sql(
+        project, table, hyperparams=lit('{"num_train_epochs": 2, "per_device_train_batch_size": 3}')
+    )
+    notices: list[str] = []
+    with psycopg.connect(parallel.dsn(), autocommit=True) as conn:
+        conn.add_notice_handler(lambda n: notices.append(n.message_primary or ""))
+        row = conn.execute(sql).fetchone()
+        assert row == (project, "text-classification", "distilbert-base-uncased", True)
+        label = conn.execute(f"SELECT pgml.predict({lit(project)}, 'great fun')").fetchone()
+    assert label is not None and label[0] in (0.0, 1.0)
+    [(model_id, status, _)] = models_of(direct, project)
+    assert status == "successful"
+    metrics = direct.execute("SELECT metrics FROM pgml.models WHERE id = %s", [model_id]).fetchone()
+    assert metrics is not None
+    assert {"f1", "accuracy", "eval_loss", "train_samples_per_second"} <= metrics[0].keys()
+    assert "f1" in metrics[0]["before_tuning"]
+    # 30 training rows, 3 a process and step, 2 processes: 5 steps an epoch (10 with one)
+    logged = [
+        r[0]
+        for r in direct.execute(
+            "SELECT logs FROM pgml.logs WHERE model_id = %s ORDER BY id", [model_id]
+        ).fetchall()
+    ]
+    assert {entry["max_steps"] for entry in logged if "max_steps" in entry} == {10}
+    assert "training 10 steps over 2 epochs" in notices
+    # progress from rank 0 only: each record once
+    assert sum(1 for n in notices if n.startswith("before tuning:")) == 1
+    assert sum(1 for entry in logged if "before_tuning" in entry) == 1
+    steps = [entry["step"] for entry in logged if "loss" in entry]
+    assert steps == sorted(set(steps)), steps
+    assert "started 2 worker(s)" in parallel.log()
+    assert wait_for_none(cache) == {}
+    assert json.dumps(logged)
+
+
+def test_a_cancel_ends_every_process(
+    parallel: ProxyProcess,
+    direct: psycopg.Connection[Any],
+    tables: Callable[[str], str],
+    cluster: PostgresCluster,
+    cache: Path,
+) -> None:
+    table = tables("parallel_cancel")
+    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=400)
+    project = f"{table}_p"
+    call = Background(parallel.dsn(), tune_sql(project, table, hyperparams=lit(LONG_RUN)))
+    try:
+        model_id = wait_until_training(direct, project, call.thread.is_alive)
+        running = wait_for_processes(cache, 1 + PROCESSES)
+        assert sorted(running.values()) == ["0", "1", "launcher"], running
+        cancelled_at = time.monotonic()
+        call.conn.cancel_safe()
+        call.join(60)
+        assert isinstance(call.error, errors.QueryCanceled), call.error
+        assert call.finished_at - cancelled_at < 5.0
+        assert call.conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        call.close()
+    assert wait_for_none(cache, timeout=5) == {}
+    assert models_of(direct, project) == [(model_id, "cancelled", "cancelled by the client")]
+
+
+@pytest.mark.parametrize("victim", ["1", "launcher"])
+def test_a_killed_process_ends_every_process(
+    victim: str,
+    parallel: ProxyProcess,
+    direct: psycopg.Connection[Any],
+    tables: Callable[[str], str],
+    cluster: PostgresCluster,
+    cache: Path,
+) -> None:
+    table = tables("parallel_kill")
+    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=400)
+    project = f"{table}_p"
+    call = Background(parallel.dsn(), tune_sql(project, table, hyperparams=lit(LONG_RUN)))
+    try:
+        model_id = wait_until_training(direct, project, call.thread.is_alive)
+        running = wait_for_processes(cache, 1 + PROCESSES)
+        [pid] = [p for p, rank in running.items() if rank == victim]
+        os.kill(pid, signal.SIGKILL)
+        call.join(60)
+    finally:
+        call.close()
+    assert isinstance(call.error, psycopg.Error), call.error
+    assert call.error.sqlstate == "XX000"
+    message = call.error.diag.message_primary or ""
+    who = "training process 1 of 2" if victim == "1" else "the training worker"
+    assert message == f"{who} was killed by signal 9 (SIGKILL)", message
+    assert wait_for_none(cache) == {}
+    [(found, status, error)] = models_of(direct, project)
+    assert (found, status, error) == (model_id, "failed", message)
+    with psycopg.connect(parallel.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
