@@ -171,7 +171,7 @@ class Predictor:
             return None
         marker = f".{self.adapter}."
         return sum(
-            tensor.numel() * tensor.element_size()
+            int(tensor.numel() * tensor.element_size())
             for name, tensor in self.model.named_parameters()
             if marker in name
         )
