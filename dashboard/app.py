@@ -211,7 +211,7 @@ class Dashboard:
         model = await queries.model(catalog.pool, int(raw))
         if model is None or model.project_id != project_id:
             raise NotFound(raw)
-        await catalog.deploy_model(model.id)
+        await catalog.deploy_model(model.id, await catalog.model_project(model.id))
         raise web.HTTPSeeOther(f"/projects/{project_id}{self._suffix(request)}")
 
     async def model(self, request: web.Request) -> web.StreamResponse:

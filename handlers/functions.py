@@ -44,6 +44,8 @@ Args = tuple[Any, ...]
 Handler = Callable[["CallContext", Sequence[Args]], Awaitable[list[Any]]]
 """Gets a batch of argument tuples (no NULLs), returns one result per tuple: a value,
 or for set-returning functions a list of rows."""
+Authorize = Callable[["CallContext", Args], Awaitable[None]]
+"""Raises when the caller may not make the call (see ``Overload.authorize``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,11 @@ class Overload:
     must not use ``CallContext.session``: the next batch is fetched while they run."""
     strict: bool = True
     """NULL in any argument gives NULL without calling the handler, as STRICT functions do."""
+    authorize: Authorize | None = None
+    """Awaited in the caller's session (``CallContext.session`` may be used) before the
+    handler first runs for a call site, with the call's arguments in parameter order:
+    those that read columns are None, except the first parameter (the project a call is
+    about), for which it is awaited once per distinct value the rows give."""
 
     def accepts(self, type_oids: Sequence[int | None]) -> bool:
         return all(

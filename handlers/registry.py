@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import proxy
+from handlers.access import authorize_serving
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
-from handlers.functions import Args, CallContext, Function, Overload, Param
+from handlers.functions import Args, CallContext, Function, Handler, Overload, Param
 from handlers.inference import (
     LABEL,
     deploy_model,
@@ -73,6 +74,13 @@ async def embed_array(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
 
 
 _PROJECT = Param("project_name", "text")
+
+
+def _served(params: tuple[Param, ...], returns: str, handler: Handler) -> Overload:
+    """A call that serves a project's deployed model: only to roles that can read it."""
+    return Overload(params, returns, handler, authorize=authorize_serving)
+
+
 _CONFIG = Param("config", "jsonb", "{}", required=False)
 _DEPLOY_COLUMNS = (("project", "text"), ("strategy", "text"), ("algorithm", "text"))
 
@@ -129,22 +137,22 @@ FUNCTIONS: dict[str, Function] = {
     "predict": Function(
         "predict",
         (
-            Overload((_PROJECT, Param("input", "text")), LABEL, predict_text),
-            Overload((_PROJECT, Param("inputs", "text[]")), LABEL + "[]", predict_array),
+            _served((_PROJECT, Param("input", "text")), LABEL, predict_text),
+            _served((_PROJECT, Param("inputs", "text[]")), LABEL + "[]", predict_array),
         ),
     ),
     "predict_proba": Function(
         "predict_proba",
         (
-            Overload((_PROJECT, Param("input", "text")), "jsonb", predict_proba_text),
-            Overload((_PROJECT, Param("inputs", "text[]")), "jsonb", predict_proba_array),
+            _served((_PROJECT, Param("input", "text")), "jsonb", predict_proba_text),
+            _served((_PROJECT, Param("inputs", "text[]")), "jsonb", predict_proba_array),
         ),
     ),
     "generate": Function(
         "generate",
         (
-            Overload((_PROJECT, Param("input", "text"), _CONFIG), "text", generate_text),
-            Overload((_PROJECT, Param("inputs", "text[]"), _CONFIG), "text[]", generate_array),
+            _served((_PROJECT, Param("input", "text"), _CONFIG), "text", generate_text),
+            _served((_PROJECT, Param("inputs", "text[]"), _CONFIG), "text[]", generate_array),
         ),
     ),
     "deploy": Function(

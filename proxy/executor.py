@@ -350,6 +350,8 @@ class Execution:
         else:
             types, values = await self._constant_arguments(texts)
         overload, args = bind_arguments(call, types, values)
+        if overload.authorize is not None:
+            await overload.authorize(self.context, args)
         returns = await self._result_type(overload, args[0] if args else None)
         result = None
         if not overload.strict or not any(v is None for v in args):
@@ -482,6 +484,8 @@ class Execution:
                 f"{call.sql_name}({overload.params[1].type}) returns a set and cannot read columns",
                 hint="Call it with an array literal, or with one row's value per call.",
             )
+        if overload.authorize is not None:
+            await self._authorize(call, overload, types, row_positions, const_values, table)
         returns = await self._result_type(
             overload, _project_value(call, overload, const_values, constant_positions)
         )
@@ -516,6 +520,35 @@ class Execution:
             f'(SELECT __pgml_l.__pgml_v AS "{call.function.name}" '
             f"FROM {table} AS __pgml_l WHERE {match})",
         )
+
+    async def _authorize(
+        self,
+        call: CallSite,
+        overload: Overload,
+        types: list[tuple[int, str]],
+        row_positions: list[int],
+        const_values: list[Any],
+        table: str,
+    ) -> None:
+        """Await the overload's ``authorize`` before its batches: once, or once for each
+        distinct value of its first parameter when that reads columns."""
+        assert overload.authorize is not None
+        values: list[Any] = [None] * len(call.args)
+        constant_positions = [i for i in range(len(call.args)) if i not in row_positions]
+        for position, value in zip(constant_positions, const_values, strict=True):
+            values[position] = value
+        positions = _positions(call, overload)
+        first = positions.index(0) if 0 in positions else None
+        firsts: list[Any] = [values[first] if first is not None else None]
+        if first is not None and first in row_positions:
+            column = f"__pgml_a{row_positions.index(first)}"
+            found = await self._select(f"SELECT DISTINCT to_json({column})::text FROM {table}_a")
+            firsts = [_json(row[0]) for row in found.rows]
+        for value in firsts:
+            if first is not None:
+                values[first] = value
+            _, args = bind_arguments(call, types, values, overload)
+            await overload.authorize(self.context, args)
 
     async def _evaluate_batches(self, rows: _RowCall, portal: str, results_table: str) -> None:
         """Run the call over the portal's rows a batch at a time; the next batch is fetched
