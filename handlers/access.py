@@ -109,6 +109,12 @@ async def require_deploy(asker: AsksSQL, project: Project) -> Role:
     return await require(asker, "pgml.deploy", [DEPLOYMENTS], project)
 
 
+async def require_cancel(asker: AsksSQL, project: Project) -> Role:
+    """Cancelling a training (the dashboard's Cancel) changes the project's model as tuning
+    does: INSERT on models and membership in the project's owner."""
+    return await require(asker, "cancelling a training", [MODELS], project)
+
+
 async def authorize_serving(ctx: CallContext, args: Args) -> None:
     """Serve ``args[0]``'s project only to a role that can read its rows (the hook of
     ``predict``, ``predict_proba`` and ``generate``)."""

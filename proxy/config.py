@@ -36,6 +36,16 @@ class Settings:
     batch_size: int
     dashboard_port: int = 0
     dashboard_database: str | None = None
+    dashboard_metrics_login: bool = False
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use true or false")
 
 
 def _env(flag: str) -> str | None:
@@ -132,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         "else postgres)",
         None,
     )
+    add(
+        "dashboard-metrics-login",
+        "true: /metrics needs a login too, a dashboard session or HTTP Basic credentials of a "
+        "PostgreSQL role (default %(default)s)",
+        "false",
+        type=_boolean,
+        metavar="BOOL",
+    )
     return parser
 
 
@@ -162,4 +180,5 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         batch_size=int(args.batch_size),
         dashboard_port=int(args.dashboard_port),
         dashboard_database=args.dashboard_database,
+        dashboard_metrics_login=bool(args.dashboard_metrics_login),
     )
