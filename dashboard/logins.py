@@ -82,9 +82,17 @@ class RoleConnection:
         self.used = time.monotonic()
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        import asyncpg
+
         async with self.lock:
             self.used = time.monotonic()
-            return list(await self.connection.fetch(sql, *args))
+            try:
+                return list(await self.connection.fetch(sql, *args))
+            except asyncpg.PostgresError:
+                raise  # the server's error: the connection is still good
+            except BaseException:  # cut off (a page's timeout) or broken: open a new one next
+                self.connection.terminate()
+                raise
 
     async def fetchrow(self, sql: str, *args: Any) -> Any:
         rows = await self.fetch(sql, *args)

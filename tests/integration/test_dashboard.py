@@ -6,7 +6,6 @@ and the same pages in headless Chromium."""
 from __future__ import annotations
 
 import base64
-import http.cookiejar
 import json
 import re
 import shutil
@@ -17,7 +16,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from tests.integration.test_tune_errors import (
 )
 from tests.support.pgserver import PostgresCluster, free_port
 from tests.support.proxyproc import ProxyProcess
+from tests.support.webclient import Client, Reply, logged_in
 
 EVIL_NAME = "<script>alert(1)</script>"
 EVIL_VALUE = "<img src=x onerror=alert(2)>"
@@ -47,81 +46,6 @@ TUNE = (
     "y_column_name => 'label', model_name => 'distilbert-base-uncased', "
     "hyperparams => %s::jsonb, test_size => 0.25, automatic_deploy => %s)"
 )
-
-
-@dataclass
-class Reply:
-    status: int
-    body: str
-    url: str
-    headers: Message
-
-
-class _Stay(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-class Client:
-    """A web client with its own cookies; POSTs say they come from the dashboard's origin
-    (as a browser's do) unless told otherwise."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.cookies = http.cookiejar.CookieJar()
-        self.following = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(self.cookies)
-        )
-        self.staying = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(self.cookies), _Stay()
-        )
-
-    def get(self, path: str, *, follow: bool = True) -> Reply:
-        return self._send(urllib.request.Request(self.base + path), follow)
-
-    def post(
-        self,
-        path: str,
-        form: dict[str, str],
-        *,
-        origin: str | None = "",
-        follow: bool = True,
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
-        sent = dict(headers or {})
-        if origin is not None:
-            sent["Origin"] = origin or self.base
-        data = urllib.parse.urlencode(form).encode()
-        return self._send(urllib.request.Request(self.base + path, data, sent), follow)
-
-    def _send(self, request: urllib.request.Request, follow: bool) -> Reply:
-        opener = self.following if follow else self.staying
-        try:
-            with opener.open(request, timeout=60) as reply:
-                return Reply(reply.status, reply.read().decode(), reply.geturl(), reply.headers)
-        except urllib.error.HTTPError as error:
-            return Reply(error.code, error.read().decode(), request.full_url, error.headers)
-
-    def csrf(self, path: str = "/") -> str:
-        """The CSRF token of the forms of a page."""
-        found = re.search(r'name="csrf" value="([^"]+)"', self.get(path).body)
-        assert found is not None, f"no form on {path}"
-        return found.group(1)
-
-    def log_in(self, role: str, password: str = "", next_path: str = "/") -> Reply:
-        token = self.csrf("/login?" + urllib.parse.urlencode({"next": next_path}))
-        form = {"role": role, "password": password, "csrf": token, "next": next_path}
-        return self.post("/login", form)
-
-    def session_cookie(self) -> str | None:
-        return next((c.value for c in self.cookies if c.name == "pgml_session"), None)
-
-
-def logged_in(base: str, role: str = "postgres", password: str = "") -> Client:
-    client = Client(base)
-    reply = client.log_in(role, password)
-    assert reply.status == 200 and f"logged in as {role}" in reply.body, reply.body
-    return client
 
 
 @dataclass
@@ -626,14 +550,27 @@ def screenshot(browser: Any, path: Path) -> None:
     assert browser.save_screenshot(str(path)) and path.stat().st_size > 1000
 
 
+def waited(browser: Any, element_id: str) -> Any:
+    """The element once the page that has it is there (a click's page may still load)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    return WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, element_id))
+
+
 def browser_log_in(browser: Any, base: str, role: str = "postgres", password: str = "") -> None:
     """Log in through the form, as a person would."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     browser.get(base + "/login")
     browser.find_element(By.ID, "login-role").send_keys(role)
     browser.find_element(By.ID, "login-password").send_keys(password)
     browser.find_element(By.ID, "login-submit").click()
+    WebDriverWait(browser, 30).until(
+        lambda b: b.find_elements(By.ID, "role") or b.find_elements(By.ID, "login-error")
+    )
+    assert browser.find_element(By.ID, "role").text == f"logged in as {role}"
 
 
 def test_browser_model_page_chart(
@@ -688,15 +625,16 @@ def test_browser_login(site: Site, browser: Any, tmp_path: Path) -> None:
     browser.find_element(By.ID, "login-role").send_keys("scram_user")
     browser.find_element(By.ID, "login-password").send_keys("not the password")
     browser.find_element(By.ID, "login-submit").click()
-    assert "Login failed" in browser.find_element(By.ID, "login-error").text
+    assert "Login failed" in waited(browser, "login-error").text
     assert not browser.get_cookie("pgml_session")
     browser.find_element(By.ID, "login-password").send_keys(PASSWORDS["scram_user"])
     browser.find_element(By.ID, "login-submit").click()
+    assert waited(browser, "role").text == "logged in as scram_user"
     assert browser.title.startswith(f"Model {site.models[0]}")
-    assert browser.find_element(By.ID, "role").text == "logged in as scram_user"
     cookie = browser.get_cookie("pgml_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     browser.find_element(By.ID, "logout").click()
+    waited(browser, "login")
     assert browser.title.startswith("Log in")
     browser.get(site.base + "/jobs")
     assert browser.title.startswith("Log in")
