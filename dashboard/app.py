@@ -290,6 +290,9 @@ class Dashboard:
 
             if isinstance(error, asyncpg.InsufficientPrivilegeError):
                 return self._forbidden(request, str(error))
+            if isinstance(error, asyncpg.InvalidCatalogNameError):
+                message = f"The database {self._database(request)!r} does not exist."
+                return self._page(request, "error.html", 404, title="Not found", message=message)
             if isinstance(error, _database_errors()):
                 database = self._database(request)
                 log.warning("dashboard: database %s unavailable: %s", database, error)

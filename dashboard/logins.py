@@ -66,9 +66,6 @@ async def connect_as(upstream: UpstreamAddress, role: str, password: str, databa
     except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError) as exc:
         log.info("dashboard login as %r refused: %s", role, exc)
         raise LoginFailed(str(exc)) from exc
-    except asyncpg.InvalidCatalogNameError as exc:  # no such database
-        log.info("dashboard login as %r to %r refused: %s", role, database, exc)
-        raise LoginFailed(str(exc)) from exc
 
 
 class RoleConnection:

@@ -186,6 +186,9 @@ def test_unknown_ids_give_404(site: Site) -> None:
         reply = site.admin.get(path)
         assert reply.status == 404, path
         assert "Traceback" not in reply.body
+    missing = site.admin.get("/?database=no_such_database")
+    assert missing.status == 404 and "does not exist" in missing.body
+    assert site.admin.get("/").status == 200  # and the session goes on
 
 
 def test_cancel_from_the_jobs_page(
@@ -601,6 +604,7 @@ def test_browser_deploy_button(
     site: Site, browser: Any, direct: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     browser_log_in(browser, site.base)
     current = deployed_model(direct, site.project)
@@ -608,8 +612,9 @@ def test_browser_deploy_button(
     browser.get(f"{site.base}/projects/{site.project_id}")
     assert EVIL_NAME in browser.find_element(By.TAG_NAME, "h1").text  # shown as text
     browser.find_element(By.ID, f"deploy-{other}").click()
-    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-model="{other}"]')
-    assert "deployed" in row.text
+    WebDriverWait(browser, 30).until(  # the page the form's POST leads back to
+        lambda b: "deployed" in b.find_element(By.CSS_SELECTOR, f'tr[data-model="{other}"]').text
+    )
     assert deployed_model(direct, site.project) == other
     screenshot(browser, tmp_path / "project.png")
 
