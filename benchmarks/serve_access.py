@@ -99,22 +99,34 @@ def differ_in_the_check_alone(
         cluster.psql("GRANT SELECT ON pgml.models TO PUBLIC")
 
 
-def measure(proxies: dict[str, ProxyProcess], iterations: int) -> dict[str, list[float]]:
-    """Milliseconds per prepared single-row predict, the proxies taking turns call by call."""
+def measure(
+    proxies: dict[str, ProxyProcess], cluster: PostgresCluster, iterations: int
+) -> dict[str, list[float]]:
+    """Milliseconds per prepared single-row predict, the proxies taking turns call by call;
+    and, straight to PostgreSQL as the same role, the check's own statement against a
+    statement that does nothing (its server-side cost)."""
     rng = random.Random(2)
     texts = [review(rng, i % 2 == 0) for i in range(iterations)]
-    sql = f"SELECT pgml.predict('{PROJECT}', %s)"
-    connections = {k: psycopg.connect(p.dsn(ROLE), autocommit=True) for k, p in proxies.items()}
-    timings: dict[str, list[float]] = {k: [] for k in proxies}
+    model = int(cluster.psql(f"SELECT id FROM pgml.deployed_models WHERE name = '{PROJECT}'"))
+    statements = {
+        "checked": f"SELECT pgml.predict('{PROJECT}', %s)",
+        "unchecked": f"SELECT pgml.predict('{PROJECT}', %s)",
+        "check alone": f"SELECT pgml.authorize_serving('{PROJECT}', {model}), %s::text",
+        "nothing": "SELECT NULL::void, %s::text",
+    }
+    dsns = {k: p.dsn(ROLE) for k, p in proxies.items()}
+    dsns |= {"check alone": cluster.dsn(ROLE), "nothing": cluster.dsn(ROLE)}
+    connections = {k: psycopg.connect(dsn, autocommit=True) for k, dsn in dsns.items()}
+    timings: dict[str, list[float]] = {k: [] for k in connections}
     try:
-        for text in texts[:50]:  # warm up: loads the model, prepares the statement
-            for conn in connections.values():
-                conn.execute(sql, [text], prepare=True).fetchone()
+        for text in texts[:50]:  # warm up: loads the model, prepares the statements
+            for kind, conn in connections.items():
+                conn.execute(statements[kind], [text], prepare=True).fetchone()
         for index, text in enumerate(texts):
             order = list(connections.items())
             for kind, conn in order if index % 2 == 0 else reversed(order):
                 started = time.perf_counter()
-                conn.execute(sql, [text], prepare=True).fetchone()
+                conn.execute(statements[kind], [text], prepare=True).fetchone()
                 timings[kind].append((time.perf_counter() - started) * 1000)
     finally:
         for conn in connections.values():
@@ -146,7 +158,7 @@ def main() -> None:
         unchecked = proxy(cluster, work, models, "benchmarks.unchecked_proxy")
         started.append(unchecked)
         differ_in_the_check_alone(cluster, checked, unchecked)
-        timings = measure({"checked": checked, "unchecked": unchecked}, args.iterations)
+        timings = measure({"checked": checked, "unchecked": unchecked}, cluster, args.iterations)
     finally:
         for process in started:
             process.stop()
@@ -170,6 +182,11 @@ def report(timings: dict[str, list[float]], args: Any) -> None:
     print(
         f"| mean | {statistics.fmean(checked):.3f} | {statistics.fmean(unchecked):.3f} | "
         f"{statistics.fmean(checked) - statistics.fmean(unchecked):+.3f} ms | |"
+    )
+    alone, nothing = quantile(timings["check alone"], 0.5), quantile(timings["nothing"], 0.5)
+    print(
+        f"| median, straight to PostgreSQL: the check's statement against one doing nothing "
+        f"| {alone:.3f} | {nothing:.3f} | {alone - nothing:+.3f} ms | |"
     )
 
 

@@ -116,7 +116,16 @@ async def require_cancel(asker: AsksSQL, project: Project) -> Role:
 
 
 async def authorize_serving(ctx: CallContext, args: Args) -> None:
-    """Serve ``args[0]``'s project only to a role that can read its rows (the hook of
-    ``predict``, ``predict_proba`` and ``generate``)."""
-    if args and args[0] is not None:
-        await ctx.session.run_sql("SELECT pgml.authorize_serving($1)", [str(args[0])])
+    """Serve ``args[0]``'s project only to a role that can read its row and its deployed
+    model's (the hook of ``predict``, ``predict_proba`` and ``generate``). The deployed
+    model comes from the proxy's cache of deployments, so the check is one cheap statement."""
+    if not args or args[0] is None:
+        return
+    project = str(args[0])
+    try:
+        model: str | None = str((await ctx.services.deployment(ctx.database, project)).model_id)
+    except PgmlError as error:
+        if error.sqlstate == "42704":
+            return  # no such project: the call says so
+        model = None  # nothing deployed: the project's own row decides what the caller hears
+    await ctx.session.run_sql("SELECT pgml.authorize_serving($1, $2::bigint)", [project, model])

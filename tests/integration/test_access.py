@@ -334,7 +334,9 @@ def restore_catalog_grants(cluster: PostgresCluster) -> Iterator[None]:
     cluster.psql(
         "GRANT SELECT ON pgml.projects, pgml.models TO PUBLIC; "
         "DROP POLICY IF EXISTS team_only ON pgml.projects; "
-        "ALTER TABLE pgml.projects DISABLE ROW LEVEL SECURITY"
+        "ALTER TABLE pgml.projects DISABLE ROW LEVEL SECURITY; "
+        "DROP POLICY IF EXISTS unfinished_only ON pgml.models; "
+        "ALTER TABLE pgml.models DISABLE ROW LEVEL SECURITY"
     )
 
 
@@ -400,6 +402,29 @@ def test_predict_under_a_row_level_security_policy(
     grants(f"GRANT {roles.team} TO {roles.alice}")
     assert ok(alice, predict)[0][0] in (0.0, 1.0)
     assert len(ok(alice, f"SELECT * FROM pgml.deployed_models WHERE name = {lit(project)}")) == 1
+
+
+def test_predict_when_a_policy_hides_the_deployed_model(
+    tuner: ProxyProcess,
+    cluster: PostgresCluster,
+    project: str,
+    roles: Roles,
+    client: Callable[[str, str], Failure],
+    restore_catalog_grants: None,
+) -> None:
+    cluster.psql(
+        "ALTER TABLE pgml.models ENABLE ROW LEVEL SECURITY; "
+        "CREATE POLICY unfinished_only ON pgml.models USING (status <> 'successful')"
+    )
+    predict = PREDICT.format(project=lit(project))
+    failure = client(tuner.dsn(roles.alice), predict)
+    assert failure.sqlstate == "42501" and failure.usable_after
+    assert failure.message == f'permission denied for the deployed model of project "{project}"'
+    # The catalog function answers the same straight from PostgreSQL, for any client.
+    check = f"SELECT pgml.authorize_serving({lit(project)})"
+    assert fail_with_psql(cluster.dsn(roles.alice), check).sqlstate == "42501"
+    assert ok(cluster.dsn(), check) == [("",)]  # the catalog's owner passes
+    assert ok(tuner.dsn(), predict)[0][0] in (0.0, 1.0)
 
 
 def test_serving_follows_set_role(
