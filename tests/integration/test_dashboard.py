@@ -603,6 +603,7 @@ def test_browser_model_page_chart(
 def test_browser_deploy_button(
     site: Site, browser: Any, direct: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
 
@@ -612,7 +613,8 @@ def test_browser_deploy_button(
     browser.get(f"{site.base}/projects/{site.project_id}")
     assert EVIL_NAME in browser.find_element(By.TAG_NAME, "h1").text  # shown as text
     browser.find_element(By.ID, f"deploy-{other}").click()
-    WebDriverWait(browser, 30).until(  # the page the form's POST leads back to
+    settled = WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException])
+    settled.until(  # the page the form's POST leads back to
         lambda b: "deployed" in b.find_element(By.CSS_SELECTOR, f'tr[data-model="{other}"]').text
     )
     assert deployed_model(direct, site.project) == other
