@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.passthrough import pgbench, pgbench_init, wait_for_port  # noqa: E402
 from tests.support.pgserver import BIN, PostgresCluster, free_port  # noqa: E402
 from tests.support.proxyproc import ProxyProcess  # noqa: E402
+from tests.support.webclient import logged_in  # noqa: E402
 
 PAGES = ("/", "/projects/{project}", "/models/{model}", "/jobs", "/metrics")
 
@@ -61,11 +61,13 @@ def fill_catalog(proxy: ProxyProcess, cluster: PostgresCluster, log_rows: int) -
 
 
 class Refresher(threading.Thread):
-    """Fetches every dashboard page every ``interval`` seconds until stopped."""
+    """Fetches every dashboard page every ``interval`` seconds until stopped, logged in as
+    the superuser (the pages read the catalog as the logged-in role)."""
 
     def __init__(self, base: str, ids: dict[str, int], interval: float) -> None:
         super().__init__(daemon=True)
-        self.urls = [base + page.format(**ids) for page in PAGES]
+        self.client = logged_in(base)
+        self.paths = [page.format(**ids) for page in PAGES]
         self.interval = interval
         self.stopped = threading.Event()
         self.fetched = 0
@@ -73,9 +75,10 @@ class Refresher(threading.Thread):
     def run(self) -> None:
         while not self.stopped.is_set():
             started = time.monotonic()
-            for url in self.urls:
-                with urllib.request.urlopen(url, timeout=10) as response:
-                    response.read()
+            for path in self.paths:
+                reply = self.client.get(path, follow=False)
+                if reply.status != 200:
+                    raise RuntimeError(f"{path}: HTTP {reply.status}")
                 self.fetched += 1
             self.stopped.wait(max(0.0, self.interval - (time.monotonic() - started)))
 

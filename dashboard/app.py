@@ -1,11 +1,21 @@
-"""The dashboard's aiohttp application: HTML pages over the catalog, forms, ``/metrics``."""
+"""The dashboard's aiohttp application: HTML pages over the catalog, forms, ``/metrics``.
+
+Every page but the login (and ``/metrics``, unless configured otherwise) needs a logged-in
+PostgreSQL role (see :mod:`dashboard.logins`) and reads the catalog as that role. Every
+POST must come from the dashboard's own origin and carry its session's CSRF token; Deploy
+and Cancel are then checked as the same calls from SQL are (:mod:`handlers.access`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import datetime
+import hmac
 import json
 import logging
-import time
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +26,9 @@ from aiohttp import web
 from markupsafe import Markup
 
 from dashboard import charts, queries
+from dashboard.logins import SESSION_COOKIE, LoginFailed, Logins, RoleConnection, Session
 from dashboard.metrics import Exporter
+from handlers.access import require_cancel, require_deploy
 from handlers.errors import PgmlError
 
 if TYPE_CHECKING:
@@ -35,6 +47,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class NotFound(Exception):
     """An id in the URL that the catalog does not have."""
+
+
+LOGIN_COOKIE = "pgml_login"
+"""The login form's CSRF token, also sent as a cookie (there is no session yet)."""
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:
@@ -69,8 +85,14 @@ def _bytes(size: float) -> str:
     return f"{size:.1f} GiB"
 
 
-def _when(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+def _when(value: Any) -> str:
+    """A timestamp (a datetime, or seconds since the epoch) to the second, in UTC."""
+    if isinstance(value, int | float):
+        value = datetime.datetime.fromtimestamp(value, datetime.UTC)
+    if not isinstance(value, datetime.datetime):
+        return "—" if value is None else str(value)
+    moment = value if value.tzinfo is None else value.astimezone(datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _duration(seconds: float | None) -> str:
@@ -84,9 +106,12 @@ def _duration(seconds: float | None) -> str:
 class Dashboard:
     """The web app bound to one proxy; started next to it, stopped before it."""
 
-    def __init__(self, proxy: Proxy, database: str) -> None:
+    def __init__(self, proxy: Proxy, database: str, metrics_login: bool = False) -> None:
         self.proxy = proxy
         self.database = database
+        self.metrics_login = metrics_login
+        """Whether ``/metrics`` needs a login too (a session, or HTTP Basic for scrapers)."""
+        self.logins = Logins(proxy.hub.upstream)
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.templates = jinja2.Environment(
@@ -102,9 +127,12 @@ class Dashboard:
         self.app = self.build()
 
     def build(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors])
+        app = web.Application(middlewares=[self._errors, self._guard])
         app.add_routes(
             [
+                web.get("/login", self.login_form),
+                web.post("/login", self.login),
+                web.post("/logout", self.logout),
                 web.get("/", self.index),
                 web.get("/projects/{id}", self.project),
                 web.post("/projects/{id}/deploy", self.deploy),
@@ -123,6 +151,7 @@ class Dashboard:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port)
         await site.start()
+        self.logins.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
@@ -132,6 +161,7 @@ class Dashboard:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        await self.logins.close()
 
     # --- helpers -------------------------------------------------------------------
 
@@ -151,18 +181,100 @@ class Dashboard:
         return "" if not chosen else "?" + urlencode({"database": chosen})
 
     async def _catalog(self, request: web.Request) -> Catalog:
+        """The catalog through the service connection: for writes checked beforehand."""
         services = self.proxy.services
         database = self._database(request)
         await services.ensure_catalog(database)
         return await services.catalog(database)
 
+    async def _reader(self, request: web.Request) -> RoleConnection:
+        """A connection as the logged-in role to the page's database (the catalog made
+        first, so that a database without one shows an empty dashboard)."""
+        database = self._database(request)
+        await self.proxy.services.ensure_catalog(database)
+        return await self.logins.connection(request["session"], database)
+
     def _page(
         self, request: web.Request, template: str, status: int = 200, **values: Any
     ) -> web.Response:
+        session: Session | None = request.get("session")
         html = self.templates.get_template(template).render(
-            database=self._database(request), q=self._suffix(request), **values
+            database=self._database(request),
+            q=self._suffix(request),
+            role=None if session is None else session.role,
+            csrf="" if session is None else session.csrf,
+            **values,
         )
-        return web.Response(text=html, status=status, content_type="text/html")
+        response = web.Response(text=html, status=status, content_type="text/html")
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+            "frame-ancestors 'none'"
+        )
+        return response
+
+    def _forbidden(self, request: web.Request, message: str) -> web.Response:
+        return self._page(request, "error.html", 403, title="Forbidden", message=message)
+
+    def _to_login(self, request: web.Request) -> web.HTTPSeeOther:
+        query = {"next": request.path_qs}
+        if request.query.get("database"):
+            query["database"] = request.query["database"]
+        return web.HTTPSeeOther("/login?" + urlencode(query))
+
+    @staticmethod
+    def _same_origin(request: web.Request) -> bool:
+        """Whether a POST comes from the dashboard's own pages (Origin, else Referer)."""
+        own = f"{request.scheme}://{request.host}"
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            return origin == own
+        referer = request.headers.get("Referer", "")
+        return referer == own or referer.startswith(own + "/")
+
+    async def _basic_login(self, request: web.Request) -> bool:
+        """HTTP Basic credentials of a role the server accepts (for metrics scrapers)."""
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            role, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return bool(sep and role) and await self.logins.check(role, password, self.database)
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Logins, and the Origin and CSRF checks of every POST."""
+        if request.path.startswith("/static/"):
+            return await handler(request)
+        if request.method == "POST" and not self._same_origin(request):
+            return self._forbidden(request, "The form was not sent from this dashboard.")
+        session = self.logins.session(request.cookies.get(SESSION_COOKIE))
+        request["session"] = session
+        if request.path == "/metrics":
+            if self.metrics_login and session is None and not await self._basic_login(request):
+                raise web.HTTPUnauthorized(
+                    headers={"WWW-Authenticate": 'Basic realm="pgml-proxy metrics"'}
+                )
+            return await handler(request)
+        if request.path == "/login":
+            return await handler(request)
+        if session is None:
+            if request.method == "POST":
+                return self._forbidden(request, "Log in first: the session has ended.")
+            raise self._to_login(request)
+        if request.method == "POST":
+            form = await request.post()
+            if not session.csrf_ok(str(form.get("csrf", ""))):
+                return self._forbidden(
+                    request, "The form's CSRF token is not valid: reload the page."
+                )
+        try:
+            return await handler(request)
+        except LoginFailed:  # the server no longer lets the role in
+            raise self._to_login(request) from None
 
     @staticmethod
     def _id(request: web.Request) -> int:
@@ -183,8 +295,17 @@ class Dashboard:
         except web.HTTPException:
             raise
         except PgmlError as error:
-            return self._page(request, "error.html", 409, title="Refused", message=error.message)
+            status = 403 if error.sqlstate == "42501" else 409
+            message = error.message + (f" {error.hint}" if error.hint else "")
+            return self._page(request, "error.html", status, title="Refused", message=message)
         except Exception as error:
+            import asyncpg
+
+            if isinstance(error, asyncpg.InsufficientPrivilegeError):
+                return self._forbidden(request, str(error))
+            if isinstance(error, asyncpg.InvalidCatalogNameError):
+                message = f"The database {self._database(request)!r} does not exist."
+                return self._page(request, "error.html", 404, title="Not found", message=message)
             if isinstance(error, _database_errors()):
                 database = self._database(request)
                 log.warning("dashboard: database %s unavailable: %s", database, error)
@@ -199,50 +320,130 @@ class Dashboard:
             log.exception("dashboard: error on %s", request.path)
             return self._page(request, "error.html", 500, title="Internal error", message="")
 
+    # --- logging in ----------------------------------------------------------------
+
+    def _next(self, raw: str) -> str:
+        """Where to go after the login: a path of this dashboard, never another site."""
+        if raw.startswith("/") and not raw.startswith("//") and "\\" not in raw:
+            return raw
+        return "/"
+
+    def _login_page(
+        self,
+        request: web.Request,
+        status: int = 200,
+        error: str = "",
+        role: str = "",
+        next_path: str | None = None,
+    ) -> web.Response:
+        # One token per browser: a page loaded meanwhile (a favicon) must not void the form.
+        token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(32)
+        response = self._page(
+            request,
+            "login.html",
+            status,
+            login_csrf=token,
+            next=self._next(next_path or request.query.get("next", "/")),
+            error=error,
+            login_role=role,
+        )
+        response.set_cookie(
+            LOGIN_COOKIE, token, path="/login", httponly=True, samesite="Strict", max_age=3600
+        )
+        return response
+
+    async def login_form(self, request: web.Request) -> web.StreamResponse:
+        if request["session"] is not None:
+            raise web.HTTPSeeOther(self._next(request.query.get("next", "/")))
+        return self._login_page(request)
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        sent, expected = str(form.get("csrf", "")), request.cookies.get(LOGIN_COOKIE, "")
+        if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+            return self._forbidden(request, "The login form expired: reload it and try again.")
+        role, password = str(form.get("role", "")), str(form.get("password", ""))
+        next_path = self._next(str(form.get("next", "/")))
+        if not role:
+            return self._login_page(request, 400, "Enter a role.", next_path=next_path)
+        try:
+            session_id, _ = await self.logins.log_in(role, password, self._database(request))
+        except LoginFailed:
+            return self._login_page(
+                request,
+                401,
+                "Login failed: the role or password is wrong, or the server does not let "
+                "this role log in.",
+                role,
+                next_path,
+            )
+        response = web.HTTPSeeOther(next_path)
+        response.set_cookie(SESSION_COOKIE, session_id, path="/", httponly=True, samesite="Strict")
+        response.del_cookie(LOGIN_COOKIE, path="/login")
+        raise response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        await self.logins.log_out(request["session"])
+        response = web.HTTPSeeOther("/login" + self._suffix(request))
+        response.del_cookie(SESSION_COOKIE, path="/")
+        raise response
+
     # --- pages ---------------------------------------------------------------------
 
     async def index(self, request: web.Request) -> web.StreamResponse:
-        catalog = await self._catalog(request)
-        found = await queries.projects(catalog.pool)
+        found = await queries.projects(await self._reader(request))
         return self._page(request, "index.html", projects=found)
 
     async def project(self, request: web.Request) -> web.StreamResponse:
         project_id = self._id(request)
-        catalog = await self._catalog(request)
-        found = await queries.project(catalog.pool, project_id)
+        reader = await self._reader(request)
+        found = await queries.project(reader, project_id)
         if found is None:
             raise NotFound(project_id)
-        models = await queries.project_models(catalog.pool, project_id)
-        history = await queries.deployments(catalog.pool, project_id)
+        models = await queries.project_models(reader, project_id)
+        history = await queries.deployments(reader, project_id)
+        try:
+            await require_deploy(reader, found.record)
+            refusal = ""
+        except PgmlError as error:
+            refusal = error.message
         return self._page(
-            request, "project.html", project=found, models=models, deployments=history
+            request,
+            "project.html",
+            project=found,
+            models=models,
+            deployments=history,
+            refusal=refusal,
         )
 
     async def deploy(self, request: web.Request) -> web.StreamResponse:
         project_id = self._id(request)
         form = await request.post()
         raw = str(form.get("model_id", ""))
-        if not raw.isdigit():
+        if not raw.isdigit() or len(raw) > 18:
             raise NotFound(raw)
-        catalog = await self._catalog(request)
-        model = await queries.model(catalog.pool, int(raw))
+        reader = await self._reader(request)
+        model = await queries.model(reader, int(raw))
         if model is None or model.project_id != project_id:
             raise NotFound(raw)
-        await catalog.deploy_model(model.id)
+        catalog = await self._catalog(request)
+        project = await catalog.model_project(model.id)
+        await require_deploy(reader, project)
+        await catalog.deploy_model(model.id, project)
         raise web.HTTPSeeOther(f"/projects/{project_id}{self._suffix(request)}")
 
     async def model(self, request: web.Request) -> web.StreamResponse:
         model_id = self._id(request)
-        catalog = await self._catalog(request)
-        found = await queries.model(catalog.pool, model_id)
+        reader = await self._reader(request)
+        found = await queries.model(reader, model_id)
         if found is None:
             raise NotFound(model_id)
-        snapshot = await queries.snapshot(catalog.pool, found.snapshot_id)
-        curves = await queries.curves(catalog.pool, model_id)
-        parameters = await queries.parameters(catalog.pool, model_id)
+        snapshot = await queries.snapshot(reader, found.snapshot_id)
+        curves = await queries.curves(reader, model_id)
+        parameters = await queries.parameters(reader, model_id)
         svgs = [
-            (name, Markup(charts.line_chart(name, points)))
-            for name, points in curves.series.items()
+            (name, Markup(charts.line_chart(name, chart)))
+            for name, chart in charts.grouped(curves.series)
         ]
         names = sorted(set(found.before) | set(found.after))
         return self._page(
@@ -257,8 +458,7 @@ class Dashboard:
         )
 
     async def jobs(self, request: web.Request) -> web.StreamResponse:
-        catalog = await self._catalog(request)
-        running = await queries.jobs(catalog.pool)
+        running = await queries.jobs(await self._reader(request))
         here = {
             model_id
             for database, model_id in self.proxy.services.trainings
@@ -286,6 +486,10 @@ class Dashboard:
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         model_id = self._id(request)
+        if await queries.model(await self._reader(request), model_id) is None:
+            raise NotFound(model_id)
+        catalog = await self._catalog(request)
+        await require_cancel(await self._reader(request), await catalog.model_project(model_id))
         if not self.proxy.services.cancel_training(self._database(request), model_id):
             return self._page(
                 request,

@@ -1,4 +1,8 @@
-"""Catalog reads for the dashboard, through the proxy's service pool (asyncpg)."""
+"""Catalog reads for the dashboard, through a connection as the logged-in role (see
+:mod:`dashboard.logins`), so that its grants and row-level security decide what it sees.
+
+They read the tables, not the views: a view reads with its owner's rights on servers
+before PostgreSQL 15 (no ``security_invoker``)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.artifact import KEY_METRICS
+from handlers.projects import Project
 from handlers.secrets import without_secrets
 
 
@@ -57,6 +62,8 @@ class ProjectRow:
     id: int
     name: str
     task: str
+    owner_oid: int
+    owner: str
     models: int
     deployed_id: int | None
     deployed_algorithm: str | None
@@ -65,6 +72,11 @@ class ProjectRow:
     @property
     def key(self) -> str:
         return key_metric(self.task)[0]
+
+    @property
+    def record(self) -> Project:
+        """The project as the access checks take it."""
+        return Project(self.id, self.name, self.task, self.owner_oid, self.owner)
 
 
 @dataclass(slots=True)
@@ -90,11 +102,16 @@ class Job:
         return min(1.0, self.last_step / self.max_steps)
 
 
+_DEPLOYED = (
+    "(SELECT d.model_id FROM pgml.deployments AS d WHERE d.project_id = p.id "
+    "ORDER BY d.created_at DESC, d.id DESC LIMIT 1)"
+)
+"""The project ``p``'s deployed model."""
+
 _MODEL_SELECT = (
     "SELECT m.id, m.project_id, p.name AS project, p.task, m.algorithm, m.status, "
     "m.hyperparams::text AS hyperparams, m.metrics::text AS metrics, m.error, m.created_at, "
-    "m.updated_at, m.snapshot_id, "
-    "m.id IN (SELECT id FROM pgml.deployed_models) AS deployed "
+    f"m.updated_at, m.snapshot_id, m.id IS NOT DISTINCT FROM {_DEPLOYED} AS deployed "
     "FROM pgml.models AS m JOIN pgml.projects AS p ON p.id = m.project_id "
 )
 
@@ -117,22 +134,24 @@ def _model(row: Any) -> ModelRow:
     )
 
 
-async def projects(pool: Any) -> list[ProjectRow]:
-    """Every project with its deployed model and number of models."""
+async def projects(pool: Any, project_id: int | None = None) -> list[ProjectRow]:
+    """Every project (or the one of ``project_id``) with its deployed model and number of
+    models."""
     rows = await pool.fetch(
-        "SELECT p.id, p.name, p.task, "
+        "SELECT p.id, p.name, p.task, p.owner::oid AS owner_oid, p.owner::text AS owner, "
         "(SELECT count(*) FROM pgml.models AS m WHERE m.project_id = p.id) AS models, "
-        "d.id AS model_id, m.algorithm, m.metrics::text AS metrics "
-        "FROM pgml.projects AS p "
-        "LEFT JOIN pgml.deployed_models AS d ON d.name = p.name "
-        "LEFT JOIN pgml.models AS m ON m.id = d.id "
-        "ORDER BY p.id"
+        "m.id AS model_id, m.algorithm, m.metrics::text AS metrics "
+        f"FROM pgml.projects AS p LEFT JOIN pgml.models AS m ON m.id = {_DEPLOYED} "
+        "WHERE $1::bigint IS NULL OR p.id = $1 ORDER BY p.id",
+        project_id,
     )
     return [
         ProjectRow(
             id=r["id"],
             name=r["name"],
             task=r["task"],
+            owner_oid=int(r["owner_oid"]),
+            owner=r["owner"],
             models=r["models"],
             deployed_id=r["model_id"],
             deployed_algorithm=r["algorithm"],
@@ -143,10 +162,8 @@ async def projects(pool: Any) -> list[ProjectRow]:
 
 
 async def project(pool: Any, project_id: int) -> ProjectRow | None:
-    for found in await projects(pool):
-        if found.id == project_id:
-            return found
-    return None
+    found = await projects(pool, project_id)
+    return found[0] if found else None
 
 
 async def project_models(pool: Any, project_id: int) -> list[ModelRow]:
@@ -195,15 +212,32 @@ async def parameters(pool: Any, model_id: int) -> dict[str, Any] | None:
     return None if row is None else dict(_json(row["logs"]))
 
 
+SUMMARY = frozenset(
+    {
+        "train_runtime",
+        "train_samples_per_second",
+        "train_steps_per_second",
+        "total_flos",
+        "train_loss",
+    }
+)
+"""Figures of the training run's last log, not curves (the metrics table has them)."""
+
+
 async def curves(pool: Any, model_id: int) -> Curves:
-    """Loss, learning rate and evaluation metrics against step, in log order."""
+    """Loss, learning rate and evaluation metrics against step, in log order; evaluation
+    metrics start at step 0 with the model before tuning."""
     rows = await pool.fetch(
         "SELECT logs::text AS logs FROM pgml.logs WHERE model_id = $1 ORDER BY id", model_id
     )
     out = Curves()
+    before: dict[str, Any] = {}
     for row in rows:
         record = _json(row["logs"])
-        if not isinstance(record, dict) or "before_tuning" in record:
+        if not isinstance(record, dict):
+            continue
+        if isinstance(record.get("before_tuning"), dict):
+            before = record["before_tuning"]
             continue
         if isinstance(record.get("max_steps"), int | float):
             out.max_steps = int(record["max_steps"])
@@ -212,10 +246,14 @@ async def curves(pool: Any, model_id: int) -> Curves:
             continue
         out.last_step = int(step)
         for name, value in record.items():
-            if name in ("step", "epoch", "max_steps", "epochs") or isinstance(value, bool):
+            if name in ("step", "epoch", "max_steps", "epochs") or name in SUMMARY:
                 continue
-            if isinstance(value, int | float):
+            if isinstance(value, int | float) and not isinstance(value, bool):
                 out.series.setdefault(name, []).append((float(step), float(value)))
+    for name, points in out.series.items():
+        value = before.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            points.insert(0, (0.0, float(value)))
     return out
 
 

@@ -127,6 +127,97 @@ MIGRATIONS: list[str] = [
         ADD COLUMN checksum text,
         ADD COLUMN materialized boolean NOT NULL DEFAULT false;
     """,
+    # 4: access. Projects have owners (existing ones go to the catalog's owner); setting
+    # or changing an owner follows ALTER ... OWNER TO's rule; the views read the tables
+    # with the reader's rights (so row-level security applies through them); and
+    # pgml.authorize_serving asks whether the current role may be served a project.
+    """
+    ALTER TABLE pgml.projects ADD COLUMN owner regrole;
+    UPDATE pgml.projects SET owner = (
+        SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'pgml.projects'::regclass
+    )::regrole;
+    ALTER TABLE pgml.projects
+        ALTER COLUMN owner SET NOT NULL,
+        ALTER COLUMN owner SET DEFAULT to_regrole(quote_ident(current_user));
+    CREATE FUNCTION pgml.check_project_owner() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND NEW.owner = OLD.owner THEN
+            RETURN NEW;
+        END IF;
+        IF pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class
+                                   WHERE oid = TG_RELID), 'MEMBER') THEN
+            RETURN NEW;  -- the catalog's owner (the proxy) records any role
+        END IF;
+        IF TG_OP = 'UPDATE' AND NOT pg_catalog.pg_has_role(OLD.owner, 'MEMBER') THEN
+            RAISE EXCEPTION 'must be a member of role % to hand over project "%"',
+                OLD.owner, OLD.name USING ERRCODE = '42501';
+        END IF;
+        IF NOT pg_catalog.pg_has_role(NEW.owner, 'MEMBER') THEN
+            RAISE EXCEPTION 'must be able to SET ROLE % to make it the owner of project "%"',
+                NEW.owner, NEW.name USING ERRCODE = '42501';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER check_owner BEFORE INSERT OR UPDATE OF owner ON pgml.projects
+        FOR EACH ROW EXECUTE FUNCTION pgml.check_project_owner();
+    DO $$
+    BEGIN
+        IF current_setting('server_version_num')::int >= 150000 THEN
+            ALTER VIEW pgml.deployed_models SET (security_invoker = true);
+            ALTER VIEW pgml.trained_models SET (security_invoker = true);
+            ALTER VIEW pgml.overview SET (security_invoker = true);
+        END IF;
+    END $$;
+    CREATE FUNCTION pgml.serving_target(project_name text, OUT project_id bigint,
+                                        OUT model_id bigint)
+    LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+        SELECT p.id, (SELECT d.model_id FROM pgml.deployments AS d WHERE d.project_id = p.id
+                      ORDER BY d.created_at DESC, d.id DESC LIMIT 1)
+        FROM pgml.projects AS p WHERE p.name = project_name
+    $$;
+    COMMENT ON FUNCTION pgml.serving_target(text) IS
+        'The project and its deployed model, whoever may read them (used by authorize_serving).';
+    CREATE FUNCTION pgml.authorize_serving(project_name text, model_id bigint DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql STABLE SECURITY INVOKER AS $$
+    -- model_id: the deployed model the caller is to be served (looked up when not given).
+    -- No SET search_path: it would cost a third of the call, and as SECURITY INVOKER it
+    -- runs with no more rights than its caller; every name in it is qualified.
+    BEGIN
+        IF project_name IS NULL THEN
+            RETURN;
+        END IF;
+        PERFORM FROM pgml.projects AS p WHERE p.name = project_name;
+        IF NOT FOUND THEN
+            IF (SELECT t.project_id FROM pgml.serving_target(project_name) AS t) IS NULL THEN
+                RETURN;  -- no such project: serving says so
+            END IF;
+            RAISE EXCEPTION 'permission denied for project "%"', project_name
+                USING ERRCODE = '42501',
+                DETAIL = 'The current role cannot read the project''s row in pgml.projects.',
+                HINT = 'Serving a project needs SELECT on pgml.projects and pgml.models, and '
+                       'its rows in both visible under their row-level security policies.';
+        END IF;
+        IF model_id IS NULL THEN
+            model_id := (SELECT t.model_id FROM pgml.serving_target(project_name) AS t);
+            IF model_id IS NULL THEN
+                RETURN;  -- nothing deployed: serving says so
+            END IF;
+        END IF;
+        PERFORM FROM pgml.models AS m WHERE m.id = model_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'permission denied for the deployed model of project "%"',
+                project_name
+                USING ERRCODE = '42501',
+                DETAIL = format('The current role cannot read model %s in pgml.models.',
+                                model_id),
+                HINT = 'Serving a project needs SELECT on pgml.projects and pgml.models, and '
+                       'its rows in both visible under their row-level security policies.';
+        END IF;
+    END $$;
+    COMMENT ON FUNCTION pgml.authorize_serving(text, bigint) IS
+        'Returns when the current role may be served the project (and its deployed model '
+        'model_id); raises 42501 otherwise.';
+    """,
 ]
 """Migration N brings the catalog from version N-1 to N. Never edit one that shipped:
 append a new one."""

@@ -7,7 +7,7 @@ batches of argument tuples.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +49,8 @@ Handler = Callable[["CallContext", Sequence[Args]], Awaitable[list[Any]]]
 or for set-returning functions a list of rows."""
 Stream = Callable[["CallContext", Args], AsyncIterator[Any]]
 """One call's rows as they are produced (a set-returning function that streams)."""
+Authorize = Callable[["CallContext", Args], Awaitable[None]]
+"""Raises when the caller may not make the call (see ``Overload.authorize``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,11 @@ class Overload:
     """For a set-returning overload: its rows while they are produced, for an engine that
     sends rows before the call ends.  Closing the iterator early stops the work; its
     ``handler`` gives the same rows collected."""
+    authorize: Authorize | None = None
+    """Awaited in the caller's session (``CallContext.session`` may be used) before the
+    handler runs on a call's arguments, with the arguments in parameter order: once with
+    those that read columns as None, then for each new value the rows give the first
+    parameter (the project a call is about) when it reads columns."""
 
     def accepts(self, type_oids: Sequence[int | None]) -> bool:
         return all(
@@ -95,6 +102,12 @@ class SessionSQL(Protocol):
 
     async def run_sql(self, sql: str, params: Sequence[str | None] = ()) -> list[list[Any]]:
         """Run one statement; its rows as text values."""
+        ...
+
+    async def check(self, sql: str, params: Sequence[str | None], key: Hashable) -> None:
+        """Run a statement that raises when the caller may not go on.  The first check
+        of ``key`` in the session runs now (its error raised here); later ones go with
+        the next statement the proxy sends, and their error is the statement's."""
         ...
 
     async def copy_in(self, sql: str, chunks: AsyncIterator[bytes]) -> int:

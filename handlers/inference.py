@@ -11,9 +11,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from handlers.access import require_deploy
 from handlers.errors import PgmlError
 from handlers.functions import Args, CallContext
 from handlers.predictor import Predictor, generation_options
+from handlers.projects import Catalog, check_strategy
 
 LABEL = "label"
 """A result type that is the project's: REAL or TEXT labels, TEXT for generated text."""
@@ -114,19 +116,26 @@ async def generate_array(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
 
 async def deploy_strategy(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     await ctx.services.ensure_catalog(ctx.database)
-    catalog = await ctx.services.catalog(ctx.database)
+    catalog: Catalog = await ctx.services.catalog(ctx.database)
     rows = []
     for project_name, strategy, algorithm in batch:
-        project, chosen = await catalog.deploy(project_name, strategy, algorithm)
+        check_strategy(strategy)
+        project = await catalog.project(project_name)
+        if project is None:
+            raise PgmlError("42704", f'project "{project_name}" does not exist')
+        await require_deploy(ctx.session, project)
+        chosen = await catalog.deploy(project, strategy, algorithm)
         rows.append([(project.name, strategy, chosen)])
     return rows
 
 
 async def deploy_model(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     await ctx.services.ensure_catalog(ctx.database)
-    catalog = await ctx.services.catalog(ctx.database)
+    catalog: Catalog = await ctx.services.catalog(ctx.database)
     rows = []
     for (model_id,) in batch:
-        project, algorithm = await catalog.deploy_model(int(model_id))
+        project = await catalog.model_project(int(model_id))
+        await require_deploy(ctx.session, project)
+        algorithm = await catalog.deploy_model(int(model_id), project)
         rows.append([(project.name, "specific", algorithm)])
     return rows

@@ -24,6 +24,9 @@ class Project:
     id: int
     name: str
     task: str
+    owner_oid: int
+    owner: str
+    """The owner role's name as an identifier in SQL (``regrole``'s text)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +45,11 @@ class Deployed:
         return self.label_type if self.project.task == "text-classification" else "text"
 
 
+PROJECT_COLUMNS = "p.id, p.name, p.task, p.owner::oid AS owner_oid, p.owner::text AS owner"
+
+
 def _project(row: Any) -> Project:
-    return Project(int(row["id"]), row["name"], row["task"])
+    return Project(int(row["id"]), row["name"], row["task"], int(row["owner_oid"]), row["owner"])
 
 
 class Catalog:
@@ -54,25 +60,31 @@ class Catalog:
 
     async def project(self, name: str) -> Project | None:
         row = await self.pool.fetchrow(
-            "SELECT id, name, task FROM pgml.projects WHERE name = $1", name
+            f"SELECT {PROJECT_COLUMNS} FROM pgml.projects AS p WHERE p.name = $1", name
         )
         return None if row is None else _project(row)
 
-    async def ensure_project(self, name: str, task: str) -> Project:
+    async def model_project(self, model_id: int) -> Project:
+        """The project of a model; 42704 when there is no such model."""
         row = await self.pool.fetchrow(
-            "INSERT INTO pgml.projects (name, task) VALUES ($1, $2) "
-            "ON CONFLICT (name) DO UPDATE SET updated_at = clock_timestamp() "
-            "RETURNING id, name, task",
+            f"SELECT {PROJECT_COLUMNS} FROM pgml.models AS m "
+            "JOIN pgml.projects AS p ON p.id = m.project_id WHERE m.id = $1",
+            model_id,
+        )
+        if row is None:
+            raise PgmlError("42704", f"model {model_id} does not exist")
+        return _project(row)
+
+    async def create_project(self, name: str, task: str, owner_oid: int) -> Project | None:
+        """A new project owned by ``owner_oid``; None when the name was taken meanwhile."""
+        row = await self.pool.fetchrow(
+            "INSERT INTO pgml.projects AS p (name, task, owner) VALUES ($1, $2, $3::oid::regrole) "
+            f"ON CONFLICT (name) DO NOTHING RETURNING {PROJECT_COLUMNS}",
             name,
             task,
+            owner_oid,
         )
-        project = _project(row)
-        if project.task != task:
-            raise invalid_argument(
-                f'project "{name}" is a {project.task} project, not {task}',
-                hint="Use a new project name for another task.",
-            )
-        return project
+        return None if row is None else _project(row)
 
     async def last_run(self, project: Project) -> dict[str, Any] | None:
         """The relation, label, split and model of the project's latest model."""
@@ -186,7 +198,7 @@ class Catalog:
     async def deployed(self, name: str) -> Deployed:
         """The project's deployed model; a clear error when there is none."""
         row = await self.pool.fetchrow(
-            "SELECT p.id, p.name, p.task, m.id AS model_id, m.algorithm, "
+            f"SELECT {PROJECT_COLUMNS}, m.id AS model_id, m.algorithm, "
             "extract(epoch FROM m.created_at) AS created_at, "
             "s.analysis->>'label_type' AS label_type "
             "FROM pgml.projects AS p "
@@ -239,23 +251,12 @@ class Catalog:
             await self._insert_deployment(connection, project.id, model_id, "new_score")
             return True
 
-    async def deploy(
-        self, project_name: str, strategy: str, algorithm: str | None
-    ) -> tuple[Project, str]:
-        """Deploy by strategy; the project and the algorithm of the model now deployed."""
-        if strategy not in STRATEGIES or strategy == "specific":
-            raise invalid_argument(
-                f'unknown deployment strategy "{strategy}"',
-                hint="Use best_score, most_recent or rollback, or pgml.deploy(model_id).",
-            )
-        project = await self.project(project_name)
-        if project is None:
-            raise PgmlError("42704", f'project "{project_name}" does not exist')
+    async def deploy(self, project: Project, strategy: str, algorithm: str | None) -> str:
+        """Deploy by strategy (see :func:`check_strategy`) a project whose caller was
+        checked; the algorithm of the model now deployed."""
         metric, higher = KEY_METRICS[project.task]
         async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute(
-                "SELECT 1 FROM pgml.projects WHERE id = $1 FOR UPDATE", project.id
-            )
+            await _lock_checked(connection, project)
             if strategy == "rollback":
                 model_id = await connection.fetchval(
                     "SELECT model_id FROM pgml.deployments WHERE project_id = $1 "
@@ -284,23 +285,24 @@ class Catalog:
             if model_id is None:
                 raise PgmlError(
                     "55000",
-                    f'project "{project_name}" has no model to deploy with {strategy}'
+                    f'project "{project.name}" has no model to deploy with {strategy}'
                     + (f" and algorithm {algorithm}" if algorithm else ""),
                 )
             await self._insert_deployment(connection, project.id, int(model_id), strategy)
             chosen = await connection.fetchval(
                 "SELECT algorithm FROM pgml.models WHERE id = $1", model_id
             )
-        return project, str(chosen)
+        return str(chosen)
 
-    async def deploy_model(self, model_id: int) -> tuple[Project, str]:
-        """Deploy one model by id (strategy ``specific``); its project and algorithm."""
+    async def deploy_model(self, model_id: int, project: Project) -> str:
+        """Deploy one model of a project whose caller was checked (strategy ``specific``);
+        the model's algorithm."""
         async with self.pool.acquire() as connection, connection.transaction():
+            await _lock_checked(connection, project)
             row = await connection.fetchrow(
-                "SELECT p.id, p.name, p.task, m.algorithm, m.status FROM pgml.models AS m "
-                "JOIN pgml.projects AS p ON p.id = m.project_id WHERE m.id = $1 "
-                "FOR UPDATE OF p",
+                "SELECT algorithm, status FROM pgml.models WHERE id = $1 AND project_id = $2",
                 model_id,
+                project.id,
             )
             if row is None:
                 raise PgmlError("42704", f"model {model_id} does not exist")
@@ -308,9 +310,8 @@ class Catalog:
                 raise PgmlError(
                     "55000", f"model {model_id} is {row['status']} and cannot be deployed"
                 )
-            project = _project(row)
             await self._insert_deployment(connection, project.id, model_id, "specific")
-        return project, row["algorithm"]
+        return str(row["algorithm"])
 
     @staticmethod
     async def _insert_deployment(
@@ -321,6 +322,31 @@ class Catalog:
             project_id,
             model_id,
             strategy,
+        )
+
+
+def check_strategy(strategy: str) -> None:
+    """``pgml.deploy``'s strategies (``specific`` is deploying by model id)."""
+    if strategy not in STRATEGIES or strategy == "specific":
+        raise invalid_argument(
+            f'unknown deployment strategy "{strategy}"',
+            hint="Use best_score, most_recent or rollback, or pgml.deploy(model_id).",
+        )
+
+
+async def _lock_checked(connection: Any, project: Project) -> None:
+    """Lock the project's row for the deployment; refuse when its owner changed since the
+    caller was checked against it."""
+    owner = await connection.fetchval(
+        "SELECT owner::oid FROM pgml.projects WHERE id = $1 FOR UPDATE", project.id
+    )
+    if owner is None:
+        raise PgmlError("42704", f'project "{project.name}" does not exist')
+    if int(owner) != project.owner_oid:
+        raise PgmlError(
+            "40001",
+            f'the owner of project "{project.name}" changed while it was being deployed',
+            hint="Run pgml.deploy again.",
         )
 
 

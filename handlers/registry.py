@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import proxy
+from handlers.access import authorize_serving
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
-from handlers.functions import Args, CallContext, Function, Overload, Param
+from handlers.functions import Args, CallContext, Function, Handler, Overload, Param
 from handlers.inference import (
     LABEL,
     deploy_model,
@@ -143,6 +144,18 @@ def _transform_stream_overloads() -> tuple[Overload, ...]:
 
 
 _PROJECT = Param("project_name", "text")
+
+
+def _served(
+    params: tuple[Param, ...],
+    returns: str,
+    handler: Handler,
+    varies: Callable[[Sequence[Any]], bool] | None = None,
+) -> Overload:
+    """A call that serves a project's deployed model: only to roles that can read it."""
+    return Overload(params, returns, handler, varies=varies, authorize=authorize_serving)
+
+
 _CONFIG = Param("config", "jsonb", "{}", required=False)
 _DEPLOY_COLUMNS = (("project", "text"), ("strategy", "text"), ("algorithm", "text"))
 
@@ -200,24 +213,24 @@ FUNCTIONS: dict[str, Function] = {
     "predict": Function(
         "predict",
         (
-            Overload((_PROJECT, Param("input", "text")), LABEL, predict_text),
-            Overload((_PROJECT, Param("inputs", "text[]")), LABEL + "[]", predict_array),
+            _served((_PROJECT, Param("input", "text")), LABEL, predict_text),
+            _served((_PROJECT, Param("inputs", "text[]")), LABEL + "[]", predict_array),
         ),
     ),
     "predict_proba": Function(
         "predict_proba",
         (
-            Overload((_PROJECT, Param("input", "text")), "jsonb", predict_proba_text),
-            Overload((_PROJECT, Param("inputs", "text[]")), "jsonb", predict_proba_array),
+            _served((_PROJECT, Param("input", "text")), "jsonb", predict_proba_text),
+            _served((_PROJECT, Param("inputs", "text[]")), "jsonb", predict_proba_array),
         ),
     ),
     "generate": Function(
         "generate",
         (
-            Overload(
+            _served(
                 (_PROJECT, Param("input", "text"), _CONFIG), "text", generate_text, varies=_samples
             ),
-            Overload(
+            _served(
                 (_PROJECT, Param("inputs", "text[]"), _CONFIG),
                 "text[]",
                 generate_array,

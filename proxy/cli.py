@@ -54,7 +54,7 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
         from dashboard.app import Dashboard
 
         database = settings.dashboard_database or upstream.database or "postgres"
-        dashboard = Dashboard(proxy, database)
+        dashboard = Dashboard(proxy, database, settings.dashboard_metrics_login)
         await dashboard.start(settings.host, settings.dashboard_port)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -40,6 +40,16 @@ class Settings:
     model_memory: str | None = None
     allow_models: tuple[str, ...] = ()
     trust_remote_code: tuple[str, ...] = ()
+    dashboard_metrics_login: bool = False
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use true or false")
 
 
 def _env(flag: str) -> str | None:
@@ -162,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none)",
         None,
     )
+    add(
+        "dashboard-metrics-login",
+        "true: /metrics needs a login too, a dashboard session or HTTP Basic credentials of a "
+        "PostgreSQL role (default %(default)s)",
+        "false",
+        type=_boolean,
+        metavar="BOOL",
+    )
     return parser
 
 
@@ -208,4 +226,5 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         model_memory=args.model_memory,
         allow_models=_patterns(args.allow_models),
         trust_remote_code=_patterns(args.trust_remote_code),
+        dashboard_metrics_login=bool(args.dashboard_metrics_login),
     )

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
 
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
+
+
+def missing_tool(reason: str) -> NoReturn:
+    """Skip a test whose tool is not installed; with ``CI`` set, fail it instead (CI
+    installs every tool: ``scripts/test-tools.sh``)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI is set, so a missing tool fails the test", pytrace=False)
+    pytest.skip(reason)
+
 
 PASSWORDS = {"md5_user": "md5 secret", "scram_user": "scram secret", "plain_user": "plain secret"}
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from handlers.access import Role, require_tune
 from handlers.errors import PgmlError, invalid_argument, unsupported
 from handlers.functions import Args, CallContext
 from handlers.projects import Catalog, Project
@@ -57,6 +58,8 @@ async def _tune(
     await services.ensure_catalog(ctx.database)
     catalog: Catalog = await services.catalog(ctx.database)
     existing = await catalog.project(project_name)
+    deploys = automatic_deploy is not False
+    caller = await require_tune(ctx.session, existing, deploys)
     last = await catalog.last_run(existing) if existing else None
     task = normalise_task(task) if task else (existing.task if existing else None)
     if task is None:
@@ -98,7 +101,7 @@ async def _tune(
             materialize=bool(materialize_snapshot),
         )
         ctx.check_cancel()
-        project = existing or await catalog.ensure_project(project_name, task)
+        project = existing or await _new_project(ctx, catalog, project_name, task, caller, deploys)
         snapshot_id = await catalog.add_snapshot(
             snapshot.relation,
             snapshot.y_column,
@@ -145,12 +148,30 @@ async def _tune(
         await _train_and_record(ctx, catalog, project, model_id, created_at, job, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    deployed = automatic_deploy is not False and await catalog.deploy_automatically(
-        project, model_id
-    )
+    deployed = deploys and await catalog.deploy_automatically(project, model_id)
     if deployed:
         await ctx.session.notice(f"model {model_id} deployed for project {project_name}")
     return project.name, task, model_name, deployed
+
+
+async def _new_project(
+    ctx: CallContext, catalog: Catalog, name: str, task: str, caller: Role, deploys: bool
+) -> Project:
+    """The project, created owned by the caller; one another session created meanwhile is
+    used only if the caller could have tuned it."""
+    created = await catalog.create_project(name, task, caller.oid)
+    if created is not None:
+        return created
+    project = await catalog.project(name)
+    if project is None:  # dropped again at once
+        raise PgmlError("40001", f'project "{name}" was dropped while it was created')
+    await require_tune(ctx.session, project, deploys)
+    if project.task != task:
+        raise invalid_argument(
+            f'project "{name}" is a {project.task} project, not {task}',
+            hint="Use a new project name for another task.",
+        )
+    return project
 
 
 async def _train_and_record(

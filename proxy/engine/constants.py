@@ -65,6 +65,8 @@ async def evaluate_constant(execution: Execution, text: SourceText, call: CallSi
         for i, k in zip(retyped, await _typed_values(execution, casts), strict=True):
             given[i] = k
     args = binding.bind(call, overload, [k.value for k in given])
+    if overload.authorize is not None:
+        await overload.authorize(execution.context, args)
     returns = await execution.result_type(call, overload, args)
     result = None
     if not overload.strict or not any(v is None for v in args):

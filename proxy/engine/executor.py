@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,7 +39,16 @@ from proxy.engine.rows import run_step
 from proxy.engine.scopes import ScopeStep
 from proxy.engine.sourcetext import SourceText, Span
 from proxy.engine.split import plan_scope
-from proxy.engine.upstream import CopyIn, CopyOut, Reply, Result, ServerError, Skipped, Upstream
+from proxy.engine.upstream import (
+    ERRORS,
+    CopyIn,
+    CopyOut,
+    Reply,
+    Result,
+    ServerError,
+    Skipped,
+    Upstream,
+)
 from proxy.wire import codec
 
 log = logging.getLogger("pgml_proxy.executor")
@@ -83,6 +92,7 @@ class Execution:
         label_types: dict[str, str] | None = None,
         helper: str = "",
         drop_at_commit: bool = False,
+        confirmed: set[Hashable] | None = None,
     ) -> None:
         self.upstream = upstream
         self.services = services
@@ -100,6 +110,8 @@ class Execution:
         self.params_own: list[bytes | None] = []
         self.values: dict[int, Known] = {}
         """Results of constant calls evaluated so far, by call node: arguments of others."""
+        self.confirmed = set() if confirmed is None else confirmed
+        """The session's checks that have passed once (see :meth:`check`)."""
 
     @property
     def context(self) -> CallContext:
@@ -140,6 +152,21 @@ class Execution:
         reply = self.request(sql, own)
         self.upstream.flush()
         return await reply
+
+    async def check(self, sql: str, params: Sequence[str | None], key: Hashable) -> None:
+        """A statement that raises when the caller may not go on.  The first time ``key``
+        is checked in the session it runs now; after that it goes with the next statement
+        sent, so it costs no round trip of its own, and an error of it is the client's
+        statement's before any result of it reaches the client."""
+        own = [None if p is None else p.encode("utf-8") for p in params]
+        if key not in self.confirmed:
+            await self.select(sql, own)
+            self.confirmed.add(key)
+            return
+        reply = self.upstream.statement(
+            sql, own, [values.TEXT_OID] * len(own), name=self.helper, forward=ERRORS
+        )
+        reply.on_failure(lambda: self.confirmed.discard(key))
 
     async def run_sql(self, sql: str, params: Sequence[str | None] = ()) -> list[list[Any]]:
         result = await self.select(sql, [None if p is None else p.encode() for p in params])

@@ -39,6 +39,8 @@ class _RowCall:
     """Each argument's ``M`` column."""
     returns: str
     varies: bool
+    authorized: set[Any]
+    """Values of the first parameter, read from rows, that ``authorize`` has been given."""
 
 
 async def run_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> str:
@@ -140,9 +142,11 @@ async def _resolve(
             hint="Call it once per project, with the project's name as a literal.",
         )
     bound = binding.bind(call, overload, constants)
+    if overload.authorize is not None:
+        await overload.authorize(execution.context, bound)
     returns = await execution.result_type(call, overload, bound)
     varies = overload.varies is not None and overload.varies(bound)
-    return _RowCall(call, overload, kinds, columns, returns, varies)
+    return _RowCall(call, overload, kinds, columns, returns, varies, set())
 
 
 def _prepare(
@@ -209,6 +213,7 @@ async def _fill(
     batch = await fetched
     while True:
         ids, tuples = _arguments(row, batch)
+        await _authorize(execution, row, tuples)
         computing = (
             asyncio.ensure_future(row.overload.handler(execution.context, tuples))
             if tuples
@@ -245,6 +250,22 @@ async def _fill(
     upstream.close(b"P", portal)
     upstream.flush()
     await _all(written)
+
+
+async def _authorize(execution: Execution, row: _RowCall, tuples: list[Args]) -> None:
+    """The call's ``authorize`` for each project the batch's rows name for the first time."""
+    authorize = row.overload.authorize
+    if authorize is None or not reads_columns(row.call.args[_first_argument(row)]):
+        return
+    for args in tuples:
+        if args and args[0] not in row.authorized:
+            row.authorized.add(args[0])
+            await authorize(execution.context, args)
+
+
+def _first_argument(row: _RowCall) -> int:
+    """Which of the call's arguments is the overload's first parameter."""
+    return _project_argument(row.call, row.overload)
 
 
 def _arguments(row: _RowCall, batch: Result) -> tuple[list[str], list[Args]]:

@@ -3,6 +3,7 @@ involve pgml functions (a Query, or extended-protocol messages about pgml statem
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Protocol
 
 from handlers.serving import Services
@@ -28,6 +29,8 @@ class Engine:
         self.session = session
         self.extended = ExtendedState(self)
         self._cancelled = False
+        self.confirmed: set[Hashable] = set()
+        """Checks of the session's that have passed (see :meth:`Execution.check`)."""
 
     @property
     def database(self) -> str:
@@ -65,6 +68,7 @@ class Engine:
             label_types=label_types,
             helper=helper,
             drop_at_commit=drop_at_commit,
+            confirmed=self.confirmed,
         )
 
     async def answer(self, message: Message) -> None:

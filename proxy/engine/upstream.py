@@ -30,6 +30,7 @@ RESULTS = frozenset(
 )
 """A statement's rows and tag, as the client receives them from PostgreSQL."""
 ROWS = RESULTS - {Backend.ROW_DESCRIPTION}
+ERRORS = frozenset({Backend.ERROR})
 
 
 class ServerError(Exception):
@@ -121,6 +122,15 @@ class Reply:
     @property
     def done(self) -> bool:
         return self._future.done()
+
+    def on_failure(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` if the server answers the request with an error."""
+
+        def check(future: asyncio.Future[Result]) -> None:
+            if isinstance(future.exception(), ServerError):
+                callback()
+
+        self._future.add_done_callback(check)
 
     def __await__(self) -> Generator[Any, None, Result]:
         return self._future.__await__()
@@ -331,9 +341,11 @@ class Upstream:
         formats: Sequence[int] = (),
         *,
         name: str = "",
+        forward: frozenset[int] = NOTHING,
     ) -> Reply:
         """One statement through the extended protocol, described and run to the end:
-        the reply of its Execute, with the columns in its result."""
+        the reply of its Execute, with the columns in its result.  Its replies in
+        ``forward`` go to the client."""
         executed = Reply()
         into = _Into(executed)
         self.forget(b"S", name)
@@ -344,8 +356,8 @@ class Upstream:
             (codec.describe(b"P", name), Frontend.DESCRIBE),
         ):
             self._buffer.append(data)
-            self.queue.expect(Expected(kind, NOTHING, into, None))
-        self.execute(name, reply=executed)
+            self.queue.expect(Expected(kind, forward, into, None))
+        self.execute(name, 0, forward, reply=executed)
         if name:
             self.close(b"P", name)
             self.close(b"S", name)

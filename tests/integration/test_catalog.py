@@ -126,3 +126,39 @@ def test_views_answer_for_a_deployed_model(cluster: PostgresCluster, database: s
             await connection.close()
 
     assert run(main()) == [("p", "translation", "Helsinki-NLP/opus-mt-en-es", "most_recent")]
+
+
+def test_projects_made_before_owners_belong_to_the_catalogs_owner(
+    cluster: PostgresCluster, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 3 gives projects owners: the ones already there go to whoever owns the
+    catalog (the role that set the proxy up), so the guide keeps working for it."""
+    role = f"setup_{uuid.uuid4().hex[:8]}"
+    cluster.psql(f"CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {database} TO {role}")
+    owners = catalog.MIGRATIONS.index(next(m for m in catalog.MIGRATIONS if "owner" in m))
+
+    async def migrate(version: int) -> list[tuple[str, str]]:
+        monkeypatch.setattr(catalog, "VERSION", version)
+        connection = await asyncpg.connect(cluster.dsn(role, database=database))
+        try:
+            await catalog.ensure_catalog(connection)
+            if version == owners:
+                await connection.execute(
+                    "INSERT INTO pgml.projects (name, task) VALUES ('old', 'translation')"
+                )
+                return []
+            await connection.execute(
+                "INSERT INTO pgml.projects (name, task) VALUES ('new', 'translation')"
+            )
+            rows = await connection.fetch("SELECT name, owner::text FROM pgml.projects ORDER BY id")
+            return [tuple(r) for r in rows]
+        finally:
+            await connection.close()
+
+    try:
+        run(migrate(owners))
+        assert run(migrate(len(catalog.MIGRATIONS))) == [("old", role), ("new", role)]
+    finally:
+        cluster.psql(f"DROP DATABASE {database} WITH (FORCE)")
+        cluster.psql(f"CREATE DATABASE {database}")  # the fixture drops it again
+        cluster.psql(f"DROP ROLE {role}")

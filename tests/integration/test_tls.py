@@ -20,7 +20,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.conftest import PASSWORDS
+from tests.conftest import PASSWORDS, missing_tool
 from tests.support import rawclient as rc
 from tests.support.pgserver import BIN, PostgresCluster
 from tests.support.proxyproc import ProxyProcess
@@ -34,7 +34,7 @@ def ssl_psql() -> str:
         return str(candidates[-1])
     found = shutil.which("psql")
     if found is None or Path(found).resolve().parent == BIN.resolve():
-        pytest.skip("no psql with TLS support on this machine")
+        missing_tool("no psql with TLS support on this machine")
     return found
 
 

@@ -947,13 +947,27 @@ def test_tune_needs_select_on_the_relation(
     direct: psycopg.Connection[Any],
     scratch: Callable[[str], str],
 ) -> None:
-    """The relation is read in the caller's own session, with the caller's privileges."""
+    """The relation is read in the caller's own session, with the caller's privileges
+    (the caller may tune: see test_access.py for the catalog's own privileges)."""
     table = scratch("private")
     create_table(cluster, table, "(text text, label int)", TWO_CLASSES)
     cluster.psql(f"REVOKE ALL ON {table} FROM PUBLIC")
     before = table_rows(direct, table)
     project = unique("private")
     dsn = tuner.dsn("plain_user")
+    tune_ok(tuner.dsn(), "SELECT pgml.version()")  # any pgml call creates the catalog
+    catalog = "pgml.projects, pgml.models, pgml.deployments"
+    cluster.psql(f"GRANT INSERT ON {catalog} TO plain_user")
+    try:
+        refused_by_the_relation(cluster, dsn, table, project)
+    finally:
+        cluster.psql(f"REVOKE INSERT ON {catalog} FROM plain_user")
+    assert models_of(direct, project) == []
+    assert_nothing_deployed(direct, project)
+    assert table_rows(direct, table) == before
+
+
+def refused_by_the_relation(cluster: PostgresCluster, dsn: str, table: str, project: str) -> None:
     with psycopg.connect(dsn, password=PASSWORDS["plain_user"], autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("plain_user",)
         with pytest.raises(errors.InsufficientPrivilege) as raised:
@@ -968,6 +982,3 @@ def test_tune_needs_select_on_the_relation(
             conn.execute(tune_sql(project, table, test_size="1000"))
         assert later.value.sqlstate == "22023", later.value
         assert "has 40" in str(later.value)
-    assert models_of(direct, project) == []
-    assert_nothing_deployed(direct, project)
-    assert table_rows(direct, table) == before

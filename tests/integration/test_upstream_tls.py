@@ -14,7 +14,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-from tests.conftest import PASSWORDS
+from tests.conftest import PASSWORDS, missing_tool
 from tests.support.pgserver import SYSTEM_USER, PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
@@ -23,7 +23,7 @@ def server_with_tls() -> Path:
     """PostgreSQL binaries built with TLS (the embedded wheel's are not): Debian's."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
     if not found:
-        pytest.skip("no PostgreSQL server built with TLS on this machine")
+        missing_tool("no PostgreSQL server built with TLS on this machine")
     return found[-1].parent
 
 

