@@ -15,6 +15,7 @@ from proxy.engine import binding, values
 from proxy.engine.calls import CallSite
 from proxy.engine.planner import derived_table, in_select_list, named_scalar, table_rows
 from proxy.engine.sourcetext import SourceText
+from proxy.engine.streams import LiveRows
 
 if TYPE_CHECKING:
     from proxy.engine.executor import Execution
@@ -69,12 +70,19 @@ async def evaluate_constant(execution: Execution, text: SourceText, call: CallSi
         await overload.authorize(execution.context, args)
     returns = await execution.result_type(call, overload, args)
     result = None
+    live = None
     if not overload.strict or not any(v is None for v in args):
-        result = (await overload.handler(execution.context, [args]))[0]
-        execution.check_cancel()
+        if overload.stream is not None and await execution.streams_rows():
+            live = execution.live = LiveRows(overload.stream(execution.context, args), returns)
+            result = []
+        else:
+            result = (await overload.handler(execution.context, [args]))[0]
+            execution.check_cancel()
     if not overload.set_returning and not overload.columns:
         execution.values[id(call.node)] = Known(_oid_of(returns), result)
     text.replace(call.text.span, _constant_sql(execution, call, overload, result, returns))
+    if live is not None:
+        live.param = len(execution.param_values()) - 1  # the rows' parameter, empty here
 
 
 def known_value(execution: Execution, arg: exp.Expr, source: str) -> Known | None:

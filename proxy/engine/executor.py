@@ -39,6 +39,7 @@ from proxy.engine.rows import run_step
 from proxy.engine.scopes import ScopeStep
 from proxy.engine.sourcetext import SourceText, Span
 from proxy.engine.split import plan_scope
+from proxy.engine.streams import LiveRows
 from proxy.engine.upstream import (
     ERRORS,
     CopyIn,
@@ -112,6 +113,11 @@ class Execution:
         """Results of constant calls evaluated so far, by call node: arguments of others."""
         self.confirmed = set() if confirmed is None else confirmed
         """The session's checks that have passed once (see :meth:`check`)."""
+        self.may_stream = False
+        """Whether a streaming set-returning call may send its rows as they come (the
+        statement's result is its rows: see :mod:`proxy.engine.streams`)."""
+        self.live: LiveRows | None = None
+        """That call's rows, while they are produced; the statement has none of them."""
 
     @property
     def context(self) -> CallContext:
@@ -167,6 +173,23 @@ class Execution:
             sql, own, [values.TEXT_OID] * len(own), name=self.helper, forward=ERRORS
         )
         reply.on_failure(lambda: self.confirmed.discard(key))
+
+    async def streams_rows(self) -> bool:
+        """Whether the call may stream: the statement allows it and the client reads
+        UTF-8, the text the proxy writes."""
+        if not self.may_stream:
+            return False
+        self.may_stream = False  # one call
+        result = await self.select(
+            "SELECT current_setting('client_encoding'), current_setting('server_encoding')", []
+        )
+        client, server = (_text(v) for v in result.rows[0])
+        return client == "UTF8" and server in ("UTF8", "SQL_ASCII")
+
+    def abandon(self) -> None:
+        """The statement will not run: a streaming call stops."""
+        if self.live is not None:
+            self.live.stop()
 
     async def run_sql(self, sql: str, params: Sequence[str | None] = ()) -> list[list[Any]]:
         result = await self.select(sql, [None if p is None else p.encode() for p in params])
@@ -278,6 +301,10 @@ class Execution:
         reply = self.request("DROP TABLE " + ", ".join(self.temp_tables), [])
         self.temp_tables = []
         return reply
+
+
+def _text(raw: bytes | None) -> str:
+    return "" if raw is None else raw.decode("utf-8")
 
 
 def _replaced(text: str, span: Span, replacement: str) -> str:

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 from handlers.errors import PgmlError
 from handlers.inference import result_type as project_result_type
 from proxy.engine import binding, planner
-from proxy.engine.executor import BoundParams
+from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
 from proxy.engine.query import ABORT_SQL, INTERNAL_ERROR, error_response
-from proxy.engine.upstream import ROWS, ServerError, Skipped
+from proxy.engine.streams import send_rows, streamable
+from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
 from proxy.wire import codec
 from proxy.wire.codec import Backend, Frontend, Message, MessageFormatError
 
@@ -245,36 +246,71 @@ class ExtendedState:
     async def _execute(self, execute: codec.ExecuteMessage) -> None:
         upstream = self.engine.upstream
         portal = self.portals[execute.portal]
-        if portal.upstream is None:
-            execution = self.engine.execution(
-                params=portal.params,
-                label_types=portal.statement.label_types,
-                helper=HELPER_NAME,
-                drop_at_commit=True,
-            )
-            final = await execution.evaluate(portal.statement.parsed)
-            execution.check_cancel()
-            name = FINAL_NAME
-            portal.upstream = f"__pgml_portal_{next(_UPSTREAM_NAMES)}"
-            errors = frozenset({Backend.ERROR})
-            statement = await planner.by_size(
-                len(final), codec.parse, name, final, execution.param_oids()
-            )
-            upstream.request(statement, Frontend.PARSE, errors)
-            upstream.request(
-                codec.bind(
-                    portal.upstream,
-                    name,
-                    execution.param_values(),
-                    execution.param_formats(),
-                    portal.result_formats,
-                ),
-                Frontend.BIND,
-                errors,
-            )
-            upstream.close(b"S", name)
-        upstream.execute(portal.upstream, execute.max_rows, _FINAL_ROWS)
+        if portal.upstream is not None:  # PostgreSQL's portal goes on
+            upstream.execute(portal.upstream, execute.max_rows, _FINAL_ROWS)
+            upstream.flush()
+            return
+        execution = self.engine.execution(
+            params=portal.params,
+            label_types=portal.statement.label_types,
+            helper=HELPER_NAME,
+            drop_at_commit=True,
+        )
+        parsed = portal.statement.parsed
+        execution.may_stream = streamable(parsed) and (
+            parsed.declares_cursor or execute.max_rows == 0
+        )
+        try:
+            await self._start(execution, portal, execute)
+        except BaseException:
+            execution.abandon()
+            raise
+
+    async def _start(
+        self, execution: Execution, portal: PgmlPortal, execute: codec.ExecuteMessage
+    ) -> None:
+        """A portal's first Execute: its calls evaluated, and the statement in its place
+        started in an upstream portal of its own."""
+        upstream = self.engine.upstream
+        parsed = portal.statement.parsed
+        final = await execution.evaluate(parsed)
+        execution.check_cancel()
+        name = FINAL_NAME
+        portal.upstream = f"__pgml_portal_{next(_UPSTREAM_NAMES)}"
+        errors = frozenset({Backend.ERROR})
+        statement = await planner.by_size(
+            len(final), codec.parse, name, final, execution.param_oids()
+        )
+        upstream.request(statement, Frontend.PARSE, errors)
+        upstream.request(
+            codec.bind(
+                portal.upstream,
+                name,
+                execution.param_values(),
+                execution.param_formats(),
+                portal.result_formats,
+            ),
+            Frontend.BIND,
+            errors,
+        )
+        upstream.close(b"S", name)
+        live = execution.live
+        if live is None or parsed.declares_cursor:
+            executed = upstream.execute(portal.upstream, execute.max_rows, _FINAL_ROWS)
+            upstream.flush()
+            if live is None:
+                return
+            try:
+                await executed
+            except (ServerError, Skipped):  # PostgreSQL has told the client
+                execution.abandon()
+                return
+            self.engine.cursors.declared(execution, final, live)
+            return
+        executed = upstream.execute(portal.upstream, 0, ERRORS)
         upstream.flush()
+        with contextlib.suppress(ServerError, Skipped):  # PostgreSQL has told the client
+            await send_rows(upstream, live, executed, tag="SELECT")
 
     def _close(self, target: codec.Target) -> None:
         upstream = self.engine.upstream

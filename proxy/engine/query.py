@@ -25,6 +25,7 @@ from proxy.engine.planner import (
     off_loop,
     prepare_query,
 )
+from proxy.engine.streams import send_rows, streamable
 from proxy.engine.upstream import RESULTS, Reply, ServerError, Skipped
 from proxy.wire import codec
 from proxy.wire.codec import Backend, Frontend, Message
@@ -109,23 +110,52 @@ def _relay(engine: Engine, message: Message) -> None:
 async def _one_statement(engine: Engine, parsed: Parsed) -> None:
     upstream = engine.upstream
     execution = engine.execution()
+    execution.may_stream = streamable(parsed)
     try:
-        final = await execution.evaluate(parsed)
-        execution.check_cancel()
-    except ConnectionError:
+        try:
+            final = await execution.evaluate(parsed)
+            execution.check_cancel()
+        except ConnectionError:
+            raise
+        except Exception as error:
+            execution.abandon()
+            await _report(engine, error)
+            upstream.sync(EVERYTHING)
+            return
+        live = execution.live
+        if live is None:
+            await _send_final(execution, final)
+        elif parsed.declares_cursor:
+            declared = await _send_final(execution, final)
+            upstream.flush()
+            try:
+                await declared
+            except (ServerError, Skipped):  # PostgreSQL has told the client
+                execution.abandon()
+            else:
+                engine.cursors.declared(execution, final, live)
+        else:
+            executed = await _send_final(execution, final, ERROR_ONLY)
+            upstream.flush()
+            try:
+                await send_rows(upstream, live, executed, tag="SELECT")
+            except (ServerError, Skipped):
+                pass
+            except Exception as error:
+                await _report(engine, error)
+    except BaseException:
+        execution.abandon()
         raise
-    except Exception as error:
-        await _report(engine, error)
-        upstream.sync(EVERYTHING)
-        return
-    await _send_final(execution, final)
     await execution.drop_temp_tables()
     upstream.sync(EVERYTHING)
 
 
-async def _send_final(execution: Execution, sql: str) -> Reply:
+async def _send_final(
+    execution: Execution, sql: str, rows: frozenset[int] = FINAL_ROWS | ERROR_ONLY
+) -> Reply:
     """The statement in the client's place: its rows, tag and errors are PostgreSQL's
-    own (errors without a position: it is not the text the client wrote)."""
+    own (errors without a position: it is not the text the client wrote); ``rows``: what
+    of its Execute's replies the client gets."""
     upstream = execution.upstream
     parse = await by_size(len(sql), codec.parse, "", sql, execution.param_oids())
     upstream.request(parse, Frontend.PARSE, ERROR_ONLY)
@@ -135,7 +165,7 @@ async def _send_final(execution: Execution, sql: str) -> Reply:
         ERROR_ONLY,
     )
     upstream.describe(b"P", "", frozenset({Backend.ROW_DESCRIPTION}) | ERROR_ONLY)
-    return upstream.execute("", 0, FINAL_ROWS | ERROR_ONLY)
+    return upstream.execute("", 0, rows)
 
 
 async def _report(engine: Engine, error: Exception) -> None:

@@ -10,6 +10,7 @@ from handlers.serving import Services
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.extended import ExtendedState
 from proxy.engine.query import answer_query
+from proxy.engine.streams import Cursors
 from proxy.engine.upstream import Upstream
 from proxy.wire.codec import Frontend, Message
 
@@ -28,6 +29,7 @@ class Engine:
         self.services = services
         self.session = session
         self.extended = ExtendedState(self)
+        self.cursors = Cursors(self)
         self._cancelled = False
         self.confirmed: set[Hashable] = set()
         """Checks of the session's that have passed (see :meth:`Execution.check`)."""
@@ -41,8 +43,10 @@ class Engine:
         pgml itself: it may name a pgml statement or portal)."""
         if message.type == Frontend.QUERY:
             self.extended.forget_unnamed()
-            return False
-        return self.extended.wants(message)
+            ours = False
+        else:
+            ours = self.extended.wants(message)
+        return self.cursors.concerns(message) or ours
 
     def cancel(self) -> None:
         """The client asked to cancel: the work under way stops at its next check."""
@@ -71,10 +75,19 @@ class Engine:
             confirmed=self.confirmed,
         )
 
+    def close(self) -> None:
+        """The session has ended."""
+        self.cursors.close()
+
     async def answer(self, message: Message) -> None:
         self._cancelled = False
+        if self.cursors.concerns(message) and await self.cursors.answer(message):
+            return
         if message.type == Frontend.QUERY:
             self.extended.forget_unnamed()
             await answer_query(self, message)
-        else:
+        elif message.type == Frontend.PARSE or self.extended.wants(message):
             await self.extended.answer(message)
+        else:  # it named a cursor of the proxy's, handed over to PostgreSQL now
+            self.upstream.relay(message.raw, message.type)
+            self.upstream.push()

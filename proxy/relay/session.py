@@ -248,6 +248,8 @@ class ClientSession(asyncio.Protocol):
             self.hub.cancel_keys.pop(self.cancel_key, None)
         if self._work is not None:
             self._work.cancel()
+        if self._engine is not None:
+            self._engine.close()
         if not self._closing:
             self._report_incomplete_input(was)
         if self._upstream is not None and not self._upstream.is_closing():

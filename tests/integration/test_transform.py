@@ -395,8 +395,8 @@ def test_stream_cancel_stops_generation_and_frees_the_model(tproxy: ProxyProcess
         assert time.monotonic() - began < 10, "the model is still busy with the cancelled stream"
 
 
-@pytest.mark.xfail(strict=True, reason="needs the engine to stream rows")
 def test_stream_first_row_arrives_before_generation_ends(tproxy: ProxyProcess) -> None:
+    """A psycopg server-side cursor: DECLARE, then FETCH FORWARD n as it reads."""
     args = {"max_new_tokens": 400, "min_new_tokens": 400, "do_sample": False}
     with psycopg.connect(tproxy.dsn()) as c:
         c.execute(stream_sql(GENERATION, {"max_new_tokens": 2}, "warm up")).fetchall()
@@ -409,6 +409,171 @@ def test_stream_first_row_arrives_before_generation_ends(tproxy: ProxyProcess) -
             total = time.monotonic() - began
         assert first is not None and len(rest) > 10
         assert first_at < total / 2, f"first row after {first_at:.2f}s of {total:.2f}s"
+
+
+LONG = {"max_new_tokens": 400, "min_new_tokens": 400, "do_sample": False}
+ENDLESS = {"max_new_tokens": 1000, "min_new_tokens": 1000, "do_sample": False}
+SHORT = {"max_new_tokens": 24, "do_sample": False}
+
+
+def _first_and_total(rows: Iterator[Any]) -> tuple[float, float, int]:
+    began = time.monotonic()
+    next(rows)
+    first_at = time.monotonic() - began
+    count = 1 + sum(1 for _ in rows)
+    return first_at, time.monotonic() - began, count
+
+
+def test_stream_rows_of_a_plain_select_arrive_as_generated(tproxy: ProxyProcess) -> None:
+    """Without a cursor too: psycopg's stream() (extended protocol, single-row mode) and
+    a simple Query in single-row mode get the first rows before the last is generated."""
+    with psycopg.connect(tproxy.dsn(), autocommit=True) as c:
+        c.execute(stream_sql(GENERATION, {"max_new_tokens": 2}, "warm up")).fetchall()
+        first_at, total, count = _first_and_total(
+            iter(c.cursor().stream(stream_sql(GENERATION, LONG, "I love SQL")))
+        )
+        assert count > 10 and first_at < total / 2, (
+            f"first row after {first_at:.2f}s of {total:.2f}s"
+        )
+        pgconn = c.pgconn
+        pgconn.send_query(stream_sql(GENERATION, LONG, "I love SQL").encode())
+        pgconn.set_single_row_mode()
+
+        def results() -> Iterator[Any]:
+            while (result := pgconn.get_result()) is not None:
+                if result.ntuples:
+                    yield result
+
+        first_at, total, count = _first_and_total(results())
+        assert count > 10 and first_at < total / 2, (
+            f"first row after {first_at:.2f}s of {total:.2f}s"
+        )
+
+
+def _steps(c: psycopg.Connection[Any], cursor: str, steps: list[str]) -> list[Any]:
+    """What each step gives: its rows and status, or the SQLSTATE of its error."""
+    seen: list[Any] = []
+    for step in steps:
+        try:
+            cur = c.execute(step.format(cursor=cursor))
+            seen.append((cur.statusmessage, cur.fetchall() if cur.description else None))
+        except psycopg.Error as error:
+            seen.append(error.sqlstate)
+            c.rollback()
+            break
+    return seen
+
+
+STEPS = {
+    "forward only": [
+        "FETCH 2 FROM {cursor}",
+        "FETCH FORWARD 3 FROM {cursor}",
+        "FETCH NEXT FROM {cursor}",
+        "FETCH {cursor}",
+        "FETCH IN {cursor}",
+        "FETCH FORWARD FROM {cursor}",
+        "FETCH ALL FROM {cursor}",
+        "FETCH 5 FROM {cursor}",
+    ],
+    "handed over": [
+        "FETCH 3 FROM {cursor}",
+        "FETCH FORWARD 0 FROM {cursor}",
+        "MOVE FORWARD 2 IN {cursor}",
+        "FETCH 2 FROM {cursor}",
+        "SELECT is_scrollable, is_holdable, is_binary FROM pg_cursors",
+        "FETCH ALL FROM {cursor}",
+        "FETCH BACKWARD 1 FROM {cursor}",
+    ],
+    "past the end": [
+        "FETCH 1000 FROM {cursor}",
+        "MOVE BACKWARD 1 IN {cursor}",
+        "FETCH 2 FROM {cursor}",
+    ],
+    "closed": ["FETCH 1 FROM {cursor}", "CLOSE {cursor}", "FETCH 1 FROM {cursor}"],
+}
+
+
+@pytest.mark.parametrize("steps", list(STEPS), ids=list(STEPS))
+def test_stream_cursor_answers_as_a_cursor_over_the_collected_rows(
+    tproxy: ProxyProcess, steps: str
+) -> None:
+    """The same FETCH, MOVE and CLOSE on a cursor over the stream and on one over the
+    same rows collected (a subquery is not streamed) give the same rows, tags and
+    errors, through the proxy's own rows and after it hands the cursor to PostgreSQL."""
+    sql = stream_sql(GENERATION, SHORT, "I love SQL")
+    results = {}
+    for cursor, query in (("c", sql), ("d", f"SELECT * FROM ({sql}) AS s")):
+        with psycopg.connect(tproxy.dsn()) as c:
+            c.execute(f"DECLARE {cursor} CURSOR FOR {query}")
+            results[cursor] = _steps(c, cursor, STEPS[steps])
+    assert results["c"] == results["d"]
+    assert any(isinstance(r, tuple) and r[1] for r in results["c"])
+
+
+def test_stream_cursor_of_psql_fetch_count(tproxy: ProxyProcess) -> None:
+    """psql's FETCH_COUNT reads through DECLARE, FETCH FORWARD n and CLOSE."""
+    sql = stream_sql(GENERATION, SHORT, "I love SQL")
+    whole = psql(tproxy.dsn(), sql)
+    counted = psql(tproxy.dsn(), "\\set FETCH_COUNT 3", sql)
+    assert counted.returncode == 0 and "ERROR" not in counted.stderr, counted.stderr
+    assert counted.stdout == whole.stdout and len(whole.stdout.splitlines()) > 4
+
+
+def test_stream_cursor_in_binary_and_after_a_change_of_encoding(tproxy: ProxyProcess) -> None:
+    """A binary server-side cursor fetches through the extended protocol (PostgreSQL
+    answers it once the rows are all there); a client that does not read UTF-8 gets
+    the rows collected, converted by PostgreSQL."""
+    sql = stream_sql(GENERATION, SHORT, "I love SQL")
+    with psycopg.connect(tproxy.dsn(), autocommit=True) as c:
+        expected = [r[0] for r in c.execute(f"SELECT * FROM ({sql}) AS s").fetchall()]
+    with psycopg.connect(tproxy.dsn()) as c, c.cursor(name="b", binary=True) as cur:
+        cur.execute(sql)
+        assert [r[0] for r in [cur.fetchone(), *cur.fetchmany(2), *cur.fetchall()]] == expected
+    with psycopg.connect(tproxy.dsn()) as c:
+        c.execute("SET client_encoding TO 'LATIN1'")
+        with c.cursor(name="l") as cur:
+            cur.execute(sql)
+            assert [r[0] for r in cur.fetchall()] == expected
+
+
+def _model_is_free(dsn: str) -> None:
+    began = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute(stream_sql(GENERATION, {"max_new_tokens": 4}, "hi")).fetchall()
+    assert time.monotonic() - began < 10, "the model is still busy with an ended stream"
+
+
+@pytest.mark.parametrize("ending", ["commit", "close", "disconnect"])
+def test_stream_cursor_stops_generating_when_it_ends(tproxy: ProxyProcess, ending: str) -> None:
+    """A stream's cursor ended by COMMIT, CLOSE or the client leaving stops generation."""
+    c = psycopg.connect(tproxy.dsn())
+    c.execute(f"DECLARE e CURSOR FOR {stream_sql(GENERATION, ENDLESS, 'I love SQL')}")
+    assert c.execute("FETCH 1 FROM e").fetchall()
+    if ending == "commit":
+        c.commit()
+    elif ending == "close":
+        c.execute("CLOSE e")
+    else:
+        c.pgconn.finish()
+    _model_is_free(tproxy.dsn())
+    c.close()
+
+
+def test_stream_cursor_cancelled_while_it_waits(tproxy: ProxyProcess) -> None:
+    """A cancel while FETCH ALL waits for rows: 57014, the transaction aborted as
+    PostgreSQL aborts it, the session usable after ROLLBACK, generation stopped."""
+    with psycopg.connect(tproxy.dsn()) as c:
+        c.execute(f"DECLARE e CURSOR FOR {stream_sql(GENERATION, ENDLESS, 'I love SQL')}")
+        timer = threading.Timer(0.5, c.cancel_safe)
+        timer.start()
+        with pytest.raises(errors.QueryCanceled):
+            c.execute("FETCH ALL FROM e")
+        timer.join()
+        with pytest.raises(errors.InFailedSqlTransaction):
+            c.execute("FETCH 1 FROM e")
+        c.rollback()
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    _model_is_free(tproxy.dsn())
 
 
 # --- rank -------------------------------------------------------------------------------------
