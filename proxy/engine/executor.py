@@ -262,7 +262,9 @@ class Execution:
                 await asyncio.sleep(0)  # many calls: let the other sessions in between
             await self._timed(call, evaluate_constant(self, text, call))
         statement = await by_size(len(text.text), text.render)
-        current: Parsed | None = parsed if not constants else await parse(statement)
+        current: Parsed | None = parsed
+        if constants:  # nothing is left to evaluate unless some call reads columns
+            current = await parse(statement) if len(constants) < len(parsed.calls) else None
         while current is not None and current.calls:
             step = await off_loop(_next_step, current)
             outer = await self._timed(step.calls[0], run_step(self, current, step))

@@ -201,8 +201,6 @@ _BODY_STATEMENT = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 
-_CURRENT_OF = re.compile(r"\bWHERE\s+CURRENT\s+OF\b", re.IGNORECASE)
-
 _cache: ParseCache[Parsed | None] = ParseCache(entries=512, weight=50_000)
 """Statements kept parsed, weighed by their tokens."""
 
@@ -233,11 +231,6 @@ def _parse(sql: str) -> Parsed | None:
     declare = _DECLARE_CURSOR.match(sql)
     if declare is not None:
         prefix, sql = declare.group(0), sql[declare.end() :]
-    if _CURRENT_OF.search(sql) and mentions_call(sql):
-        raise unsupported(
-            "pgml functions cannot be called in UPDATE or DELETE ... WHERE CURRENT OF",
-            hint="Update the rows by key: UPDATE t SET col = pgml...(...) WHERE id = ...",
-        )
     try:
         read = _read(sql)
     except (ParseError, TokenError) as exc:
@@ -285,6 +278,11 @@ def _read(sql: str) -> tuple[list[Token], exp.Expr | None] | None:
     if nesting_depth(sql) > MAX_NESTING:
         return None
     tokens = DIALECT.tokenize(sql)
+    if _current_of(tokens) and _calls_in_tokens(tokens):
+        raise unsupported(
+            "pgml functions cannot be called in UPDATE or DELETE ... WHERE CURRENT OF",
+            hint="Update the rows by key: UPDATE t SET col = pgml...(...) WHERE id = ...",
+        )
     try:
         trees = DIALECT.parser().parse(tokens, sql)  # the tokens read once, for both
     except RecursionError:
@@ -292,6 +290,15 @@ def _read(sql: str) -> tuple[list[Token], exp.Expr | None] | None:
     if not trees or trees[0] is None:
         raise ParseError(f"No expression was parsed from '{sql}'")
     return tokens, exp.Block(expressions=trees) if len(trees) > 1 else trees[0]
+
+
+def _current_of(tokens: list[Token]) -> bool:
+    """Whether the tokens spell ``WHERE CURRENT OF`` (read from tokens, not the text: a
+    case-blind search of a long text holds the interpreter for its whole length)."""
+    return any(
+        a.token_type == TokenType.WHERE and b.text.upper() == "CURRENT" and c.text.upper() == "OF"
+        for a, b, c in zip(tokens, tokens[1:], tokens[2:], strict=False)
+    )
 
 
 def _calls_in_tokens(tokens: list[Token]) -> bool:

@@ -17,6 +17,7 @@ from tests.integration._transform import MINILM, dashboard_url, model_proxy
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 from tests.support.tiny_pipelines import GENERATION, NER, NLI, SENTIMENT, build_pipeline_models
+from tests.support.webclient import logged_in
 
 THREE = {
     SENTIMENT: "text-classification",
@@ -111,8 +112,7 @@ def test_least_recently_used_model_is_evicted_within_the_budget(
     assert used(limited) <= budget
     evictions = metrics(limited)["pgml_proxy_model_evictions_total"][0][1]
     assert evictions >= 2
-    with urllib.request.urlopen(f"{dashboard_url(limited)}/loaded", timeout=30) as page:
-        html = page.read().decode()
+    html = logged_in(dashboard_url(limited)).get("/loaded").body
     assert f"{SENTIMENT} (text-classification)" in html and NER not in html
 
 

@@ -42,6 +42,7 @@ from tests.support.tiny_pipelines import (
     TRANSLATION,
     build_pipeline_models,
 )
+from tests.support.webclient import logged_in
 
 TEXTS = ["I love SQL.", "The weather is nice today.", "Quoth the raven, nevermore."]
 GREEDY = {"max_new_tokens": 8, "do_sample": False}
@@ -687,8 +688,7 @@ def test_loaded_pipelines_on_the_dashboard(
 ) -> None:
     conn.execute(f"SELECT pgml.transform({SPEC}::jsonb, inputs => ARRAY['x'])").fetchall()
     base = dashboard_url(tproxy)
-    with urllib.request.urlopen(f"{base}/loaded", timeout=30) as page:
-        html = page.read().decode()
+    html = logged_in(base).get("/loaded").body
     assert f"{SENTIMENT} (text-classification)" in html
     with urllib.request.urlopen(f"{base}/metrics", timeout=30) as page:
         metrics = page.read().decode()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -182,20 +183,25 @@ def test_materialize_snapshot_needs_create_on_pgml(
     create_table(cluster, table, "(text text, label int)", TWO_CLASSES)
     cluster.psql(f"GRANT SELECT ON {table} TO plain_user")
     project = f"{table}_p"
-    before = snapshot_tables(direct)
     dsn = tuner.dsn("plain_user")
+    catalog = "pgml.projects, pgml.models, pgml.deployments"
     with psycopg.connect(dsn, password=PASSWORDS["plain_user"], autocommit=True) as conn:
         with pytest.raises(errors.InsufficientPrivilege) as raised:
             conn.execute(tune_sql(project, table, materialize_snapshot="true"))
-        assert "permission denied for schema pgml" in str(raised.value)
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-        assert models_of(direct, project) == []
-        cluster.psql("GRANT CREATE ON SCHEMA pgml TO plain_user")
-        try:
-            row = conn.execute(tune_sql(project, table, materialize_snapshot="true")).fetchone()
-            assert row is not None and row[0] == project
-        finally:
-            cluster.psql("REVOKE CREATE ON SCHEMA pgml FROM plain_user")
+        assert f"permission denied for tables {catalog}" in str(raised.value)  # see test_access
+        before = snapshot_tables(direct)
+        cluster.psql(f"GRANT INSERT ON {catalog} TO plain_user")
+        with revoked_after(cluster, f"INSERT ON {catalog}"):
+            with pytest.raises(errors.InsufficientPrivilege) as raised:
+                conn.execute(tune_sql(project, table, materialize_snapshot="true"))
+            assert "permission denied for schema pgml" in str(raised.value)
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert models_of(direct, project) == []
+            cluster.psql("GRANT CREATE ON SCHEMA pgml TO plain_user")
+            with revoked_after(cluster, "CREATE ON SCHEMA pgml"):
+                row = conn.execute(tune_sql(project, table, materialize_snapshot="true"))
+                found_row = row.fetchone()
+                assert found_row is not None and found_row[0] == project
     found = snapshot_of(direct, project)
     owner = direct.execute(
         "SELECT tableowner FROM pg_tables WHERE schemaname = 'pgml' AND tablename = %s",
@@ -204,6 +210,14 @@ def test_materialize_snapshot_needs_create_on_pgml(
     assert owner == ("plain_user",)
     assert snapshot_tables(direct) == before | {f"snapshot_{found['id']}"}
     direct.execute(f"DROP TABLE pgml.snapshot_{found['id']}")
+
+
+@contextmanager
+def revoked_after(cluster: PostgresCluster, privilege: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        cluster.psql(f"REVOKE {privilege} FROM plain_user")
 
 
 @pytest.mark.parametrize("in_transaction", [False, True])
