@@ -14,7 +14,7 @@ from proxy import metrics
 from proxy.engine import binding, values
 from proxy.engine.calls import CallSite, reads_columns
 from proxy.engine.constants import known_value
-from proxy.engine.planner import Parsed
+from proxy.engine.planner import Parsed, off_loop
 from proxy.engine.scopes import MARK, ROW_KEY, M, ScopeStep, Slot
 from proxy.engine.upstream import Reply, Result, ServerError, Skipped
 from proxy.wire.codec import Column
@@ -228,8 +228,8 @@ async def _fill(
                 computing.cancel()
         execution.check_cancel()
         metrics.record_rows(row.call.sql_name, len(tuples), len(results_now))
-        if results_now:
-            encoded = [values.encode(row.returns, r) for r in results_now]
+        if results_now:  # a batch of vectors is megabytes of text: written off the loop
+            encoded = await off_loop(_encoded, row.returns, results_now)
             written.append(
                 execution.request(
                     f"INSERT INTO {results} SELECT u.i, CAST(u.v AS {row.returns}) FROM "
@@ -296,6 +296,10 @@ def _group_columns(slots: list[Slot], columns: list[Column]) -> list[list[Column
         groups.append(columns[position : position + width])
         position += width
     return groups
+
+
+def _encoded(kind: str, results: list[Any]) -> list[str | None]:
+    return [values.encode(kind, r) for r in results]
 
 
 def _cast(column: str, kind: str) -> str:
