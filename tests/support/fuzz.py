@@ -502,7 +502,7 @@ class TrafficGenerator:
         if len(message) < 5:
             return
         length = struct.unpack_from("!I", message, 1)[0]
-        wrong = max(0, length + rng.choice((-5, -2, -1, 1, 2, 7)))
+        wrong = min(max(0, length + rng.choice((-5, -2, -1, 1, 2, 7))), 2**32 - 1)
         draw.messages[i] = _with_length(message, wrong)
         draw.parts.append("wrong-length")
 
