@@ -259,7 +259,6 @@ class Cursors:
         fetched = upstream.query(sql, frozenset({Backend.ROW_DESCRIPTION, Backend.ERROR}))
         upstream.push()
         await fetched
-        rows: list[bytes] = []
         try:
             mine = bool((await ours).rows)
         except (ServerError, Skipped):
@@ -357,6 +356,8 @@ async def _fail(engine: Engine, error: BaseException, *, extended: bool) -> None
     from proxy.engine.query import ABORT_SQL, INTERNAL_ERROR, error_response
 
     upstream = engine.upstream
+    if not isinstance(error, PgmlError):
+        log.error("internal error streaming a call's rows", exc_info=error)
     reported = error if isinstance(error, PgmlError) else INTERNAL_ERROR
     upstream.local(error_response(reported), held=extended)
     upstream.fail_batch(ABORT_SQL)
