@@ -51,7 +51,9 @@ from benchmarks.tune_serve import (  # noqa: E402
     DEFAULT_DATA,
     MODEL,
     Row,
+    add_size_options,
     copy_rows,
+    finish_args,
     read_data,
     thread_env,
 )
@@ -703,22 +705,8 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="CPU threads of PyTorch everywhere; default: one per core",
     )
-    for name, (full, quick, text) in SIZES.items():
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            type=type(full),
-            default=None,
-            help=f"{text} (default {full}, --quick {quick})",
-        )
-    args = parser.parse_args()
-    unknown = [m for m in args.measurements if m not in MEASUREMENTS]
-    if unknown:
-        parser.error(f"unknown measurement {unknown[0]!r}: choose from {', '.join(MEASUREMENTS)}")
-    for name, (full, quick, _) in SIZES.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
-    args.measurements = list(dict.fromkeys(args.measurements)) or list(CPU_MEASUREMENTS)
-    return args
+    add_size_options(parser, SIZES)
+    return finish_args(parser, SIZES, MEASUREMENTS, CPU_MEASUREMENTS)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -676,22 +677,41 @@ def parse_args() -> argparse.Namespace:
         help="CPU threads of PyTorch everywhere (proxy, worker, references); default: cores",
     )
     parser.add_argument("--verbose", action="store_true", help="print pgml.tune's NOTICEs")
-    for name, (full, quick, text) in SIZES.items():
-        kind = type(full)
+    add_size_options(parser, SIZES)
+    return finish_args(parser, SIZES, MEASUREMENTS, MEASUREMENTS)
+
+
+Sizes = dict[str, tuple[Any, Any, str]]
+"""Option name: (full run, ``--quick``, help)."""
+
+
+def add_size_options(parser: argparse.ArgumentParser, sizes: Sizes) -> None:
+    """An option per size, defaulting to its full or ``--quick`` value."""
+    for name, (full, quick, text) in sizes.items():
         parser.add_argument(
             "--" + name.replace("_", "-"),
-            type=kind,
+            type=type(full),
             default=None,
             help=f"{text} (default {full}, --quick {quick})",
         )
+
+
+def finish_args(
+    parser: argparse.ArgumentParser,
+    sizes: Sizes,
+    known: Sequence[str],
+    default: Sequence[str],
+) -> argparse.Namespace:
+    """The parsed arguments: measurements checked (``default`` when none is named),
+    sizes filled in from ``--quick``."""
     args = parser.parse_args()
-    unknown = [m for m in args.measurements if m not in MEASUREMENTS]
+    unknown = [m for m in args.measurements if m not in known]
     if unknown:
-        parser.error(f"unknown measurement {unknown[0]!r}: choose from {', '.join(MEASUREMENTS)}")
-    for name, (full, quick, _) in SIZES.items():
+        parser.error(f"unknown measurement {unknown[0]!r}: choose from {', '.join(known)}")
+    for name, (full, quick, _) in sizes.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    args.measurements = list(dict.fromkeys(args.measurements)) or list(MEASUREMENTS)
+    args.measurements = list(dict.fromkeys(args.measurements)) or list(default)
     return args
 
 

@@ -126,7 +126,7 @@ async def _typed_values(execution: Execution, texts: Sequence[str]) -> list[Know
     result = await execution.select(f"SELECT {outer} FROM (SELECT {inner}) AS s")
     row = result.rows[0]
     return [
-        Known(int(_text(row[2 * i])), values.decode("jsonb", row[2 * i + 1]))
+        Known(int(values.text(row[2 * i])), values.decode("jsonb", row[2 * i + 1]))
         for i in range(len(texts))
     ]
 
@@ -186,7 +186,3 @@ def _oid_of(kind: str) -> int:
         if name == kind:
             return oid
     return 0
-
-
-def _text(raw: bytes | None) -> str:
-    return "" if raw is None else raw.decode("utf-8")

@@ -183,7 +183,7 @@ class Execution:
         result = await self.select(
             "SELECT current_setting('client_encoding'), current_setting('server_encoding')", []
         )
-        client, server = (_text(v) for v in result.rows[0])
+        client, server = (values.text(v) for v in result.rows[0])
         return client == "UTF8" and server in ("UTF8", "SQL_ASCII")
 
     def abandon(self) -> None:
@@ -303,10 +303,6 @@ class Execution:
         reply = self.request("DROP TABLE " + ", ".join(self.temp_tables), [])
         self.temp_tables = []
         return reply
-
-
-def _text(raw: bytes | None) -> str:
-    return "" if raw is None else raw.decode("utf-8")
 
 
 def _replaced(text: str, span: Span, replacement: str) -> str:

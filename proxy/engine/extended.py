@@ -123,16 +123,16 @@ class ExtendedState:
         except Skipped:  # PostgreSQL is skipping this batch: so is the proxy
             pass
         except MessageFormatError as error:
-            self._fail(PgmlError(error.sqlstate, error.message, context=error.context))
+            self.fail(PgmlError(error.sqlstate, error.message, context=error.context))
         except PgmlError as error:
-            self._fail(error)
+            self.fail(error)
         except ConnectionError:
             raise
         except Exception:
             log.exception("internal error running a pgml statement")
-            self._fail(INTERNAL_ERROR)
+            self.fail(INTERNAL_ERROR)
 
-    def _fail(self, error: PgmlError) -> None:
+    def fail(self, error: PgmlError) -> None:
         """Report an error of the proxy's and put PostgreSQL's batch in error too."""
         upstream = self.engine.upstream
         upstream.local(error_response(error), held=True)
@@ -277,11 +277,10 @@ class ExtendedState:
         execution.check_cancel()
         name = FINAL_NAME
         portal.upstream = f"__pgml_portal_{next(_UPSTREAM_NAMES)}"
-        errors = frozenset({Backend.ERROR})
         statement = await planner.by_size(
             len(final), codec.parse, name, final, execution.param_oids()
         )
-        upstream.request(statement, Frontend.PARSE, errors)
+        upstream.request(statement, Frontend.PARSE, ERRORS)
         upstream.request(
             codec.bind(
                 portal.upstream,
@@ -291,7 +290,7 @@ class ExtendedState:
                 portal.result_formats,
             ),
             Frontend.BIND,
-            errors,
+            ERRORS,
         )
         upstream.close(b"S", name)
         live = execution.live

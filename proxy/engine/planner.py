@@ -101,7 +101,7 @@ _CHECK = "__pgml_check"
 
 async def parse(sql: str) -> Parsed | None:
     """:func:`parse_statement` off the loop, unless its text is parsed already."""
-    kept = _cache.get(sql) if len(sql) < BULK else None
+    kept = _kept(sql)
     if kept is not None:
         return kept[0]
     return await off_loop(parse_statement, sql)
@@ -205,10 +205,16 @@ _cache: ParseCache[Parsed | None] = ParseCache(entries=512, weight=50_000)
 """Statements kept parsed, weighed by their tokens."""
 
 
+def _kept(sql: str) -> tuple[Parsed | None, int] | None:
+    """The cache's entry (the statement and its weight) for the text; texts of
+    :data:`BULK` or more are never kept."""
+    return _cache.get(sql) if len(sql) < BULK else None
+
+
 def parse_statement(sql: str) -> Parsed | None:
     """The statement parsed; ``None`` when it calls no pgml function (relay it as it
     is).  Kept by text, so a statement run again is not parsed again."""
-    kept = _cache.get(sql) if len(sql) < BULK else None
+    kept = _kept(sql)
     if kept is not None:
         return kept[0]
     parsed = _parse(sql)

@@ -26,7 +26,7 @@ from proxy.engine.planner import (
     prepare_query,
 )
 from proxy.engine.streams import send_rows, streamable
-from proxy.engine.upstream import RESULTS, Reply, ServerError, Skipped
+from proxy.engine.upstream import ERRORS, RESULTS, Reply, ServerError, Skipped
 from proxy.wire import codec
 from proxy.wire.codec import Backend, Frontend, Message
 from proxy.wire.replies import EVERYTHING
@@ -38,7 +38,6 @@ log = logging.getLogger("pgml_proxy.query")
 
 FINAL_ROWS = RESULTS | {Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
 """What the statement that replaces the client's sends the client: PostgreSQL's own."""
-ERROR_ONLY = frozenset({Backend.ERROR})
 _ALL_BUT_READY = EVERYTHING - {Backend.READY_FOR_QUERY}
 
 INTERNAL_ERROR = PgmlError(
@@ -97,7 +96,7 @@ async def _too_deep(engine: Engine, sql: str) -> None:
     """A statement nested more deeply than the proxy reads: PostgreSQL's own error when
     its parser refuses it too, else the proxy's limit."""
     error = await depth_verdict(engine.upstream, sql)
-    await _report(engine, error)
+    await report_error(engine, error)
     engine.upstream.sync(EVERYTHING)
 
 
@@ -119,7 +118,7 @@ async def _one_statement(engine: Engine, parsed: Parsed) -> None:
             raise
         except Exception as error:
             execution.abandon()
-            await _report(engine, error)
+            await report_error(engine, error)
             upstream.sync(EVERYTHING)
             return
         live = execution.live
@@ -135,14 +134,14 @@ async def _one_statement(engine: Engine, parsed: Parsed) -> None:
             else:
                 engine.cursors.declared(execution, final, live)
         else:
-            executed = await _send_final(execution, final, ERROR_ONLY)
+            executed = await _send_final(execution, final, ERRORS)
             upstream.flush()
             try:
                 await send_rows(upstream, live, executed, tag="SELECT")
             except (ServerError, Skipped):
                 pass
             except Exception as error:
-                await _report(engine, error)
+                await report_error(engine, error)
     except BaseException:
         execution.abandon()
         raise
@@ -151,24 +150,24 @@ async def _one_statement(engine: Engine, parsed: Parsed) -> None:
 
 
 async def _send_final(
-    execution: Execution, sql: str, rows: frozenset[int] = FINAL_ROWS | ERROR_ONLY
+    execution: Execution, sql: str, rows: frozenset[int] = FINAL_ROWS | ERRORS
 ) -> Reply:
     """The statement in the client's place: its rows, tag and errors are PostgreSQL's
     own (errors without a position: it is not the text the client wrote); ``rows``: what
     of its Execute's replies the client gets."""
     upstream = execution.upstream
     parse = await by_size(len(sql), codec.parse, "", sql, execution.param_oids())
-    upstream.request(parse, Frontend.PARSE, ERROR_ONLY)
+    upstream.request(parse, Frontend.PARSE, ERRORS)
     upstream.request(
         codec.bind("", "", execution.param_values(), execution.param_formats()),
         Frontend.BIND,
-        ERROR_ONLY,
+        ERRORS,
     )
-    upstream.describe(b"P", "", frozenset({Backend.ROW_DESCRIPTION}) | ERROR_ONLY)
+    upstream.describe(b"P", "", frozenset({Backend.ROW_DESCRIPTION}) | ERRORS)
     return upstream.execute("", 0, rows)
 
 
-async def _report(engine: Engine, error: Exception) -> None:
+async def report_error(engine: Engine, error: Exception) -> None:
     """The client gets the error; PostgreSQL's transaction fails as the statement's would."""
     upstream = engine.upstream
     if isinstance(error, ServerError):
@@ -216,7 +215,7 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Parsed |
             except ConnectionError:
                 raise
             except Exception as error:
-                await _report(engine, error)
+                await report_error(engine, error)
                 raise _Failed from error
             done = await _send_final(execution, final)
             await execution.drop_temp_tables()
@@ -231,7 +230,7 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Parsed |
     except _Failed:
         await upstream.sync()  # out of the failed batch, if it was one
     if wrap:
-        upstream.query("ROLLBACK" if failed else "COMMIT", ERROR_ONLY)
+        upstream.query("ROLLBACK" if failed else "COMMIT", ERRORS)
     reply = upstream.sync()
     await reply
     upstream.local(codec.ready_for_query(reply.status))

@@ -255,17 +255,14 @@ async def _fill(
 async def _authorize(execution: Execution, row: _RowCall, tuples: list[Args]) -> None:
     """The call's ``authorize`` for each project the batch's rows name for the first time."""
     authorize = row.overload.authorize
-    if authorize is None or not reads_columns(row.call.args[_first_argument(row)]):
+    if authorize is None:
+        return
+    if not reads_columns(row.call.args[_project_argument(row.call, row.overload)]):
         return
     for args in tuples:
         if args and args[0] not in row.authorized:
             row.authorized.add(args[0])
             await authorize(execution.context, args)
-
-
-def _first_argument(row: _RowCall) -> int:
-    """Which of the call's arguments is the overload's first parameter."""
-    return _project_argument(row.call, row.overload)
 
 
 def _arguments(row: _RowCall, batch: Result) -> tuple[list[str], list[Args]]:
@@ -274,7 +271,7 @@ def _arguments(row: _RowCall, batch: Result) -> tuple[list[str], list[Args]]:
     kinds = row.kinds
     for raw in batch.rows:
         decoded = [values.decode(k, v) for k, v in zip(kinds, raw[1:], strict=True)]
-        ids.append(_text(raw[0]))
+        ids.append(values.text(raw[0]))
         tuples.append(binding.bind(row.call, row.overload, decoded))
     return ids, tuples
 
@@ -318,7 +315,3 @@ async def _all(replies: list[Reply]) -> None:
     the earlier failure, raised first)."""
     for reply in replies:
         await reply
-
-
-def _text(raw: bytes | None) -> str:
-    return "" if raw is None else raw.decode("utf-8")

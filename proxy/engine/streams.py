@@ -33,7 +33,7 @@ from sqlglot import exp
 from handlers.errors import PgmlError
 from proxy.engine import values
 from proxy.engine.planner import Parsed
-from proxy.engine.upstream import Reply, ServerError, Skipped
+from proxy.engine.upstream import Reply, ServerError, Skipped, Upstream
 from proxy.wire import codec
 from proxy.wire.codec import Backend, Frontend, Message
 from proxy.wire.replies import EVERYTHING
@@ -92,7 +92,7 @@ class LiveRows:
 
     def __init__(self, rows: AsyncIterator[Any], kind: str) -> None:
         self.rows: list[bytes | None] = []
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
         self.finished = False
         self.param = -1
         """Which of the statement's parameters holds the rows (none of them, there)."""
@@ -125,7 +125,7 @@ class LiveRows:
         self._task.cancel()
 
 
-async def send_rows(upstream: Any, live: LiveRows, executed: Reply, *, tag: str) -> int:
+async def send_rows(upstream: Upstream, live: LiveRows, executed: Reply, *, tag: str) -> int:
     """After ``executed`` (the statement, over none of the rows) has answered, the rows
     to the client as they come and then the tag; raises the stream's error, or
     PostgreSQL's (already told) as :class:`ServerError` or :class:`Skipped`."""
@@ -352,19 +352,17 @@ class Cursors:
             cursor.live.stop()
 
 
-async def _fail(engine: Engine, error: BaseException, *, extended: bool) -> None:
-    from proxy.engine.query import ABORT_SQL, INTERNAL_ERROR, error_response
+async def _fail(engine: Engine, error: Exception, *, extended: bool) -> None:
+    """The client's message fails with ``error``, as a pgml statement's error fails it."""
+    from proxy.engine.query import INTERNAL_ERROR, report_error
 
-    upstream = engine.upstream
+    if not extended:
+        await report_error(engine, error)
+        engine.upstream.sync(EVERYTHING)
+        return
     if not isinstance(error, PgmlError):
-        log.error("internal error streaming a call's rows", exc_info=error)
-    reported = error if isinstance(error, PgmlError) else INTERNAL_ERROR
-    upstream.local(error_response(reported), held=extended)
-    upstream.fail_batch(ABORT_SQL)
-    if extended:
-        upstream.flush()
-    else:
-        upstream.sync(EVERYTHING)
+        log.error("internal error running a pgml statement", exc_info=error)
+    engine.extended.fail(error if isinstance(error, PgmlError) else INTERNAL_ERROR)
 
 
 def _count(direction: str | None) -> int | None:

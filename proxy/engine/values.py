@@ -127,6 +127,11 @@ def decode(kind: str, raw: bytes | None) -> Any:
     raise PgmlError("XX000", f"no decoder for arguments of type {kind}")
 
 
+def text(raw: bytes | None) -> str:
+    """A text result column's value, NULL read as the empty string."""
+    return "" if raw is None else raw.decode("utf-8")
+
+
 def json_value(text: str) -> Any:
     """A JSON argument given as text, failing as PostgreSQL's json input does."""
     try:
