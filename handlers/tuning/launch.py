@@ -6,6 +6,10 @@ rank, sets up their process group (NCCL on GPUs, gloo on the CPU) and, when one 
 stops the others.  This module runs it, reports a rank that died without saying why (a
 signal, an exit status) to the proxy as an ``error`` event, and ends the launcher when the
 proxy that started it is gone (each worker then ends itself in turn).
+
+Each worker writes what it and its libraries print, native code's last words included (an
+``abort()``'s message), to its own file beside the job file (:func:`rank_log`), so that a
+failure can be told with the failed process's own lines.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 PARENT_POLL_SECONDS = 0.2
 RANK_FAILED = "RankFailed"
@@ -41,6 +46,11 @@ def main(argv: list[str]) -> int:
         print(json.dumps(event), flush=True)
         return 1
     return 0
+
+
+def rank_log(job_file: Path, rank: int) -> Path:
+    """The file where rank ``rank`` of the training of ``job_file`` writes its output."""
+    return job_file.parent / f"rank-{rank}.log"
 
 
 def describe_exit(code: int) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.errors import PgmlError
-from handlers.tuning.launch import RANK_FAILED, describe_exit
+from handlers.tuning.launch import RANK_FAILED, describe_exit, rank_log
 
 log = logging.getLogger("pgml_proxy.training")
 
@@ -121,7 +121,7 @@ async def run_training(
         job_file.unlink(missing_ok=True)
     if outcome is not None and code == 0:
         return outcome
-    raise _worker_error(code, failures, stderr_tail, processes)
+    raise _worker_error(code, failures, stderr_tail, processes, job_file)
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
@@ -138,30 +138,54 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 
 
 def _worker_error(
-    code: int, failures: list[dict[str, Any]], tail: deque[str], processes: int
+    code: int,
+    failures: list[dict[str, Any]],
+    tail: deque[str],
+    processes: int,
+    job_file: Path | None = None,
 ) -> PgmlError:
-    """The client's error; the workers' own output (a traceback) goes to the log only.
+    """The client's error, with the failed process's own last lines as DETAIL; its whole
+    output (a traceback) goes to the log only.
 
     A process killed by a signal is the cause whatever the others then reported (a
     worker whose peer vanished fails in its next collective); else a worker's own
-    exception; else how a process exited."""
-    if tail:
-        log.warning("training failed; the workers' last output:\n%s", "\n".join(tail))
+    exception; else how a process exited.  ``tail`` is the launcher's own output."""
     ranks = [f for f in failures if f.get("kind") == RANK_FAILED]
     raised = [f for f in failures if f.get("kind") != RANK_FAILED]
     signalled = [f for f in ranks if int(f.get("exitcode", 0)) < 0]
-    if signalled:
-        return _exit_error(int(signalled[0]["exitcode"]), _process(signalled[0], processes))
-    if code < 0:
-        return _exit_error(code, "the training worker")
-    if raised:
-        failure = raised[0]
-        return PgmlError(
-            "XX000", f"training failed: {failure.get('kind')}: {failure.get('message')}"
-        )
-    if ranks:
-        return _exit_error(int(ranks[0].get("exitcode", 1)), _process(ranks[0], processes))
-    return _exit_error(code, "the training worker")
+    cause = next(iter(signalled or ([] if code < 0 else raised + ranks)), None)
+    output = list(tail)
+    if cause is not None and job_file is not None:
+        output = _read_lines(rank_log(job_file, int(cause.get("rank", 0))))
+    if output:
+        log.warning("training failed; the failed process's last output:\n%s", "\n".join(output))
+    detail = _last_error_lines(output)
+    if cause is None:
+        return _exit_error(code, "the training worker", detail)
+    if cause in raised:
+        kind, message = cause.get("kind"), cause.get("message")
+        sqlstate = "53200" if kind in OUT_OF_MEMORY else "XX000"
+        return PgmlError(sqlstate, f"training failed: {kind}: {message}", detail=detail)
+    return _exit_error(int(cause.get("exitcode", 1)), _process(cause, processes), detail)
+
+
+OUT_OF_MEMORY = frozenset({"MemoryError", "OutOfMemoryError"})
+"""Exceptions of a worker that mean memory ran out (SQLSTATE 53200, as PostgreSQL's)."""
+
+SIGNAL_HINTS: dict[int, str] = {
+    signal.SIGKILL: "SIGKILL is what the kernel's out-of-memory killer sends (unless someone "
+    "killed the process): try a smaller per_device_train_batch_size or max_length.",
+    signal.SIGABRT: "The process aborted itself: a library met a fatal error. Its last lines "
+    "are in DETAIL; the proxy's log has all of its output.",
+    signal.SIGSEGV: "The process crashed in native code. Its last lines are in DETAIL; the "
+    "proxy's log has all of its output.",
+    signal.SIGBUS: "The process crashed in native code (often a full /dev/shm or disk). Its "
+    "last lines are in DETAIL; the proxy's log has all of its output.",
+    signal.SIGTERM: "Something outside the proxy stopped the process (an administrator, a "
+    "container shutting down).",
+    signal.SIGINT: "Something outside the proxy interrupted the process.",
+}
+DETAIL_LINES = 6
 
 
 def _process(failure: dict[str, Any], processes: int) -> str:
@@ -170,15 +194,40 @@ def _process(failure: dict[str, Any], processes: int) -> str:
     return f"training process {failure.get('rank')} of {processes}"
 
 
-def _exit_error(code: int, who: str) -> PgmlError:
+def _exit_error(code: int, who: str, detail: str | None) -> PgmlError:
+    """A process that ended without reporting an exception: 58000 (system error), as
+    something outside the proxy's code ended it."""
     if code < 0:
         return PgmlError(
-            "XX000",
-            f"{who} was {describe_exit(code)}",
-            hint="SIGKILL often means the machine ran out of memory; try a smaller "
-            "per_device_train_batch_size or max_length.",
+            "58000", f"{who} was {describe_exit(code)}", detail=detail, hint=SIGNAL_HINTS.get(-code)
         )
-    return PgmlError("XX000", f"{who} {describe_exit(code)}")
+    return PgmlError("58000", f"{who} {describe_exit(code)}", detail=detail)
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The last lines of a worker's log (a missing log: none)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64 * 1024))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return text.splitlines()[-STDERR_LINES:]
+
+
+def _last_error_lines(lines: list[str]) -> str | None:
+    """The last few lines a process printed, without a traceback's frames (indented) or
+    its header: what the process said of its end, not where in the code it was."""
+    said = [
+        line.strip()
+        for line in lines
+        if line.strip()
+        and not line[:1].isspace()
+        and not line.startswith("Traceback (most recent call last)")
+    ]
+    if not said:
+        return None
+    return "\n".join(line[:300] for line in said[-DETAIL_LINES:])
 
 
 async def _read_events(

@@ -5,6 +5,7 @@ ends every process of the training and marks the model as a one-process training
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from handlers.tuning.launch import rank_log
+from handlers.tuning.runner import _last_error_lines
 from tests.integration.conftest import dropped_afterwards, tuning_proxy
 from tests.integration.test_tune_errors import (
     TWO_CLASSES,
@@ -174,32 +177,73 @@ def test_a_cancel_ends_every_process(
     assert models_of(direct, project) == [(model_id, "cancelled", "cancelled by the client")]
 
 
-@pytest.mark.parametrize("victim", ["1", "launcher"])
+def stopped_and_read(pid: int) -> list[str]:
+    """Stop a training process (SIGSTOP) and read its own log so far: the lines that a
+    failure of it must report, as it can print nothing more until it is continued."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the process did not stop"
+        time.sleep(0.01)
+    job_file = Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode())
+    rank = int(next(v for v in read_environ(pid) if v.startswith("RANK="))[5:])
+    return rank_log(job_file, rank).read_text().splitlines()
+
+
+def read_environ(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+
+
+@pytest.mark.parametrize(
+    ("victim", "sig"),
+    [("1", signal.SIGKILL), ("1", signal.SIGABRT), ("launcher", signal.SIGKILL)],
+)
 def test_a_killed_process_ends_every_process(
     victim: str,
+    sig: signal.Signals,
     parallel: ProxyProcess,
     direct: psycopg.Connection[Any],
     tables: Callable[[str], str],
     cluster: PostgresCluster,
     cache: Path,
 ) -> None:
+    """A process that dies of a signal is named with the signal, a hint that fits it, its
+    own last lines as DETAIL (what it printed before, and what it said as it died), and
+    SQLSTATE 58000: something outside the proxy's code ended it."""
     table = tables("parallel_kill")
     create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=400)
     project = f"{table}_p"
     call = Background(parallel.dsn(), tune_sql(project, table, hyperparams=lit(LONG_RUN)))
+    printed: list[str] = []
     try:
         model_id = wait_until_training(direct, project, call.thread.is_alive)
         running = wait_for_processes(cache, 1 + PROCESSES)
         [pid] = [p for p, rank in running.items() if rank == victim]
-        os.kill(pid, signal.SIGKILL)
+        if victim != "launcher":
+            printed = stopped_and_read(pid)
+        os.kill(pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
         call.join(60)
     finally:
         call.close()
     assert isinstance(call.error, psycopg.Error), call.error
-    assert call.error.sqlstate == "XX000"
-    message = call.error.diag.message_primary or ""
+    assert call.error.sqlstate == "58000", call.error
+    diag = call.error.diag
+    message = diag.message_primary or ""
     who = "training process 1 of 2" if victim == "1" else "the training worker"
-    assert message == f"{who} was killed by signal 9 (SIGKILL)", message
+    assert message == f"{who} was killed by signal {sig.value} ({sig.name})", message
+    hint = diag.message_hint or ""
+    assert ("out-of-memory" in hint) == (sig == signal.SIGKILL), hint
+    assert ("aborted itself" in hint) == (sig == signal.SIGABRT), hint
+    detail = diag.message_detail or ""
+    assert 'File "' not in detail, detail
+    if victim != "launcher":
+        assert printed, "the rank printed nothing before it was stopped"
+        if sig == signal.SIGKILL:  # no last words: the lines it printed before
+            assert detail == _last_error_lines(printed), (detail, printed)
+        else:  # what it said as it aborted ends the DETAIL
+            assert "Fatal Python error: Aborted" in detail, detail
     assert wait_for_none(cache) == {}
     [(found, status, error)] = models_of(direct, project)
     assert (found, status, error) == (model_id, "failed", message)

@@ -760,7 +760,7 @@ def test_a_killed_worker_fails_the_tune(
     finally:
         call.close()
     assert isinstance(call.error, psycopg.Error), call.error
-    assert call.error.sqlstate == "XX000", call.error
+    assert call.error.sqlstate == "58000", call.error
     message = call.error.diag.message_primary or ""
     assert "killed by signal 9" in message and "SIGKILL" in message, message
     assert 'File "' not in (call.error.diag.message_detail or "")

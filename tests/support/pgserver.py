@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -35,10 +36,28 @@ host    all  all          127.0.0.1/32  trust
 """
 
 
+FREE_PORTS = range(20_000, 32_000)
+"""Where servers of the tests listen: below Linux's ephemeral range (32768 and up), from
+which the kernel picks the local port of every outgoing connection and of every socket
+bound to port 0 (PyTorch's rendezvous store, gloo's listeners).  A port picked from that
+range could be taken by one of those between the pick and the server's bind."""
+_issued: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port no socket holds now and this process has not handed out before."""
+    generator = random.Random()
+    while True:
+        port = generator.choice(FREE_PORTS)
+        if port in _issued:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _issued.add(port)
+        return port
 
 
 class PostgresCluster:

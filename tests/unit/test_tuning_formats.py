@@ -21,6 +21,7 @@ from handlers.tuning.adapters import (
     lora_config,
     new_modules,
 )
+from handlers.tuning.launch import rank_log
 from handlers.tuning.options import TuneOptions, parse_hyperparams, training_argument_names
 from handlers.tuning.runner import _worker_error, launch_command, launch_environment
 from handlers.tuning.snapshot import SnapshotWriter
@@ -330,41 +331,86 @@ def test_a_killed_process_is_the_cause_not_what_its_peers_then_said() -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "failure", "processes", "shown"),
+    ("code", "failure", "processes", "shown", "sqlstate"),
     [
-        (-9, None, 1, "the training worker was killed by signal 9 (SIGKILL)"),
-        (3, None, 1, "the training worker exited with status 3"),
+        (-9, None, 1, "the training worker was killed by signal 9 (SIGKILL)", "58000"),
+        (3, None, 1, "the training worker exited with status 3", "58000"),
         (
             1,
             {"kind": "RankFailed", "rank": 1, "exitcode": -9},
             2,
             "training process 1 of 2 was killed by signal 9 (SIGKILL)",
+            "58000",
         ),
         (
             1,
-            {"kind": "RankFailed", "rank": 0, "exitcode": -9},
+            {"kind": "RankFailed", "rank": 0, "exitcode": -6},
             1,
-            "the training worker was killed by signal 9 (SIGKILL)",
+            "the training worker was killed by signal 6 (SIGABRT)",
+            "58000",
         ),
         (
             1,
             {"kind": "RankFailed", "rank": 0, "exitcode": 2},
             4,
             "training process 0 of 4 exited with status 2",
+            "58000",
         ),
-        (1, {"kind": "ValueError", "message": "bad"}, 2, "training failed: ValueError: bad"),
+        (
+            1,
+            {"kind": "ValueError", "message": "bad"},
+            2,
+            "training failed: ValueError: bad",
+            "XX000",
+        ),
+        (
+            1,
+            {"kind": "OutOfMemoryError", "message": "CUDA out of memory"},
+            1,
+            "training failed: OutOfMemoryError: CUDA out of memory",
+            "53200",
+        ),
     ],
 )
 def test_worker_errors(
-    code: int, failure: dict[str, Any] | None, processes: int, shown: str
+    code: int, failure: dict[str, Any] | None, processes: int, shown: str, sqlstate: str
 ) -> None:
     from collections import deque
 
     error = _worker_error(code, [] if failure is None else [failure], deque(), processes)
-    assert error.sqlstate == "XX000"
+    assert error.sqlstate == sqlstate
     assert error.message == shown
     if "SIGKILL" in shown:
-        assert error.hint is not None and "memory" in error.hint
+        assert error.hint is not None and "out-of-memory" in error.hint
+    if "SIGABRT" in shown:
+        assert error.hint is not None and "aborted" in error.hint and "memory" not in error.hint
+
+
+def test_a_failed_process_is_told_with_its_own_last_lines(tmp_path: Path) -> None:
+    """The DETAIL is the failed rank's own last lines, not its peers', without a
+    traceback's frames; the launcher's output stands in when no rank is to blame."""
+    from collections import deque
+
+    job_file = tmp_path / "job.json"
+    rank_log(job_file, 0).write_text("rank 0 was fine\n")
+    rank_log(job_file, 1).write_text(
+        "step 3\nFatal Python error: Aborted\n\nThread 0x7f (most recent call first):\n"
+        '  File "/x/trainer.py", line 9 in train\n'
+        "terminate called after throwing an instance of 'gloo::IoException'\n"
+    )
+    killed = {"kind": "RankFailed", "rank": 1, "exitcode": -6}
+    error = _worker_error(1, [killed], deque(["launcher line"]), 2, job_file)
+    assert error.message == "training process 1 of 2 was killed by signal 6 (SIGABRT)"
+    assert error.detail == (
+        "step 3\nFatal Python error: Aborted\nThread 0x7f (most recent call first):\n"
+        "terminate called after throwing an instance of 'gloo::IoException'"
+    )
+    raised = {"kind": "ValueError", "message": "bad", "rank": 0}
+    assert _worker_error(1, [raised], deque(), 2, job_file).detail == "rank 0 was fine"
+    launcher = _worker_error(-9, [], deque(["Traceback (most recent call last):", "  x", "E"]), 2)
+    assert launcher.detail == "E"
+    missing = {"kind": "RankFailed", "rank": 3, "exitcode": -9}
+    assert _worker_error(1, [missing], deque(), 4, job_file).detail is None
 
 
 # --- distributed settings pass through ------------------------------------------------------
