@@ -9,38 +9,52 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-Work = Callable[[list[Any]], list[Any]]
-"""Blocking: inputs in, one result per input out."""
+from handlers.capacity import Stopped
+
+Work = Callable[[list[Any], Stopped], list[Any]]
+"""Blocking: inputs in, one result per input out; it may stop early (a generation stops
+between tokens) once ``stopped()``: no one waits for its results any more."""
+Run = Callable[[Any, Work, list[Any], Stopped], Awaitable[list[Any]]]
+"""Runs one batch of work on a model, off the event loop."""
 
 
 @dataclass(slots=True)
 class _Request:
     items: list[Any]
     done: asyncio.Future[list[Any]]
+    stopped: Stopped
 
 
 class Batcher:
-    def __init__(self, run: Callable[[Work, list[Any]], Awaitable[list[Any]]], limit: int) -> None:
+    def __init__(self, run: Run, limit: int) -> None:
         self._run = run
         self.limit = limit
         self._queues: dict[Hashable, list[_Request]] = defaultdict(list)
         self._draining: set[Hashable] = set()
         self._tasks: set[asyncio.Future[None]] = set()
 
-    async def submit(self, key: Hashable, work: Work, items: list[Any]) -> list[Any]:
-        """Results of ``work`` for ``items``, run with whatever else waits under ``key``."""
+    async def submit(
+        self,
+        key: Hashable,
+        model: Any,
+        work: Work,
+        items: list[Any],
+        stopped: Stopped = lambda: False,
+    ) -> list[Any]:
+        """Results of ``work`` on ``model`` for ``items``, run with whatever else waits
+        under ``key``.  ``stopped`` tells whether this request's caller has given up."""
         if not items:
             return []
-        request = _Request(items, asyncio.get_running_loop().create_future())
+        request = _Request(items, asyncio.get_running_loop().create_future(), stopped)
         self._queues[key].append(request)
         if key not in self._draining:
             self._draining.add(key)
-            task = asyncio.ensure_future(self._drain(key, work))
+            task = asyncio.ensure_future(self._drain(key, model, work))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return await request.done
 
-    async def _drain(self, key: Hashable, work: Work) -> None:
+    async def _drain(self, key: Hashable, model: Any, work: Work) -> None:
         queue = self._queues[key]
         try:
             while queue:
@@ -53,15 +67,20 @@ class Batcher:
                     taken.append(request)
                     size += len(request.items)
                 if taken:
-                    await self._serve(taken, work)
+                    await self._serve(model, taken, work)
         finally:
             self._draining.discard(key)
             self._queues.pop(key, None)
 
-    async def _serve(self, taken: list[_Request], work: Work) -> None:
+    async def _serve(self, model: Any, taken: list[_Request], work: Work) -> None:
         inputs = [item for request in taken for item in request.items]
+
+        def abandoned() -> bool:
+            """Every request of the batch cancelled (its caller gone) or stopped."""
+            return all(request.done.done() or request.stopped() for request in taken)
+
         try:
-            outputs = await self._run(work, inputs)
+            outputs = await self._run(model, work, inputs, abandoned)
         except Exception as exc:
             for request in taken:
                 if not request.done.done():

@@ -132,6 +132,8 @@ class CallContext:
     session: SessionSQL
     database: str = ""
     cancelled: Callable[[], bool] = lambda: False
+    caller: str = ""
+    """The session's login role: whose share of the proxy's capacity a call uses."""
 
     def check_cancel(self) -> None:
         if self.cancelled():

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from handlers.access import require_deploy
+from handlers.batching import Work
+from handlers.capacity import Capacity, Stopped
 from handlers.errors import PgmlError
 from handlers.functions import Args, CallContext
 from handlers.predictor import Predictor, generation_options
@@ -42,12 +44,14 @@ async def _serve(
     for (project, options), indexes in groups.items():
         _, predictor = await ctx.services.deployed(ctx.database, project)
         _check_operation(project, predictor, operation)
+        capacity = ctx.services.capacity
+        for i in indexes:
+            capacity.check_inputs(f"pgml.{operation}", batch[i][1] if arrays else [batch[i][1]])
         texts = _texts([batch[i][1] for i in indexes], arrays)
-        work = _work(predictor, operation, json.loads(options) if options else {})
+        work = _work(predictor, operation, json.loads(options) if options else {}, capacity)
         with ctx.services.using(predictor):
-            outputs = iter(
-                await ctx.services.batcher.submit((id(predictor), operation, options), work, texts)
-            )
+            key = (id(predictor), operation, options)
+            outputs = iter(await ctx.services.submit(ctx, predictor.model, key, work, texts))
         for index in indexes:
             if arrays:
                 results[index] = [None if t is None else next(outputs) for t in batch[index][1]]
@@ -63,12 +67,19 @@ def _texts(values: list[Any], arrays: bool) -> list[str]:
     return [str(t) for inputs in values for t in inputs if t is not None]
 
 
-def _work(predictor: Predictor, operation: str, options: dict[str, Any]) -> Any:
-    if operation == "generate":
-        return lambda texts: predictor.generate(texts, options)
+def _work(
+    predictor: Predictor, operation: str, options: dict[str, Any], capacity: Capacity
+) -> Work:
     if operation == "predict_proba":
-        return predictor.probabilities
-    return predictor.predict
+        return lambda texts, _: predictor.probabilities(texts)
+
+    def generate(texts: list[str], stopped: Stopped) -> list[Any]:
+        stops = capacity.generation_stops(stopped) if predictor.generates_text else None
+        if operation == "generate":
+            return predictor.generate(texts, options, stops)
+        return predictor.predict(texts, stops)
+
+    return generate
 
 
 def _check_operation(project: str, predictor: Predictor, operation: str) -> None:
@@ -104,14 +115,19 @@ async def predict_proba_array(ctx: CallContext, batch: Sequence[Args]) -> list[A
     return await _serve(ctx, batch, "predict_proba", arrays=True)
 
 
-async def generate_text(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+def _generation(ctx: CallContext, batch: Sequence[Args]) -> list[Args]:
     checked = [(p, t, generation_options(c)) for p, t, c in batch]
-    return await _serve(ctx, checked, "generate", arrays=False, options_at=2)
+    for _, _, options in checked:
+        ctx.services.capacity.check_generation("pgml.generate", options)
+    return checked
+
+
+async def generate_text(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return await _serve(ctx, _generation(ctx, batch), "generate", arrays=False, options_at=2)
 
 
 async def generate_array(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
-    checked = [(p, t, generation_options(c)) for p, t, c in batch]
-    return await _serve(ctx, checked, "generate", arrays=True, options_at=2)
+    return await _serve(ctx, _generation(ctx, batch), "generate", arrays=True, options_at=2)
 
 
 async def deploy_strategy(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:

@@ -167,10 +167,15 @@ class LoadedPipeline:
                 tokenizer_object.padding_side = "left"  # generation continues the prompt's end
         self._lock = threading.Lock()
 
-    def run(self, items: list[Any], args: dict[str, Any], batch_size: int) -> list[Any]:
-        """One output per item, as the pipeline gives it for each."""
+    def run(
+        self, items: list[Any], args: dict[str, Any], batch_size: int, stops: Any = None
+    ) -> list[Any]:
+        """One output per item, as the pipeline gives it for each; a generation ends
+        when ``stops`` (transformers' stopping criteria) say so."""
         options = self._options(args)
         size = options.pop("batch_size", min(len(items), batch_size))
+        if stops is not None:
+            options["stopping_criteria"] = stops
         with self._lock:
             try:
                 outputs = self.pipe(items, batch_size=size, **options)
@@ -183,15 +188,11 @@ class LoadedPipeline:
         return [plain(o) for o in outputs]
 
     def stream(
-        self,
-        item: Any,
-        args: dict[str, Any],
-        emit: Callable[[str], None],
-        stopped: Callable[[], bool],
+        self, item: Any, args: dict[str, Any], emit: Callable[[str], None], stops: Any
     ) -> None:
         """Generate for one input, handing ``emit`` the text as it is decoded, until done
-        or ``stopped()``."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+        or ``stops`` (transformers' stopping criteria) say so."""
+        from transformers import TextStreamer
 
         spec = self.spec
         options = self._options(args)
@@ -208,21 +209,12 @@ class LoadedPipeline:
                 if text:
                     emit(text)
 
-        class Stop(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                import torch
-
-                return torch.full(
-                    (input_ids.shape[0],), stopped(), dtype=torch.bool, device=input_ids.device
-                )
-
         streamer = Streamer(
             self.pipe.tokenizer, skip_prompt=not prompt_too, skip_special_tokens=True
         )
-        criteria = StoppingCriteriaList([Stop(), *options.pop("stopping_criteria", [])])
         with self._lock:
             try:
-                self.pipe(item, streamer=streamer, stopping_criteria=criteria, **options)
+                self.pipe(item, streamer=streamer, stopping_criteria=stops, **options)
             except (ValueError, TypeError, KeyError, IndexError) as exc:
                 raise _call_error(self.spec, exc) from exc
 

@@ -213,18 +213,21 @@ class Predictor:
             found: list[list[float]] = torch.softmax(logits.float(), dim=-1).cpu().tolist()
         return found
 
-    def predict(self, texts: list[str]) -> list[Any]:
-        """Labels for a classifier (REAL or TEXT as the label column was), else text."""
+    def predict(self, texts: list[str], stops: Any = None) -> list[Any]:
+        """Labels for a classifier (REAL or TEXT as the label column was), else text
+        (generated until ``stops``, transformers' stopping criteria, say so)."""
         if self.generates_text:
-            return self.generate(texts, {})
+            return self.generate(texts, {}, stops)
         return [
             label_value(self.labels[max(range(len(p)), key=p.__getitem__)], self.label_type)
             for p in self.probabilities(texts)
         ]
 
-    def generate(self, texts: list[str], config: dict[str, Any]) -> list[str]:
+    def generate(self, texts: list[str], config: dict[str, Any], stops: Any = None) -> list[str]:
         torch = self._torch
         options = {k: v for k, v in config.items() if k not in PIPELINE_OPTIONS}
+        if stops is not None:
+            options["stopping_criteria"] = stops
         full_text = bool(config.get("return_full_text", True))
         if "max_new_tokens" not in options and "max_length" not in options:
             options["max_new_tokens"] = (

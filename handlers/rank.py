@@ -68,9 +68,11 @@ async def rank(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
         if not documents:
             results.append([])
             continue
+        texts = [str(d) for d in documents]
+        services.capacity.check_inputs("pgml.rank", [str(query), *texts])
         async with services.lease("cross-encoder", transformer, CrossEncoderRanker) as ranker:
             results.append(
-                await services.run(ranker.rank, str(query), [str(d) for d in documents], options)
+                await services.infer(ctx, ranker.model, ranker.rank, str(query), texts, options)
             )
         ctx.check_cancel()
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -48,8 +49,10 @@ async def _embed_groups(
     out: list[list[list[float]]] = []
     for (name, kwargs), group in zip(keys, texts, strict=True):
         options = embed_options(_kwargs(kwargs))
+        services.capacity.check_inputs("pgml.embed", group)
         async with services.lease("embedding", name, SentenceEmbedder) as embedder:
-            out.append(await services.run(lambda e=embedder, g=group, o=options: e.embed(g, **o)))
+            embed = functools.partial(embedder.embed, group, **options)
+            out.append(await services.infer(ctx, embedder.model, embed))
     return out
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from handlers.allowlist import ModelPolicy
-from handlers.batching import Batcher
+from handlers.batching import Batcher, Work
+from handlers.capacity import INFERENCE_THREADS, Capacity, Limits, Stopped
 from handlers.deployments import DeploymentCache
 from handlers.device import pick_device
 from handlers.errors import PgmlError
+from handlers.functions import CallContext
 from handlers.modelcache import MemorySetting, ModelCache, weights_bytes
 from handlers.models import ModelNotFound, ModelResolver
 from handlers.projects import Catalog, Deployed
@@ -47,6 +49,7 @@ class Services:
         model_memory: MemorySetting | None = None,
         policy: ModelPolicy | None = None,
         train_processes: int | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.resolver = ModelResolver(models_dir=models_dir)
         self.policy = policy or ModelPolicy()
@@ -57,11 +60,14 @@ class Services:
         self.device_setting = device
         self._device: str | None = None
         self.train_processes_setting = train_processes
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgml-infer")
+        self.capacity = Capacity(limits or Limits())
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.capacity.limits.inference_threads, thread_name_prefix=INFERENCE_THREADS
+        )
         self.models = ModelCache(model_memory or MemorySetting(), lambda: self.device)
         self._deployed: dict[tuple[str, int], int] = {}
         self.deployments = None if service is None else DeploymentCache(service)
-        self.batcher = Batcher(self.run, batch_size)
+        self.batcher = Batcher(self._run_batch, batch_size)
         self.trainings: dict[tuple[str, int], asyncio.Event] = {}
         """Trainings running in this proxy, by (database, model id): set to cancel one."""
 
@@ -109,6 +115,26 @@ class Services:
             hint="Use smaller batches (--batch-size), fewer tokens, or lower --model-memory "
             "to leave more room for activations.",
         )
+
+    async def submit(
+        self, ctx: CallContext, model: Any, key: Hashable, work: Work, items: list[Any]
+    ) -> list[Any]:
+        """``work`` on ``model`` for ``items``, batched with the other calls waiting under
+        ``key`` (see :class:`Batcher`), within the caller's share of the threads."""
+        async with self.capacity.caller_share(ctx.caller):
+            return await self.batcher.submit(key, model, work, items, ctx.cancelled)
+
+    async def infer(self, ctx: CallContext, model: Any, fn: Callable[..., T], *args: Any) -> T:
+        """One call's work on ``model``, unbatched (a ranking, a stream), within the
+        caller's share of the threads and the model's queue."""
+        async with self.capacity.caller_share(ctx.caller), self.capacity.exclusive(model):
+            return await self.run(fn, *args)
+
+    async def _run_batch(
+        self, model: Any, work: Work, inputs: list[Any], stopped: Stopped
+    ) -> list[Any]:
+        async with self.capacity.exclusive(model):
+            return await self.run(work, inputs, self.capacity.stopped(stopped))
 
     async def cached(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
         """The object cached under ``key``, within the model memory budget; concurrent first
@@ -274,7 +300,9 @@ class Services:
         return self.models.loaded()
 
     async def close(self) -> None:
-        """Close the service connections and stop the worker threads."""
+        """Close the service connections and stop the worker threads (a generation under
+        way stops at its next token)."""
+        self.capacity.closing.set()
         if self.deployments is not None:
             await self.deployments.close()
         if self.service is not None:

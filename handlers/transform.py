@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
+from handlers.capacity import Stopped
 from handlers.errors import PgmlError, invalid_argument
 from handlers.functions import Args, CallContext
 from handlers.modelcache import weights_bytes
@@ -29,8 +30,6 @@ from handlers.pipelines import (
 )
 
 _DONE = object()
-CANCEL_POLL = 0.05
-"""Seconds between checks for a cancel while a stream waits for its next text."""
 
 
 @contextlib.asynccontextmanager
@@ -100,6 +99,7 @@ async def _transform(ctx: CallContext, batch: Sequence[Args], messages: bool) ->
         spec, options_key = parsed[raw]
         specs[spec.key] = spec
         calls.append(_inputs(spec, list(inputs), messages))
+        services.capacity.check_inputs("pgml.transform", calls[-1])
         groups[(spec.key, options_key)].append(index)
     results: list[Any] = [None] * len(batch)
     for (spec_key, options_key), indexes in groups.items():
@@ -110,15 +110,22 @@ async def _transform(ctx: CallContext, batch: Sequence[Args], messages: bool) ->
                 results[i] = []
             continue
         options = json.loads(options_key)
+        if spec.streams:
+            services.capacity.check_generation("pgml.transform", options)
         async with pipeline_lease(services, spec) as pipeline:
 
             def work(
-                chunk: list[Any], p: LoadedPipeline = pipeline, o: dict[str, Any] = options
+                chunk: list[Any],
+                stopped: Stopped,
+                p: LoadedPipeline = pipeline,
+                o: dict[str, Any] = options,
+                generates: bool = spec.streams,
             ) -> list[Any]:
-                return p.run(chunk, o, services.batch_size)
+                stops = services.capacity.generation_stops(stopped) if generates else None
+                return p.run(chunk, o, services.batch_size, stops)
 
             key = ("transform", id(pipeline), options_key)
-            outputs = iter(await services.batcher.submit(key, work, items))
+            outputs = iter(await services.submit(ctx, pipeline.model, key, work, items))
         for i in indexes:
             mine = [next(outputs) for _ in calls[i]]
             chat = messages and spec.pipeline_task == "text-generation"
@@ -164,6 +171,9 @@ async def stream_rows(ctx: CallContext, args: Args) -> AsyncGenerator[str, None]
         )
     (item,) = items
     services = ctx.services
+    capacity = services.capacity
+    capacity.check_inputs("pgml.transform_stream", items)
+    capacity.check_generation("pgml.transform_stream", options)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
     stop = threading.Event()
@@ -172,19 +182,20 @@ async def stream_rows(ctx: CallContext, args: Args) -> AsyncGenerator[str, None]
         loop.call_soon_threadsafe(queue.put_nowait, text)
 
     async with pipeline_lease(services, spec) as pipeline:
-        generating = services.run(pipeline.stream, item, options, emit, stop.is_set)
+        stops = capacity.generation_stops(capacity.stopped(stop.is_set, ctx.cancelled))
+        generating = services.infer(
+            ctx, pipeline.model, pipeline.stream, item, options, emit, stops
+        )
         work = asyncio.ensure_future(generating)
         work.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        rows = 0
         try:
             while True:
-                try:
-                    piece = await asyncio.wait_for(queue.get(), CANCEL_POLL)
-                except TimeoutError:
-                    if ctx.cancelled():
-                        stop.set()
-                    continue
+                piece = await queue.get()
                 if piece is _DONE:
                     break
+                rows += 1
+                capacity.check_stream_row(rows)
                 yield piece
             await work
             ctx.check_cancel()

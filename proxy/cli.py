@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import ssl
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from handlers.capacity import INFERENCE_THREADS
 from proxy import heap, logs
 from proxy.config import Settings, parse_settings
 from proxy.embedded import EmbeddedPostgres
@@ -107,6 +111,7 @@ def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
         model_memory=parse_memory(settings.model_memory),
         policy=ModelPolicy.from_patterns(settings.allow_models, settings.trust_remote_code),
         train_processes=settings.train_processes,
+        limits=settings.limits,
     )
 
 
@@ -129,7 +134,25 @@ def run(settings: Settings) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
+    _leave_lingering_work()
     return 0
+
+
+LINGER_SECONDS = 2.0
+"""After the shutdown, how long model work still under way gets before the process exits
+without it (a generation stops at its next token; a model being loaded does not stop)."""
+
+
+def _leave_lingering_work() -> None:
+    """Exit now if model threads outlive the shutdown: the interpreter would wait for them."""
+    deadline = time.monotonic() + LINGER_SECONDS
+    for thread in threading.enumerate():
+        if thread.name.startswith(INFERENCE_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and t.name.startswith(INFERENCE_THREADS) for t in threading.enumerate()):
+        log.warning("model work still under way after the shutdown: exiting without it")
+        logging.shutdown()
+        os._exit(0)
 
 
 def _install_uvloop() -> None:

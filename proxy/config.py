@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,10 +12,20 @@ from typing import Any
 
 import platformdirs
 
+from handlers.capacity import Limits
 from proxy.embedded import DEFAULT_DATA_DIR
 
 ENV_PREFIX = "PGML_PROXY_"
 DEFAULT_CACHE_DIR = Path(platformdirs.user_cache_dir("pgml-proxy"))
+LIMIT_FLAGS = {
+    "max-new-tokens": "tokens one generation may ask for and make",
+    "max-inputs": "inputs (texts, documents) in one pgml call",
+    "max-input-chars": "characters of one input of a pgml call",
+    "max-stream-rows": "rows one pgml.transform_stream may send",
+    "inference-threads": "threads that run models; one caller (login role) may hold all but "
+    "one of them",
+}
+"""The flags of :class:`handlers.capacity.Limits`, one per field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +45,7 @@ class Settings:
     cache_dir: Path
     device: str
     batch_size: int
+    limits: Limits
     train_processes: int | None = None
     dashboard_port: int = 0
     dashboard_database: str | None = None
@@ -128,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
     )
     add("device", "where models run: auto, cpu, cuda, cuda:N or mps (default %(default)s)", "auto")
+    for field in dataclasses.fields(Limits):
+        flag = field.name.replace("_", "-")
+        help_text = LIMIT_FLAGS[flag]
+        add(flag, f"{help_text} (default %(default)s)", str(field.default), type=int)
     add(
         "batch-size",
         "rows per model call when a pgml function reads a column (default %(default)s)",
@@ -192,8 +208,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
-    if int(args.batch_size) < 1:
-        parser.error("--batch-size must be at least 1")
+    for flag in ("batch-size", *LIMIT_FLAGS):
+        if int(getattr(args, flag.replace("-", "_"))) < 1:
+            parser.error(f"--{flag} must be at least 1")
     if args.train_processes is not None and int(args.train_processes) < 1:
         parser.error("--train-processes must be at least 1")
     if not 0 <= int(args.dashboard_port) <= 65535:
@@ -220,6 +237,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         cache_dir=Path(args.cache_dir).expanduser(),
         device=args.device,
         batch_size=int(args.batch_size),
+        limits=Limits(**{f.name: int(getattr(args, f.name)) for f in dataclasses.fields(Limits)}),
         train_processes=None if args.train_processes is None else int(args.train_processes),
         dashboard_port=int(args.dashboard_port),
         dashboard_database=args.dashboard_database,

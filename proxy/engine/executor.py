@@ -89,6 +89,7 @@ class Execution:
         *,
         database: str,
         cancelled: Callable[[], bool],
+        caller: str = "",
         params: BoundParams | None = None,
         label_types: dict[str, str] | None = None,
         helper: str = "",
@@ -99,6 +100,7 @@ class Execution:
         self.services = services
         self.database = database
         self.cancelled = cancelled
+        self.caller = caller
         self.user = params or BoundParams()
         self.label_types = label_types
         """Result types of project-typed calls fixed when the statement was described
@@ -121,7 +123,7 @@ class Execution:
 
     @property
     def context(self) -> CallContext:
-        return CallContext(self.services, self, self.database, self.cancelled)
+        return CallContext(self.services, self, self.database, self.cancelled, self.caller)
 
     def check_cancel(self) -> None:
         if self.cancelled():

@@ -68,6 +68,7 @@ class Engine:
             self.services,
             database=self.database,
             cancelled=self.cancelled,
+            caller=self.session.user,
             params=params,
             label_types=label_types,
             helper=helper,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from handlers.artifact import label_value, sorted_labels
-from handlers.batching import Batcher
+from handlers.batching import Batcher, Work
 from handlers.errors import PgmlError
 from handlers.tuning import metrics
 from handlers.tuning.options import (
@@ -392,6 +393,9 @@ def test_parse_sampling_refuses_unknown() -> None:
 # --- batching ----------------------------------------------------------------------------
 
 
+MODEL = object()
+
+
 class Runner:
     """The batcher's ``run``: records each batch; the first waits until ``release``."""
 
@@ -400,14 +404,16 @@ class Runner:
         self.started = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def __call__(self, work: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[Any]:
+    async def __call__(
+        self, model: Any, work: Work, items: list[Any], stopped: Callable[[], bool]
+    ) -> list[Any]:
         self.batches.append(list(items))
         self.started.set()
         await self.release.wait()
-        return await asyncio.to_thread(work, items)
+        return await asyncio.to_thread(work, items, stopped)
 
 
-def doubled(items: list[Any]) -> list[Any]:
+def doubled(items: list[Any], stopped: Callable[[], bool]) -> list[Any]:
     return [item * 2 for item in items]
 
 
@@ -415,10 +421,11 @@ def test_batcher_serves_concurrent_callers_together_in_order() -> None:
     async def scenario() -> tuple[Runner, Any, list[Any]]:
         runner = Runner()
         batcher = Batcher(runner, limit=64)
-        first = asyncio.ensure_future(batcher.submit("model", doubled, [1000]))
+        first = asyncio.ensure_future(batcher.submit("model", MODEL, doubled, [1000]))
         await runner.started.wait()  # the first batch is running now
         others = [
-            asyncio.ensure_future(batcher.submit("model", doubled, [i, i + 0.5])) for i in range(32)
+            asyncio.ensure_future(batcher.submit("model", MODEL, doubled, [i, i + 0.5]))
+            for i in range(32)
         ]
         await asyncio.sleep(0)
         runner.release.set()
@@ -438,11 +445,12 @@ def test_batcher_respects_the_limit() -> None:
     async def scenario() -> tuple[Runner, list[Any]]:
         runner = Runner()
         batcher = Batcher(runner, limit=4)
-        first = asyncio.ensure_future(batcher.submit("k", doubled, [0]))
+        first = asyncio.ensure_future(batcher.submit("k", MODEL, doubled, [0]))
         await runner.started.wait()
         sizes = [1, 2, 3, 1, 1, 4, 2, 2, 1]
         others = [
-            asyncio.ensure_future(batcher.submit("k", doubled, list(range(n)))) for n in sizes
+            asyncio.ensure_future(batcher.submit("k", MODEL, doubled, list(range(n))))
+            for n in sizes
         ]
         await asyncio.sleep(0)
         runner.release.set()
@@ -462,7 +470,7 @@ def test_batcher_runs_a_request_larger_than_the_limit_on_its_own() -> None:
         runner = Runner()
         runner.release.set()
         batcher = Batcher(runner, limit=3)
-        return runner, await batcher.submit("k", doubled, list(range(10)))
+        return runner, await batcher.submit("k", MODEL, doubled, list(range(10)))
 
     runner, result = asyncio.run(scenario())
     assert result == [2 * x for x in range(10)]
@@ -474,9 +482,9 @@ def test_batcher_keeps_keys_apart() -> None:
         runner = Runner()
         batcher = Batcher(runner, limit=64)
         calls = [
-            batcher.submit("double", doubled, [1, 2]),
-            batcher.submit("negate", lambda items: [-x for x in items], [10, 20]),
-            batcher.submit("double", doubled, [3]),
+            batcher.submit("double", MODEL, doubled, [1, 2]),
+            batcher.submit("negate", MODEL, lambda items, _: [-x for x in items], [10, 20]),
+            batcher.submit("double", MODEL, doubled, [3]),
         ]
         futures = [asyncio.ensure_future(c) for c in calls]
         await asyncio.sleep(0)
@@ -491,24 +499,25 @@ def test_batcher_keeps_keys_apart() -> None:
 
 
 def test_batcher_gives_an_exception_to_every_caller_of_its_batch() -> None:
-    def fails_on_13(items: list[Any]) -> list[Any]:
+    def fails_on_13(items: list[Any], stopped: Callable[[], bool]) -> list[Any]:
         if 13 in items:
             raise ValueError("unlucky batch")
-        return doubled(items)
+        return doubled(items, stopped)
 
     async def scenario() -> tuple[Any, list[Any], list[Any]]:
         runner = Runner()
         batcher = Batcher(runner, limit=64)
-        first = asyncio.ensure_future(batcher.submit("k", fails_on_13, [1]))
+        first = asyncio.ensure_future(batcher.submit("k", MODEL, fails_on_13, [1]))
         await runner.started.wait()
         failing = [
-            asyncio.ensure_future(batcher.submit("k", fails_on_13, [i])) for i in range(10, 16)
+            asyncio.ensure_future(batcher.submit("k", MODEL, fails_on_13, [i]))
+            for i in range(10, 16)
         ]
         await asyncio.sleep(0)
         runner.release.set()
         first_result = await first
         outcomes = await asyncio.gather(*failing, return_exceptions=True)
-        later = await batcher.submit("k", fails_on_13, [4, 5])  # the queue still works
+        later = await batcher.submit("k", MODEL, fails_on_13, [4, 5])  # the queue still works
         return first_result, outcomes, later
 
     first, outcomes, later = asyncio.run(scenario())
@@ -524,10 +533,10 @@ def test_batcher_skips_callers_that_went_away() -> None:
     async def scenario() -> tuple[Runner, list[Any]]:
         runner = Runner()
         batcher = Batcher(runner, limit=64)
-        first = asyncio.ensure_future(batcher.submit("k", doubled, [1]))
+        first = asyncio.ensure_future(batcher.submit("k", MODEL, doubled, [1]))
         await runner.started.wait()
-        gone = asyncio.ensure_future(batcher.submit("k", doubled, [2]))
-        kept = asyncio.ensure_future(batcher.submit("k", doubled, [3]))
+        gone = asyncio.ensure_future(batcher.submit("k", MODEL, doubled, [2]))
+        kept = asyncio.ensure_future(batcher.submit("k", MODEL, doubled, [3]))
         await asyncio.sleep(0)
         gone.cancel()
         await asyncio.sleep(0)
@@ -541,7 +550,7 @@ def test_batcher_skips_callers_that_went_away() -> None:
 
 def test_batcher_with_no_items_runs_nothing() -> None:
     runner = Runner()
-    assert asyncio.run(Batcher(runner, limit=4).submit("k", doubled, [])) == []
+    assert asyncio.run(Batcher(runner, limit=4).submit("k", MODEL, doubled, [])) == []
     assert runner.batches == []
 
 
@@ -620,3 +629,42 @@ def test_perplexity() -> None:
     assert metrics.perplexity(0.0) == 1.0
     assert metrics.perplexity(math.log(12.5)) == pytest.approx(12.5)
     assert math.isfinite(metrics.perplexity(1e9))
+
+
+def test_a_batch_stops_once_every_caller_has_gone() -> None:
+    """The work's ``stopped()`` turns true when every request of its batch is cancelled (or
+    says it stopped), not before."""
+
+    async def scenario() -> list[bool]:
+        seen: list[bool] = []
+        release = threading.Event()
+
+        def watch(items: list[Any], stopped: Callable[[], bool]) -> list[Any]:
+            seen.append(stopped())
+            release.wait(10)
+            seen.append(stopped())
+            return items
+
+        async def run(
+            model: Any, work: Work, items: list[Any], stopped: Callable[[], bool]
+        ) -> list[Any]:
+            return await asyncio.to_thread(work, items, stopped)
+
+        batcher = Batcher(run, limit=8)
+        gone = asyncio.ensure_future(batcher.submit("k", MODEL, watch, [1]))
+        await asyncio.sleep(0.2)
+        gone.cancel()
+        await asyncio.sleep(0.1)
+        release.set()
+        await asyncio.sleep(0.2)
+        release.clear()
+        flag = threading.Event()
+        kept = asyncio.ensure_future(batcher.submit("k", MODEL, watch, [2], flag.is_set))
+        await asyncio.sleep(0.2)
+        seen.append(flag.is_set())
+        flag.set()
+        release.set()
+        assert await kept == [2]
+        return seen
+
+    assert asyncio.run(scenario()) == [False, True, False, False, True]
