@@ -123,7 +123,7 @@ class Dashboard:
         self.templates.filters["duration"] = _duration
         self.templates.filters["bytes"] = _bytes
         self.templates.filters["when"] = _when
-        self.exporter = Exporter(self._open_connections, self._models)
+        self.exporter = Exporter(self._open_connections, self._models, name_models=metrics_login)
         self.app = self.build()
 
     def build(self) -> web.Application:
