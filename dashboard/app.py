@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -322,11 +322,17 @@ class Dashboard:
 
     # --- logging in ----------------------------------------------------------------
 
-    def _next(self, raw: str) -> str:
-        """Where to go after the login: a path of this dashboard, never another site."""
-        if raw.startswith("/") and not raw.startswith("//") and "\\" not in raw:
-            return raw
-        return "/"
+    @staticmethod
+    def _next(raw: str) -> str:
+        """Where to go after the login: a path of this dashboard, never another site. A
+        value with a control character, a space or a backslash (browsers drop or turn
+        them into ``/``, which can make ``//host``), a scheme or an authority is ``/``."""
+        if any(c == "\\" or c.isspace() or not c.isprintable() for c in raw):
+            return "/"
+        parts = urlsplit(raw)
+        if parts.scheme or parts.netloc or not raw.startswith("/") or raw.startswith("//"):
+            return "/"
+        return raw
 
     def _login_page(
         self,
