@@ -19,15 +19,25 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
 from dashboard import charts, queries
-from dashboard.logins import SESSION_COOKIE, LoginFailed, Logins, RoleConnection, Session
+from dashboard.logins import (
+    FREE_SLOTS_SQL,
+    SESSION_COOKIE,
+    Limits,
+    LoginFailed,
+    Logins,
+    RoleConnection,
+    Session,
+    Unavailable,
+)
 from dashboard.metrics import Exporter
+from dashboard.throttle import Throttled
 from handlers.access import require_cancel, require_deploy
 from handlers.errors import PgmlError
 
@@ -46,7 +56,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class NotFound(Exception):
-    """An id in the URL that the catalog does not have."""
+    """An id in the URL that the catalog does not have, or a database the role may not
+    connect to (``message`` then says so, the same way for both)."""
+
+    def __init__(self, what: object, message: str = "") -> None:
+        super().__init__(str(what))
+        self.message = message
 
 
 LOGIN_COOKIE = "pgml_login"
@@ -106,12 +121,18 @@ def _duration(seconds: float | None) -> str:
 class Dashboard:
     """The web app bound to one proxy; started next to it, stopped before it."""
 
-    def __init__(self, proxy: Proxy, database: str, metrics_login: bool = False) -> None:
+    def __init__(
+        self,
+        proxy: Proxy,
+        database: str,
+        metrics_login: bool = False,
+        limits: Limits | None = None,
+    ) -> None:
         self.proxy = proxy
         self.database = database
         self.metrics_login = metrics_login
         """Whether ``/metrics`` needs a login too (a session, or HTTP Basic for scrapers)."""
-        self.logins = Logins(proxy.hub.upstream)
+        self.logins = Logins(proxy.hub.upstream, limits or Limits(), self._free_slots)
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.templates = jinja2.Environment(
@@ -123,7 +144,7 @@ class Dashboard:
         self.templates.filters["duration"] = _duration
         self.templates.filters["bytes"] = _bytes
         self.templates.filters["when"] = _when
-        self.exporter = Exporter(self._open_connections, self._models)
+        self.exporter = Exporter(self._open_connections, self._models, name_models=metrics_login)
         self.app = self.build()
 
     def build(self) -> web.Application:
@@ -180,19 +201,65 @@ class Dashboard:
         chosen = request.query.get("database")
         return "" if not chosen else "?" + urlencode({"database": chosen})
 
+    async def _free_slots(self) -> int:
+        """The server's connection slots any role may still take (asked through the
+        service connection, before the dashboard opens one as a role)."""
+        catalog = await self.proxy.services.catalog(self.database)
+        return int(await catalog.pool.fetchval(FREE_SLOTS_SQL))
+
     async def _catalog(self, request: web.Request) -> Catalog:
-        """The catalog through the service connection: for writes checked beforehand."""
-        services = self.proxy.services
-        database = self._database(request)
-        await services.ensure_catalog(database)
-        return await services.catalog(database)
+        """The catalog through the service connection: for writes checked beforehand (a
+        page never creates or migrates it)."""
+        return await self.proxy.services.catalog(self._database(request))
+
+    async def _lease(self, request: web.Request, database: str) -> RoleConnection:
+        """A connection as the logged-in role, given back when the page is done."""
+        connection = await self.logins.connection(request["session"], database)
+        request.setdefault("leases", []).append(connection)
+        return connection
+
+    async def _release(self, request: web.Request) -> None:
+        for connection in request.get("leases", ()):
+            await self.logins.connections.release(connection)
+        request["leases"] = []
+
+    async def _may_connect(self, request: web.Request, database: str) -> None:
+        """NotFound unless ``database`` exists and the logged-in role may connect to it,
+        asked as that role in the dashboard's own database before anything touches it."""
+        home = await self.logins.connection(request["session"], self.database)
+        try:
+            row = await home.fetchrow(
+                "SELECT has_database_privilege(current_user, d.oid, 'CONNECT') AS ok "
+                "FROM pg_database AS d WHERE d.datname = $1",
+                database,
+            )
+        finally:
+            await self.logins.connections.release(home)
+        if row is None or not row["ok"]:
+            raise NotFound(
+                database,
+                f"The database {database!r} does not exist or this role may not connect to it.",
+            )
+
+    async def _reader_if_catalog(self, request: web.Request) -> RoleConnection | None:
+        """A connection as the logged-in role to the page's database, or None when that
+        database has no catalog (the page then shows an empty dashboard)."""
+        if "reader" not in request:
+            database = self._database(request)
+            if database != self.database:
+                await self._may_connect(request, database)
+            reader = await self._lease(request, database)
+            request["reader"] = reader if await queries.has_catalog(reader) else None
+        found: RoleConnection | None = request["reader"]
+        return found
 
     async def _reader(self, request: web.Request) -> RoleConnection:
-        """A connection as the logged-in role to the page's database (the catalog made
-        first, so that a database without one shows an empty dashboard)."""
-        database = self._database(request)
-        await self.proxy.services.ensure_catalog(database)
-        return await self.logins.connection(request["session"], database)
+        """As :meth:`_reader_if_catalog`, for pages about one catalog row: NotFound when
+        there is no catalog."""
+        reader = await self._reader_if_catalog(request)
+        if reader is None:
+            raise NotFound(self._database(request))
+        return reader
 
     def _page(
         self, request: web.Request, template: str, status: int = 200, **values: Any
@@ -242,7 +309,9 @@ class Dashboard:
             role, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
-        return bool(sep and role) and await self.logins.check(role, password, self.database)
+        return bool(sep and role) and await self.logins.check(
+            role, password, self.database, request.remote or ""
+        )
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -254,10 +323,19 @@ class Dashboard:
         session = self.logins.session(request.cookies.get(SESSION_COOKIE))
         request["session"] = session
         if request.path == "/metrics":
-            if self.metrics_login and session is None and not await self._basic_login(request):
-                raise web.HTTPUnauthorized(
-                    headers={"WWW-Authenticate": 'Basic realm="pgml-proxy metrics"'}
-                )
+            if self.metrics_login and session is None:
+                try:
+                    allowed = await self._basic_login(request)
+                except Throttled as wait:
+                    raise web.HTTPTooManyRequests(
+                        headers={"Retry-After": str(wait.seconds)}
+                    ) from None
+                except Unavailable:
+                    raise web.HTTPServiceUnavailable(headers={"Retry-After": "5"}) from None
+                if not allowed:
+                    raise web.HTTPUnauthorized(
+                        headers={"WWW-Authenticate": 'Basic realm="pgml-proxy metrics"'}
+                    )
             return await handler(request)
         if request.path == "/login":
             return await handler(request)
@@ -290,10 +368,23 @@ class Dashboard:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 return await handler(request)
-        except NotFound:
-            return self._page(request, "error.html", 404, title="Not found", message="")
+        except NotFound as missing:
+            return self._page(
+                request, "error.html", 404, title="Not found", message=missing.message
+            )
         except web.HTTPException:
             raise
+        except Unavailable:
+            response = self._page(
+                request,
+                "error.html",
+                503,
+                title="Busy",
+                message="The dashboard has no database connection free for this page right "
+                "now: try again in a few seconds.",
+            )
+            response.headers["Retry-After"] = "5"
+            return response
         except PgmlError as error:
             status = 403 if error.sqlstate == "42501" else 409
             message = error.message + (f" {error.hint}" if error.hint else "")
@@ -319,14 +410,22 @@ class Dashboard:
                 )
             log.exception("dashboard: error on %s", request.path)
             return self._page(request, "error.html", 500, title="Internal error", message="")
+        finally:
+            await self._release(request)
 
     # --- logging in ----------------------------------------------------------------
 
-    def _next(self, raw: str) -> str:
-        """Where to go after the login: a path of this dashboard, never another site."""
-        if raw.startswith("/") and not raw.startswith("//") and "\\" not in raw:
-            return raw
-        return "/"
+    @staticmethod
+    def _next(raw: str) -> str:
+        """Where to go after the login: a path of this dashboard, never another site. A
+        value with a control character, a space or a backslash (browsers drop or turn
+        them into ``/``, which can make ``//host``), a scheme or an authority is ``/``."""
+        if any(c == "\\" or c.isspace() or not c.isprintable() for c in raw):
+            return "/"
+        parts = urlsplit(raw)
+        if parts.scheme or parts.netloc or not raw.startswith("/") or raw.startswith("//"):
+            return "/"
+        return raw
 
     def _login_page(
         self,
@@ -367,7 +466,19 @@ class Dashboard:
         if not role:
             return self._login_page(request, 400, "Enter a role.", next_path=next_path)
         try:
-            session_id, _ = await self.logins.log_in(role, password, self._database(request))
+            session_id, _ = await self.logins.log_in(
+                role, password, self.database, request.remote or ""
+            )
+        except Throttled as wait:
+            response = self._login_page(
+                request,
+                429,
+                f"Too many failed logins: wait {wait.seconds} s and try again.",
+                role,
+                next_path,
+            )
+            response.headers["Retry-After"] = str(wait.seconds)
+            return response
         except LoginFailed:
             return self._login_page(
                 request,
@@ -391,7 +502,8 @@ class Dashboard:
     # --- pages ---------------------------------------------------------------------
 
     async def index(self, request: web.Request) -> web.StreamResponse:
-        found = await queries.projects(await self._reader(request))
+        reader = await self._reader_if_catalog(request)
+        found = [] if reader is None else await queries.projects(reader)
         return self._page(request, "index.html", projects=found)
 
     async def project(self, request: web.Request) -> web.StreamResponse:
@@ -458,7 +570,8 @@ class Dashboard:
         )
 
     async def jobs(self, request: web.Request) -> web.StreamResponse:
-        running = await queries.jobs(await self._reader(request))
+        reader = await self._reader_if_catalog(request)
+        running = [] if reader is None else await queries.jobs(reader)
         here = {
             model_id
             for database, model_id in self.proxy.services.trainings

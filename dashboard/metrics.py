@@ -10,6 +10,9 @@ from typing import Any
 
 from proxy import metrics as counters
 
+ALL_MODELS = "all"
+"""The ``model`` label of per-model series summed over a kind (no names shown)."""
+
 
 def _gpu_memory() -> dict[str, int]:
     """Allocated and reserved CUDA memory, only when torch is already imported."""
@@ -25,10 +28,13 @@ def _gpu_memory() -> dict[str, int]:
 class _Collector:
     """Reads the numbers above (and the proxy's state) each time ``/metrics`` is scraped."""
 
-    def __init__(self, open_connections: Any, models: Any) -> None:
+    def __init__(self, open_connections: Any, models: Any, name_models: bool) -> None:
         self._open = open_connections
         self._models = models
         """Returns the proxy's ModelCache, or None before the first pgml call."""
+        self._name_models = name_models
+        """Whether per-model series carry the model's name (project names, paths): only
+        where ``/metrics`` needs a login. Else they are summed per kind, ``model="all"``."""
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -96,16 +102,26 @@ class _Collector:
             value=sum(m.bytes for m in loaded),
         )
         sizes = GaugeMetricFamily(
-            "pgml_proxy_model_bytes", "Bytes of each loaded model.", labels=["model", "kind"]
+            "pgml_proxy_model_bytes",
+            'Bytes of each loaded model (of each kind, model="all", unless /metrics needs a '
+            "login).",
+            labels=["model", "kind"],
         )
         used = GaugeMetricFamily(
             "pgml_proxy_model_last_used_seconds",
-            "When each loaded model was last used (Unix time).",
+            'When each loaded model (the latest of each kind, model="all", unless /metrics '
+            "needs a login) was last used (Unix time).",
             labels=["model", "kind"],
         )
-        for model in loaded:
-            sizes.add_metric([model.name, model.kind], model.bytes)
-            used.add_metric([model.name, model.kind], model.last_used)
+        if self._name_models:
+            for model in loaded:
+                sizes.add_metric([model.name, model.kind], model.bytes)
+                used.add_metric([model.name, model.kind], model.last_used)
+        else:
+            for kind in sorted({m.kind for m in loaded}):
+                of_kind = [m for m in loaded if m.kind == kind]
+                sizes.add_metric([ALL_MODELS, kind], sum(m.bytes for m in of_kind))
+                used.add_metric([ALL_MODELS, kind], max(m.last_used for m in of_kind))
         yield sizes
         yield used
         if cache is None:
@@ -136,11 +152,11 @@ class _Collector:
 class Exporter:
     """A ``prometheus_client`` registry over this module's numbers."""
 
-    def __init__(self, open_connections: Any, models: Any) -> None:
+    def __init__(self, open_connections: Any, models: Any, *, name_models: bool = False) -> None:
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(open_connections, models))
+        self.registry.register(_Collector(open_connections, models, name_models))
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

@@ -134,6 +134,12 @@ def _model(row: Any) -> ModelRow:
     )
 
 
+async def has_catalog(pool: Any) -> bool:
+    """Whether the database has the catalog (the dashboard never creates it)."""
+    row = await pool.fetchrow("SELECT to_regclass('pgml.projects') IS NOT NULL AS found")
+    return bool(row["found"])
+
+
 async def projects(pool: Any, project_id: int | None = None) -> list[ProjectRow]:
     """Every project (or the one of ``project_id``) with its deployed model and number of
     models."""

@@ -56,9 +56,18 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
     dashboard: Dashboard | None = None
     if settings.dashboard_port:
         from dashboard.app import Dashboard
+        from dashboard.logins import Limits
 
         database = settings.dashboard_database or upstream.database or "postgres"
-        dashboard = Dashboard(proxy, database, settings.dashboard_metrics_login)
+        limits = Limits(
+            connections=settings.dashboard_connections,
+            per_role=settings.dashboard_connections_per_role,
+            idle_seconds=settings.dashboard_connection_idle,
+            wait_seconds=settings.dashboard_connection_wait,
+            login_delay=settings.dashboard_login_delay,
+            login_max_delay=settings.dashboard_login_max_delay,
+        )
+        dashboard = Dashboard(proxy, database, settings.dashboard_metrics_login, limits)
         await dashboard.start(settings.host, settings.dashboard_port)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -53,6 +53,12 @@ class Settings:
     allow_models: tuple[str, ...] = ()
     trust_remote_code: tuple[str, ...] = ()
     dashboard_metrics_login: bool = False
+    dashboard_connections: int = 10
+    dashboard_connections_per_role: int = 2
+    dashboard_connection_idle: float = 60.0
+    dashboard_connection_wait: float = 5.0
+    dashboard_login_delay: float = 1.0
+    dashboard_login_max_delay: float = 300.0
 
 
 def _boolean(text: str) -> bool:
@@ -196,6 +202,52 @@ def build_parser() -> argparse.ArgumentParser:
         type=_boolean,
         metavar="BOOL",
     )
+    add(
+        "dashboard-connections",
+        "most connections the dashboard holds to PostgreSQL, all roles together "
+        "(default %(default)s)",
+        "10",
+        type=int,
+        metavar="N",
+    )
+    add(
+        "dashboard-connections-per-role",
+        "most connections the dashboard holds as one role, shared by its logins "
+        "(default %(default)s)",
+        "2",
+        type=int,
+        metavar="N",
+    )
+    add(
+        "dashboard-connection-idle",
+        "seconds an unused dashboard connection stays open (default %(default)s)",
+        "60",
+        type=float,
+        metavar="SECONDS",
+    )
+    add(
+        "dashboard-connection-wait",
+        "seconds a page waits for a dashboard connection before it answers 503 "
+        "(default %(default)s)",
+        "5",
+        type=float,
+        metavar="SECONDS",
+    )
+    add(
+        "dashboard-login-delay",
+        "seconds a role must wait after its third failed login from one address; each "
+        "further failure doubles it (default %(default)s)",
+        "1",
+        type=float,
+        metavar="SECONDS",
+    )
+    add(
+        "dashboard-login-max-delay",
+        "the longest wait after failed logins (default %(default)s)",
+        "300",
+        type=float,
+        metavar="SECONDS",
+    )
     return parser
 
 
@@ -215,6 +267,18 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         parser.error("--train-processes must be at least 1")
     if not 0 <= int(args.dashboard_port) <= 65535:
         parser.error("--dashboard-port must be between 0 and 65535")
+    if int(args.dashboard_connections_per_role) < 1:
+        parser.error("--dashboard-connections-per-role must be at least 1")
+    if int(args.dashboard_connections) < int(args.dashboard_connections_per_role):
+        parser.error("--dashboard-connections must be at least --dashboard-connections-per-role")
+    for flag in (
+        "dashboard_connection_idle",
+        "dashboard_connection_wait",
+        "dashboard_login_delay",
+        "dashboard_login_max_delay",
+    ):
+        if float(getattr(args, flag)) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must not be negative")
     from handlers.modelcache import parse_memory
 
     try:
@@ -245,4 +309,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         allow_models=_patterns(args.allow_models),
         trust_remote_code=_patterns(args.trust_remote_code),
         dashboard_metrics_login=bool(args.dashboard_metrics_login),
+        dashboard_connections=int(args.dashboard_connections),
+        dashboard_connections_per_role=int(args.dashboard_connections_per_role),
+        dashboard_connection_idle=float(args.dashboard_connection_idle),
+        dashboard_connection_wait=float(args.dashboard_connection_wait),
+        dashboard_login_delay=float(args.dashboard_login_delay),
+        dashboard_login_max_delay=float(args.dashboard_login_max_delay),
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -61,6 +62,8 @@ def limited(cluster: PostgresCluster, models: Path, budget: int) -> Iterator[Pro
         "tiny/*,sentence-transformers/*",
         "--trust-remote-code",
         NER,
+        "--dashboard-metrics-login",  # so that /metrics names the models
+        "true",
     )
     yield process
     process.stop()
@@ -79,7 +82,12 @@ def call(conn: psycopg.Connection[Any], model: str, **options: Any) -> Any:
 
 
 def metrics(proxy: ProxyProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
-    with urllib.request.urlopen(f"{dashboard_url(proxy)}/metrics", timeout=30) as page:
+    """``/metrics`` read as the superuser (HTTP Basic; it is trusted from 127.0.0.1)."""
+    login = "Basic " + base64.b64encode(b"postgres:").decode()
+    request = urllib.request.Request(
+        f"{dashboard_url(proxy)}/metrics", headers={"Authorization": login}
+    )
+    with urllib.request.urlopen(request, timeout=30) as page:
         text = page.read().decode()
     found: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):

@@ -3,6 +3,8 @@ form filled in as a browser would, POSTs from the dashboard's origin."""
 
 from __future__ import annotations
 
+import functools
+import http.client
 import http.cookiejar
 import re
 import urllib.error
@@ -26,19 +28,34 @@ class _Stay(urllib.request.HTTPRedirectHandler):
         return None
 
 
+class _From(urllib.request.HTTPHandler):
+    """Connections from a given local address (another loopback address: another client
+    address for the dashboard)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connect = functools.partial(http.client.HTTPConnection, source_address=(self.source, 0))
+        return self.do_open(connect, req)
+
+
 class Client:
     """A web client with its own cookies; POSTs say they come from the dashboard's origin
-    (as a browser's do) unless told otherwise."""
+    (as a browser's do) unless told otherwise. ``source``: the local address to connect
+    from."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, source: str | None = None) -> None:
         self.base = base
         self.cookies = http.cookiejar.CookieJar()
-        self.following = urllib.request.build_opener(
+        handlers: list[urllib.request.BaseHandler] = [
             urllib.request.HTTPCookieProcessor(self.cookies)
-        )
-        self.staying = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(self.cookies), _Stay()
-        )
+        ]
+        if source is not None:
+            handlers.append(_From(source))
+        self.following = urllib.request.build_opener(*handlers)
+        self.staying = urllib.request.build_opener(*handlers, _Stay())
 
     def get(self, path: str, *, follow: bool = True) -> Reply:
         return self._send(urllib.request.Request(self.base + path), follow)
