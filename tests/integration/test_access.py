@@ -335,8 +335,7 @@ def restore_catalog_grants(cluster: PostgresCluster) -> Iterator[None]:
         "GRANT SELECT ON pgml.projects, pgml.models TO PUBLIC; "
         "DROP POLICY IF EXISTS team_only ON pgml.projects; "
         "ALTER TABLE pgml.projects DISABLE ROW LEVEL SECURITY; "
-        "DROP POLICY IF EXISTS unfinished_only ON pgml.models; "
-        "ALTER TABLE pgml.models DISABLE ROW LEVEL SECURITY"
+        "DROP POLICY IF EXISTS unfinished_only ON pgml.models"
     )
 
 
@@ -390,14 +389,13 @@ def test_predict_under_a_row_level_security_policy(
     )
     alice = tuner.dsn(roles.alice)
     predict = PREDICT.format(project=lit(project))
-    failure = client(alice, predict)
-    assert failure.sqlstate == "42501" and failure.usable_after
-    assert failure.message == f'permission denied for project "{project}"'
+    failure = client(alice, predict)  # a project alice cannot see is one that does not exist
+    assert failure.sqlstate == "42704" and failure.usable_after
+    assert failure.message == f'project "{project}" does not exist'
     # The views read the tables as the reader: the policy applies through them too.
     assert ok(alice, f"SELECT * FROM pgml.deployed_models WHERE name = {lit(project)}") == []
     generated = f"SELECT pgml.generate({lit(project)}, 'x')"
-    assert fail_with_psycopg(alice, generated).sqlstate == "42501"
-    # A project that does not exist is still reported as such.
+    assert fail_with_psycopg(alice, generated).sqlstate == "42704"
     assert fail_with_psycopg(alice, PREDICT.format(project="'nothing here'")).sqlstate == "42704"
     grants(f"GRANT {roles.team} TO {roles.alice}")
     assert ok(alice, predict)[0][0] in (0.0, 1.0)
@@ -412,9 +410,8 @@ def test_predict_when_a_policy_hides_the_deployed_model(
     client: Callable[[str, str], Failure],
     restore_catalog_grants: None,
 ) -> None:
-    cluster.psql(
-        "ALTER TABLE pgml.models ENABLE ROW LEVEL SECURITY; "
-        "CREATE POLICY unfinished_only ON pgml.models USING (status <> 'successful')"
+    cluster.psql(  # restrictive: the catalog's own policies let every reader see the row
+        "CREATE POLICY unfinished_only ON pgml.models AS RESTRICTIVE USING (status <> 'successful')"
     )
     predict = PREDICT.format(project=lit(project))
     failure = client(tuner.dsn(roles.alice), predict)
