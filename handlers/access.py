@@ -61,7 +61,7 @@ async def require(
         params.append(str(project.id))
         columns.append(
             f"EXISTS (SELECT FROM pgml.visible_projects(false) AS v (id) "
-            f"WHERE v.id = ${len(params)}::bigint)::text"
+            f"WHERE v.id = ${len(params)}::text::bigint)::text"
         )
         params.append(str(project.owner_oid))
         owner = f"${len(params)}::text::oid"
