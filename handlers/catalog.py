@@ -221,8 +221,9 @@ MIGRATIONS: list[str] = [
     # 5: the catalog enforces its owner rule itself. Snapshots belong to a project; rows of
     # snapshots, models, deployments, files and logs are visible to a role that can see
     # their project in pgml.projects, and written only by a member of the project's owner
-    # (policies of row-level security; the catalog's owner, the proxy, bypasses them). A
-    # project the caller cannot see is answered as one that does not exist.
+    # (policies of row-level security; the catalog's owner, the proxy, bypasses them); a
+    # project itself is changed or deleted only by a member of its owner. A project the
+    # caller cannot see is answered as one that does not exist.
     """
     ALTER TABLE pgml.snapshots
         ADD COLUMN project_id bigint REFERENCES pgml.projects (id) ON DELETE SET NULL;
@@ -290,6 +291,34 @@ MIGRATIONS: list[str] = [
                         SELECT m.id FROM pgml.models AS m
                         WHERE m.id IN (SELECT pgml.visible_models(true))
                         AND m.project_id = coalesce(logs.project_id, m.project_id))));
+    CREATE OR REPLACE FUNCTION pgml.check_project_owner() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class
+                                   WHERE oid = TG_RELID), 'MEMBER') THEN
+            RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;  -- the catalog's owner
+        END IF;
+        IF TG_OP <> 'INSERT' AND NOT pg_catalog.pg_has_role(OLD.owner, 'MEMBER') THEN
+            IF TG_OP = 'UPDATE' AND NEW.owner <> OLD.owner THEN
+                RAISE EXCEPTION 'must be a member of role % to hand over project "%"',
+                    OLD.owner, OLD.name USING ERRCODE = '42501';
+            END IF;
+            RAISE EXCEPTION 'must be a member of role % to % project "%"',
+                OLD.owner, lower(TG_OP), OLD.name USING ERRCODE = '42501';
+        END IF;
+        IF TG_OP = 'DELETE' THEN
+            RETURN OLD;
+        END IF;
+        IF (TG_OP = 'INSERT' OR NEW.owner <> OLD.owner)
+                AND NOT pg_catalog.pg_has_role(NEW.owner, 'MEMBER') THEN
+            RAISE EXCEPTION 'must be able to SET ROLE % to make it the owner of project "%"',
+                NEW.owner, NEW.name USING ERRCODE = '42501';
+        END IF;
+        RETURN NEW;
+    END $$;
+    DROP TRIGGER check_owner ON pgml.projects;
+    CREATE TRIGGER check_owner BEFORE INSERT OR UPDATE OR DELETE ON pgml.projects
+        FOR EACH ROW EXECUTE FUNCTION pgml.check_project_owner();
     DROP FUNCTION pgml.serving_target(text);
     CREATE OR REPLACE FUNCTION pgml.authorize_serving(project_name text,
                                                       model_id bigint DEFAULT NULL)

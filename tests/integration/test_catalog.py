@@ -276,6 +276,15 @@ MEMBERS_ONLY = [
     ("DELETE FROM pgml.models WHERE id = 1", ""),
     ("DELETE FROM pgml.files WHERE model_id = 1", ""),
     ("DELETE FROM pgml.logs WHERE project_id = 1", ""),
+    # the team's project itself (tuner holds UPDATE and DELETE on pgml.projects)
+    (
+        "UPDATE pgml.projects SET task = 'translation' WHERE id = 1",
+        '42501: must be a member of role {team} to update project "p1"',
+    ),
+    (
+        "DELETE FROM pgml.projects WHERE id = 1",
+        '42501: must be a member of role {team} to delete project "p1"',
+    ),
     # tuner's own rows moved into the team's project
     (
         "UPDATE pgml.deployments SET project_id = 1, model_id = 1 WHERE id = 2",
@@ -292,6 +301,7 @@ def test_writes_need_membership_in_the_projects_owner(
     """Whatever the grants, a write to rows of a project is PostgreSQL's to refuse unless
     the writer is a member of the project's owner; then the same statement goes through."""
     before = contents(cluster, teams.database)
+    refusal = refusal.format(team=teams.team)
     assert as_role(cluster, teams, teams.tuner, sql) == (refusal, -1 if refusal else 0)
     assert contents(cluster, teams.database) == before
     cluster.psql(f"GRANT {teams.team} TO {teams.tuner}")
