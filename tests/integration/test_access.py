@@ -499,6 +499,7 @@ def test_a_hidden_project_is_answered_as_a_missing_one(
     tuner: ProxyProcess,
     direct: psycopg.Connection[Any],
     project: str,
+    reviews: str,
     roles: Roles,
     grants: Callable[[str], None],
     members_only: None,
@@ -551,6 +552,11 @@ def test_a_hidden_project_is_answered_as_a_missing_one(
     missing = fail_with_psycopg(alice, f"SELECT * FROM pgml.deploy({never})")
     assert (hidden.sqlstate, hidden.message) == ("42704", f"model {second} does not exist")
     assert replace(missing, message=missing.message.replace(str(never), str(second))) == hidden
+    # Tuning under a name a hidden project holds is refused, naming no owner.
+    grants(f"GRANT INSERT ON pgml.projects, pgml.models, pgml.deployments TO {roles.alice}")
+    failure = refused(fail_with_psycopg, alice, tune_sql(project, reviews), direct)
+    assert failure.message == f'permission denied for project "{project}"'
+    assert roles.team not in failure.detail + failure.hint
     # A member of the owner sees it: the label's type, and a prediction.
     grants(f"GRANT {roles.team} TO {roles.alice}")
     assert prepared(alice, calls["predict"]) == Answers(FLOAT4_OID, None)
