@@ -48,15 +48,18 @@ async def require(
     project: Project | None = None,
     hint: str = "",
     hidden: PgmlError | None = None,
+    unseen: Sequence[str] = (),
 ) -> Role:
     """The current role, when it holds INSERT on each of ``inserts`` and (for a project)
     can see the project's row and is a member of its owner; otherwise 42501 naming what is
-    missing.  A project the role cannot see is refused first, with ``hidden`` (what a
-    missing one gets, so that the answer tells nothing) or else a 42501 naming only it.
+    missing.  A project the role cannot see gets the answer a missing one gets, so that it
+    tells nothing: ``hidden`` at once, or else the INSERT privileges a new project needs
+    (``unseen`` as well) are checked and then a 42501 names the project alone.
 
     ``hint`` is added to the GRANT the error suggests (another way to proceed)."""
-    columns = [f"has_table_privilege(${i + 1}::text, 'INSERT')::text" for i in range(len(inserts))]
-    params: list[str | None] = list(inserts)
+    tables = [*unseen, *inserts]
+    columns = [f"has_table_privilege(${i + 1}::text, 'INSERT')::text" for i in range(len(tables))]
+    params: list[str | None] = list(tables)
     if project is not None:
         params.append(str(project.id))
         columns.append(
@@ -77,23 +80,22 @@ async def require(
     )
     oid, name, quoted, *answers = rows[0]
     role = Role(int(oid), str(name), str(quoted))
-    if project is not None and answers[-2] != "true":
-        raise hidden or PgmlError(
-            "42501",
-            f'permission denied for project "{project.name}"',
-            detail=f"{function} of an existing project needs membership in the project's "
-            "owner role.",
-        )
-    missing = [table for table, ok in zip(inserts, answers, strict=False) if ok != "true"]
+    seen = project is None or answers[len(tables)] == "true"
+    if not seen and hidden is not None:
+        raise hidden
+    needed = tables if not seen else inserts
+    missing = [t for t, ok in zip(tables, answers, strict=False) if t in needed and ok != "true"]
     if missing:
-        tables = ", ".join(missing)
+        listed = ", ".join(missing)
         plural = len(missing) > 1
         raise PgmlError(
             "42501",
-            f"permission denied for table{'s' if plural else ''} {tables}: {function} needs "
+            f"permission denied for table{'s' if plural else ''} {listed}: {function} needs "
             f"the INSERT privilege on {'them' if plural else 'it'}",
-            hint=f"GRANT INSERT ON {tables} TO {role.quoted};{hint}",
+            hint=f"GRANT INSERT ON {listed} TO {role.quoted};{hint}",
         )
+    if project is not None and not seen:
+        raise PgmlError("42501", f'permission denied for project "{project.name}"')
     if project is not None and answers[-1] != "true":
         raise not_owner(function, project, role)
     return role
@@ -112,12 +114,13 @@ def not_owner(function: str, project: Project, role: Role) -> PgmlError:
 
 async def require_tune(asker: AsksSQL, project: Project | None, deploys: bool) -> Role:
     """``pgml.tune``: INSERT on models (and projects for a new project, deployments when it
-    may deploy the model), and for an existing project membership in its owner."""
-    inserts = ([] if project is not None else [PROJECTS]) + [MODELS]
-    if deploys:
-        inserts.append(DEPLOYMENTS)
+    may deploy the model), and for an existing project membership in its owner.  One the
+    caller cannot see is checked as a new one, then refused: its name is taken."""
+    inserts = [MODELS, DEPLOYMENTS] if deploys else [MODELS]
     hint = " Or tune with automatic_deploy => false." if deploys else ""
-    return await require(asker, "pgml.tune", inserts, project, hint)
+    if project is None:
+        return await require(asker, "pgml.tune", [PROJECTS, *inserts], hint=hint)
+    return await require(asker, "pgml.tune", inserts, project, hint, unseen=[PROJECTS])
 
 
 async def require_deploy(asker: AsksSQL, project: Project, hidden: PgmlError | None = None) -> Role:
