@@ -5,7 +5,9 @@ caller it asks, in the caller's own session (its current role after ``SET ROLE``
 its transaction), whether that role could make the write itself: ``INSERT`` on the
 tables written, and for an existing project membership in the project's owner role.
 Serving asks ``pgml.authorize_serving`` (see :mod:`handlers.catalog`), so that the grants
-and row-level security policies on ``pgml.projects`` and ``pgml.models`` decide.
+and row-level security policies on ``pgml.projects`` and ``pgml.models`` decide.  A project
+the caller cannot see is answered as one that does not exist; the catalog's own policies
+hold the same rules for SQL written straight to its tables.
 """
 
 from __future__ import annotations
@@ -45,14 +47,25 @@ async def require(
     inserts: Sequence[str],
     project: Project | None = None,
     hint: str = "",
+    hidden: PgmlError | None = None,
+    unseen: Sequence[str] = (),
 ) -> Role:
     """The current role, when it holds INSERT on each of ``inserts`` and (for a project)
-    membership in the project's owner; otherwise 42501 naming what is missing.
+    can see the project's row and is a member of its owner; otherwise 42501 naming what is
+    missing.  A project the role cannot see gets the answer a missing one gets, so that it
+    tells nothing: ``hidden`` at once, or else the INSERT privileges a new project needs
+    (``unseen`` as well) are checked and then a 42501 names the project alone.
 
     ``hint`` is added to the GRANT the error suggests (another way to proceed)."""
-    columns = [f"has_table_privilege(${i + 1}::text, 'INSERT')::text" for i in range(len(inserts))]
-    params: list[str | None] = list(inserts)
+    tables = [*unseen, *inserts]
+    columns = [f"has_table_privilege(${i + 1}::text, 'INSERT')::text" for i in range(len(tables))]
+    params: list[str | None] = list(tables)
     if project is not None:
+        params.append(str(project.id))
+        columns.append(
+            f"EXISTS (SELECT FROM pgml.visible_projects(false) AS v (id) "
+            f"WHERE v.id = ${len(params)}::text::bigint)::text"
+        )
         params.append(str(project.owner_oid))
         owner = f"${len(params)}::text::oid"
         columns.append(
@@ -67,16 +80,22 @@ async def require(
     )
     oid, name, quoted, *answers = rows[0]
     role = Role(int(oid), str(name), str(quoted))
-    missing = [table for table, ok in zip(inserts, answers, strict=False) if ok != "true"]
+    seen = project is None or answers[len(tables)] == "true"
+    if not seen and hidden is not None:
+        raise hidden
+    needed = tables if not seen else inserts
+    missing = [t for t, ok in zip(tables, answers, strict=False) if t in needed and ok != "true"]
     if missing:
-        tables = ", ".join(missing)
+        listed = ", ".join(missing)
         plural = len(missing) > 1
         raise PgmlError(
             "42501",
-            f"permission denied for table{'s' if plural else ''} {tables}: {function} needs "
+            f"permission denied for table{'s' if plural else ''} {listed}: {function} needs "
             f"the INSERT privilege on {'them' if plural else 'it'}",
-            hint=f"GRANT INSERT ON {tables} TO {role.quoted};{hint}",
+            hint=f"GRANT INSERT ON {listed} TO {role.quoted};{hint}",
         )
+    if project is not None and not seen:
+        raise PgmlError("42501", f'permission denied for project "{project.name}"')
     if project is not None and answers[-1] != "true":
         raise not_owner(function, project, role)
     return role
@@ -95,18 +114,19 @@ def not_owner(function: str, project: Project, role: Role) -> PgmlError:
 
 async def require_tune(asker: AsksSQL, project: Project | None, deploys: bool) -> Role:
     """``pgml.tune``: INSERT on models (and projects for a new project, deployments when it
-    may deploy the model), and for an existing project membership in its owner."""
-    inserts = ([] if project is not None else [PROJECTS]) + [MODELS]
-    if deploys:
-        inserts.append(DEPLOYMENTS)
+    may deploy the model), and for an existing project membership in its owner.  One the
+    caller cannot see is checked as a new one, then refused: its name is taken."""
+    inserts = [MODELS, DEPLOYMENTS] if deploys else [MODELS]
     hint = " Or tune with automatic_deploy => false." if deploys else ""
-    return await require(asker, "pgml.tune", inserts, project, hint)
+    if project is None:
+        return await require(asker, "pgml.tune", [PROJECTS, *inserts], hint=hint)
+    return await require(asker, "pgml.tune", inserts, project, hint, unseen=[PROJECTS])
 
 
-async def require_deploy(asker: AsksSQL, project: Project) -> Role:
+async def require_deploy(asker: AsksSQL, project: Project, hidden: PgmlError | None = None) -> Role:
     """``pgml.deploy`` (and the dashboard's Deploy): INSERT on deployments and membership in
-    the project's owner."""
-    return await require(asker, "pgml.deploy", [DEPLOYMENTS], project)
+    the project's owner; ``hidden`` when the caller cannot see the project."""
+    return await require(asker, "pgml.deploy", [DEPLOYMENTS], project, hidden=hidden)
 
 
 async def require_cancel(asker: AsksSQL, project: Project) -> Role:
@@ -121,16 +141,15 @@ async def authorize_serving(ctx: CallContext, args: Args) -> None:
     model comes from the proxy's cache of deployments, so the check is one cheap
     statement; once it has passed in a session it rides with the statement that returns
     the call's result (no round trip of its own), so a REVOKE or SET ROLE counts from
-    the next statement on."""
+    the next statement on.  A project that does not exist is asked about too, so that
+    PostgreSQL answers it exactly as one the role cannot see."""
     if not args or args[0] is None:
         return
     project = str(args[0])
     try:
         model: str | None = str((await ctx.services.deployment(ctx.database, project)).model_id)
-    except PgmlError as error:
-        if error.sqlstate == "42704":
-            return  # no such project: the call says so
-        model = None  # nothing deployed: the project's own row decides what the caller hears
+    except PgmlError:
+        model = None  # none, or nothing deployed: the project's own row decides what is said
     await ctx.session.check(
         "SELECT pgml.authorize_serving($1, $2::bigint)", [project, model], ("serving", project)
     )

@@ -218,6 +218,153 @@ MIGRATIONS: list[str] = [
         'Returns when the current role may be served the project (and its deployed model '
         'model_id); raises 42501 otherwise.';
     """,
+    # 5: the catalog enforces its owner rule itself. Snapshots belong to a project; rows of
+    # snapshots, models, deployments, files and logs are visible to a role that can see
+    # their project in pgml.projects, and written only by a member of the project's owner
+    # (policies of row-level security; the catalog's owner, the proxy, bypasses them); a
+    # project itself is changed or deleted only by a member of its owner. A project the
+    # caller cannot see is answered as one that does not exist.
+    """
+    ALTER TABLE pgml.snapshots
+        ADD COLUMN project_id bigint REFERENCES pgml.projects (id) ON DELETE SET NULL;
+    UPDATE pgml.snapshots AS s SET project_id = (
+        SELECT min(m.project_id) FROM pgml.models AS m WHERE m.snapshot_id = s.id
+    );
+    CREATE FUNCTION pgml.visible_projects(members_only boolean) RETURNS SETOF bigint
+    LANGUAGE plpgsql STABLE SECURITY INVOKER AS $$
+    -- The projects the current role can see in pgml.projects (with members_only, those whose
+    -- owner it is a member of): none without SELECT on the table, rather than an error.
+    BEGIN
+        IF pg_catalog.has_table_privilege('pgml.projects', 'SELECT') THEN
+            RETURN QUERY SELECT p.id FROM pgml.projects AS p
+                WHERE NOT members_only OR pg_catalog.pg_has_role(p.owner, 'MEMBER');
+        END IF;
+    END $$;
+    CREATE FUNCTION pgml.visible_models(members_only boolean) RETURNS SETOF bigint
+    LANGUAGE plpgsql STABLE SECURITY INVOKER AS $$
+    -- The models of pgml.visible_projects(members_only) the current role can see.
+    BEGIN
+        IF pg_catalog.has_table_privilege('pgml.models', 'SELECT') THEN
+            RETURN QUERY SELECT m.id FROM pgml.models AS m
+                WHERE m.project_id IN (SELECT pgml.visible_projects(members_only));
+        END IF;
+    END $$;
+    ALTER TABLE pgml.snapshots ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY visible ON pgml.snapshots FOR SELECT
+        USING (project_id IN (SELECT pgml.visible_projects(false)));
+    CREATE POLICY owner_members ON pgml.snapshots
+        USING (project_id IN (SELECT pgml.visible_projects(true)));
+    ALTER TABLE pgml.models ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY visible ON pgml.models FOR SELECT
+        USING (project_id IN (SELECT pgml.visible_projects(false)));
+    CREATE POLICY owner_members ON pgml.models
+        USING (project_id IN (SELECT pgml.visible_projects(true)))
+        WITH CHECK (project_id IN (SELECT pgml.visible_projects(true))
+                    AND (snapshot_id IS NULL OR snapshot_id IN (
+                        SELECT s.id FROM pgml.snapshots AS s
+                        WHERE s.project_id = models.project_id)));
+    ALTER TABLE pgml.deployments ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY visible ON pgml.deployments FOR SELECT
+        USING (project_id IN (SELECT pgml.visible_projects(false)));
+    CREATE POLICY owner_members ON pgml.deployments
+        USING (project_id IN (SELECT pgml.visible_projects(true)))
+        WITH CHECK (project_id IN (SELECT pgml.visible_projects(true))
+                    AND model_id IN (SELECT m.id FROM pgml.models AS m
+                                     WHERE m.project_id = deployments.project_id));
+    ALTER TABLE pgml.files ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY visible ON pgml.files FOR SELECT
+        USING (model_id IN (SELECT pgml.visible_models(false)));
+    CREATE POLICY owner_members ON pgml.files
+        USING (model_id IN (SELECT pgml.visible_models(true)));
+    ALTER TABLE pgml.logs ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY visible ON pgml.logs FOR SELECT
+        USING (coalesce(project_id, model_id) IS NOT NULL
+               AND (project_id IS NULL OR project_id IN (SELECT pgml.visible_projects(false)))
+               AND (model_id IS NULL OR model_id IN (SELECT pgml.visible_models(false))));
+    CREATE POLICY owner_members ON pgml.logs
+        USING (coalesce(project_id, model_id) IS NOT NULL
+               AND (project_id IS NULL OR project_id IN (SELECT pgml.visible_projects(true)))
+               AND (model_id IS NULL OR model_id IN (SELECT pgml.visible_models(true))))
+        WITH CHECK (coalesce(project_id, model_id) IS NOT NULL
+                    AND (project_id IS NULL OR project_id IN (SELECT pgml.visible_projects(true)))
+                    AND (model_id IS NULL OR model_id IN (
+                        SELECT m.id FROM pgml.models AS m
+                        WHERE m.id IN (SELECT pgml.visible_models(true))
+                        AND m.project_id = coalesce(logs.project_id, m.project_id))));
+    CREATE OR REPLACE FUNCTION pgml.check_project_owner() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class
+                                   WHERE oid = TG_RELID), 'MEMBER') THEN
+            RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;  -- the catalog's owner
+        END IF;
+        IF TG_OP <> 'INSERT' AND NOT pg_catalog.pg_has_role(OLD.owner, 'MEMBER') THEN
+            IF TG_OP = 'UPDATE' AND NEW.owner <> OLD.owner THEN
+                RAISE EXCEPTION 'must be a member of role % to hand over project "%"',
+                    OLD.owner, OLD.name USING ERRCODE = '42501';
+            END IF;
+            RAISE EXCEPTION 'must be a member of role % to % project "%"',
+                OLD.owner, lower(TG_OP), OLD.name USING ERRCODE = '42501';
+        END IF;
+        IF TG_OP = 'DELETE' THEN
+            RETURN OLD;
+        END IF;
+        IF (TG_OP = 'INSERT' OR NEW.owner <> OLD.owner)
+                AND NOT pg_catalog.pg_has_role(NEW.owner, 'MEMBER') THEN
+            RAISE EXCEPTION 'must be able to SET ROLE % to make it the owner of project "%"',
+                NEW.owner, NEW.name USING ERRCODE = '42501';
+        END IF;
+        RETURN NEW;
+    END $$;
+    DROP TRIGGER check_owner ON pgml.projects;
+    CREATE TRIGGER check_owner BEFORE INSERT OR UPDATE OR DELETE ON pgml.projects
+        FOR EACH ROW EXECUTE FUNCTION pgml.check_project_owner();
+    DROP FUNCTION pgml.serving_target(text);
+    CREATE OR REPLACE FUNCTION pgml.authorize_serving(project_name text,
+                                                      model_id bigint DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql STABLE SECURITY INVOKER AS $$
+    -- model_id: the deployed model the caller is to be served (looked up when not given).
+    -- No SET search_path: it would cost a third of the call, and as SECURITY INVOKER it
+    -- runs with no more rights than its caller; every name in it is qualified.
+    DECLARE
+        project bigint;
+    BEGIN
+        IF project_name IS NULL THEN
+            RETURN;
+        END IF;
+        IF NOT pg_catalog.has_table_privilege('pgml.projects', 'SELECT') THEN
+            RAISE EXCEPTION 'permission denied for table projects' USING ERRCODE = '42501',
+                HINT = 'Serving a project needs SELECT on pgml.projects and pgml.models, and '
+                       'its rows in both visible under their row-level security policies.';
+        END IF;
+        project := (SELECT p.id FROM pgml.projects AS p WHERE p.name = project_name);
+        IF project IS NULL THEN  -- missing, or hidden from the current role: the same answer
+            RAISE EXCEPTION 'project "%" does not exist', project_name USING ERRCODE = '42704',
+                HINT = 'pgml.tune creates projects; SELECT name FROM pgml.projects lists them.';
+        END IF;
+        IF model_id IS NULL THEN
+            model_id := (SELECT d.model_id FROM pgml.deployments AS d WHERE d.project_id = project
+                         ORDER BY d.created_at DESC, d.id DESC LIMIT 1);
+            IF model_id IS NULL THEN
+                RETURN;  -- nothing deployed: serving says so
+            END IF;
+        END IF;
+        PERFORM FROM pgml.models AS m WHERE m.id = model_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'permission denied for the deployed model of project "%"',
+                project_name
+                USING ERRCODE = '42501',
+                DETAIL = format('The current role cannot read model %s in pgml.models.',
+                                model_id),
+                HINT = 'Serving a project needs SELECT on pgml.projects and pgml.models, and '
+                       'its rows in both visible under their row-level security policies.';
+        END IF;
+    END $$;
+    COMMENT ON FUNCTION pgml.authorize_serving(text, bigint) IS
+        'Returns when the current role may be served the project (and its deployed model '
+        'model_id); raises 42704 when it cannot see the project (as when there is none), '
+        '42501 when it may not read the project or its model.';
+    """,
 ]
 """Migration N brings the catalog from version N-1 to N. Never edit one that shipped:
 append a new one."""

@@ -17,7 +17,7 @@ from handlers.capacity import Capacity, Stopped
 from handlers.errors import PgmlError
 from handlers.functions import Args, CallContext
 from handlers.predictor import Predictor, generation_options
-from handlers.projects import Catalog, check_strategy
+from handlers.projects import Catalog, check_strategy, missing_model, missing_project
 
 LABEL = "label"
 """A result type that is the project's: REAL or TEXT labels, TEXT for generated text."""
@@ -138,8 +138,8 @@ async def deploy_strategy(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
         check_strategy(strategy)
         project = await catalog.project(project_name)
         if project is None:
-            raise PgmlError("42704", f'project "{project_name}" does not exist')
-        await require_deploy(ctx.session, project)
+            raise missing_project(project_name)
+        await require_deploy(ctx.session, project, missing_project(project_name))
         chosen = await catalog.deploy(project, strategy, algorithm)
         rows.append([(project.name, strategy, chosen)])
     return rows
@@ -151,7 +151,7 @@ async def deploy_model(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     rows = []
     for (model_id,) in batch:
         project = await catalog.model_project(int(model_id))
-        await require_deploy(ctx.session, project)
+        await require_deploy(ctx.session, project, missing_model(int(model_id)))
         algorithm = await catalog.deploy_model(int(model_id), project)
         rows.append([(project.name, "specific", algorithm)])
     return rows

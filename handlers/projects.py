@@ -48,6 +48,20 @@ class Deployed:
 PROJECT_COLUMNS = "p.id, p.name, p.task, p.owner::oid AS owner_oid, p.owner::text AS owner"
 
 
+def missing_project(name: str) -> PgmlError:
+    """The answer for a project that does not exist, and for one the caller cannot see."""
+    return PgmlError(
+        "42704",
+        f'project "{name}" does not exist',
+        hint="pgml.tune creates projects; SELECT name FROM pgml.projects lists them.",
+    )
+
+
+def missing_model(model_id: int) -> PgmlError:
+    """The answer for a model that does not exist, and for one the caller cannot see."""
+    return PgmlError("42704", f"model {model_id} does not exist")
+
+
 def _project(row: Any) -> Project:
     return Project(int(row["id"]), row["name"], row["task"], int(row["owner_oid"]), row["owner"])
 
@@ -72,7 +86,7 @@ class Catalog:
             model_id,
         )
         if row is None:
-            raise PgmlError("42704", f"model {model_id} does not exist")
+            raise missing_model(model_id)
         return _project(row)
 
     async def create_project(self, name: str, task: str, owner_oid: int) -> Project | None:
@@ -99,6 +113,7 @@ class Catalog:
 
     async def add_snapshot(
         self,
+        project: Project,
         relation: str,
         y_column: str,
         test_size: float,
@@ -111,10 +126,11 @@ class Catalog:
     ) -> int:
         return int(
             await self.pool.fetchval(
-                "INSERT INTO pgml.snapshots (relation_name, y_column_name, test_size, "
-                "test_sampling, status, columns, analysis, rows, checksum, materialized) "
-                "VALUES ($1, ARRAY[$2], $3, $4, 'successful', $5::jsonb, $6::jsonb, $7, $8, $9) "
-                "RETURNING id",
+                "INSERT INTO pgml.snapshots (project_id, relation_name, y_column_name, "
+                "test_size, test_sampling, status, columns, analysis, rows, checksum, "
+                "materialized) VALUES ($1, $2, ARRAY[$3], $4, $5, 'successful', $6::jsonb, "
+                "$7::jsonb, $8, $9, $10) RETURNING id",
+                project.id,
                 relation,
                 y_column,
                 test_size,
@@ -208,11 +224,7 @@ class Catalog:
             name,
         )
         if row is None:
-            raise PgmlError(
-                "42704",
-                f'project "{name}" does not exist',
-                hint="pgml.tune creates projects; SELECT name FROM pgml.projects lists them.",
-            )
+            raise missing_project(name)
         if row["model_id"] is None:
             raise PgmlError(
                 "55000",
@@ -305,7 +317,7 @@ class Catalog:
                 project.id,
             )
             if row is None:
-                raise PgmlError("42704", f"model {model_id} does not exist")
+                raise missing_model(model_id)
             if row["status"] != "successful":
                 raise PgmlError(
                     "55000", f"model {model_id} is {row['status']} and cannot be deployed"
@@ -341,7 +353,7 @@ async def _lock_checked(connection: Any, project: Project) -> None:
         "SELECT owner::oid FROM pgml.projects WHERE id = $1 FOR UPDATE", project.id
     )
     if owner is None:
-        raise PgmlError("42704", f'project "{project.name}" does not exist')
+        raise missing_project(project.name)
     if int(owner) != project.owner_oid:
         raise PgmlError(
             "40001",

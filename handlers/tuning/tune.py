@@ -103,6 +103,7 @@ async def _tune(
         ctx.check_cancel()
         project = existing or await _new_project(ctx, catalog, project_name, task, caller, deploys)
         snapshot_id = await catalog.add_snapshot(
+            project,
             snapshot.relation,
             snapshot.y_column,
             size,

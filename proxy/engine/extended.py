@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from handlers.errors import PgmlError
-from handlers.inference import result_type as project_result_type
-from proxy.engine import binding, planner
+from handlers.projects import Deployed
+from proxy.engine import binding, planner, values
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
 from proxy.engine.query import ABORT_SQL, INTERNAL_ERROR, error_response
@@ -36,6 +36,10 @@ log = logging.getLogger("pgml_proxy.extended")
 _UPSTREAM_NAMES = itertools.count(1)
 _FINAL_ROWS = ROWS | {Backend.ERROR, Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
 _DESCRIBE_NAME = "__pgml_describe"
+_VISIBLE = (
+    "SELECT v.id::text FROM pgml.visible_projects(false) AS v (id) WHERE v.id = ANY ($1::bigint[])"
+)
+"""Which of the projects ``$1`` the session's role can see (none without SELECT)."""
 FINAL_NAME = "__pgml_final"
 HELPER_NAME = "__pgml_h"
 """The prepared statement the proxy's helper SQL uses in extended-protocol sessions: the
@@ -190,17 +194,23 @@ class ExtendedState:
 
     async def _label_types(self, parsed: Parsed) -> dict[str, str]:
         """Result types of the projects the statement names literally; a project that
-        does not exist (yet) is left out, and its calls fail when they run."""
+        does not exist (yet), or that the session's role cannot see in pgml.projects, is
+        left out (the same type either way), and its calls fail when they run."""
         engine = self.engine
-        found: dict[str, str] = {}
+        found: dict[str, Deployed] = {}
         for call in parsed.calls:
             project = binding.project_literal(call) if binding.typed_by_project(call) else None
             if project is not None and project not in found:
                 with contextlib.suppress(PgmlError):
-                    found[project] = await project_result_type(
-                        engine.services, engine.database, project
-                    )
-        return found
+                    found[project] = await engine.services.deployment(engine.database, project)
+        if not found:
+            return {}
+        ids = "{" + ",".join(str(d.project.id) for d in found.values()) + "}"
+        upstream = engine.upstream
+        reply = upstream.statement(_VISIBLE, [ids.encode()], [values.TEXT_OID], name=HELPER_NAME)
+        upstream.flush()
+        visible = {int(values.text(row[0])) for row in (await reply).rows}
+        return {name: d.result_type for name, d in found.items() if d.project.id in visible}
 
     def _check_bind(self, portal: str, name: str, count: int) -> None:
         """What PostgreSQL checks before it reads a Bind's values, in its order."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import pq
 
 from tests.integration.test_serving import make_reviews
 from tests.integration.test_tune_errors import (
@@ -26,6 +27,8 @@ from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
 CLIENTS = {"psql": fail_with_psql, "psycopg": fail_with_psycopg}
+TEXT_OID = 25
+FLOAT4_OID = 700
 
 
 @dataclass
@@ -335,8 +338,7 @@ def restore_catalog_grants(cluster: PostgresCluster) -> Iterator[None]:
         "GRANT SELECT ON pgml.projects, pgml.models TO PUBLIC; "
         "DROP POLICY IF EXISTS team_only ON pgml.projects; "
         "ALTER TABLE pgml.projects DISABLE ROW LEVEL SECURITY; "
-        "DROP POLICY IF EXISTS unfinished_only ON pgml.models; "
-        "ALTER TABLE pgml.models DISABLE ROW LEVEL SECURITY"
+        "DROP POLICY IF EXISTS unfinished_only ON pgml.models"
     )
 
 
@@ -390,14 +392,13 @@ def test_predict_under_a_row_level_security_policy(
     )
     alice = tuner.dsn(roles.alice)
     predict = PREDICT.format(project=lit(project))
-    failure = client(alice, predict)
-    assert failure.sqlstate == "42501" and failure.usable_after
-    assert failure.message == f'permission denied for project "{project}"'
+    failure = client(alice, predict)  # a project alice cannot see is one that does not exist
+    assert failure.sqlstate == "42704" and failure.usable_after
+    assert failure.message == f'project "{project}" does not exist'
     # The views read the tables as the reader: the policy applies through them too.
     assert ok(alice, f"SELECT * FROM pgml.deployed_models WHERE name = {lit(project)}") == []
     generated = f"SELECT pgml.generate({lit(project)}, 'x')"
-    assert fail_with_psycopg(alice, generated).sqlstate == "42501"
-    # A project that does not exist is still reported as such.
+    assert fail_with_psycopg(alice, generated).sqlstate == "42704"
     assert fail_with_psycopg(alice, PREDICT.format(project="'nothing here'")).sqlstate == "42704"
     grants(f"GRANT {roles.team} TO {roles.alice}")
     assert ok(alice, predict)[0][0] in (0.0, 1.0)
@@ -412,9 +413,8 @@ def test_predict_when_a_policy_hides_the_deployed_model(
     client: Callable[[str, str], Failure],
     restore_catalog_grants: None,
 ) -> None:
-    cluster.psql(
-        "ALTER TABLE pgml.models ENABLE ROW LEVEL SECURITY; "
-        "CREATE POLICY unfinished_only ON pgml.models USING (status <> 'successful')"
+    cluster.psql(  # restrictive: the catalog's own policies let every reader see the row
+        "CREATE POLICY unfinished_only ON pgml.models AS RESTRICTIVE USING (status <> 'successful')"
     )
     predict = PREDICT.format(project=lit(project))
     failure = client(tuner.dsn(roles.alice), predict)
@@ -448,3 +448,161 @@ def test_serving_follows_set_role(
             conn.execute(predict)
         conn.execute("RESET SESSION AUTHORIZATION")
         assert conn.execute(predict).fetchone() in ((0.0,), (1.0,))
+
+
+# --- a project the caller cannot see is one that does not exist --------------------------
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What a client hears for a prepared ``pgml.predict(project, $1)``: its result type at
+    Describe, and every field of Execute's error (None when it ran)."""
+
+    result_type: int
+    error: dict[str, bytes | None] | None
+
+
+def prepared(dsn: str, sql: str) -> Answers:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pgconn = conn.pgconn
+        made = pgconn.prepare(b"probe", sql.encode())
+        assert made.status == pq.ExecStatus.COMMAND_OK, made.error_message
+        result_type = pgconn.describe_prepared(b"probe").ftype(0)
+        ran = pgconn.exec_prepared(b"probe", [b"great fun"])
+        if ran.status == pq.ExecStatus.TUPLES_OK:
+            return Answers(result_type, None)
+        return Answers(result_type, {f.name: ran.error_field(f) for f in pq.DiagnosticField})
+
+
+def simple(dsn: str, sql: str) -> dict[str, str | None]:
+    """Every field of the error a simple query gets."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as raised:
+            conn.execute(sql, prepare=False)
+        diag = raised.value.diag
+        fields = [f for f in dir(diag) if not f.startswith("_")]
+        return {f: getattr(diag, f) for f in fields}
+
+
+@pytest.fixture
+def members_only(cluster: PostgresCluster, restore_catalog_grants: None) -> None:
+    """The README's recipe: pgml.projects and pgml.models read only by those granted, and
+    a project only by its owner's members."""
+    cluster.psql(
+        "REVOKE SELECT ON pgml.projects, pgml.models FROM PUBLIC; "
+        "ALTER TABLE pgml.projects ENABLE ROW LEVEL SECURITY; "
+        "CREATE POLICY team_only ON pgml.projects USING (pg_has_role(owner, 'MEMBER'))"
+    )
+
+
+def test_a_hidden_project_is_answered_as_a_missing_one(
+    tuner: ProxyProcess,
+    direct: psycopg.Connection[Any],
+    project: str,
+    reviews: str,
+    roles: Roles,
+    grants: Callable[[str], None],
+    members_only: None,
+) -> None:
+    """Describe and Execute of a project alice cannot see are byte for byte those of the
+    same name once the project is gone (renamed away by the superuser)."""
+    alice = tuner.dsn(roles.alice)
+    calls = {
+        "predict": f"SELECT pgml.predict({lit(project)}, $1)",
+        "deploy": f"SELECT * FROM pgml.deploy({lit(project)}, 'most_recent', nullif($1, 'x'))",
+    }
+    queries = (
+        PREDICT.format(project=lit(project)),
+        f"SELECT pgml.predict_proba({lit(project)}, t) FROM (VALUES ('a'), ('b')) AS v(t)",
+        f"SELECT * FROM pgml.deploy({lit(project)}, 'rollback')",
+        tune_sql(project, reviews),  # alice may not make projects: that is what she hears
+    )
+
+    def hidden_then_missing() -> dict[str, Any]:
+        hidden = {name: prepared(alice, sql) for name, sql in calls.items()}
+        hidden |= {sql: simple(alice, sql) for sql in queries}
+        away = "UPDATE pgml.projects SET name = %s WHERE name = %s"
+        direct.execute(away, [project + "_away", project])
+        try:
+            missing = {name: prepared(alice, sql) for name, sql in calls.items()}
+            missing |= {sql: simple(alice, sql) for sql in queries}
+        finally:
+            direct.execute(away, [project, project + "_away"])
+        assert hidden == missing
+        return hidden
+
+    # no SELECT on pgml.projects: PostgreSQL's refusal to read it, whatever the project
+    answers = hidden_then_missing()
+    predict = answers["predict"]
+    assert predict.result_type == TEXT_OID
+    assert predict.error["SQLSTATE"] == b"42501"
+    assert predict.error["MESSAGE_PRIMARY"] == b"permission denied for table projects"
+    # SELECT granted, the row hidden by the policy: the project does not exist
+    grants(f"GRANT SELECT ON pgml.projects, pgml.models TO {roles.alice}")
+    answers = hidden_then_missing()
+    for name in ("predict", "deploy"):
+        error = answers[name].error
+        assert answers[name].result_type == TEXT_OID
+        assert error["SQLSTATE"] == b"42704", error
+        assert error["MESSAGE_PRIMARY"] == f'project "{project}" does not exist'.encode()
+    # A model of a hidden project is a model that does not exist, and no error names its
+    # project or owner.
+    _, second = models(direct, project)
+    never = second + 10**9
+    hidden = fail_with_psycopg(alice, f"SELECT * FROM pgml.deploy({second})")
+    missing = fail_with_psycopg(alice, f"SELECT * FROM pgml.deploy({never})")
+    assert (hidden.sqlstate, hidden.message) == ("42704", f"model {second} does not exist")
+    assert replace(missing, message=missing.message.replace(str(never), str(second))) == hidden
+    # Tuning under a name a hidden project holds is refused, naming no owner.
+    grants(f"GRANT INSERT ON pgml.projects, pgml.models, pgml.deployments TO {roles.alice}")
+    failure = refused(fail_with_psycopg, alice, tune_sql(project, reviews), direct)
+    assert failure.message == f'permission denied for project "{project}"'
+    assert roles.team not in failure.detail + failure.hint
+    # A member of the owner sees it: the label's type, and a prediction.
+    grants(f"GRANT {roles.team} TO {roles.alice}")
+    assert prepared(alice, calls["predict"]) == Answers(FLOAT4_OID, None)
+
+
+def test_sql_straight_to_the_catalog_meets_the_owner_rule(
+    tuner: ProxyProcess,
+    direct: psycopg.Connection[Any],
+    project: str,
+    reviews: str,
+    roles: Roles,
+    grants: Callable[[str], None],
+) -> None:
+    """bob, with the README's team grants and a project of his own, writes SQL to the catalog
+    through the proxy (relayed as it came): PostgreSQL refuses rows in the team's project,
+    and the proxy goes on serving the team's model."""
+    grants(f"GRANT INSERT ON pgml.projects, pgml.models, pgml.deployments TO {roles.bob}")
+    bob = tuner.dsn(roles.bob)
+    own = unique("bobs")
+    ok(bob, tune_sql(own, reviews))
+    (bobs_model,) = models(direct, own)
+    first, second = models(direct, project)
+    team_project = direct.execute("SELECT id FROM pgml.projects WHERE name = %s", [project])
+    team_id = team_project.fetchone()[0]  # type: ignore[index]
+    served = ok(bob, PREDICT.format(project=lit(project)))
+    statements = {
+        "deployments": "INSERT INTO pgml.deployments (id, project_id, model_id, strategy) "
+        f"VALUES (424242, {team_id}, {{model}}, 'x')",
+        "models": "INSERT INTO pgml.models (id, project_id, algorithm, status) "
+        f"VALUES (424242, {team_id}, 'x', 'successful')",
+    }
+    for table, sql in statements.items():
+        for model in (bobs_model, second):
+            failure = refused(fail_with_psycopg, bob, sql.format(model=model), direct)
+            assert failure.message == (
+                f'new row violates row-level security policy for table "{table}"'
+            )
+    assert deployed(direct, project) == first
+    assert ok(bob, PREDICT.format(project=lit(project))) == served
+    # A member of the owner may; still not with a model of another project.
+    grants(f"GRANT {roles.team} TO {roles.bob}")
+    refused(fail_with_psycopg, bob, statements["deployments"].format(model=bobs_model), direct)
+    ok(bob, statements["deployments"].format(model=second) + " RETURNING id")
+    try:
+        assert deployed(direct, project) == second
+    finally:
+        direct.execute("DELETE FROM pgml.deployments WHERE id = 424242")
+    assert deployed(direct, project) == first
