@@ -35,6 +35,24 @@ REMOVED_DEFAULTS = {
 MODEL_OPTIONS = frozenset({"revision", "trust_remote_code", "device_map", "model_kwargs", "token"})
 """Task options that ``from_pretrained`` takes, for the pipelines built here."""
 NOT_TEXT = frozenset({"audio", "image", "video", "multimodal"})
+MODEL_KEYS = ("config", "tokenizer", "feature_extractor", "image_processor", "processor")
+"""Task options that name a model (loaded from its folder as the model is), besides
+``model``: each goes through ``--allow-models`` and the caller's file rights."""
+CHOSEN_BY_PROXY = frozenset(
+    {
+        "cache_dir",
+        "offload_folder",
+        "gguf_file",
+        "subfolder",
+        "pipeline_class",
+        "code_revision",
+        "adapter_kwargs",
+        "local_files_only",
+        "video_processor",
+    }
+)
+"""Options that would name files or code of the server, or load them another way; refused
+in the task and in its ``model_kwargs``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +73,11 @@ class TaskSpec:
     @property
     def remote_code(self) -> bool:
         return self.options.get("trust_remote_code") is True
+
+    def model_names(self) -> list[str]:
+        """Every model name the pipeline loads from: the model, its config, tokenizer and
+        processors when given."""
+        return [self.model, *(self.options[k] for k in MODEL_KEYS if k in self.options)]
 
     @property
     def streams(self) -> bool:
@@ -84,10 +107,35 @@ def task_spec(value: Any) -> TaskSpec:
         model = _default_model(pipeline_task, task)
     if not isinstance(model, str) or not model:
         raise invalid_argument('"model" must be a model name')
-    for name in ("tokenizer",):
-        if name in options and not isinstance(options[name], str):
+    for name in MODEL_KEYS:
+        if name in options and (not isinstance(options[name], str) or not options[name]):
             raise invalid_argument(f'"{name}" must be a model name')
+    _check_loading_options(options)
     return TaskSpec(task.strip(), pipeline_task, model, options)
+
+
+def _check_loading_options(options: dict[str, Any]) -> None:
+    """``trust_remote_code`` is JSON true or false; no option names other files or code."""
+    remote = options.get("trust_remote_code", False)
+    if not isinstance(remote, bool):
+        raise invalid_argument(
+            f'"trust_remote_code" must be true or false, not {json.dumps(remote)[:40]}'
+        )
+    nested = options.get("model_kwargs") or {}
+    if not isinstance(nested, dict):
+        raise invalid_argument('"model_kwargs" must be a JSON object')
+    if "trust_remote_code" in nested:
+        raise invalid_argument(
+            '"trust_remote_code" goes in the task, not in "model_kwargs"',
+            hint="""'{"task": ..., "model": ..., "trust_remote_code": true}'""",
+        )
+    chosen = sorted(CHOSEN_BY_PROXY & (options.keys() | nested.keys()))
+    if chosen:
+        raise invalid_argument(
+            f'pgml.transform may not set "{chosen[0]}": pgml-proxy chooses where models are '
+            "read from",
+            hint="Name the model (a hub id, a name in --models-dir, or a path) instead.",
+        )
 
 
 def _pipeline_task(task: str) -> str:
@@ -150,12 +198,15 @@ def transform_args(value: Any) -> dict[str, Any]:
 class LoadedPipeline:
     """One loaded pipeline, shared by every session; one batch at a time on its model."""
 
-    def __init__(self, spec: TaskSpec, folder: Path, device: str, tokenizer: Path | None) -> None:
+    def __init__(self, spec: TaskSpec, folder: Path, device: str, folders: dict[str, Path]) -> None:
+        """``folders``: where the task's other model names (``MODEL_KEYS``) were found."""
         import transformers
 
         transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self.spec = spec
-        self.pipe = _build(spec, folder, device, tokenizer)
+        self.base_model = adapter_base(folder)
+        """The base model an adapter's folder names (checked on every call)."""
+        self.pipe = _build(spec, folder, device, folders)
         self.model = self.pipe.model
         tokenizer_object = self.pipe.tokenizer
         if tokenizer_object is not None:
@@ -249,14 +300,28 @@ class LoadedPipeline:
         return options
 
 
-def _build(spec: TaskSpec, folder: Path, device: str, tokenizer: Path | None) -> Any:
+def adapter_base(folder: Path) -> str | None:
+    """The base model a PEFT adapter's folder names (transformers loads it by that name)."""
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise invalid_argument("the adapter configuration of the model is unreadable") from None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        raise invalid_argument("the adapter configuration of the model names no base model")
+    return base
+
+
+def _build(spec: TaskSpec, folder: Path, device: str, folders: dict[str, Path]) -> Any:
     import torch
     import transformers
 
     from handlers.text_pipelines import PIPELINE_CLASSES
 
-    options = dict(spec.options)
-    options.pop("tokenizer", None)
+    options = dict(spec.options) | {key: str(path) for key, path in folders.items()}
+    tokenizer = options.pop("tokenizer", None)
     dtype = options.pop("dtype", options.pop("torch_dtype", None))
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype, None)
@@ -286,13 +351,17 @@ def _build(spec: TaskSpec, folder: Path, device: str, tokenizer: Path | None) ->
             else AutoModelForSeq2SeqLM
         )
         model_options = {k: v for k, v in options.items() if k in MODEL_OPTIONS}
-        extra = model_options.pop("model_kwargs", None) or {}
+        extra = dict(model_options.pop("model_kwargs", None) or {})
+        if "config" in options:
+            extra["config"] = options["config"]
         model = loader.from_pretrained(folder, dtype=dtype, **model_options, **extra)
         tokenizer_object = AutoTokenizer.from_pretrained(
             tokenizer or folder, trust_remote_code=options.get("trust_remote_code", False)
         )
         pipeline_options = {
-            k: v for k, v in options.items() if k not in MODEL_OPTIONS or k == "device"
+            k: v
+            for k, v in options.items()
+            if (k not in MODEL_OPTIONS or k == "device") and k != "config"
         }
         if "device_map" in options:
             pipeline_options.pop("device", None)

@@ -11,6 +11,7 @@ import proxy
 from handlers.access import authorize_serving
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
+from handlers.files import rights_of, with_rights
 from handlers.functions import Args, CallContext, Function, Handler, Overload, Param
 from handlers.inference import (
     LABEL,
@@ -25,8 +26,24 @@ from handlers.inference import (
 )
 from handlers.loading import load_dataset
 from handlers.rank import rank
-from handlers.transform import stream_rows, transform_messages, transform_stream, transform_texts
+from handlers.transform import (
+    authorize_transform,
+    stream_rows,
+    transform_messages,
+    transform_stream,
+    transform_texts,
+)
 from handlers.tuning.tune import tune
+
+
+async def authorize_model(ctx: CallContext, args: Args) -> None:
+    """The hook of ``embed`` and ``rank``: the model named first is checked, and the
+    caller's privilege asked if it is a server path, while the session may be used."""
+    if args and isinstance(args[0], str):
+        name = args[0]
+        await with_rights(
+            ctx, lambda rights: ctx.services.check_model(name, rights=rights), thread=False
+        )
 
 
 async def version(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
@@ -48,7 +65,9 @@ async def _embed_groups(
     out: list[list[list[float]]] = []
     for (name, kwargs), group in zip(keys, texts, strict=True):
         options = embed_options(_kwargs(kwargs))
-        async with services.lease("embedding", name, SentenceEmbedder) as embedder:
+        async with services.lease(
+            "embedding", name, SentenceEmbedder, rights=rights_of(ctx)
+        ) as embedder:
             out.append(await services.run(lambda e=embedder, g=group, o=options: e.embed(g, **o)))
     return out
 
@@ -115,7 +134,15 @@ def _transform_overloads() -> tuple[Overload, ...]:
                 Param("inputs", inputs, [], required=False),
                 Param("cache", "boolean", False, required=False),
             )
-            overloads.append(Overload(params, "jsonb", handler, varies=_transform_samples))
+            overloads.append(
+                Overload(
+                    params,
+                    "jsonb",
+                    handler,
+                    varies=_transform_samples,
+                    authorize=authorize_transform,
+                )
+            )
     return tuple(overloads)
 
 
@@ -138,6 +165,7 @@ def _transform_stream_overloads() -> tuple[Overload, ...]:
                     set_returning=True,
                     row_dependent_ok=False,
                     stream=stream_rows,
+                    authorize=authorize_transform,
                 )
             )
     return tuple(overloads)
@@ -275,6 +303,7 @@ FUNCTIONS: dict[str, Function] = {
                 ),
                 "real[]",
                 embed_text,
+                authorize=authorize_model,
             ),
             Overload(
                 (
@@ -286,6 +315,7 @@ FUNCTIONS: dict[str, Function] = {
                 embed_array,
                 set_returning=True,
                 row_dependent_ok=False,
+                authorize=authorize_model,
             ),
         ),
     ),
@@ -306,6 +336,7 @@ FUNCTIONS: dict[str, Function] = {
                 set_returning=True,
                 columns=(("corpus_id", "integer"), ("score", "real"), ("text", "text")),
                 row_dependent_ok=False,
+                authorize=authorize_model,
             ),
         ),
     ),
