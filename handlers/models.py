@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from handlers.errors import PgmlError
 from handlers.files import FileRights, is_path
 
 log = logging.getLogger("pgml_proxy.models")
@@ -130,6 +131,35 @@ class ModelResolver:
             places.append(f"Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0]})")
             return None
         return Path(str(folder))
+
+
+def unreadable_errors() -> tuple[type[BaseException], ...]:
+    """What loading a model raises when its files are not a model it can read: bad JSON,
+    missing files, weights that are a pickle of more than tensors, a broken safetensors
+    file."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (
+        ValueError,
+        TypeError,
+        KeyError,
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        SafetensorError,
+    )
+
+
+def unreadable(message: str, exc: BaseException, shown: dict[Path, str]) -> PgmlError:
+    """``exc`` as a 22023 error whose detail names each folder in ``shown`` as the caller
+    named it, not by its path on the server."""
+    text = str(exc).strip()
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    for folder, name in sorted(shown.items(), key=lambda item: -len(str(item[0]))):
+        detail = detail.replace(str(folder), name)
+    return PgmlError("22023", message, detail=detail, hint="Check that it is a model of this kind.")
 
 
 def _is_model_dir(path: Path) -> bool:

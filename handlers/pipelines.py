@@ -19,6 +19,7 @@ from typing import Any
 
 from handlers.device import inference_dtype
 from handlers.errors import PgmlError, invalid_argument
+from handlers.models import unreadable, unreadable_errors
 
 CONVERSATIONAL = "conversational"
 GENERATING = frozenset({"text-generation", "text2text-generation", "summarization", "translation"})
@@ -368,12 +369,10 @@ def _build(spec: TaskSpec, folder: Path, device: str, folders: dict[str, Path]) 
         return cls(
             model=model, tokenizer=tokenizer_object, task=spec.task, **where, **pipeline_options
         )
-    except (ValueError, TypeError, KeyError, OSError) as exc:
-        raise PgmlError(
-            "22023",
-            f'cannot load a {spec.task} pipeline from model "{spec.model}"',
-            detail=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-            hint="Check the model's kind and the task's arguments.",
+    except unreadable_errors() as exc:
+        names = {folder: spec.model} | {path: spec.options[key] for key, path in folders.items()}
+        raise unreadable(
+            f'cannot load a {spec.task} pipeline from model "{spec.model}"', exc, names
         ) from exc
 
 

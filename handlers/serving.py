@@ -21,7 +21,7 @@ from handlers.device import pick_device
 from handlers.errors import PgmlError
 from handlers.files import FileRights
 from handlers.modelcache import MemorySetting, ModelCache, weights_bytes
-from handlers.models import ModelNotFound, ModelResolver
+from handlers.models import ModelNotFound, ModelResolver, unreadable, unreadable_errors
 from handlers.projects import Catalog, Deployed
 from handlers.service import ServiceConnections
 
@@ -160,7 +160,10 @@ class Services:
             return await self.run(weights_bytes, folder)
 
         async def load_it() -> Any:
-            loaded = await self.run(load, folder, self.device)
+            try:
+                loaded = await self.run(load, folder, self.device)
+            except unreadable_errors() as exc:
+                raise unreadable(f'cannot load {kind} model "{name}"', exc, {folder: name}) from exc
             log.info("loaded %s model %s on %s", kind, name, self.device)
             return loaded
 
