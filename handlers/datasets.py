@@ -194,7 +194,8 @@ def plan_dataset(
     if loaded is None:
         loaded = _from_local_path(source, subset, options, places, rights)
     if loaded is None:
-        loaded = _from_hub(source, subset, _local_kwargs(options, None, rights), places)
+        base = Path.cwd() if _is_builder(source) else None  # its files are the server's
+        loaded = _from_hub(source, subset, _local_kwargs(options, base, rights), places)
     if loaded is None:
         raise PgmlError(
             "42704",
@@ -373,6 +374,15 @@ def _from_hub(
     except (RuntimeError, datasets.exceptions.DatasetsError) as exc:
         raise unsupported(f'dataset "{source}" cannot be loaded: {_first_line(exc)}') from None
     return source, found
+
+
+def _is_builder(source: str) -> bool:
+    """Whether ``source`` names one of the ``datasets`` library's packaged builders (``csv``,
+    ``json``, ...), which read the files ``data_files`` names relative to the working
+    directory."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return source in _PACKAGED_DATASETS_MODULES
 
 
 def _hub_unreachable(timeout: float = 3.0) -> str | None:

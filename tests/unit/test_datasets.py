@@ -491,6 +491,14 @@ def test_kwargs_that_name_paths_go_through_the_same_rule(
         refused(rights, source, None, None, text, mirror)
 
 
+@pytest.mark.parametrize("kwargs", [{"data_files": "secret.csv"}, {"data_dir": "."}])
+def test_a_builders_relative_paths_are_the_working_directorys(
+    mirror: Path, kwargs: dict[str, Any]
+) -> None:
+    rights = FileRights.of(mirror).with_answer(False, "loader")
+    refused(rights, "csv", None, None, kwargs, mirror)
+
+
 def test_relative_kwargs_paths_may_not_climb_out_of_a_local_folder(
     tmp_path: Path, outside: Path
 ) -> None:
