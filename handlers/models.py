@@ -8,6 +8,7 @@ allow: a path outside the datasets and models folders needs ``pg_read_server_fil
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,20 @@ class ModelResolver:
             places.append(f"Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0]})")
             return None
         return Path(str(folder))
+
+
+def adapter_base(folder: Path) -> str | None:
+    """The base model a PEFT adapter's folder names (transformers loads it by that name)."""
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise PgmlError("22023", "the adapter configuration of the model is unreadable") from None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        raise PgmlError("22023", "the adapter configuration of the model names no base model")
+    return base
 
 
 def unreadable_errors() -> tuple[type[BaseException], ...]:

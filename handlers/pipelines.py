@@ -19,7 +19,7 @@ from typing import Any
 
 from handlers.device import inference_dtype
 from handlers.errors import PgmlError, invalid_argument
-from handlers.models import unreadable, unreadable_errors
+from handlers.models import adapter_base, unreadable, unreadable_errors
 
 CONVERSATIONAL = "conversational"
 GENERATING = frozenset({"text-generation", "text2text-generation", "summarization", "translation"})
@@ -299,20 +299,6 @@ class LoadedPipeline:
                     hint="""args => '{"candidate_labels": ["positive", "negative"]}'""",
                 )
         return options
-
-
-def adapter_base(folder: Path) -> str | None:
-    """The base model a PEFT adapter's folder names (transformers loads it by that name)."""
-    try:
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        raise invalid_argument("the adapter configuration of the model is unreadable") from None
-    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    if not isinstance(base, str) or not base:
-        raise invalid_argument("the adapter configuration of the model names no base model")
-    return base
 
 
 def _build(spec: TaskSpec, folder: Path, device: str, folders: dict[str, Path]) -> Any:

@@ -20,13 +20,13 @@ from handlers.errors import PgmlError, invalid_argument
 from handlers.files import FileRights, rights_of, with_rights
 from handlers.functions import Args, CallContext
 from handlers.modelcache import weights_bytes
+from handlers.models import adapter_base
 from handlers.pipelines import (
     COLLAPSING,
     CONVERSATIONAL,
     MODEL_KEYS,
     LoadedPipeline,
     TaskSpec,
-    adapter_base,
     task_spec,
     transform_args,
 )

@@ -16,6 +16,7 @@ from handlers.access import Role, require_tune
 from handlers.errors import PgmlError, invalid_argument, unsupported
 from handlers.files import FileRights, rights_of, with_rights
 from handlers.functions import Args, CallContext
+from handlers.models import adapter_base
 from handlers.projects import Catalog, Project
 from handlers.tuning.adapters import check_adapter_options
 from handlers.tuning.options import (
@@ -91,6 +92,9 @@ async def _tune(
     name = model_name
     await with_rights(ctx, lambda rights: services.check_model(name, rights=rights), thread=False)
     model_path = await services.resolve_model(model_name, rights=rights_of(ctx))
+    base = await services.run(adapter_base, model_path)
+    if base is not None:  # transformers would load it by that name
+        await with_rights(ctx, lambda rights: services.check_model(base, rights=rights), False)
     await services.run(check_adapter_options, options, model_path, services.device)
     seed = int(options.training.get("seed", DEFAULT_SEED))
     workdir = Path(tempfile.mkdtemp(prefix="pgml-tune-", dir=services.work_dir()))

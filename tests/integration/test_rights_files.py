@@ -65,6 +65,11 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for weights in pickled.glob("*.safetensors"):
         weights.unlink()
     (pickled / "pytorch_model.bin").write_bytes(pickle.dumps(_Evil(root / MARKER)))
+    adapter = models / "tiny" / "adapter"
+    shutil.copytree(models / SENTIMENT, adapter)
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(outside / "model")})
+    )
     garbage = models / "tiny" / "garbage"
     shutil.copytree(models / SENTIMENT, garbage)
     for weights in garbage.glob("*.safetensors"):
@@ -295,6 +300,8 @@ def test_a_model_outside_the_models_folder(
     for key in ("config", "tokenizer"):
         refused(proxy, loader, transform_sql(inside | {key: model}))
     refused(proxy, loader, transform_sql(inside | {"model": "tiny/leak"}))
+    adapter = refused(proxy, loader, transform_sql(inside | {"model": "tiny/adapter"}))
+    assert adapter.diag.message_primary == there.diag.message_primary  # its base model
     refused(proxy, loader, f"SELECT pgml.embed({lit(model)}, 'x')")
     refused(proxy, loader, f"SELECT pgml.embed(m, 'x') FROM (VALUES ({lit(model)})) AS t(m)")
     refused(proxy, loader, f"SELECT * FROM pgml.rank({lit(model)}, 'q', ARRAY['d'])")
@@ -408,6 +415,7 @@ def test_tune_of_a_server_model_or_configuration(
     for name, hyperparams in (
         (model, {}),
         ("tiny/leak", {}),
+        ("tiny/adapter", {}),
         (SENTIMENT, {"deepspeed": config}),
         (SENTIMENT, {"accelerator_config": config}),
     ):
