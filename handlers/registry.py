@@ -11,7 +11,7 @@ import proxy
 from handlers.access import authorize_serving
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
-from handlers.files import rights_of, with_rights
+from handlers.files import rights_of
 from handlers.functions import Args, CallContext, Function, Handler, Overload, Param
 from handlers.inference import (
     LABEL,
@@ -40,10 +40,7 @@ async def authorize_model(ctx: CallContext, args: Args) -> None:
     """The hook of ``embed`` and ``rank``: the model named first is checked, and the
     caller's privilege asked if it is a server path, while the session may be used."""
     if args and isinstance(args[0], str):
-        name = args[0]
-        await with_rights(
-            ctx, lambda rights: ctx.services.check_model(name, rights=rights), thread=False
-        )
+        await ctx.services.check_model_for(ctx, args[0])
 
 
 async def version(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:

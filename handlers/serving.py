@@ -19,7 +19,7 @@ from handlers.batching import Batcher
 from handlers.deployments import DeploymentCache
 from handlers.device import pick_device
 from handlers.errors import PgmlError
-from handlers.files import FileRights
+from handlers.files import FileRights, with_rights
 from handlers.modelcache import MemorySetting, ModelCache, weights_bytes
 from handlers.models import ModelNotFound, ModelResolver, unreadable, unreadable_errors
 from handlers.projects import Catalog, Deployed
@@ -174,6 +174,11 @@ class Services:
         or whose files the caller may not have read (see :mod:`handlers.files`)."""
         self.policy.check(name, remote_code=remote_code)
         self.resolver.local(name, rights)  # a few stat calls: not worth a worker thread
+
+    async def check_model_for(self, ctx: Any, name: str) -> None:
+        """:meth:`check_model` for the caller of ``ctx`` (whose session must be usable),
+        asking its privilege when the name is a server path."""
+        await with_rights(ctx, lambda rights: self.check_model(name, rights=rights), thread=False)
 
     async def resolve_model(
         self, name: str, *, rights: FileRights, remote_code: bool = False

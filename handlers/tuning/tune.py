@@ -89,12 +89,11 @@ async def _tune(
     await with_rights(
         ctx, lambda rights: _check_training_arguments(options, services.device, rights)
     )
-    name = model_name
-    await with_rights(ctx, lambda rights: services.check_model(name, rights=rights), thread=False)
+    await services.check_model_for(ctx, model_name)
     model_path = await services.resolve_model(model_name, rights=rights_of(ctx))
     base = await services.run(adapter_base, model_path)
-    if base is not None:  # transformers would load it by that name
-        await with_rights(ctx, lambda rights: services.check_model(base, rights=rights), False)
+    if base is not None:  # an adapter: transformers loads its base model by that name
+        await services.check_model_for(ctx, base)
     await services.run(check_adapter_options, options, model_path, services.device)
     seed = int(options.training.get("seed", DEFAULT_SEED))
     workdir = Path(tempfile.mkdtemp(prefix="pgml-tune-", dir=services.work_dir()))
