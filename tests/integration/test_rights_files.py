@@ -425,3 +425,36 @@ def test_tune_of_a_server_model_or_configuration(
     granted()  # now the model is found, and the missing relation is what stops the tune
     refused(proxy, loader, tune_sql(project, "no_such_relation", model, {}), "42P01")
     assert state(direct, layout) == before
+
+
+# --- how often the privilege is asked -------------------------------------------------------
+
+
+def test_asked_once_per_statement_and_only_for_server_paths(
+    cluster: PostgresCluster,
+    proxy: ProxyProcess,
+    loader: str,
+    layout: dict[str, Path],
+    direct: psycopg.Connection[Any],
+    granted: Callable[[], None],
+) -> None:
+    """PostgreSQL's own statement log of the role's sessions counts the questions."""
+    granted()
+    cluster.psql(f"ALTER ROLE {loader} SET log_statement = 'all'")
+    model = str(layout["outside"] / "model")
+
+    def asked(sql: str) -> int:
+        start = len(cluster.log_text())
+        assert rows(proxy, loader, sql)
+        return cluster.log_text()[start:].count("pg_read_server_files")
+
+    try:
+        two_paths = f"VALUES ({lit(model)}), ({lit(model + '/')}), ({lit(model)})"
+        assert asked(f"SELECT pgml.embed(m, 'x') IS NOT NULL FROM ({two_paths}) AS t(m)") == 1
+        assert asked(transform_sql({"task": "text-classification", "model": model})) == 1
+        assert asked(transform_sql({"task": "text-classification", "model": SENTIMENT})) == 0
+        assert asked(load_sql("reviews")) == 0
+        assert asked(load_sql(str(layout["outside"] / "secret.csv"))) == 1
+    finally:
+        cluster.psql(f"ALTER ROLE {loader} RESET log_statement")
+        direct.execute("DROP TABLE IF EXISTS pgml.reviews, pgml.secret")
