@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.errors import PgmlError, invalid_argument, unsupported
-from handlers.files import FileRights, is_path, local_value
+from handlers.files import FileRights, NeedsRight, is_path, local_value, named
 
 log = logging.getLogger("pgml_proxy.datasets")
 
@@ -175,7 +175,27 @@ def plan_dataset(
     rights: FileRights,
 ) -> DatasetPlan:
     """Resolve ``source`` and describe how to load it; no rows are read beyond a peek, and
-    no file before ``rights`` allow it."""
+    no file before ``rights`` allow it.  Errors name the datasets folder by its flag, not
+    by its path on the server."""
+    try:
+        return _plan(source, subset, limit, kwargs, datasets_dir, rights)
+    except PgmlError as error:
+        if datasets_dir is not None and not isinstance(error, NeedsRight):
+            folders = {datasets_dir.expanduser().absolute(): "<--datasets-dir>"}
+            folders[Path(os.path.realpath(datasets_dir.expanduser()))] = "<--datasets-dir>"
+            error.message = named(error.message, folders)
+            error.detail = error.detail and named(error.detail, folders)
+        raise
+
+
+def _plan(
+    source: str,
+    subset: str | None,
+    limit: int | None,
+    kwargs: Mapping[str, Any] | str | None,
+    datasets_dir: Path | None,
+    rights: FileRights,
+) -> DatasetPlan:
     if not isinstance(source, str) or not source.strip():
         raise invalid_argument("load_dataset needs a dataset name or path")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
@@ -415,7 +435,12 @@ def _open_folder(source: str, folder: Path, subset: str | None, options: dict[st
                 f'dataset "{source}" is a saved dataset with no subset "{subset}"',
                 detail=f"No folder {folder / subset}.",
             )
-        return datasets.load_from_disk(str(folder))
+        try:
+            return datasets.load_from_disk(str(folder))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise invalid_argument(
+                f'dataset "{source}" is not a readable saved dataset: {_first_line(exc)}'
+            ) from None
     if "chunksize" not in options and _only_json_files(folder):
         options = {"chunksize": JSON_CHUNK_BYTES, **options}
     named = _files_named_by_split(folder)

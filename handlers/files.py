@@ -127,6 +127,14 @@ def _under(real: str) -> Iterator[str]:
                 pending.append(inner)
 
 
+def named(text: str, folders: dict[Path, str]) -> str:
+    """``text`` with each folder of the server in ``folders`` (longest first) replaced by
+    the name the caller knows it by."""
+    for folder, name in sorted(folders.items(), key=lambda item: -len(str(item[0]))):
+        text = text.replace(str(folder), name)
+    return text
+
+
 def is_path(name: str) -> bool:
     """Whether a name is a path of the server (absolute, ``~``, ``./`` or ``../``) rather
     than a name to look up (a hub id, or a name in one of the folders)."""

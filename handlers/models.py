@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from handlers.errors import PgmlError
-from handlers.files import FileRights, is_path
+from handlers.files import FileRights, is_path, named
 
 log = logging.getLogger("pgml_proxy.models")
 
@@ -171,9 +171,7 @@ def unreadable(message: str, exc: BaseException, shown: dict[Path, str]) -> Pgml
     """``exc`` as a 22023 error whose detail names each folder in ``shown`` as the caller
     named it, not by its path on the server."""
     text = str(exc).strip()
-    detail = text.splitlines()[0] if text else type(exc).__name__
-    for folder, name in sorted(shown.items(), key=lambda item: -len(str(item[0]))):
-        detail = detail.replace(str(folder), name)
+    detail = named(text.splitlines()[0] if text else type(exc).__name__, shown)
     return PgmlError("22023", message, detail=detail, hint="Check that it is a model of this kind.")
 
 

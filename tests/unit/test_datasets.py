@@ -548,6 +548,15 @@ def test_urls_that_reach_server_files_are_refused(mirror: Path, value: str) -> N
     assert "http(s)://" in error.message
 
 
+def test_errors_name_the_datasets_folder_by_its_flag(mirror: Path) -> None:
+    (mirror / "nothing" / "sub").mkdir(parents=True)
+    (mirror / "broken").mkdir()
+    (mirror / "broken" / "state.json").write_text("{")
+    for name in ("nothing", "broken"):
+        error = expect_error("22023", name, None, None, {}, mirror)
+        assert str(mirror) not in error.message and "<--datasets-dir>" in error.message
+
+
 @pytest.mark.parametrize("key", ["download_config", "storage_options"])
 def test_loader_settings_are_the_proxys(mirror: Path, key: str) -> None:
     expect_error("22023", "imdb", None, None, {key: {}}, mirror)
