@@ -255,6 +255,12 @@ def _check_training_arguments(options: TuneOptions, device: str, rights: FileRig
         try:
             arguments = cls(**settings | training, output_dir=scratch)
             _check_reporting(arguments.report_to)
+            if arguments.push_to_hub:
+                raise unsupported(
+                    "push_to_hub is not supported: the trained model is stored in pgml.files",
+                    hint="Leave push_to_hub out; pgml-proxy pushes nothing with its own "
+                    "credentials.",
+                )
         except ImportError as exc:  # deepspeed and the like, when not installed
             raise unsupported(
                 f"these hyperparameters need a package that is not installed: {exc}",

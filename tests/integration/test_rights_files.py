@@ -109,14 +109,17 @@ def direct(cluster: PostgresCluster) -> Iterator[psycopg.Connection[Any]]:
 
 
 @pytest.fixture(scope="module")
-def loader(
-    cluster: PostgresCluster, proxy: ProxyProcess, direct: psycopg.Connection[Any]
-) -> Iterator[str]:
-    """A login role that may create tables in schema pgml, and nothing else."""
-    role = f"loader_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:  # the catalog exists
+def catalog(proxy: ProxyProcess) -> None:
+    """The catalog exists (a load makes it)."""
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute("SELECT * FROM pgml.load_dataset('reviews')").fetchall()
         conn.execute("DROP TABLE pgml.reviews")
+
+
+@pytest.fixture(scope="module")
+def loader(cluster: PostgresCluster, catalog: None) -> Iterator[str]:
+    """A login role that may create tables in schema pgml, and nothing else."""
+    role = f"loader_{uuid.uuid4().hex[:6]}"
     cluster.psql(f"CREATE ROLE {role} LOGIN; GRANT CREATE ON SCHEMA pgml TO {role}")
     yield role
     cluster.psql(f"DROP OWNED BY {role}; DROP ROLE {role}")
@@ -365,7 +368,7 @@ def test_a_model_that_cannot_be_read(
 
 
 @pytest.fixture(scope="module")
-def reviews(cluster: PostgresCluster) -> Iterator[str]:
+def reviews(cluster: PostgresCluster, catalog: None) -> Iterator[str]:
     table = f"rights_{uuid.uuid4().hex[:8]}"
     make_reviews(cluster, table)
     cluster.psql(f"GRANT SELECT ON {table} TO PUBLIC")
@@ -381,20 +384,26 @@ def tune_sql(project: str, relation: str, model: str, hyperparams: dict[str, Any
 
 
 @pytest.mark.parametrize(
-    "hyperparams",
-    [{"report_to": "nope"}, {"report_to": ["none", "nope"]}],
-    ids=["unknown", "in_a_list"],
+    ("hyperparams", "sqlstate"),
+    [
+        ({"report_to": "nope"}, "22023"),
+        ({"report_to": ["none", "nope"]}, "22023"),
+        ({"report_to": "wandb"}, "0A000"),
+        ({"push_to_hub": True}, "0A000"),
+    ],
+    ids=["unknown", "in_a_list", "not_installed", "push_to_hub"],
 )
-def test_tune_checks_reporting_before_recording(
+def test_tune_checks_training_arguments_before_recording(
     proxy: ProxyProcess,
     reviews: str,
     layout: dict[str, Path],
     direct: psycopg.Connection[Any],
     hyperparams: dict[str, Any],
+    sqlstate: str,
 ) -> None:
     before = state(direct, layout)
     sql = tune_sql(f"p_{uuid.uuid4().hex[:6]}", reviews, "distilbert-base-uncased", hyperparams)
-    refused(proxy, "postgres", sql, "22023")
+    refused(proxy, "postgres", sql, sqlstate)
     assert state(direct, layout) == before
 
 
