@@ -54,6 +54,11 @@ CHOSEN_BY_PROXY = frozenset(
 )
 """Options that would name files or code of the server, or load them another way; refused
 in the task and in its ``model_kwargs``."""
+LOADING_ARGS = frozenset(
+    {"custom_generate", "trust_remote_code", "assistant_model", "assistant_tokenizer"}
+)
+"""Call arguments of ``generate`` that load code or another model (a repository's
+``custom_generate/generate.py``, given ``trust_remote_code``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +197,13 @@ def transform_args(value: Any) -> dict[str, Any]:
         raise invalid_argument(
             "args must be a JSON object of pipeline call arguments",
             hint="""For example '{"max_new_tokens": 20}'.""",
+        )
+    loading = sorted(LOADING_ARGS & parsed.keys())
+    if loading:
+        raise invalid_argument(
+            f'pgml.transform args may not set "{loading[0]}": call arguments load no code '
+            "or models",
+            hint="Models and trust_remote_code go in the task.",
         )
     return parsed
 

@@ -24,7 +24,7 @@ from tests.integration.conftest import OFFLINE
 from tests.integration.test_serving import make_reviews
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
-from tests.support.tiny_pipelines import SENTIMENT, build_pipeline_models
+from tests.support.tiny_pipelines import GENERATION, SENTIMENT, build_pipeline_models
 
 SECRET = "root:$6$salt$hash:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n"
 MARKER = "remote-code-ran"
@@ -56,6 +56,11 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (remote / "evil.py").write_text(
         f"import pathlib\npathlib.Path({str(root / MARKER)!r}).write_text('ran')\n"
         "from transformers import DistilBertConfig as EvilConfig\n"
+    )
+    (remote / "custom_generate").mkdir()
+    (remote / "custom_generate" / "generate.py").write_text(
+        f"import pathlib\npathlib.Path({str(root / MARKER)!r}).write_text('ran')\n"
+        "def generate(model, **kwargs):\n    return model.generate(**kwargs)\n"
     )
     broken = models / "tiny" / "broken"
     broken.mkdir()
@@ -347,6 +352,13 @@ def test_trust_remote_code_needs_the_flag(proxy: ProxyProcess, layout: dict[str,
     base = {"task": "text-classification", "trust_remote_code": True}
     refused(proxy, "postgres", transform_sql(base | {"model": remote}))
     refused(proxy, "postgres", transform_sql(base | {"model": SENTIMENT, "config": remote}))
+    generation = lit({"task": "text-generation", "model": GENERATION})
+    for args in (
+        {"custom_generate": remote, "trust_remote_code": True},
+        {"custom_generate": remote},
+    ):
+        sql = f"SELECT pgml.transform({generation}::jsonb, {lit(args)}, ARRAY['I love'])"
+        refused(proxy, "postgres", sql, "22023")
     assert not (layout["root"] / MARKER).exists()
 
 

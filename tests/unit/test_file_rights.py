@@ -12,7 +12,7 @@ from handlers.allowlist import ModelPolicy, matches
 from handlers.errors import PgmlError
 from handlers.files import FileRights, NeedsRight
 from handlers.models import ModelResolver
-from handlers.pipelines import task_spec
+from handlers.pipelines import task_spec, transform_args
 
 
 def model_folder(path: Path) -> Path:
@@ -140,3 +140,18 @@ def test_every_model_name_of_a_task() -> None:
         }
     )
     assert spec.model_names() == ["tiny/bert", "/srv/config", "tiny/tok"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"custom_generate": "/srv/repo", "trust_remote_code": True},
+        {"trust_remote_code": True},
+        {"assistant_model": "/srv/model"},
+    ],
+)
+def test_call_arguments_load_no_code(args: dict[str, Any]) -> None:
+    with pytest.raises(PgmlError) as caught:
+        transform_args(args)
+    assert caught.value.sqlstate == "22023"
+    assert transform_args({"max_new_tokens": 3}) == {"max_new_tokens": 3}
