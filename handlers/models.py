@@ -167,6 +167,27 @@ def unreadable_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def check_model_files(name: str, folder: Path) -> None:
+    """Refuse (22023) a model folder whose configuration or weights cannot be read, before
+    anything is recorded for it: the configuration is parsed (code it would need is not
+    run), safetensors headers are read, and pickled weights are opened as tensors only,
+    without loading them."""
+    import torch
+    from transformers import AutoConfig
+
+    from handlers.modelcache import weights_bytes
+
+    try:
+        AutoConfig.from_pretrained(folder)
+        weights_bytes(folder)
+        if not any(folder.glob("*.safetensors")):
+            for weights in sorted(folder.glob("*.bin")):
+                if weights.name != "training_args.bin":
+                    torch.load(weights, map_location="meta", weights_only=True)
+    except unreadable_errors() as exc:
+        raise unreadable(f'cannot load model "{name}"', exc, {folder: name}) from exc
+
+
 def unreadable(message: str, exc: BaseException, shown: dict[Path, str]) -> PgmlError:
     """``exc`` as a 22023 error whose detail names each folder in ``shown`` as the caller
     named it, not by its path on the server."""

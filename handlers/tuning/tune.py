@@ -16,7 +16,7 @@ from handlers.access import Role, require_tune
 from handlers.errors import PgmlError, invalid_argument, unsupported
 from handlers.files import FileRights, rights_of, with_rights
 from handlers.functions import Args, CallContext
-from handlers.models import adapter_base
+from handlers.models import adapter_base, check_model_files
 from handlers.projects import Catalog, Project
 from handlers.tuning.adapters import check_adapter_options
 from handlers.tuning.options import (
@@ -91,6 +91,7 @@ async def _tune(
     )
     await services.check_model_for(ctx, model_name)
     model_path = await services.resolve_model(model_name, rights=rights_of(ctx))
+    await services.run(check_model_files, model_name, model_path)
     base = await services.run(adapter_base, model_path)
     if base is not None:  # an adapter: transformers loads its base model by that name
         await services.check_model_for(ctx, base)

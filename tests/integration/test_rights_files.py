@@ -419,6 +419,23 @@ def test_tune_checks_training_arguments_before_recording(
     assert state(direct, layout) == before
 
 
+@pytest.mark.parametrize("name", ["tiny/broken", "tiny/pickled", "tiny/garbage"])
+def test_tune_of_a_model_that_cannot_be_read(
+    proxy: ProxyProcess,
+    reviews: str,
+    layout: dict[str, Path],
+    direct: psycopg.Connection[Any],
+    name: str,
+) -> None:
+    before = state(direct, layout)
+    sql = tune_sql(f"p_{uuid.uuid4().hex[:6]}", reviews, name, {})
+    error = refused(proxy, "postgres", sql, "22023")
+    assert "cannot" in (error.diag.message_primary or "") or "not a" in str(error)
+    assert str(layout["root"]) not in str(error.diag.message_detail)
+    assert state(direct, layout) == before
+    assert not (layout["root"] / MARKER).exists()
+
+
 def test_tune_of_a_server_model_or_configuration(
     cluster: PostgresCluster,
     proxy: ProxyProcess,
