@@ -60,18 +60,15 @@ class FileRights:
         the caller may read it and, for a folder, every file under it; else 42501 naming
         ``shown`` (what the caller gave)."""
         text = os.path.expanduser(str(path))
-        if _GLOB.search(text):
-            folder, rest = _split_pattern(text)
-            real = os.path.join(_real(folder), rest)
-            found = [_real(match) for match in glob.glob(text, recursive=True)]
-            candidates = [_real(folder), *found]
-        else:
-            real = _real(text)
-            candidates = [real]
+        pattern = _GLOB.search(text) is not None
+        folder, rest = _split_pattern(text) if pattern else (text, "")
+        real = os.path.join(_real(folder), rest) if rest else _real(folder)
         if self.anywhere:
             return real
-        escapes = ".." in real.split(os.sep)  # a pattern's wildcards may not climb
-        if not escapes and all(self._inside(c) and self._inside_all(c) for c in candidates):
+        if ".." in rest.split(os.sep) or not self._inside(_real(folder)):
+            raise self.refusal(shown)  # before anything outside is looked at
+        found = [_real(match) for match in glob.glob(text, recursive=True)] if pattern else []
+        if all(self._inside(c) and self._inside_all(c) for c in [_real(folder), *found]):
             return real
         raise self.refusal(shown)
 
