@@ -13,9 +13,15 @@ Places, in order (the error names every one that was looked in when none has it)
    the hub's name for that configuration), else the folder itself.  A ``subset`` with no
    subfolder is passed to ``datasets.load_dataset`` as the configuration name.
 2. A local file (CSV, TSV, JSON, JSON Lines, Parquet, optionally compressed) or folder (as
-   above, without configuration subfolders).  Kwargs other than ``split`` go to
+   above, without configuration subfolders): a path (absolute, ``~``, ``./`` or ``../``), or
+   a name found in the proxy's working directory.  Kwargs other than ``split`` go to
    ``datasets.load_dataset``; a ``save_to_disk`` folder ignores them.
 3. The Hugging Face hub: ``datasets.load_dataset(source, subset, streaming=True, **kwargs)``.
+
+Every file is read only as the caller's :class:`~handlers.files.FileRights` allow: the
+datasets folder's own files (links followed must stay inside), else the privilege of
+``pg_read_server_files``; so are the paths that kwargs name (``data_files``, ``data_dir``,
+``cache_dir``), which go on as the real paths checked.
 
 Without a ``split`` kwarg every split but ``unsupervised`` is loaded, train first, then
 validation, then test, then the others in the dataset's order; ``limit`` caps the total.
@@ -28,12 +34,14 @@ import decimal
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from handlers.errors import PgmlError, invalid_argument, unsupported
+from handlers.files import FileRights, NeedsRight, is_path, local_value, named
 
 log = logging.getLogger("pgml_proxy.datasets")
 
@@ -53,7 +61,9 @@ MIRROR_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 SPLIT_ORDER = {"train": 0, "validation": 1, "valid": 1, "dev": 1, "test": 2}
 SKIPPED_SPLITS = frozenset({"unsupervised"})
-RESERVED_KWARGS = frozenset({"streaming", "path", "name"})
+RESERVED_KWARGS = frozenset({"streaming", "path", "name", "download_config", "storage_options"})
+PATH_KWARGS = ("data_files", "data_dir", "cache_dir")
+"""Kwargs of ``datasets.load_dataset`` that name files or folders."""
 
 JSON_CHUNK_BYTES = 1 << 20
 """Bytes the json builder reads at a time (its own default is 10 MiB); rows may be longer."""
@@ -162,8 +172,30 @@ def plan_dataset(
     limit: int | None,
     kwargs: Mapping[str, Any] | str | None,
     datasets_dir: Path | None,
+    rights: FileRights,
 ) -> DatasetPlan:
-    """Resolve ``source`` and describe how to load it; no rows are read beyond a peek."""
+    """Resolve ``source`` and describe how to load it; no rows are read beyond a peek, and
+    no file before ``rights`` allow it.  Errors name the datasets folder by its flag, not
+    by its path on the server."""
+    try:
+        return _plan(source, subset, limit, kwargs, datasets_dir, rights)
+    except PgmlError as error:
+        if datasets_dir is not None and not isinstance(error, NeedsRight):
+            folders = {datasets_dir.expanduser().absolute(): "<--datasets-dir>"}
+            folders[Path(os.path.realpath(datasets_dir.expanduser()))] = "<--datasets-dir>"
+            error.message = named(error.message, folders)
+            error.detail = error.detail and named(error.detail, folders)
+        raise
+
+
+def _plan(
+    source: str,
+    subset: str | None,
+    limit: int | None,
+    kwargs: Mapping[str, Any] | str | None,
+    datasets_dir: Path | None,
+    rights: FileRights,
+) -> DatasetPlan:
     if not isinstance(source, str) or not source.strip():
         raise invalid_argument("load_dataset needs a dataset name or path")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
@@ -178,11 +210,12 @@ def plan_dataset(
         raise invalid_argument(f'kwargs "split" must be a split name, not {split!r}')
 
     places: list[str] = []
-    loaded = _from_datasets_dir(source, subset, options, datasets_dir, places)
+    loaded = _from_datasets_dir(source, subset, options, datasets_dir, places, rights)
     if loaded is None:
-        loaded = _from_local_path(source, subset, options, places)
+        loaded = _from_local_path(source, subset, options, places, rights)
     if loaded is None:
-        loaded = _from_hub(source, subset, options, places)
+        base = Path.cwd() if _is_builder(source) else None  # its files are the server's
+        loaded = _from_hub(source, subset, _local_kwargs(options, base, rights), places)
     if loaded is None:
         raise PgmlError(
             "42704",
@@ -227,7 +260,49 @@ def _parse_kwargs(kwargs: Mapping[str, Any] | str | None) -> dict[str, Any]:
             f"kwargs may not set {', '.join(reserved)}",
             hint="The dataset name and subset are arguments of load_dataset.",
         )
+    for key in PATH_KWARGS:
+        for value in _path_values(options.get(key)):
+            local_value(value, f'kwargs "{key}"')
     return options
+
+
+def _path_values(value: Any) -> list[str]:
+    """The paths or URLs of a ``data_files``-like value (text, a list, or a dict by split)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    if isinstance(value, dict):
+        return [v for inner in value.values() for v in _path_values(inner)]
+    raise invalid_argument(
+        f"kwargs paths must be text, a list of texts or an object of them, not {value!r}"
+    )
+
+
+def _local_kwargs(options: dict[str, Any], base: Path | None, rights: FileRights) -> dict[str, Any]:
+    """``options`` with each local path a kwarg names checked and replaced by its real
+    path.  Relative paths are relative to ``base`` (a local dataset's folder); without one
+    (the hub), relative ``data_files`` and ``data_dir`` name files of the hub repository,
+    and a relative ``cache_dir`` is relative to the proxy's working directory."""
+
+    def checked(key: str, value: Any) -> Any:
+        if isinstance(value, list):
+            return [checked(key, v) for v in value]
+        if isinstance(value, dict):
+            return {split: checked(key, v) for split, v in value.items()}
+        if not local_value(value, f'kwargs "{key}"'):
+            return value
+        if os.path.isabs(os.path.expanduser(value)) or key == "cache_dir":
+            return rights.require(Path(value), value)
+        if base is None:
+            return value
+        return rights.require(base / value, value)
+
+    return {
+        key: checked(key, value) if key in PATH_KWARGS else value for key, value in options.items()
+    }
 
 
 # --- places ---------------------------------------------------------------------------------
@@ -239,24 +314,25 @@ def _from_datasets_dir(
     options: dict[str, Any],
     datasets_dir: Path | None,
     places: list[str],
+    rights: FileRights,
 ) -> tuple[str, Any] | None:
     if datasets_dir is None:
         places.append("datasets folder (not configured: --datasets-dir)")
         return None
-    root = datasets_dir.expanduser().resolve()
-    folder = (root / source).resolve()
+    root = datasets_dir.expanduser().absolute()
+    folder = Path(os.path.normpath(root / source))
     if not folder.is_relative_to(root) or folder == root:
-        places.append(f"datasets folder {root} (not a name inside it)")
+        places.append("datasets folder (not a name inside it)")
         return None
     if folder.is_dir():
         chosen, name = _config_folder(folder, subset, options)
-        return source, _open_folder(source, chosen, name, {})
+        return source, _open_folder(source, Path(rights.require(chosen, source)), name, {})
     for suffix in MIRROR_SUFFIXES:
         candidate = folder.with_name(folder.name + suffix)
         if candidate.is_file():
-            return source, _open_file(source, candidate, {})
+            return source, _open_file(source, Path(rights.require(candidate, source)), {})
     tried = ", ".join(f"{source}{suffix}" for suffix in MIRROR_SUFFIXES)
-    places.append(f"datasets folder {root} ({source}/, {tried})")
+    places.append(f"datasets folder ({source}/, {tried})")
     return None
 
 
@@ -278,14 +354,19 @@ def _config_folder(
 
 
 def _from_local_path(
-    source: str, subset: str | None, options: dict[str, Any], places: list[str]
+    source: str, subset: str | None, options: dict[str, Any], places: list[str], rights: FileRights
 ) -> tuple[str, Any] | None:
-    path = Path(source).expanduser()
+    """A path, or a name that ``datasets.load_dataset`` would find in the working
+    directory, checked against the caller's rights before anything else is known of it."""
+    if not is_path(source) and not os.path.lexists(source):
+        return None
+    path = Path(rights.require(Path(source), source))
     if path.is_dir():
-        return _stem(path.resolve()), _open_folder(source, path, subset, options)
+        return _stem(path), _open_folder(source, path, subset, _local_kwargs(options, path, rights))
     if path.is_file():
-        return _stem(path), _open_file(source, path, options)
-    places.append(f"local path {path.resolve()} (no such file or folder)")
+        local = _local_kwargs(options, Path.cwd(), rights)
+        return _stem(Path(os.path.expanduser(source))), _open_file(source, path, local)
+    places.append(f"local path {source} (no such file or folder)")
     return None
 
 
@@ -313,6 +394,15 @@ def _from_hub(
     except (RuntimeError, datasets.exceptions.DatasetsError) as exc:
         raise unsupported(f'dataset "{source}" cannot be loaded: {_first_line(exc)}') from None
     return source, found
+
+
+def _is_builder(source: str) -> bool:
+    """Whether ``source`` names one of the ``datasets`` library's packaged builders (``csv``,
+    ``json``, ...), which read the files ``data_files`` names relative to the working
+    directory."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return source in _PACKAGED_DATASETS_MODULES
 
 
 def _hub_unreachable(timeout: float = 3.0) -> str | None:
@@ -345,7 +435,12 @@ def _open_folder(source: str, folder: Path, subset: str | None, options: dict[st
                 f'dataset "{source}" is a saved dataset with no subset "{subset}"',
                 detail=f"No folder {folder / subset}.",
             )
-        return datasets.load_from_disk(str(folder))
+        try:
+            return datasets.load_from_disk(str(folder))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise invalid_argument(
+                f'dataset "{source}" is not a readable saved dataset: {_first_line(exc)}'
+            ) from None
     if "chunksize" not in options and _only_json_files(folder):
         options = {"chunksize": JSON_CHUNK_BYTES, **options}
     named = _files_named_by_split(folder)

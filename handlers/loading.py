@@ -13,6 +13,7 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from handlers.files import with_rights
 from handlers.functions import Args, CallContext
 
 _TYPE_NAMES = {"timestamp": "timestamp without time zone"}
@@ -29,7 +30,10 @@ async def _load(
 
     services = ctx.services
     await services.ensure_catalog(ctx.database)
-    plan = await services.run(plan_dataset, source, subset, limit, kwargs, services.datasets_dir)
+    plan = await with_rights(
+        ctx,
+        lambda rights: plan_dataset(source, subset, limit, kwargs, services.datasets_dir, rights),
+    )
     table = f"pgml.{quote_ident(plan.table_name)}"
     names = ", ".join(quote_ident(name) for name, _ in plan.columns)
     existing = await ctx.session.run_sql(

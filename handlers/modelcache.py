@@ -128,7 +128,15 @@ def weights_bytes(folder: Path, element_size: int | None = None) -> int:
         if not path.is_file() or path.name in _NOT_WEIGHTS or path.suffix not in _WEIGHT_SUFFIXES:
             continue
         if path.suffix == ".safetensors":
-            total += _safetensors_bytes(path, element_size)
+            try:
+                total += _safetensors_bytes(path, element_size)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise PgmlError(
+                    "22023",
+                    f'the model\'s weights file "{path.relative_to(folder)}" is not a '
+                    "safetensors file",
+                    detail=f"Its header cannot be read ({type(exc).__name__}).",
+                ) from exc
         else:
             total += path.stat().st_size
     return total

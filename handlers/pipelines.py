@@ -19,6 +19,7 @@ from typing import Any
 
 from handlers.device import inference_dtype
 from handlers.errors import PgmlError, invalid_argument
+from handlers.models import adapter_base, unreadable, unreadable_errors
 
 CONVERSATIONAL = "conversational"
 GENERATING = frozenset({"text-generation", "text2text-generation", "summarization", "translation"})
@@ -35,6 +36,29 @@ REMOVED_DEFAULTS = {
 MODEL_OPTIONS = frozenset({"revision", "trust_remote_code", "device_map", "model_kwargs", "token"})
 """Task options that ``from_pretrained`` takes, for the pipelines built here."""
 NOT_TEXT = frozenset({"audio", "image", "video", "multimodal"})
+MODEL_KEYS = ("config", "tokenizer", "feature_extractor", "image_processor", "processor")
+"""Task options that name a model (loaded from its folder as the model is), besides
+``model``: each goes through ``--allow-models`` and the caller's file rights."""
+CHOSEN_BY_PROXY = frozenset(
+    {
+        "cache_dir",
+        "offload_folder",
+        "gguf_file",
+        "subfolder",
+        "pipeline_class",
+        "code_revision",
+        "adapter_kwargs",
+        "local_files_only",
+        "video_processor",
+    }
+)
+"""Options that would name files or code of the server, or load them another way; refused
+in the task and in its ``model_kwargs``."""
+LOADING_ARGS = frozenset(
+    {"custom_generate", "trust_remote_code", "assistant_model", "assistant_tokenizer"}
+)
+"""Call arguments of ``generate`` that load code or another model (a repository's
+``custom_generate/generate.py``, given ``trust_remote_code``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +79,11 @@ class TaskSpec:
     @property
     def remote_code(self) -> bool:
         return self.options.get("trust_remote_code") is True
+
+    def model_names(self) -> list[str]:
+        """Every model name the pipeline loads from: the model, its config, tokenizer and
+        processors when given."""
+        return [self.model, *(self.options[k] for k in MODEL_KEYS if k in self.options)]
 
     @property
     def streams(self) -> bool:
@@ -84,10 +113,35 @@ def task_spec(value: Any) -> TaskSpec:
         model = _default_model(pipeline_task, task)
     if not isinstance(model, str) or not model:
         raise invalid_argument('"model" must be a model name')
-    for name in ("tokenizer",):
-        if name in options and not isinstance(options[name], str):
+    for name in MODEL_KEYS:
+        if name in options and (not isinstance(options[name], str) or not options[name]):
             raise invalid_argument(f'"{name}" must be a model name')
+    _check_loading_options(options)
     return TaskSpec(task.strip(), pipeline_task, model, options)
+
+
+def _check_loading_options(options: dict[str, Any]) -> None:
+    """``trust_remote_code`` is JSON true or false; no option names other files or code."""
+    remote = options.get("trust_remote_code", False)
+    if not isinstance(remote, bool):
+        raise invalid_argument(
+            f'"trust_remote_code" must be true or false, not {json.dumps(remote)[:40]}'
+        )
+    nested = options.get("model_kwargs") or {}
+    if not isinstance(nested, dict):
+        raise invalid_argument('"model_kwargs" must be a JSON object')
+    if "trust_remote_code" in nested:
+        raise invalid_argument(
+            '"trust_remote_code" goes in the task, not in "model_kwargs"',
+            hint="""'{"task": ..., "model": ..., "trust_remote_code": true}'""",
+        )
+    chosen = sorted(CHOSEN_BY_PROXY & (options.keys() | nested.keys()))
+    if chosen:
+        raise invalid_argument(
+            f'pgml.transform may not set "{chosen[0]}": pgml-proxy chooses where models are '
+            "read from",
+            hint="Name the model (a hub id, a name in --models-dir, or a path) instead.",
+        )
 
 
 def _pipeline_task(task: str) -> str:
@@ -144,18 +198,28 @@ def transform_args(value: Any) -> dict[str, Any]:
             "args must be a JSON object of pipeline call arguments",
             hint="""For example '{"max_new_tokens": 20}'.""",
         )
+    loading = sorted(LOADING_ARGS & parsed.keys())
+    if loading:
+        raise invalid_argument(
+            f'pgml.transform args may not set "{loading[0]}": call arguments load no code '
+            "or models",
+            hint="Models and trust_remote_code go in the task.",
+        )
     return parsed
 
 
 class LoadedPipeline:
     """One loaded pipeline, shared by every session; one batch at a time on its model."""
 
-    def __init__(self, spec: TaskSpec, folder: Path, device: str, tokenizer: Path | None) -> None:
+    def __init__(self, spec: TaskSpec, folder: Path, device: str, folders: dict[str, Path]) -> None:
+        """``folders``: where the task's other model names (``MODEL_KEYS``) were found."""
         import transformers
 
         transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self.spec = spec
-        self.pipe = _build(spec, folder, device, tokenizer)
+        self.base_model = adapter_base(folder)
+        """The base model an adapter's folder names (checked on every call)."""
+        self.pipe = _build(spec, folder, device, folders)
         self.model = self.pipe.model
         tokenizer_object = self.pipe.tokenizer
         if tokenizer_object is not None:
@@ -241,14 +305,14 @@ class LoadedPipeline:
         return options
 
 
-def _build(spec: TaskSpec, folder: Path, device: str, tokenizer: Path | None) -> Any:
+def _build(spec: TaskSpec, folder: Path, device: str, folders: dict[str, Path]) -> Any:
     import torch
     import transformers
 
     from handlers.text_pipelines import PIPELINE_CLASSES
 
-    options = dict(spec.options)
-    options.pop("tokenizer", None)
+    options = dict(spec.options) | {key: str(path) for key, path in folders.items()}
+    tokenizer = options.pop("tokenizer", None)
     dtype = options.pop("dtype", options.pop("torch_dtype", None))
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype, None)
@@ -278,25 +342,27 @@ def _build(spec: TaskSpec, folder: Path, device: str, tokenizer: Path | None) ->
             else AutoModelForSeq2SeqLM
         )
         model_options = {k: v for k, v in options.items() if k in MODEL_OPTIONS}
-        extra = model_options.pop("model_kwargs", None) or {}
+        extra = dict(model_options.pop("model_kwargs", None) or {})
+        if "config" in options:
+            extra["config"] = options["config"]
         model = loader.from_pretrained(folder, dtype=dtype, **model_options, **extra)
         tokenizer_object = AutoTokenizer.from_pretrained(
             tokenizer or folder, trust_remote_code=options.get("trust_remote_code", False)
         )
         pipeline_options = {
-            k: v for k, v in options.items() if k not in MODEL_OPTIONS or k == "device"
+            k: v
+            for k, v in options.items()
+            if (k not in MODEL_OPTIONS or k == "device") and k != "config"
         }
         if "device_map" in options:
             pipeline_options.pop("device", None)
         return cls(
             model=model, tokenizer=tokenizer_object, task=spec.task, **where, **pipeline_options
         )
-    except (ValueError, TypeError, KeyError, OSError) as exc:
-        raise PgmlError(
-            "22023",
-            f'cannot load a {spec.task} pipeline from model "{spec.model}"',
-            detail=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-            hint="Check the model's kind and the task's arguments.",
+    except unreadable_errors() as exc:
+        names = {folder: spec.model} | {path: spec.options[key] for key, path in folders.items()}
+        raise unreadable(
+            f'cannot load a {spec.task} pipeline from model "{spec.model}"', exc, names
         ) from exc
 
 

@@ -28,6 +28,7 @@ from handlers.artifact import (
 )
 from handlers.device import inference_dtype
 from handlers.errors import PgmlError, invalid_argument
+from handlers.files import FileRights
 
 log = logging.getLogger("pgml_proxy.serving")
 
@@ -45,7 +46,8 @@ async def load_predictor(services: Any, folder: Path, name: str) -> Predictor:
         return whole
     if not manifest.base_model:
         raise PgmlError("XX000", f"the adapter in {folder} names no base model")
-    path = await services.resolve_model(manifest.base_model)
+    recorded = FileRights(services.file_roots, anywhere=True)  # checked when it was tuned
+    path = await services.resolve_model(manifest.base_model, rights=recorded)
     key = ("base", str(path), manifest.task, len(manifest.labels), manifest.quantization)
 
     async def load_base() -> SharedBase:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.errors import PgmlError, invalid_argument
+from handlers.files import rights_of
 from handlers.functions import Args, CallContext
 
 PROXY_OPTIONS = frozenset({"show_progress_bar", "device", "pool", "query", "documents", "self"})
@@ -70,7 +71,9 @@ async def rank(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
             continue
         texts = [str(d) for d in documents]
         services.capacity.check_inputs("pgml.rank", [str(query), *texts])
-        async with services.lease("cross-encoder", transformer, CrossEncoderRanker) as ranker:
+        async with services.lease(
+            "cross-encoder", transformer, CrossEncoderRanker, rights=rights_of(ctx)
+        ) as ranker:
             results.append(
                 await services.infer(ctx, ranker.model, ranker.rank, str(query), texts, options)
             )

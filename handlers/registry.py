@@ -12,6 +12,7 @@ import proxy
 from handlers.access import authorize_serving
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
+from handlers.files import rights_of
 from handlers.functions import Args, CallContext, Function, Handler, Overload, Param
 from handlers.inference import (
     LABEL,
@@ -26,8 +27,21 @@ from handlers.inference import (
 )
 from handlers.loading import load_dataset
 from handlers.rank import rank
-from handlers.transform import stream_rows, transform_messages, transform_stream, transform_texts
+from handlers.transform import (
+    authorize_transform,
+    stream_rows,
+    transform_messages,
+    transform_stream,
+    transform_texts,
+)
 from handlers.tuning.tune import tune
+
+
+async def authorize_model(ctx: CallContext, args: Args) -> None:
+    """The hook of ``embed`` and ``rank``: the model named first is checked, and the
+    caller's privilege asked if it is a server path, while the session may be used."""
+    if args and isinstance(args[0], str):
+        await ctx.services.check_model_for(ctx, args[0])
 
 
 async def version(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
@@ -50,7 +64,9 @@ async def _embed_groups(
     for (name, kwargs), group in zip(keys, texts, strict=True):
         options = embed_options(_kwargs(kwargs))
         services.capacity.check_inputs("pgml.embed", group)
-        async with services.lease("embedding", name, SentenceEmbedder) as embedder:
+        async with services.lease(
+            "embedding", name, SentenceEmbedder, rights=rights_of(ctx)
+        ) as embedder:
             embed = functools.partial(embedder.embed, group, **options)
             out.append(await services.infer(ctx, embedder.model, embed))
     return out
@@ -118,7 +134,15 @@ def _transform_overloads() -> tuple[Overload, ...]:
                 Param("inputs", inputs, [], required=False),
                 Param("cache", "boolean", False, required=False),
             )
-            overloads.append(Overload(params, "jsonb", handler, varies=_transform_samples))
+            overloads.append(
+                Overload(
+                    params,
+                    "jsonb",
+                    handler,
+                    varies=_transform_samples,
+                    authorize=authorize_transform,
+                )
+            )
     return tuple(overloads)
 
 
@@ -141,6 +165,7 @@ def _transform_stream_overloads() -> tuple[Overload, ...]:
                     set_returning=True,
                     row_dependent_ok=False,
                     stream=stream_rows,
+                    authorize=authorize_transform,
                 )
             )
     return tuple(overloads)
@@ -278,6 +303,7 @@ FUNCTIONS: dict[str, Function] = {
                 ),
                 "real[]",
                 embed_text,
+                authorize=authorize_model,
             ),
             Overload(
                 (
@@ -289,6 +315,7 @@ FUNCTIONS: dict[str, Function] = {
                 embed_array,
                 set_returning=True,
                 row_dependent_ok=False,
+                authorize=authorize_model,
             ),
         ),
     ),
@@ -309,6 +336,7 @@ FUNCTIONS: dict[str, Function] = {
                 set_returning=True,
                 columns=(("corpus_id", "integer"), ("score", "real"), ("text", "text")),
                 row_dependent_ok=False,
+                authorize=authorize_model,
             ),
         ),
     ),

@@ -20,9 +20,10 @@ from handlers.capacity import INFERENCE_THREADS, Capacity, Limits, Stopped
 from handlers.deployments import DeploymentCache
 from handlers.device import pick_device
 from handlers.errors import PgmlError
+from handlers.files import FileRights, with_rights
 from handlers.functions import CallContext
 from handlers.modelcache import MemorySetting, ModelCache, weights_bytes
-from handlers.models import ModelNotFound, ModelResolver
+from handlers.models import ModelNotFound, ModelResolver, unreadable, unreadable_errors
 from handlers.projects import Catalog, Deployed
 from handlers.service import ServiceConnections
 
@@ -55,6 +56,9 @@ class Services:
         self.policy = policy or ModelPolicy()
         self.batch_size = batch_size
         self.datasets_dir = datasets_dir
+        self.file_roots = FileRights.of(datasets_dir, models_dir).roots
+        """The folders any caller may have read (real paths); other server files need
+        ``pg_read_server_files`` (see :mod:`handlers.files`)."""
         self.service = service
         self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "pgml-proxy"
         self.device_setting = device
@@ -147,38 +151,68 @@ class Services:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, kind: str, name: str, load: Callable[[Path, str], Any], *, remote_code: bool = False
+        self,
+        kind: str,
+        name: str,
+        load: Callable[[Path, str], Any],
+        *,
+        rights: FileRights,
+        remote_code: bool = False,
     ) -> AsyncIterator[Any]:
         """:meth:`model`, held until the block ends."""
-        value = await self.model(kind, name, load, remote_code=remote_code)
+        value = await self.model(kind, name, load, rights=rights, remote_code=remote_code)
         with self.using(value):
             yield value
 
     async def model(
-        self, kind: str, name: str, load: Callable[[Path, str], Any], *, remote_code: bool = False
+        self,
+        kind: str,
+        name: str,
+        load: Callable[[Path, str], Any],
+        *,
+        rights: FileRights,
+        remote_code: bool = False,
     ) -> Any:
-        """The model ``name`` found by the resolver, loaded once within the budget."""
-        self.policy.check(name, remote_code=remote_code)
+        """The model ``name`` found by the resolver, loaded once within the budget; the
+        caller's rights over it are checked on every call, loaded or not."""
+        self.check_model(name, rights=rights, remote_code=remote_code)
         key = (kind, name)
         found = self.models.touch(key)
         if found is not None:
             return found
-        folder = await self.resolve_model(name, remote_code=remote_code)
+        folder = await self.resolve_model(name, rights=rights, remote_code=remote_code)
 
         async def estimate() -> int:
             return await self.run(weights_bytes, folder)
 
         async def load_it() -> Any:
-            loaded = await self.run(load, folder, self.device)
+            try:
+                loaded = await self.run(load, folder, self.device)
+            except unreadable_errors() as exc:
+                raise unreadable(f'cannot load {kind} model "{name}"', exc, {folder: name}) from exc
             log.info("loaded %s model %s on %s", kind, name, self.device)
             return loaded
 
         return await self.models.get(key, load_it, name=name, kind=kind, estimate=estimate)
 
-    async def resolve_model(self, name: str, *, remote_code: bool = False) -> Path:
-        """The folder of model ``name``, if ``--allow-models`` allows it."""
+    def check_model(self, name: str, *, rights: FileRights, remote_code: bool = False) -> None:
+        """Refuse a model that ``--allow-models`` (and ``--trust-remote-code``) do not allow,
+        or whose files the caller may not have read (see :mod:`handlers.files`)."""
         self.policy.check(name, remote_code=remote_code)
-        return await self.run(self._resolve, name)
+        self.resolver.local(name, rights)  # a few stat calls: not worth a worker thread
+
+    async def check_model_for(self, ctx: Any, name: str) -> None:
+        """:meth:`check_model` for the caller of ``ctx`` (whose session must be usable),
+        asking its privilege when the name is a server path."""
+        await with_rights(ctx, lambda rights: self.check_model(name, rights=rights), thread=False)
+
+    async def resolve_model(
+        self, name: str, *, rights: FileRights, remote_code: bool = False
+    ) -> Path:
+        """The folder of model ``name``, if ``--allow-models`` allows it and the caller may
+        read it."""
+        self.policy.check(name, remote_code=remote_code)
+        return await self.run(self._resolve, name, rights)
 
     # --- the catalog and deployed models -----------------------------------------------
 
@@ -284,9 +318,9 @@ class Services:
             )
         return self.service
 
-    def _resolve(self, name: str) -> Path:
+    def _resolve(self, name: str, rights: FileRights) -> Path:
         try:
-            return self.resolver.resolve(name)
+            return self.resolver.resolve(name, rights)
         except ModelNotFound as exc:
             raise PgmlError(
                 "42704",

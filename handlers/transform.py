@@ -18,11 +18,14 @@ from typing import Any
 
 from handlers.capacity import Stopped
 from handlers.errors import PgmlError, invalid_argument
+from handlers.files import FileRights, rights_of, with_rights
 from handlers.functions import Args, CallContext
 from handlers.modelcache import weights_bytes
+from handlers.models import adapter_base
 from handlers.pipelines import (
     COLLAPSING,
     CONVERSATIONAL,
+    MODEL_KEYS,
     LoadedPipeline,
     TaskSpec,
     task_spec,
@@ -32,19 +35,48 @@ from handlers.pipelines import (
 _DONE = object()
 
 
+def check_pipeline(services: Any, spec: TaskSpec, rights: FileRights) -> None:
+    """Refuse a task that names a model (its model, config, tokenizer, processors) that
+    ``--allow-models`` does not allow or whose files the caller may not have read."""
+    for name in spec.model_names():
+        services.check_model(name, rights=rights, remote_code=spec.remote_code)
+
+
+async def authorize_transform(ctx: CallContext, args: Args) -> None:
+    """The hook of ``transform`` and ``transform_stream``: the task's model names are
+    checked, and the caller's privilege asked if one is a server path, while the session
+    may be used (calls read per row may not use it)."""
+    if args and args[0] is not None:
+        spec = task_spec(args[0])
+        await with_rights(
+            ctx, lambda rights: check_pipeline(ctx.services, spec, rights), thread=False
+        )
+
+
 @contextlib.asynccontextmanager
-async def pipeline_lease(services: Any, spec: TaskSpec) -> AsyncIterator[LoadedPipeline]:
+async def pipeline_lease(
+    services: Any, spec: TaskSpec, rights: FileRights
+) -> AsyncIterator[LoadedPipeline]:
     """The task's pipeline, loaded once per proxy within the model memory budget, held
-    (never evicted) until the block ends."""
+    (never evicted) until the block ends.  Every call checks the caller's rights over the
+    models it names, and over the base model of an adapter, loaded or not."""
+    check_pipeline(services, spec, rights)
     key = ("pipeline", spec.key)
     loaded = services.models.touch(key)
     if loaded is None:
-        services.policy.check(spec.model, remote_code=spec.remote_code)
-        folder = await services.resolve_model(spec.model, remote_code=spec.remote_code)
-        tokenizer_name = spec.options.get("tokenizer")
-        tokenizer = None
-        if tokenizer_name is not None:
-            tokenizer = await services.resolve_model(tokenizer_name, remote_code=spec.remote_code)
+        folder = await services.resolve_model(
+            spec.model, rights=rights, remote_code=spec.remote_code
+        )
+        folders = {
+            name: await services.resolve_model(
+                spec.options[name], rights=rights, remote_code=spec.remote_code
+            )
+            for name in MODEL_KEYS
+            if name in spec.options
+        }
+        base = adapter_base(folder)
+        if base is not None:
+            services.check_model(base, rights=rights, remote_code=spec.remote_code)
         device = services.device
         precise = "dtype" in spec.options or "torch_dtype" in spec.options
 
@@ -53,11 +85,13 @@ async def pipeline_lease(services: Any, spec: TaskSpec) -> AsyncIterator[LoadedP
             return int(await services.run(weights_bytes, folder, element))
 
         async def load() -> LoadedPipeline:
-            return await services.run(LoadedPipeline, spec, folder, device, tokenizer)  # type: ignore[no-any-return]
+            return await services.run(LoadedPipeline, spec, folder, device, folders)  # type: ignore[no-any-return]
 
         loaded = await services.models.get(
             key, load, name=f"{spec.model} ({spec.task})", kind="pipeline", estimate=estimate
         )
+    if loaded.base_model is not None:
+        services.check_model(loaded.base_model, rights=rights, remote_code=spec.remote_code)
     with services.using(loaded):
         yield loaded
 
@@ -112,7 +146,7 @@ async def _transform(ctx: CallContext, batch: Sequence[Args], messages: bool) ->
         options = json.loads(options_key)
         if spec.streams:
             services.capacity.check_generation("pgml.transform", options)
-        async with pipeline_lease(services, spec) as pipeline:
+        async with pipeline_lease(services, spec, rights_of(ctx)) as pipeline:
 
             def work(
                 chunk: list[Any],
@@ -181,7 +215,7 @@ async def stream_rows(ctx: CallContext, args: Args) -> AsyncGenerator[str, None]
     def emit(text: str) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, text)
 
-    async with pipeline_lease(services, spec) as pipeline:
+    async with pipeline_lease(services, spec, rights_of(ctx)) as pipeline:
         stops = capacity.generation_stops(capacity.stopped(stop.is_set, ctx.cancelled))
         generating = services.infer(
             ctx, pipeline.model, pipeline.stream, item, options, emit, stops

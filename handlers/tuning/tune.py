@@ -14,7 +14,9 @@ from typing import Any
 
 from handlers.access import Role, require_tune
 from handlers.errors import PgmlError, invalid_argument, unsupported
+from handlers.files import FileRights, rights_of, with_rights
 from handlers.functions import Args, CallContext
+from handlers.models import adapter_base, check_model_files
 from handlers.projects import Catalog, Project
 from handlers.tuning.adapters import check_adapter_options
 from handlers.tuning.options import (
@@ -84,8 +86,15 @@ async def _tune(
     options = parse_hyperparams(task, hyperparams, allowed)
     size = parse_test_size(0.25 if test_size is None else test_size)
     sampling = parse_sampling(test_sampling, task)
-    await services.run(_check_training_arguments, options, services.device)
-    model_path = await services.resolve_model(model_name)
+    await with_rights(
+        ctx, lambda rights: _check_training_arguments(options, services.device, rights)
+    )
+    await services.check_model_for(ctx, model_name)
+    model_path = await services.resolve_model(model_name, rights=rights_of(ctx))
+    await services.run(check_model_files, model_name, model_path)
+    base = await services.run(adapter_base, model_path)
+    if base is not None:  # an adapter: transformers loads its base model by that name
+        await services.check_model_for(ctx, base)
     await services.run(check_adapter_options, options, model_path, services.device)
     seed = int(options.training.get("seed", DEFAULT_SEED))
     workdir = Path(tempfile.mkdtemp(prefix="pgml-tune-", dir=services.work_dir()))
@@ -231,15 +240,29 @@ async def _train_and_record(
         services.trainings.pop((ctx.database, model_id), None)
 
 
-def _check_training_arguments(options: TuneOptions, device: str) -> None:
-    """Build the arguments once here, so that bad values fail before any training."""
+def _check_training_arguments(options: TuneOptions, device: str, rights: FileRights) -> None:
+    """Build the arguments once here, and the reporting integrations they name, so that
+    bad values fail before anything is recorded.  A hyperparameter that names a file (a
+    DeepSpeed, FSDP or Accelerate configuration) is read only as the caller's rights allow,
+    by its real path."""
     check_value_types(options.task, options.training)
+    for key in sorted(FILE_ARGUMENTS & options.training.keys()):
+        value = options.training[key]
+        if isinstance(value, str):
+            options.training[key] = rights.require(value, value)
     cls = arguments_class(options.task)
     settings = {"report_to": "none"} | ({"use_cpu": True} if device == "cpu" else {})
     training = copy.deepcopy(options.training)  # TrainingArguments fills in fsdp_config
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            cls(**settings | training, output_dir=scratch)
+            arguments = cls(**settings | training, output_dir=scratch)
+            _check_reporting(arguments.report_to)
+            if arguments.push_to_hub:
+                raise unsupported(
+                    "push_to_hub is not supported: the trained model is stored in pgml.files",
+                    hint="Leave push_to_hub out; pgml-proxy pushes nothing with its own "
+                    "credentials.",
+                )
         except ImportError as exc:  # deepspeed and the like, when not installed
             raise unsupported(
                 f"these hyperparameters need a package that is not installed: {exc}",
@@ -247,6 +270,25 @@ def _check_training_arguments(options: TuneOptions, device: str) -> None:
             ) from exc
         except (TypeError, ValueError) as exc:
             raise invalid_argument(f"bad hyperparameters: {exc}") from exc
+
+
+FILE_ARGUMENTS = frozenset({"deepspeed", "fsdp_config", "accelerator_config"})
+"""``TrainingArguments`` fields whose text value is the path of a file to read."""
+
+
+def _check_reporting(report_to: Any) -> None:
+    """``report_to`` names integrations transformers has, whose packages are installed."""
+    from transformers.integrations.integration_utils import get_reporting_integration_callbacks
+
+    callbacks = get_reporting_integration_callbacks(report_to)  # type: ignore[no-untyped-call]
+    for callback in callbacks:  # ValueError above: an unknown name
+        try:
+            callback()
+        except (ImportError, RuntimeError) as exc:
+            raise unsupported(
+                f"report_to {callback.__name__} needs a package that is not installed",
+                hint="Install it where the proxy runs, or leave report_to out.",
+            ) from exc
 
 
 def describe_progress(event: dict[str, Any]) -> str:

@@ -336,7 +336,11 @@ CASES = [
         "42704",
         ("nobody/nothing", "not found"),
         {"model_name": "'nobody/nothing'"},
-        detail=("{models}/nobody/nothing", "Hugging Face cache", "Hugging Face hub (offline)"),
+        detail=(
+            "models folder (nobody/nothing/)",
+            "Hugging Face cache",
+            "Hugging Face hub (offline)",
+        ),
         hint=("--models-dir",),
     ),
     Case(

@@ -13,8 +13,10 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
-from handlers.datasets import DatasetPlan, plan_dataset
+from handlers import datasets as planning
+from handlers.datasets import DatasetPlan
 from handlers.errors import PgmlError
+from handlers.files import FileRights
 
 _UNESCAPES = {"\\\\": "\\", "\\n": "\n", "\\r": "\r", "\\t": "\t"}
 
@@ -61,6 +63,11 @@ def save_dict(path: Path, splits: dict[str, dict[str, list[Any]]], features: Any
     parts = {n: datasets.Dataset.from_dict(d, features=features) for n, d in splits.items()}
     datasets.DatasetDict(parts).save_to_disk(str(path))
     return path
+
+
+def plan_dataset(*args: Any, rights: FileRights | None = None) -> DatasetPlan:
+    """The plan, for a caller that may read any server file (unless ``rights`` are given)."""
+    return planning.plan_dataset(*args, rights or FileRights(anywhere=True))
 
 
 def expect_error(sqlstate: str, *args: Any) -> PgmlError:
@@ -349,10 +356,12 @@ def test_unknown_dataset_names_every_place(mirror: Path) -> None:
     error = expect_error("42704", "no_such_set", None, None, {}, mirror)
     assert error.message == 'dataset "no_such_set" was not found'
     assert error.detail is not None
-    assert str(mirror) in error.detail
     assert "no_such_set.jsonl" in error.detail
-    assert "local path" in error.detail
     assert "Hugging Face hub" in error.detail
+    assert str(mirror) not in error.detail  # the server's folders are not the caller's
+    path = expect_error("42704", "./no_such_set.csv", None, None, {}, mirror)
+    assert "local path ./no_such_set.csv" in (path.detail or "")
+    assert str(Path.cwd()) not in (path.detail or "")
     unconfigured = expect_error("42704", "no_such_set", None, None, {}, None)
     assert "--datasets-dir" in (unconfigured.detail or "")
 
@@ -423,3 +432,131 @@ def test_copy_text_round_trips_tricky_values(tmp_path: Path) -> None:
     rows = all_rows(plan_dataset(str(path), None, None, {}, None))
     assert [r[0] for r in rows] == tricky
     assert [json.loads(r[1] or "null")["s"] for r in rows] == tricky
+
+
+# --- whose files --------------------------------------------------------------------------------
+
+
+def refused(rights: FileRights, *args: Any) -> PgmlError:
+    with pytest.raises(PgmlError) as caught:
+        plan_dataset(*args, rights=rights)
+    assert caught.value.sqlstate == "42501", caught.value.message
+    return caught.value
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A readable file outside the datasets folder."""
+    path = tmp_path / "secret.csv"
+    path.write_text("line\nroot:x:0\n")
+    return path
+
+
+def test_a_path_outside_the_folders_is_refused_alike_whether_it_exists(
+    mirror: Path, outside: Path
+) -> None:
+    rights = FileRights.of(mirror).with_answer(False, "loader")
+    there = refused(rights, str(outside), None, None, {}, mirror)
+    missing = refused(rights, str(outside.with_name("nothing.csv")), None, None, {}, mirror)
+    assert there.message == f'permission denied to read server file "{outside}"'
+    assert (there.detail, there.hint) == (missing.detail, missing.hint)
+    assert missing.message == there.message.replace("secret.csv", "nothing.csv")
+    assert there.hint is not None and "GRANT pg_read_server_files TO loader" in there.hint
+    assert plan_dataset(str(outside), None, None, {}, mirror).row_count_hint is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"data_files": "{outside}"},
+        {"data_files": ["{outside}"]},
+        {"data_files": {"train": "{outside}"}},
+        {"data_files": {"train": ["{outside}"]}},
+        {"data_files": "{outside_glob}"},
+        {"data_dir": "{outside_dir}"},
+        {"cache_dir": "{outside_dir}"},
+    ],
+)
+def test_kwargs_that_name_paths_go_through_the_same_rule(
+    mirror: Path, outside: Path, kwargs: dict[str, Any]
+) -> None:
+    text = (
+        json.dumps(kwargs)
+        .replace("{outside}", str(outside))
+        .replace("{outside_glob}", str(outside.parent / "*.csv"))
+        .replace("{outside_dir}", str(outside.parent))
+    )
+    rights = FileRights.of(mirror).with_answer(False, "loader")
+    for source in ("some/hub-dataset", str(mirror / "bookcorpus.jsonl")):
+        refused(rights, source, None, None, text, mirror)
+
+
+@pytest.mark.parametrize("kwargs", [{"data_files": "secret.csv"}, {"data_dir": "."}])
+def test_a_builders_relative_paths_are_the_working_directorys(
+    mirror: Path, kwargs: dict[str, Any]
+) -> None:
+    rights = FileRights.of(mirror).with_answer(False, "loader")
+    refused(rights, "csv", None, None, kwargs, mirror)
+
+
+def test_relative_kwargs_paths_may_not_climb_out_of_a_local_folder(
+    tmp_path: Path, outside: Path
+) -> None:
+    root, models = tmp_path / "datasets", tmp_path / "models"
+    root.mkdir()
+    write_jsonl(models / "local" / "train.jsonl", [{"text": "a"}])
+    rights = FileRights.of(root, models).with_answer(False, "loader")
+    folder = str(models / "local")
+    refused(rights, folder, None, None, {"data_files": "../../secret.csv"}, root)
+    refused(rights, folder, None, None, {"data_files": "*/../../../secret.csv"}, root)
+    plan = plan_dataset(folder, None, None, {"data_files": "train.jsonl"}, root, rights=rights)
+    assert all_rows(plan) == [["a"]]
+
+
+def test_links_out_of_the_datasets_folder_are_refused(mirror: Path, outside: Path) -> None:
+    rights = FileRights.of(mirror).with_answer(False, "loader")
+    (mirror / "linked.csv").symlink_to(outside)
+    (mirror / "linked_folder").mkdir()
+    (mirror / "linked_folder" / "train.csv").symlink_to(outside)
+    (mirror / "whole_link").symlink_to(outside.parent, target_is_directory=True)
+    for source in ("linked", "linked_folder", "whole_link", "../secret"):
+        with pytest.raises(PgmlError) as caught:
+            plan_dataset(source, None, None, {}, mirror, rights=rights)
+        assert caught.value.sqlstate in ("42501", "42704"), caught.value.message
+        assert "root:x" not in str(caught.value.detail)
+    refused(rights, "linked", None, None, {}, mirror)
+    refused(rights, "linked_folder", None, None, {}, mirror)
+    refused(rights, str(mirror / "whole_link" / "secret.csv"), None, None, {}, mirror)
+    assert plan_dataset("linked", None, None, {}, mirror).columns == [("line", "TEXT")]
+
+
+def test_unasked_rights_stop_before_reading(mirror: Path, outside: Path) -> None:
+    from handlers.files import NeedsRight
+
+    with pytest.raises(NeedsRight):
+        plan_dataset(str(outside), None, None, {}, mirror, rights=FileRights.of(mirror))
+    inside = plan_dataset("imdb", None, None, {}, mirror, rights=FileRights.of(mirror))
+    assert inside.table_name == "imdb"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["file:///etc/passwd", "zip://a.csv::/tmp/x.zip", "simplecache::https://x/y.csv", "s3://b/k"],
+)
+def test_urls_that_reach_server_files_are_refused(mirror: Path, value: str) -> None:
+    error = expect_error("22023", "some/hub-dataset", None, None, {"data_files": value}, mirror)
+    assert "http(s)://" in error.message
+
+
+def test_errors_name_the_datasets_folder_by_its_flag(mirror: Path) -> None:
+    (mirror / "nothing" / "sub").mkdir(parents=True)
+    (mirror / "broken").mkdir()
+    (mirror / "broken" / "state.json").write_text("{")
+    for name in ("nothing", "broken"):
+        error = expect_error("22023", name, None, None, {}, mirror)
+        assert str(mirror) not in error.message and "<--datasets-dir>" in error.message
+
+
+@pytest.mark.parametrize("key", ["download_config", "storage_options"])
+def test_loader_settings_are_the_proxys(mirror: Path, key: str) -> None:
+    expect_error("22023", "imdb", None, None, {key: {}}, mirror)

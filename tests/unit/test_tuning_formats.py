@@ -417,11 +417,12 @@ def test_a_failed_process_is_told_with_its_own_last_lines(tmp_path: Path) -> Non
 
 
 def test_fsdp_settings_pass_through_unchanged() -> None:
+    from handlers.files import FileRights
     from handlers.tuning.tune import _check_training_arguments
 
     value = {"fsdp": "full_shard auto_wrap", "fsdp_config": {"min_num_params": 1000}}
     found = options("text-classification", value)
-    _check_training_arguments(found, "cpu")
+    _check_training_arguments(found, "cpu", FileRights())
     assert found.training == value  # checked on a copy: TrainingArguments fills it in
     assert found.stored == value
 
@@ -429,11 +430,12 @@ def test_fsdp_settings_pass_through_unchanged() -> None:
 def test_deepspeed_needs_its_package() -> None:
     import importlib.util
 
+    from handlers.files import FileRights
     from handlers.tuning.tune import _check_training_arguments
 
     found = options("text-classification", {"deepspeed": {"zero_optimization": {"stage": 2}}})
     if importlib.util.find_spec("deepspeed") is not None:
-        _check_training_arguments(found, "cpu")  # installed: the settings are valid
+        _check_training_arguments(found, "cpu", FileRights())  # installed: the settings are valid
         return
-    error = raises("0A000", lambda: _check_training_arguments(found, "cpu"))
+    error = raises("0A000", lambda: _check_training_arguments(found, "cpu", FileRights()))
     assert "deepspeed" in error.message
