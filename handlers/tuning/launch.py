@@ -35,15 +35,17 @@ def main(argv: list[str]) -> int:
     try:
         launch(argv)
     except ChildFailedError as failed:
-        rank, failure = failed.get_first_failure()
-        event = {
-            "event": "error",
-            "kind": RANK_FAILED,
-            "rank": rank,
-            "exitcode": failure.exitcode,
-            "message": describe_exit(failure.exitcode),
-        }
-        print(json.dumps(event), flush=True)
+        # every failed rank, not the first one seen: on a busy machine the launcher may see
+        # a peer's failure (its gloo connection closed) before the death that caused it
+        for rank, failure in sorted(failed.failures.items()):
+            event = {
+                "event": "error",
+                "kind": RANK_FAILED,
+                "rank": rank,
+                "exitcode": failure.exitcode,
+                "message": describe_exit(failure.exitcode),
+            }
+            print(json.dumps(event), flush=True)
         return 1
     return 0
 

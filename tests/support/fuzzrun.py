@@ -154,6 +154,27 @@ class Latencies:
     def slow(self, threshold: float) -> int:
         return sum(v > threshold for v in self.values)
 
+    def slow_beyond(self, reference: Latencies, threshold: float) -> int:
+        """Answers later than ``threshold`` beyond what the machine itself made everyone
+        wait: ``reference`` is a control client that measured, at the same time, the same
+        ``SELECT 1`` straight against PostgreSQL, and an answer's wait counts only beyond
+        the longest wait of a reference query due while it waited (a busy machine stalls
+        both; a stalled proxy only the answers through it)."""
+        return sum(
+            latency
+            - max(
+                (
+                    waited
+                    for due_ref, waited in reference.samples
+                    if due - threshold <= due_ref <= due + latency
+                ),
+                default=0.0,
+            )
+            > threshold
+            for due, latency in self.samples
+            if latency > threshold
+        )
+
     def summary(self) -> str:
         return (
             f"{len(self.samples)} answers, p50 {self.percentile(50) * 1000:.1f} ms, "
