@@ -137,12 +137,17 @@ class Capacity:
         limit = self.limits.max_new_tokens
 
         class Stop(StoppingCriteria):
-            start: int | None = None
+            """Called after each new token; a pipeline calls ``generate`` once per chunk of
+            its inputs with the same criteria, so a length that is not the last plus one
+            starts the count again."""
+
+            start = last = 0
 
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 length = int(input_ids.shape[-1])
-                if self.start is None:
-                    self.start = length - 1  # called first after the first new token
+                if length != self.last + 1:
+                    self.start = length - 1  # the first call of a generation: one new token
+                self.last = length
                 done = stopped() or length - self.start >= limit
                 return torch.full(
                     (input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device
