@@ -130,17 +130,21 @@ def test_a_generation_whose_client_left_frees_the_model_and_the_threads(
             assert time.monotonic() < deadline, "the generation did not start"
             assert endless.poll() is None, "the generation ended"
         # while it runs, another model and another caller are served
-        assert answered_in(bob, classify("fine")) < 2.0
+        waited = answered_in(bob, classify("fine"))
+        assert waited < 2.0, f"another model waited {waited:.2f} s"
         assert endless.poll() is None, "the generation ended"
     finally:
         endless.kill()  # the client leaves without a word
         endless.wait()
     left = time.monotonic()
-    assert answered_in(bob, transform(LONG, SHORT)) < 2.0  # the same model
-    assert answered_in(bob, classify("ok")) < 2.0  # another model
-    assert answered_in(alice, transform(LONG, SHORT)) < 2.0  # alice's share is free again
-    assert time.monotonic() - left < 4.0
-    assert busy(pid) < 0.3, "the generation still runs"
+    waits = {
+        "the same model": answered_in(bob, transform(LONG, SHORT)),
+        "another model": answered_in(bob, classify("ok")),
+        "the first caller again": answered_in(alice, transform(LONG, SHORT)),
+    }
+    assert all(w < 2.0 for w in waits.values()) and time.monotonic() - left < 4.0, waits
+    used = busy(pid)
+    assert used < 0.3, f"the proxy still computes: {used:.0%} of a core"
 
 
 @pytest.mark.parametrize(
