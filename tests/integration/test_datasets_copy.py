@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from handlers.datasets import plan_dataset
+from handlers.files import FileRights
 from tests.support.pgserver import BIN, PostgresCluster
 
 TRICKY = [
@@ -77,7 +78,7 @@ def test_copy_round_trip(
     path = tmp_path / "tricky_copy.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
 
-    plan = plan_dataset(str(path), None, None, {}, None)
+    plan = plan_dataset(str(path), None, None, {}, None, FileRights(anywhere=True))
     assert plan.columns == [
         ("id", "BIGINT"),
         ("s", "TEXT"),
