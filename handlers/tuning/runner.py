@@ -149,11 +149,15 @@ def _worker_error(
 
     A process killed by a signal is the cause whatever the others then reported (a
     worker whose peer vanished fails in its next collective); else a worker's own
-    exception; else how a process exited.  ``tail`` is the launcher's own output."""
+    exception; else how a process exited; a rank ended by SIGTERM last, as the launcher
+    stops every other rank with it once one has failed.  A killed launcher is the cause
+    of all.  ``tail`` is the launcher's own output."""
     ranks = [f for f in failures if f.get("kind") == RANK_FAILED]
     raised = [f for f in failures if f.get("kind") != RANK_FAILED]
-    signalled = [f for f in ranks if int(f.get("exitcode", 0)) < 0]
-    cause = next(iter(signalled or ([] if code < 0 else raised + ranks)), None)
+    stopped = [f for f in ranks if int(f.get("exitcode", 0)) == -signal.SIGTERM]
+    signalled = [f for f in ranks if int(f.get("exitcode", 0)) < 0 and f not in stopped]
+    exited = [f for f in ranks if int(f.get("exitcode", 0)) >= 0]
+    cause = next(iter([] if code < 0 else signalled + raised + exited + stopped), None)
     output = list(tail)
     if cause is not None and job_file is not None:
         output = _read_lines(rank_log(job_file, int(cause.get("rank", 0))))

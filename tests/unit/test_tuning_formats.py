@@ -328,6 +328,13 @@ def test_a_killed_process_is_the_cause_not_what_its_peers_then_said() -> None:
     # a worker's own exception beats the exit status it caused
     error = _worker_error(1, [exited, peer], deque(), 2)
     assert error.message == "training failed: RuntimeError: Connection closed by peer"
+    # the launcher stops the other ranks with SIGTERM once one has failed
+    stopped = {"kind": "RankFailed", "rank": 0, "exitcode": -15}
+    for failures in ([stopped, killed], [stopped, peer], [stopped, exited]):
+        error = _worker_error(1, failures, deque(), 2)
+        assert "SIGTERM" not in error.message, (failures, error.message)
+    error = _worker_error(1, [stopped], deque(), 2)
+    assert error.message == "training process 0 of 2 was killed by signal 15 (SIGTERM)"
 
 
 @pytest.mark.parametrize(
