@@ -16,6 +16,11 @@ from handlers.errors import PgmlError, invalid_argument
 FILE_PART_BYTES = 16 * 1024 * 1024
 """Model files are stored in parts of this size (a bytea value is read whole)."""
 
+FEATURE_TASKS = frozenset({"regression", "classification"})
+FEATURES = "features"
+"""The result type of a project that predicts from feature arrays: REAL for every overload
+of ``pgml.predict`` (see ``proxy.engine.binding.result_type``)."""
+
 STRATEGIES = ("best_score", "most_recent", "rollback", "specific")
 
 
@@ -41,7 +46,10 @@ class Deployed:
 
     @property
     def result_type(self) -> str:
-        """``predict``'s SQL type: the label's for classification, else text."""
+        """``predict``'s SQL type: the label's for text classification, :data:`FEATURES`
+        for a project that predicts from feature arrays, else text."""
+        if self.project.task in FEATURE_TASKS:
+            return FEATURES
         return self.label_type if self.project.task == "text-classification" else "text"
 
 
