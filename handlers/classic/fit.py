@@ -131,8 +131,8 @@ def fit(table: Table, job: Job, folder: Path) -> Fitted:
     """Fit, score and write the model into ``folder``; 22023 for what the library refuses."""
     import numpy as np
 
-    x, layout = matrix(table, job.preprocess)
     y, classes = labels(table, job.task)
+    x, layout = matrix(table, job.preprocess)
     class_ids = [classes.index(v) for v in y.tolist()] if classes else None
     train, test = split_rows(len(y), job.test_size, job.sampling, job.seed, class_ids)
     model = build_estimator(job.task, job.algorithm, job.hyperparams)

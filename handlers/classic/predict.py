@@ -82,9 +82,13 @@ class ClassicPredictor:
 
 
 def _features(values: Sequence[Any]) -> list[float]:
-    if any(v is None for v in values):
+    """A feature array's values in order, a multidimensional one flattened."""
+    import numpy as np
+
+    flat = np.array(values, dtype=object).ravel().tolist()
+    if any(v is None for v in flat):
         raise PgmlError("22004", "features must not contain NULL")
-    return [float(v) for v in values]
+    return [float(v) for v in flat]
 
 
 async def _serve(ctx: CallContext, batch: Sequence[Args], operation: str) -> list[Any]:

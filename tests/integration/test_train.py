@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+from psycopg import errors
+from sklearn import ensemble, linear_model, model_selection, svm
 
 from handlers.classic.algorithms import CLASSIFICATION, ESTIMATORS, REGRESSION, estimator_class
 from tests.integration._pgml import unique
@@ -179,3 +181,264 @@ def test_every_algorithm_predicts_as_scikit_learn(
         [project],
     ).fetchone() or (0,)
     assert count == len(INSTALLED[task])
+
+
+def test_grid_search_equals_grid_search_cv(db: psycopg.Connection[Any]) -> None:
+    x, y = features(db, SHUFFLED, IRIS, "target")
+    train_x, train_y, _ = _split(x, y)
+    project = unique("search")
+    grid = {"C": [0.01, 0.1, 1.0, 10.0], "kernel": ["linear", "rbf"]}
+    train(
+        db,
+        project,
+        task="classification",
+        relation_name=SHUFFLED,
+        y_column_name="target",
+        algorithm="svm",
+        search="grid",
+        search_params=grid,
+        search_args={"cv": 3},
+        test_sampling="last",
+    )
+    reference = model_selection.GridSearchCV(svm.SVC(), grid, cv=3).fit(train_x, train_y)
+    (recorded,) = db.execute(
+        "SELECT m.hyperparams FROM pgml.models AS m JOIN pgml.projects AS p "
+        "ON p.id = m.project_id WHERE p.name = %s",
+        [project],
+    ).fetchone() or (None,)
+    assert recorded == reference.best_params_
+    found = metrics(db, project)["search_results"]
+    assert found["params"] == reference.cv_results_["params"]
+    np.testing.assert_allclose(found["mean_test_score"], reference.cv_results_["mean_test_score"])
+    inputs, predicted = per_row(db, project, SHUFFLED, IRIS)
+    np.testing.assert_array_equal(predicted, reference.predict(inputs))
+
+
+def test_random_search_takes_its_arguments(db: psycopg.Connection[Any]) -> None:
+    project = unique("random_search")
+    train(
+        db,
+        project,
+        task="regression",
+        relation_name="pgml.diabetes",
+        y_column_name="target",
+        algorithm="ridge",
+        search="random",
+        search_params={"alpha": [0.01, 0.1, 1.0, 10.0]},
+        search_args={"n_iter": 2, "cv": 2, "random_state": 0},
+    )
+    assert len(metrics(db, project)["search_results"]["params"]) == 2
+
+
+@pytest.fixture(scope="module")
+def iris_model(db: psycopg.Connection[Any]) -> tuple[str, Any]:
+    """A logistic regression of iris, deployed, and the same estimator fitted here."""
+    project = unique("iris_linear")
+    train(
+        db,
+        project,
+        task="classification",
+        relation_name=SHUFFLED,
+        y_column_name="target",
+        hyperparams={"max_iter": 500},
+        test_sampling="last",
+    )
+    x, y = features(db, SHUFFLED, IRIS, "target")
+    train_x, train_y, _ = _split(x, y)
+    return project, linear_model.LogisticRegression(max_iter=500).fit(train_x, train_y)
+
+
+@pytest.mark.parametrize(
+    ("array", "values"),
+    [
+        ("ARRAY[5.1, 3.5, 1.4, 0.2]::real[]", [5.1, 3.5, 1.4, 0.2]),
+        ("ARRAY[6.7, 3.0, 5.2, 2.3]::float8[]", [6.7, 3.0, 5.2, 2.3]),
+        ("ARRAY[6, 3, 4, 1]::int[]", [6, 3, 4, 1]),
+        ("ARRAY[7, 3, 6, 2]::bigint[]", [7, 3, 6, 2]),
+        ("ARRAY[true, false, true, true]", [1, 0, 1, 1]),
+        ("'{5.9,3.0,5.1,1.8}'::numeric[]", [5.9, 3.0, 5.1, 1.8]),
+    ],
+)
+def test_predict_takes_every_numeric_array(
+    db: psycopg.Connection[Any], iris_model: tuple[str, Any], array: str, values: list[float]
+) -> None:
+    project, reference = iris_model
+    point = np.array([values], dtype=np.float32).astype(float)
+    (label,) = db.execute(f"SELECT pgml.predict('{project}', {array})").fetchone() or (None,)
+    assert label == reference.predict(point)[0]
+    (proba,) = db.execute(f"SELECT pgml.predict_proba('{project}', {array})").fetchone() or (None,)
+    np.testing.assert_allclose(proba, reference.predict_proba(point)[0], rtol=1e-5)
+
+
+def test_predict_proba_per_row(db: psycopg.Connection[Any], iris_model: tuple[str, Any]) -> None:
+    project, reference = iris_model
+    array = ", ".join(IRIS)
+    found = rows(
+        db, f"SELECT {array}, pgml.predict_proba('{project}', ARRAY[{array}]) FROM {SHUFFLED}"
+    )
+    inputs = np.array([[float(v) for v in row[:-1]] for row in found])
+    np.testing.assert_allclose(
+        [row[-1] for row in found], reference.predict_proba(inputs), rtol=1e-4, atol=1e-6
+    )
+
+
+def model_count(db: psycopg.Connection[Any]) -> tuple[int, int]:
+    (models, projects) = db.execute(
+        "SELECT (SELECT count(*) FROM pgml.models), (SELECT count(*) FROM pgml.projects)"
+    ).fetchone() or (0, 0)
+    return models, projects
+
+
+@pytest.mark.parametrize(
+    ("args", "sqlstate", "message"),
+    [
+        ({"algorithm": "no_such_algorithm"}, "22023", 'unknown algorithm "no_such_algorithm"'),
+        ({"y_column_name": "nope"}, "42703", 'column "nope" does not exist'),
+        ({"hyperparams": {"no_such_option": 1}}, "22023", "bad hyperparameters for linear"),
+        ({"algorithm": "ridge", "hyperparams": {"alpha": -1}}, "22023", "ridge refused"),
+        ({"algorithm": "ridge", "hyperparams": {"solver": "nope"}}, "22023", "ridge refused"),
+        ({"task": "clustering_soon"}, "22023", 'unknown task "clustering_soon"'),
+        ({"relation_name": "no_such_table"}, "42P01", '"no_such_table" does not exist'),
+        ({"search": "grid", "search_params": {"nope": [1]}}, "22023", "linear refused"),
+        ({"test_sampling": "sideways"}, "22023", 'test_sampling "sideways"'),
+    ],
+)
+def test_bad_arguments_record_nothing(
+    db: psycopg.Connection[Any], args: dict[str, Any], sqlstate: str, message: str
+) -> None:
+    before = model_count(db)
+    base = {"task": "regression", "relation_name": "pgml.diabetes", "y_column_name": "target"}
+    with pytest.raises(psycopg.Error) as raised:
+        train(db, unique("bad"), **(base | args))
+    assert raised.value.sqlstate == sqlstate, raised.value
+    assert message in str(raised.value)
+    assert model_count(db) == before
+
+
+def test_null_labels_and_features(db: psycopg.Connection[Any]) -> None:
+    table = unique("nulls")
+    db.execute(
+        f"CREATE TABLE {table} AS SELECT g::real AS x, CASE WHEN g % 7 = 0 THEN NULL "
+        "ELSE (g % 5)::real END AS f, NULL::real AS empty, (2 * g)::real AS y "
+        "FROM generate_series(1, 40) AS g"
+    )
+    try:
+        before = model_count(db)
+        for label, fragment in (("empty", "only NULL values"), ("y", 'feature column "f"')):
+            with pytest.raises(errors.NullValueNotAllowed, match=fragment):
+                train(
+                    db, unique("nulls"), task="regression", relation_name=table, y_column_name=label
+                )
+        assert model_count(db) == before
+        db.execute(f"ALTER TABLE {table} DROP COLUMN empty")
+        project = unique("imputed")
+        found = train(
+            db,
+            project,
+            task="regression",
+            relation_name=table,
+            y_column_name="y",
+            preprocess={"f": {"impute": "mean", "scale": "standard"}, "x": {"scale": "min_max"}},
+        )
+        assert found[3] is True
+        (value,) = db.execute(f"SELECT pgml.predict('{project}', ARRAY[10, 0])").fetchone() or (0,)
+        assert value == pytest.approx(20, abs=1e-3)
+    finally:
+        db.execute(f"DROP TABLE {table}")
+
+
+def test_wrong_feature_count_is_refused(
+    db: psycopg.Connection[Any], iris_model: tuple[str, Any]
+) -> None:
+    project, _ = iris_model
+    with pytest.raises(errors.InvalidParameterValue, match="takes 4 features, not 3"):
+        db.execute(f"SELECT pgml.predict('{project}', ARRAY[1, 2, 3])")
+    with pytest.raises(errors.InvalidParameterValue, match="takes 4 features, not 5"):
+        db.execute(f"SELECT pgml.predict_proba('{project}', ARRAY[1, 2, 3, 4, 5])")
+
+
+def test_later_trainings_reuse_the_snapshot_and_deploy_by_algorithm(
+    db: psycopg.Connection[Any],
+) -> None:
+    project = unique("later")
+    first = train(
+        db,
+        project,
+        task="regression",
+        relation_name="pgml.diabetes",
+        y_column_name="target",
+        algorithm="lasso",
+        hyperparams={"alpha": 5.0},
+    )
+    assert first == (project, "regression", "lasso", True)
+    second = train(db, project, algorithm="linear", runtime="rust")
+    assert second == (project, "regression", "linear", True)  # a better r2 than lasso's
+    third = train(db, project, algorithm="lasso", hyperparams={"alpha": 50.0})
+    assert third == (project, "regression", "lasso", False)
+    found = rows(db, "SELECT * FROM pgml.deploy(%s, 'best_score', 'lasso')", project)
+    assert found == [(project, "best_score", "lasso")]
+    deployed = rows(db, "SELECT algorithm FROM pgml.deployed_models WHERE name = %s", project)
+    assert deployed == [("lasso",)]
+    relations = rows(
+        db,
+        "SELECT DISTINCT s.relation_name FROM pgml.snapshots AS s JOIN pgml.projects AS p "
+        "ON p.id = s.project_id WHERE p.name = %s",
+        project,
+    )
+    assert relations == [("pgml.diabetes",)]
+
+
+def test_array_and_text_columns_are_features(db: psycopg.Connection[Any]) -> None:
+    db.execute("SELECT pgml.load_dataset('digits', \"limit\" => 300)")
+    project = unique("digits")
+    train(
+        db,
+        project,
+        task="classification",
+        relation_name="pgml.digits",
+        y_column_name="target",
+        algorithm="random_forest",
+        hyperparams={"n_estimators": 10, "random_state": 0},
+        test_sampling="last",
+    )
+    stored = rows(db, "SELECT image, target FROM pgml.digits")
+    x = np.array([np.array(row[0], dtype=float).ravel() for row in stored])
+    y = np.array([row[1] for row in stored], dtype=float)
+    reference = ensemble.RandomForestClassifier(n_estimators=10, random_state=0)
+    reference.fit(x[:225], y[:225])
+    found = rows(db, f"SELECT image, pgml.predict('{project}', image) FROM pgml.digits")
+    x = np.array([np.array(row[0], dtype=float).ravel() for row in found])
+    np.testing.assert_array_equal([row[1] for row in found], reference.predict(x))
+    table = unique("colors")
+    db.execute(
+        f"CREATE TABLE {table} AS SELECT (ARRAY['red', 'green', 'blue'])[g % 3 + 1] AS color, "
+        "g % 2 = 0 AS even, (g % 3)::float8 + (g % 2) * 10 AS y FROM generate_series(1, 60) AS g"
+    )
+    try:
+        ordinal = unique("colors")
+        train(
+            db,
+            ordinal,
+            task="regression",
+            relation_name=table,
+            y_column_name="y",
+            algorithm="decision_tree",
+        )
+        # y is 0 for red, 1 for green, 2 for blue, plus 10 when odd; codes in sorted order:
+        # blue 0, green 1, red 2
+        (value,) = db.execute(f"SELECT pgml.predict('{ordinal}', ARRAY[1, 0])").fetchone() or (0,)
+        assert value == pytest.approx(11)
+        hot = unique("colors_one_hot")
+        train(
+            db,
+            hot,
+            task="regression",
+            relation_name=table,
+            y_column_name="y",
+            algorithm="decision_tree",
+            preprocess={"color": {"encode": "one_hot"}},
+        )
+        (value,) = db.execute(f"SELECT pgml.predict('{hot}', ARRAY[0, 0, 1, 0])").fetchone() or (0,)
+        assert value == pytest.approx(10)
+    finally:
+        db.execute(f"DROP TABLE {table}")
