@@ -44,7 +44,7 @@ class ClassicPredictor:
         refused = [t for t in found if not t.startswith(TRUSTED_MODULES)]
         if refused:
             raise PgmlError(
-                "XX000",
+                "XX001",
                 f"the model file of {folder.name} holds types the proxy does not load",
                 detail="Untrusted: " + ", ".join(refused) + ".",
             )

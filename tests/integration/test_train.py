@@ -5,6 +5,7 @@ GridSearchCV's, and bad input refused with its SQLSTATE and nothing recorded."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from sklearn import ensemble, linear_model, model_selection, svm
 
 from handlers.classic.algorithms import CLASSIFICATION, ESTIMATORS, REGRESSION, estimator_class
 from tests.integration._pgml import unique
+from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
 ROWS = {"iris": 150, "diabetes": 442, "digits": 1797, "breast_cancer": 569, "wine": 178}
@@ -442,3 +444,69 @@ def test_array_and_text_columns_are_features(db: psycopg.Connection[Any]) -> Non
         assert value == pytest.approx(10)
     finally:
         db.execute(f"DROP TABLE {table}")
+
+
+def test_text_and_feature_projects_keep_their_own_inputs(
+    db: psycopg.Connection[Any], iris_model: tuple[str, Any]
+) -> None:
+    project, _ = iris_model
+    with pytest.raises(errors.FeatureNotSupported, match="features as an array of numbers"):
+        db.execute(f"SELECT pgml.predict('{project}', 'a sentence')")
+    with pytest.raises(errors.InvalidParameterValue, match="is a classification project"):
+        train(db, project, task="regression")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xgboost") is not None, reason="xgboost installed")
+def test_an_algorithm_whose_library_is_missing(db: psycopg.Connection[Any]) -> None:
+    before = model_count(db)
+    with pytest.raises(errors.FeatureNotSupported, match="needs the Python package xgboost"):
+        train(
+            db,
+            unique("xgb"),
+            task="regression",
+            relation_name="pgml.diabetes",
+            y_column_name="target",
+            algorithm="xgboost",
+        )
+    assert model_count(db) == before
+
+
+def test_training_needs_the_projects_owner(
+    db: psycopg.Connection[Any], cluster: PostgresCluster, proxy: ProxyProcess
+) -> None:
+    project = unique("owned")
+    train(db, project, task="regression", relation_name="pgml.diabetes", y_column_name="target")
+    role = unique("outsider")
+    cluster.psql(
+        f"CREATE ROLE {role} LOGIN; GRANT SELECT ON pgml.diabetes TO {role}; "
+        f"GRANT INSERT ON pgml.projects, pgml.models, pgml.deployments TO {role}"
+    )
+    try:
+        with psycopg.connect(proxy.dsn(user=role), autocommit=True) as other:
+            before = model_count(db)
+            with pytest.raises(errors.InsufficientPrivilege, match="permission denied for project"):
+                train(other, project, algorithm="ridge")
+            assert model_count(db) == before
+    finally:
+        cluster.psql(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+def test_materialized_snapshot(db: psycopg.Connection[Any]) -> None:
+    project = unique("materialized")
+    train(
+        db,
+        project,
+        task="regression",
+        relation_name="pgml.diabetes",
+        y_column_name="target",
+        materialize_snapshot=True,
+    )
+    ((snapshot, materialized),) = rows(
+        db,
+        "SELECT s.id, s.materialized FROM pgml.snapshots AS s JOIN pgml.projects AS p "
+        "ON p.id = s.project_id WHERE p.name = %s",
+        project,
+    )
+    assert materialized is True
+    assert rows(db, f"SELECT count(*) FROM pgml.snapshot_{snapshot}") == [(442,)]
+    db.execute(f"DROP TABLE pgml.snapshot_{snapshot}")
