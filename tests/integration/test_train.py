@@ -17,7 +17,7 @@ from psycopg import errors
 from sklearn import ensemble, linear_model, model_selection, svm
 
 from handlers.classic.algorithms import CLASSIFICATION, ESTIMATORS, REGRESSION, estimator_class
-from tests.integration._pgml import unique
+from tests.integration._pgml import psql_answer, unique
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
@@ -510,3 +510,30 @@ def test_materialized_snapshot(db: psycopg.Connection[Any]) -> None:
     assert materialized is True
     assert rows(db, f"SELECT count(*) FROM pgml.snapshot_{snapshot}") == [(442,)]
     db.execute(f"DROP TABLE pgml.snapshot_{snapshot}")
+
+
+def test_psql_runs_the_documented_calls(
+    db: psycopg.Connection[Any], iris_model: tuple[str, Any], proxy: ProxyProcess
+) -> None:
+    """The simple protocol, as psql sends PostgresML's examples: per row and with literals."""
+    project, reference = iris_model
+    array = ", ".join(IRIS)
+    answer = psql_answer(
+        proxy.dsn(), f"SELECT {array}, pgml.predict('{project}', ARRAY[{array}]) FROM {SHUFFLED}"
+    )
+    inputs = np.array([[float(v) for v in row[:-1]] for row in answer.rows])
+    np.testing.assert_array_equal([float(r[-1]) for r in answer.rows], reference.predict(inputs))
+    stratified = unique("stratified")
+    answer = psql_answer(
+        proxy.dsn(),
+        f"SELECT * FROM pgml.train('{stratified}', 'classification', '{SHUFFLED}', 'target', "
+        "'decision_tree', test_size => 0.2, test_sampling => 'stratified')",
+    )
+    assert answer.rows == [(stratified, "classification", "decision_tree", "t")]
+    analysis = rows(
+        db,
+        "SELECT s.analysis->>'test_rows' FROM pgml.snapshots AS s JOIN pgml.projects AS p "
+        "ON p.id = s.project_id WHERE p.name = %s",
+        stratified,
+    )
+    assert analysis == [("30",)]
