@@ -26,6 +26,7 @@ KEY_METRICS: dict[str, tuple[str, bool]] = {
     "text-generation": ("perplexity", False),
     "regression": ("r2", True),
     "classification": ("f1", True),
+    "clustering": ("silhouette", True),
 }
 """The metric a task's models are compared by, and whether higher is better."""
 

@@ -11,8 +11,9 @@ from typing import Any
 
 from handlers.errors import PgmlError, invalid_argument
 
-REGRESSION, CLASSIFICATION = "regression", "classification"
-TASKS = (REGRESSION, CLASSIFICATION)
+REGRESSION, CLASSIFICATION, CLUSTERING = "regression", "classification", "clustering"
+TASKS = (REGRESSION, CLASSIFICATION, CLUSTERING)
+SUPERVISED = frozenset({REGRESSION, CLASSIFICATION})
 
 _LINEAR = "sklearn.linear_model."
 _SVM = "sklearn.svm."
@@ -70,8 +71,15 @@ ESTIMATORS: dict[str, dict[str, str]] = {
     | {name: paths[0] for name, paths in _BOTH.items()},
     CLASSIFICATION: {"linear": _LINEAR + "LogisticRegression"}
     | {name: paths[1] for name, paths in _BOTH.items()},
+    CLUSTERING: {
+        "affinity_propagation": "sklearn.cluster.AffinityPropagation",
+        "kmeans": "sklearn.cluster.KMeans",
+        "mini_batch_kmeans": "sklearn.cluster.MiniBatchKMeans",
+        "mean_shift": "sklearn.cluster.MeanShift",
+    },
 }
-"""Import paths of the estimators, by task and PostgresML algorithm name."""
+"""Import paths of the estimators, by task and PostgresML algorithm name (the clustering
+algorithms that can assign new rows to their clusters)."""
 
 
 def normalise_task(task: str) -> str:

@@ -26,27 +26,28 @@ FEATURE_CATEGORIES = frozenset({NUMERIC, BOOLEAN, ARRAY, TEXT})
 
 @dataclass(slots=True)
 class Table:
-    """The rows read: the label's values and each feature column's, in the relation's order."""
+    """The rows read: the label's values (none for clustering) and each feature column's,
+    in the relation's order."""
 
     relation: str
-    label: Column
+    label: Column | None
     features: list[Column]
     y: list[Any] = field(default_factory=list)
     x: list[list[Any]] = field(default_factory=list)
     checksum: str = ""
 
 
-async def read_table(session: SessionSQL, relation: str, y_column: str) -> Table:
+async def read_table(session: SessionSQL, relation: str, y_column: str | None) -> Table:
     """Every row of ``relation``: the label column ``y_column`` and the other columns."""
     name, columns = await relation_columns(session, relation)
     label = next((c for c in columns if c.name == y_column), None)
-    if label is None:
+    if y_column is not None and label is None:
         raise PgmlError(
             "42703",
             f'column "{y_column}" does not exist in relation "{relation}"',
             hint="Columns: " + ", ".join(c.name for c in columns) + ".",
         )
-    if label.category not in (NUMERIC, BOOLEAN):
+    if label is not None and label.category not in (NUMERIC, BOOLEAN):
         raise invalid_argument(
             f'label column "{y_column}" is {label.type}; labels must be numbers or booleans'
         )
@@ -59,9 +60,10 @@ async def read_table(session: SessionSQL, relation: str, y_column: str) -> Table
                 hint="Train on a view that leaves it out or casts it.",
             )
     if not features:
-        raise invalid_argument(f'relation "{relation}" has no feature columns besides "{y_column}"')
+        raise invalid_argument(f'relation "{relation}" has no feature columns')
     table = Table(name, label, features)
-    selected = ", ".join(quote_ident(c.name) for c in [label, *features])
+    read = [label, *features] if label is not None else [None, *features]
+    selected = ", ".join("NULL" if c is None else quote_ident(c.name) for c in read)
     digest = hashlib.sha256()
     async for chunk in session.copy_out(
         f"COPY (SELECT json_build_array({selected})::text FROM {name}) TO STDOUT (FORMAT csv)"

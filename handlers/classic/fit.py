@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handlers.classic.algorithms import CLASSIFICATION, build_estimator
+from handlers.classic.algorithms import CLASSIFICATION, CLUSTERING, build_estimator
 from handlers.classic.features import ARRAY, BOOLEAN, TEXT, Table
 from handlers.classic.preprocess import ColumnSteps, transformer
 from handlers.errors import PgmlError, invalid_argument
@@ -104,9 +104,11 @@ def _array_block(name: str, values: list[Any]) -> Any:
 
 
 def labels(table: Table, task: str) -> tuple[Any, list[float]]:
-    """The label vector, and a classification's classes in order."""
+    """The label vector (None for clustering), and a classification's classes in order."""
     import numpy as np
 
+    if table.label is None:
+        return None, []
     nulls = sum(v is None for v in table.y)
     if nulls:
         what = "only NULL values" if nulls == len(table.y) else f"{nulls} NULL value(s)"
@@ -134,7 +136,8 @@ def fit(table: Table, job: Job, folder: Path) -> Fitted:
     y, classes = labels(table, job.task)
     x, layout = matrix(table, job.preprocess)
     class_ids = [classes.index(v) for v in y.tolist()] if classes else None
-    train, test = split_rows(len(y), job.test_size, job.sampling, job.seed, class_ids)
+    train, test = split_rows(len(table.x), job.test_size, job.sampling, job.seed, class_ids)
+    train_y = None if y is None else y[train]
     model = build_estimator(job.task, job.algorithm, job.hyperparams)
     prepare = transformer(job.preprocess, layout["positions"])
     if prepare is not None:
@@ -147,7 +150,7 @@ def fit(table: Table, job: Job, folder: Path) -> Fitted:
     try:
         if job.search is not None:
             searched = _searcher(job, model, prepare is not None)
-            searched.fit(x[train], y[train])
+            searched.fit(x[train], train_y)
             model = searched.best_estimator_
             best = {k.removeprefix("estimator__"): v for k, v in searched.best_params_.items()}
             hyperparams |= best
@@ -161,12 +164,12 @@ def fit(table: Table, job: Job, folder: Path) -> Fitted:
                 "mean_test_score": [float(s) for s in searched.cv_results_["mean_test_score"]],
             }
         else:
-            model.fit(x[train], y[train])
+            model.fit(x[train], train_y)
     except (TypeError, ValueError) as exc:
         raise invalid_argument(f"{job.algorithm} refused to train: {exc}") from exc
     fit_time = time.perf_counter() - started
     started = time.perf_counter()
-    metrics = _metrics(job.task, model, x[test], y[test], classes)
+    metrics = _metrics(job.task, model, x[test], None if y is None else y[test], classes)
     metrics |= {"fit_time": fit_time, "score_time": time.perf_counter() - started}
     if search_results is not None:
         metrics["search_results"] = search_results
@@ -191,6 +194,11 @@ def _metrics(task: str, model: Any, x: Any, y: Any, classes: list[float]) -> dic
     from sklearn import metrics
 
     predicted = model.predict(x)
+    if task == CLUSTERING:
+        try:
+            return _finite({"silhouette": metrics.silhouette_score(x, predicted)})
+        except ValueError:  # one cluster in the test split: no silhouette
+            return {"silhouette": None}
     if task != CLASSIFICATION:
         found = {
             "r2": metrics.r2_score(y, predicted),

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from handlers.access import DEPLOYMENTS, MODELS, PROJECTS, Role, require
-from handlers.classic.algorithms import check_algorithm, estimator_class, normalise_task
+from handlers.classic.algorithms import (
+    CLUSTERING,
+    SUPERVISED,
+    check_algorithm,
+    estimator_class,
+    normalise_task,
+)
 from handlers.classic.features import read_table
 from handlers.classic.fit import Fitted, Job, fit
 from handlers.classic.preprocess import parse_preprocess
@@ -91,10 +97,12 @@ async def _train(
     last = await catalog.last_run(existing) if existing else None
     relation_name = relation_name or (last or {}).get("relation_name")
     y_column_name = y_column_name or (last or {}).get("y_column_name")
-    if not relation_name or not y_column_name:
+    if task == CLUSTERING:
+        y_column_name = None
+    if not relation_name or (task in SUPERVISED and not y_column_name):
         raise invalid_argument(
-            f'project "{project_name}" has no snapshot: pgml.train needs relation_name and '
-            "y_column_name"
+            f'project "{project_name}" has no snapshot: pgml.train needs relation_name'
+            + (" and y_column_name" if task in SUPERVISED else "")
         )
     name = check_algorithm(task, algorithm or "linear")
     if (runtime or "python").lower() not in RUNTIMES:
@@ -123,9 +131,9 @@ async def _train(
     except (TypeError, ValueError) as exc:
         raise invalid_argument(f"bad hyperparameters for {name}: {exc}") from exc
     table = await read_table(ctx.session, relation_name, y_column_name)
-    if not table.y:
+    if not table.x:
         raise invalid_argument(f'relation "{relation_name}" has no rows to train on')
-    count_test_rows(len(table.y), size)
+    count_test_rows(len(table.x), size)
     job.preprocess = parse_preprocess(preprocess, [c.name for c in table.features])
     ctx.check_cancel()
     workdir = Path(tempfile.mkdtemp(prefix="pgml-train-", dir=services.work_dir()))
@@ -135,7 +143,7 @@ async def _train(
         ctx.check_cancel()
         project = existing or await _new_project(ctx, catalog, project_name, task, caller, deploys)
         analysis = {
-            "rows": len(table.y),
+            "rows": len(table.x),
             "train_rows": fitted.train_rows,
             "test_rows": fitted.test_rows,
             "features": fitted.features,
@@ -146,9 +154,9 @@ async def _train(
             y_column_name,
             size,
             sampling,
-            {c.name: c.type for c in [*table.features, table.label]},
+            {c.name: c.type for c in [*table.features, table.label] if c is not None},
             analysis,
-            len(table.y),
+            len(table.x),
             table.checksum,
             bool(materialize_snapshot),
         )

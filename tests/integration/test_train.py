@@ -14,9 +14,15 @@ import numpy as np
 import psycopg
 import pytest
 from psycopg import errors
-from sklearn import ensemble, linear_model, model_selection, svm
+from sklearn import cluster, ensemble, linear_model, model_selection, svm
 
-from handlers.classic.algorithms import CLASSIFICATION, ESTIMATORS, REGRESSION, estimator_class
+from handlers.classic.algorithms import (
+    CLASSIFICATION,
+    CLUSTERING,
+    ESTIMATORS,
+    REGRESSION,
+    estimator_class,
+)
 from tests.integration._pgml import psql_answer, unique
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
@@ -537,3 +543,37 @@ def test_psql_runs_the_documented_calls(
         stratified,
     )
     assert analysis == [("30",)]
+
+
+def test_clustering_assigns_rows_as_scikit_learn(db: psycopg.Connection[Any]) -> None:
+    view = unique("iris_features")
+    db.execute(f"CREATE VIEW {view} AS SELECT {', '.join(IRIS)} FROM {SHUFFLED}")
+    try:
+        x = np.array([[float(v) for v in row] for row in rows(db, f"SELECT * FROM {view}")])
+        project = unique("clusters")
+        params = {"n_clusters": 3, "random_state": 0, "n_init": 3}
+        found = train(
+            db,
+            project,
+            task="clustering",
+            relation_name=view,
+            algorithm="kmeans",
+            hyperparams=params,
+            test_sampling="last",
+        )
+        assert found == (project, CLUSTERING, "kmeans", True)
+        reference = cluster.KMeans(**params).fit(x[: len(x) - round(len(x) / 4)])
+        inputs, predicted = per_row(db, project, view, IRIS)
+        np.testing.assert_array_equal(predicted, reference.predict(inputs))
+        assert metrics(db, project)["silhouette"] > 0.3
+        later = train(
+            db,
+            project,
+            algorithm="mini_batch_kmeans",
+            hyperparams={"n_clusters": 3, "random_state": 0},
+        )
+        assert later[:3] == (project, CLUSTERING, "mini_batch_kmeans")
+        with pytest.raises(errors.FeatureNotSupported, match="needs a classification model"):
+            db.execute(f"SELECT pgml.predict_proba('{project}', ARRAY[5.1, 3.5, 1.4, 0.2])")
+    finally:
+        db.execute(f"DROP VIEW {view}")
