@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -577,3 +579,47 @@ def test_clustering_assigns_rows_as_scikit_learn(db: psycopg.Connection[Any]) ->
             db.execute(f"SELECT pgml.predict_proba('{project}', ARRAY[5.1, 3.5, 1.4, 0.2])")
     finally:
         db.execute(f"DROP VIEW {view}")
+
+
+def test_training_leaves_other_clients_served(
+    db: psycopg.Connection[Any], proxy: ProxyProcess
+) -> None:
+    """A fit runs off the event loop: another session's statements answer meanwhile."""
+    db.execute("SELECT pgml.load_dataset('digits')")
+    project = unique("busy")
+    failures: list[BaseException] = []
+
+    def long_training() -> None:
+        try:
+            with psycopg.connect(proxy.dsn(), autocommit=True) as trainer:
+                train(
+                    trainer,
+                    project,
+                    task="classification",
+                    relation_name="pgml.digits",
+                    y_column_name="target",
+                    algorithm="random_forest",
+                    hyperparams={"n_estimators": 300, "random_state": 0},
+                )
+        except BaseException as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=long_training)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not rows(db, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT json%%'"):
+            assert time.monotonic() < deadline, "the training never read its relation"
+            time.sleep(0.05)
+        time.sleep(1.0)  # the rows are read: the fit is under way
+        slowest = 0.0
+        for _ in range(10):
+            started = time.monotonic()
+            rows(db, "SELECT 1")
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.05)
+        assert worker.is_alive(), "the training ended before the other session was measured"
+        assert slowest < 0.5
+    finally:
+        worker.join(120)
+    assert not failures, failures
