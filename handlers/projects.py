@@ -165,6 +165,27 @@ class Catalog:
         )
         return int(row["id"]), float(row["t"])
 
+    async def describe_training(
+        self,
+        model_id: int,
+        runtime: str,
+        num_features: int,
+        search: str | None,
+        search_params: dict[str, Any],
+        search_args: dict[str, Any],
+    ) -> None:
+        """The runtime, feature count and search a model of ``pgml.train`` had."""
+        await self.pool.execute(
+            "UPDATE pgml.models SET runtime = $2, num_features = $3, search = $4, "
+            "search_params = $5::jsonb, search_args = $6::jsonb WHERE id = $1",
+            model_id,
+            runtime,
+            num_features,
+            search,
+            json.dumps(search_params),
+            json.dumps(search_args),
+        )
+
     async def log(self, project: Project, model_id: int, record: dict[str, Any]) -> None:
         await self.pool.execute(
             "INSERT INTO pgml.logs (model_id, project_id, logs) VALUES ($1, $2, $3::jsonb)",

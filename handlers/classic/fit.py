@@ -248,7 +248,14 @@ def _write(
     import skops.io
 
     folder.mkdir(parents=True, exist_ok=True)
-    skops.io.dump(model, folder / MODEL_FILE)
+    try:
+        skops.io.dump(model, folder / MODEL_FILE)
+    except skops.io.exceptions.UnsupportedTypeException as exc:
+        raise PgmlError(
+            "0A000",
+            f"models of algorithm {job.algorithm} cannot be stored yet: {exc}",
+            hint="Choose another algorithm.",
+        ) from exc
     manifest = {
         "task": job.task,
         "algorithm": job.algorithm,

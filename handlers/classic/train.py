@@ -168,6 +168,14 @@ async def _train(
         model_id, created_at = await catalog.add_model(
             project, snapshot_id, name, fitted.hyperparams
         )
+        await catalog.describe_training(
+            model_id,
+            "python",
+            fitted.features,
+            job.search,
+            job.search_params,
+            job.search_args,
+        )
         await catalog.finish_model(model_id, fitted.metrics, folder)
         services.keep_trained(ctx.database, model_id, created_at, folder)
     finally:

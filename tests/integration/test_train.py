@@ -217,6 +217,12 @@ def test_grid_search_equals_grid_search_cv(db: psycopg.Connection[Any]) -> None:
         [project],
     ).fetchone() or (None,)
     assert recorded == reference.best_params_
+    assert rows(
+        db,
+        "SELECT m.search, m.search_params, m.search_args FROM pgml.models AS m "
+        "JOIN pgml.projects AS p ON p.id = m.project_id WHERE p.name = %s",
+        project,
+    ) == [("grid", grid, {"cv": 3})]
     found = metrics(db, project)["search_results"]
     assert found["params"] == reference.cv_results_["params"]
     np.testing.assert_allclose(found["mean_test_score"], reference.cv_results_["mean_test_score"])
@@ -385,6 +391,13 @@ def test_later_trainings_reuse_the_snapshot_and_deploy_by_algorithm(
     assert second == (project, "regression", "linear", True)  # a better r2 than lasso's
     third = train(db, project, algorithm="lasso", hyperparams={"alpha": 50.0})
     assert third == (project, "regression", "lasso", False)
+    recorded = rows(
+        db,
+        "SELECT m.runtime, m.num_features FROM pgml.models AS m JOIN pgml.projects AS p "
+        "ON p.id = m.project_id WHERE p.name = %s ORDER BY m.id",
+        project,
+    )
+    assert recorded == [("python", 10)] * 3  # runtime => 'rust' trains with Python
     found = rows(db, "SELECT * FROM pgml.deploy(%s, 'best_score', 'lasso')", project)
     assert found == [(project, "best_score", "lasso")]
     deployed = rows(db, "SELECT algorithm FROM pgml.deployed_models WHERE name = %s", project)
