@@ -109,10 +109,12 @@ class Catalog:
         return None if row is None else _project(row)
 
     async def last_run(self, project: Project) -> dict[str, Any] | None:
-        """The relation, label, split and model of the project's latest model."""
+        """The relation, label, split and model of the project's latest model, and its
+        snapshot (``snapshot_id``, whether it is ``materialized``)."""
         row = await self.pool.fetchrow(
             "SELECT s.relation_name, s.y_column_name[1] AS y_column_name, s.test_size, "
-            "s.test_sampling, m.algorithm FROM pgml.models AS m "
+            "s.test_sampling, m.algorithm, s.id AS snapshot_id, s.materialized "
+            "FROM pgml.models AS m "
             "JOIN pgml.snapshots AS s ON s.id = m.snapshot_id "
             "WHERE m.project_id = $1 ORDER BY m.id DESC LIMIT 1",
             project.id,

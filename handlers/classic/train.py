@@ -76,6 +76,8 @@ async def _train(
     materialize_snapshot: bool | None,
     preprocess: Any,
 ) -> tuple[str, str, str, bool]:
+    """One call.  Without a relation_name, a project whose latest snapshot was materialized
+    trains on that snapshot's rows; otherwise on its relation as it is now."""
     if not project_name:
         raise invalid_argument("pgml.train needs a project_name")
     services = ctx.services
@@ -95,6 +97,9 @@ async def _train(
             hint="Use a new project name for another task.",
         )
     last = await catalog.last_run(existing) if existing else None
+    source = None
+    if not relation_name and last is not None and last["materialized"]:
+        source = f"pgml.snapshot_{last['snapshot_id']}"  # the latest snapshot's own rows
     relation_name = relation_name or (last or {}).get("relation_name")
     y_column_name = y_column_name or (last or {}).get("y_column_name")
     if task == CLUSTERING:
@@ -130,7 +135,7 @@ async def _train(
         cls(**job.hyperparams)
     except (TypeError, ValueError) as exc:
         raise invalid_argument(f"bad hyperparameters for {name}: {exc}") from exc
-    table = await read_table(ctx.session, relation_name, y_column_name)
+    table = await read_table(ctx.session, source or relation_name, y_column_name)
     if not table.x:
         raise invalid_argument(f'relation "{relation_name}" has no rows to train on')
     count_test_rows(len(table.x), size)
@@ -150,7 +155,7 @@ async def _train(
         }
         snapshot_id = await catalog.add_snapshot(
             project,
-            table.relation,
+            relation_name if source else table.relation,
             y_column_name,
             size,
             sampling,

@@ -513,24 +513,40 @@ def test_training_needs_the_projects_owner(
 
 
 def test_materialized_snapshot(db: psycopg.Connection[Any]) -> None:
+    """A materialized snapshot keeps the rows; later trainings without a relation use them."""
+    table = unique("diabetes_copy")
+    db.execute(f"CREATE TABLE {table} AS SELECT * FROM pgml.diabetes")
     project = unique("materialized")
-    train(
-        db,
-        project,
-        task="regression",
-        relation_name="pgml.diabetes",
-        y_column_name="target",
-        materialize_snapshot=True,
-    )
-    ((snapshot, materialized),) = rows(
-        db,
-        "SELECT s.id, s.materialized FROM pgml.snapshots AS s JOIN pgml.projects AS p "
-        "ON p.id = s.project_id WHERE p.name = %s",
-        project,
-    )
-    assert materialized is True
-    assert rows(db, f"SELECT count(*) FROM pgml.snapshot_{snapshot}") == [(442,)]
-    db.execute(f"DROP TABLE pgml.snapshot_{snapshot}")
+    try:
+        train(
+            db,
+            project,
+            task="regression",
+            relation_name=table,
+            y_column_name="target",
+            materialize_snapshot=True,
+        )
+        db.execute(f"DELETE FROM {table} WHERE age > 0")
+        train(db, project, algorithm="ridge")
+        found = rows(
+            db,
+            "SELECT s.id, s.materialized, s.rows, s.relation_name FROM pgml.snapshots AS s "
+            "JOIN pgml.projects AS p ON p.id = s.project_id WHERE p.name = %s ORDER BY s.id",
+            project,
+        )
+        assert [row[1:] for row in found] == [(True, 442, table), (False, 442, table)]
+        assert rows(db, f"SELECT count(*) FROM pgml.snapshot_{found[0][0]}") == [(442,)]
+        train(db, project, relation_name=table, algorithm="lasso")  # the relation as it is now
+        (now,) = rows(
+            db,
+            "SELECT s.rows FROM pgml.snapshots AS s JOIN pgml.projects AS p "
+            "ON p.id = s.project_id WHERE p.name = %s ORDER BY s.id DESC LIMIT 1",
+            project,
+        )
+        assert now[0] < 442
+        db.execute(f"DROP TABLE pgml.snapshot_{found[0][0]}")
+    finally:
+        db.execute(f"DROP TABLE {table}")
 
 
 def test_psql_runs_the_documented_calls(
