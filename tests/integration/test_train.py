@@ -652,3 +652,38 @@ def test_training_leaves_other_clients_served(
     finally:
         worker.join(120)
     assert not failures, failures
+
+
+@pytest.mark.parametrize(
+    ("dataset", "task", "label", "key"),
+    [
+        ("breast_cancer", CLASSIFICATION, "malignant", "f1"),
+        ("wine", CLASSIFICATION, "target", "f1"),
+        ("linnerud", REGRESSION, "weight", "r2"),
+    ],
+)
+def test_the_other_bundled_datasets_train(
+    db: psycopg.Connection[Any], dataset: str, task: str, label: str, key: str
+) -> None:
+    """Boolean labels, quoted column names with spaces and slashes, small tables."""
+    db.execute("SELECT pgml.load_dataset(%s)", [dataset])
+    project = unique(dataset)
+    found = train(
+        db,
+        project,
+        task=task,
+        relation_name=f"pgml.{dataset}",
+        y_column_name=label,
+        algorithm="random_forest",
+        hyperparams={"n_estimators": 10, "random_state": 0},
+    )
+    assert found == (project, task, "random_forest", True)
+    assert metrics(db, project)[key] is not None
+    (width,) = db.execute(
+        "SELECT num_features FROM pgml.models AS m JOIN pgml.projects AS p "
+        "ON p.id = m.project_id WHERE p.name = %s",
+        [project],
+    ).fetchone() or (0,)
+    zeros = "ARRAY[" + ", ".join(["0"] * width) + "]"
+    (value,) = db.execute(f"SELECT pgml.predict('{project}', {zeros})").fetchone() or (None,)
+    assert isinstance(value, float)
