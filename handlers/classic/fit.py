@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from handlers.classic import storage
 from handlers.classic.algorithms import CLASSIFICATION, CLUSTERING, build_estimator
 from handlers.classic.features import ARRAY, BOOLEAN, TEXT, Table
 from handlers.classic.preprocess import ColumnSteps, transformer
@@ -245,17 +246,8 @@ def _write(
     classes: list[float],
     names: list[str],
 ) -> None:
-    import skops.io
-
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        skops.io.dump(model, folder / MODEL_FILE)
-    except skops.io.exceptions.UnsupportedTypeException as exc:
-        raise PgmlError(
-            "0A000",
-            f"models of algorithm {job.algorithm} cannot be stored yet: {exc}",
-            hint="Choose another algorithm.",
-        ) from exc
+    storage.save(model, folder / MODEL_FILE, job.algorithm)
     manifest = {
         "task": job.task,
         "algorithm": job.algorithm,

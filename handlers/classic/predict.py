@@ -1,10 +1,6 @@
 """Serving a trained classic model: ``pgml.predict`` and ``pgml.predict_proba`` over
-feature arrays, a batch of rows in one call of the estimator.
-
-The model file is read with skops, which rebuilds only the types it is told to trust: the
-proxy trusts scikit-learn's, NumPy's and SciPy's, so a file put into ``pgml.files`` by
-hand cannot make the proxy run other code.
-"""
+feature arrays, a batch of rows in one call of the estimator (the model file is read as
+:mod:`handlers.classic.storage` allows)."""
 
 from __future__ import annotations
 
@@ -15,12 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from handlers.classic import storage
 from handlers.classic.algorithms import CLASSIFICATION
 from handlers.classic.fit import MANIFEST_FILE, MODEL_FILE
 from handlers.errors import PgmlError, invalid_argument
 from handlers.functions import Args, CallContext
-
-TRUSTED_MODULES = ("sklearn.", "numpy.", "scipy.")
 
 
 def is_classic(folder: Path) -> bool:
@@ -33,22 +28,10 @@ class ClassicPredictor:
     generates_text = False
 
     def __init__(self, folder: Path) -> None:
-        import skops.io
-
         manifest = json.loads((folder / MANIFEST_FILE).read_text("utf-8"))
         self.task: str = manifest["task"]
         self.features: int = manifest["features"]
-        self.classes: list[float] = manifest["classes"]
-        path = folder / MODEL_FILE
-        found = skops.io.get_untrusted_types(file=path)
-        refused = [t for t in found if not t.startswith(TRUSTED_MODULES)]
-        if refused:
-            raise PgmlError(
-                "XX001",
-                f"the model file of {folder.name} holds types the proxy does not load",
-                detail="Untrusted: " + ", ".join(refused) + ".",
-            )
-        self.model: Any = skops.io.load(path, trusted=found)
+        self.model: Any = storage.load(folder / MODEL_FILE)
         self.lock = threading.Lock()
 
     def memory_bytes(self) -> int | None:

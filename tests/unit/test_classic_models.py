@@ -9,6 +9,7 @@ import pytest
 import skops.io
 from sklearn.linear_model import LinearRegression
 
+from handlers.classic import storage
 from handlers.classic.fit import MANIFEST_FILE, MODEL_FILE
 from handlers.classic.predict import ClassicPredictor
 from handlers.errors import PgmlError
@@ -35,3 +36,9 @@ def test_a_file_with_other_types_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PgmlError, match="holds types the proxy does not load") as raised:
         ClassicPredictor(_folder(tmp_path, {"model": Stranger()}))
     assert "Stranger" in (raised.value.detail or "")
+
+
+def test_a_model_with_other_types_is_not_stored(tmp_path: Path) -> None:
+    with pytest.raises(PgmlError, match="cannot be stored safely") as raised:
+        storage.save({"model": Stranger()}, tmp_path / MODEL_FILE, "stranger")
+    assert raised.value.sqlstate == "0A000"
