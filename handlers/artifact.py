@@ -27,6 +27,7 @@ KEY_METRICS: dict[str, tuple[str, bool]] = {
     "regression": ("r2", True),
     "classification": ("f1", True),
     "clustering": ("silhouette", True),
+    "decomposition": ("cumulative_explained_variance", True),
 }
 """The metric a task's models are compared by, and whether higher is better."""
 

@@ -16,7 +16,7 @@ from handlers.errors import PgmlError, invalid_argument
 FILE_PART_BYTES = 16 * 1024 * 1024
 """Model files are stored in parts of this size (a bytea value is read whole)."""
 
-FEATURE_TASKS = frozenset({"regression", "classification", "clustering"})
+FEATURE_TASKS = frozenset({"regression", "classification", "clustering", "decomposition"})
 FEATURES = "features"
 """The result type of a project that predicts from feature arrays: REAL for every overload
 of ``pgml.predict`` (see ``proxy.engine.binding.result_type``)."""

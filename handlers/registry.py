@@ -10,7 +10,7 @@ from typing import Any
 
 import proxy
 from handlers.access import authorize_serving
-from handlers.classic.predict import predict_features, predict_proba_features
+from handlers.classic.predict import decompose, predict_features, predict_proba_features
 from handlers.classic.train import train
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
@@ -291,6 +291,10 @@ FUNCTIONS: dict[str, Function] = {
             _served((_PROJECT, Param("inputs", "text[]")), "jsonb", predict_proba_array),
             _served((_PROJECT, Param("features", "real[]")), "jsonb", predict_proba_features),
         ),
+    ),
+    "decompose": Function(
+        "decompose",
+        (_served((_PROJECT, Param("vector", "real[]")), "real[]", decompose),),
     ),
     "generate": Function(
         "generate",

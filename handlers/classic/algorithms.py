@@ -11,8 +11,9 @@ from typing import Any
 
 from handlers.errors import PgmlError, invalid_argument
 
-REGRESSION, CLASSIFICATION, CLUSTERING = "regression", "classification", "clustering"
-TASKS = (REGRESSION, CLASSIFICATION, CLUSTERING)
+REGRESSION, CLASSIFICATION = "regression", "classification"
+CLUSTERING, DECOMPOSITION = "clustering", "decomposition"
+TASKS = (REGRESSION, CLASSIFICATION, CLUSTERING, DECOMPOSITION)
 SUPERVISED = frozenset({REGRESSION, CLASSIFICATION})
 
 _LINEAR = "sklearn.linear_model."
@@ -77,6 +78,7 @@ ESTIMATORS: dict[str, dict[str, str]] = {
         "mini_batch_kmeans": "sklearn.cluster.MiniBatchKMeans",
         "mean_shift": "sklearn.cluster.MeanShift",
     },
+    DECOMPOSITION: {"pca": "sklearn.decomposition.PCA"},
 }
 """Import paths of the estimators, by task and PostgresML algorithm name (the clustering
 algorithms that can assign new rows to their clusters)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.classic import storage
-from handlers.classic.algorithms import CLASSIFICATION, CLUSTERING, build_estimator
+from handlers.classic.algorithms import CLASSIFICATION, CLUSTERING, DECOMPOSITION, build_estimator
 from handlers.classic.features import ARRAY, BOOLEAN, TEXT, Table
 from handlers.classic.preprocess import ColumnSteps, transformer
 from handlers.errors import PgmlError, invalid_argument
@@ -194,6 +194,11 @@ def _searcher(job: Job, model: Any, piped: bool) -> Any:
 def _metrics(task: str, model: Any, x: Any, y: Any, classes: list[float]) -> dict[str, Any]:
     from sklearn import metrics
 
+    if task == DECOMPOSITION:
+        ratios = getattr(model, "explained_variance_ratio_", None)
+        if ratios is None:  # a pipeline: the estimator is its last step
+            ratios = model[-1].explained_variance_ratio_
+        return _finite({"cumulative_explained_variance": sum(ratios)})
     predicted = model.predict(x)
     if task == CLUSTERING:
         try:

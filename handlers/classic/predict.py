@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.classic import storage
-from handlers.classic.algorithms import CLASSIFICATION
+from handlers.classic.algorithms import CLASSIFICATION, DECOMPOSITION
 from handlers.classic.fit import MANIFEST_FILE, MODEL_FILE
 from handlers.errors import PgmlError, invalid_argument
 from handlers.functions import Args, CallContext
@@ -48,6 +48,13 @@ class ClassicPredictor:
 
         with self.lock:
             return [float(v) for v in self.model.predict(np.array(rows, dtype=float))]
+
+    def decompose(self, rows: list[list[float]], _stopped: Any = None) -> list[list[float]]:
+        import numpy as np
+
+        with self.lock:
+            found = self.model.transform(np.array(rows, dtype=float))
+            return [[float(v) for v in row] for row in found]
 
     def probabilities(self, rows: list[list[float]], _stopped: Any = None) -> list[list[float]]:
         import numpy as np
@@ -87,10 +94,24 @@ async def _serve(ctx: CallContext, batch: Sequence[Args], operation: str) -> lis
                 f'project "{project}" is {predictor.task}: pgml.{operation} takes its input '
                 "as text",
             )
+        if (operation == "decompose") != (predictor.task == DECOMPOSITION):
+            raise PgmlError(
+                "0A000",
+                f'project "{project}" is {predictor.task}: '
+                + (
+                    "pgml.decompose needs a decomposition project"
+                    if operation == "decompose"
+                    else f"use pgml.decompose, not pgml.{operation}"
+                ),
+            )
         rows = [_features(batch[i][1]) for i in indexes]
         for row in rows:
             predictor.check(project, row)
-        work = predictor.predict if operation == "predict" else predictor.probabilities
+        work = {
+            "predict": predictor.predict,
+            "predict_proba": predictor.probabilities,
+            "decompose": predictor.decompose,
+        }[operation]
         with ctx.services.using(predictor):
             found = await ctx.services.submit(
                 ctx, predictor.model, (id(predictor), operation), work, rows
@@ -103,6 +124,10 @@ async def _serve(ctx: CallContext, batch: Sequence[Args], operation: str) -> lis
 
 async def predict_features(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     return await _serve(ctx, batch, "predict")
+
+
+async def decompose(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return await _serve(ctx, batch, "decompose")
 
 
 async def predict_proba_features(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:

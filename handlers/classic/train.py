@@ -13,7 +13,6 @@ from typing import Any
 
 from handlers.access import DEPLOYMENTS, MODELS, PROJECTS, Role, require
 from handlers.classic.algorithms import (
-    CLUSTERING,
     SUPERVISED,
     check_algorithm,
     estimator_class,
@@ -102,7 +101,7 @@ async def _train(
         source = f"pgml.snapshot_{last['snapshot_id']}"  # the latest snapshot's own rows
     relation_name = relation_name or (last or {}).get("relation_name")
     y_column_name = y_column_name or (last or {}).get("y_column_name")
-    if task == CLUSTERING:
+    if task not in SUPERVISED:
         y_column_name = None
     if not relation_name or (task in SUPERVISED and not y_column_name):
         raise invalid_argument(

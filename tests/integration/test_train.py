@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 import pytest
 from psycopg import errors
-from sklearn import cluster, ensemble, linear_model, model_selection, svm
+from sklearn import cluster, decomposition, ensemble, linear_model, model_selection, svm
 
 from handlers.classic.algorithms import (
     CLASSIFICATION,
@@ -687,3 +687,45 @@ def test_the_other_bundled_datasets_train(
     zeros = "ARRAY[" + ", ".join(["0"] * width) + "]"
     (value,) = db.execute(f"SELECT pgml.predict('{project}', {zeros})").fetchone() or (None,)
     assert isinstance(value, float)
+
+
+def test_decomposition_transforms_as_scikit_learn(db: psycopg.Connection[Any]) -> None:
+    view = unique("iris_measures")
+    db.execute(f"CREATE VIEW {view} AS SELECT {', '.join(IRIS)} FROM {SHUFFLED}")
+    try:
+        x = np.array([[float(v) for v in row] for row in rows(db, f"SELECT * FROM {view}")])
+        project = unique("components")
+        found = train(
+            db,
+            project,
+            task="decomposition",
+            relation_name=view,
+            algorithm="pca",
+            hyperparams={"n_components": 2},
+            test_sampling="last",
+        )
+        assert found == (project, "decomposition", "pca", True)
+        reference = decomposition.PCA(n_components=2).fit(x[: len(x) - round(len(x) / 4)])
+        array = ", ".join(IRIS)
+        answer = rows(
+            db, f"SELECT {array}, pgml.decompose('{project}', ARRAY[{array}]) FROM {view}"
+        )
+        inputs = np.array([[float(v) for v in row[:-1]] for row in answer])
+        np.testing.assert_allclose(
+            [row[-1] for row in answer], reference.transform(inputs), rtol=1e-4, atol=1e-4
+        )
+        assert metrics(db, project)["cumulative_explained_variance"] == pytest.approx(
+            sum(reference.explained_variance_ratio_), rel=1e-4
+        )
+        with pytest.raises(errors.FeatureNotSupported, match=r"use pgml\.decompose"):
+            db.execute(f"SELECT pgml.predict('{project}', ARRAY[1, 2, 3, 4])")
+    finally:
+        db.execute(f"DROP VIEW {view}")
+
+
+def test_decompose_needs_a_decomposition_project(
+    db: psycopg.Connection[Any], iris_model: tuple[str, Any]
+) -> None:
+    project, _ = iris_model
+    with pytest.raises(errors.FeatureNotSupported, match="needs a decomposition project"):
+        db.execute(f"SELECT pgml.decompose('{project}', ARRAY[1, 2, 3, 4])")
