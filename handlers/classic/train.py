@@ -14,8 +14,9 @@ from typing import Any
 from handlers.access import DEPLOYMENTS, MODELS, PROJECTS, Role, require
 from handlers.classic.algorithms import (
     SUPERVISED,
+    TASKS,
+    build_estimator,
     check_algorithm,
-    estimator_class,
     normalise_task,
 )
 from handlers.classic.features import read_table
@@ -85,6 +86,11 @@ async def _train(
     existing = await catalog.project(project_name)
     deploys = automatic_deploy is not False
     caller = await _require(ctx, existing, deploys)
+    if existing is not None and existing.task not in TASKS:
+        raise invalid_argument(
+            f'project "{project_name}" is a {existing.task} project',
+            hint="Tune it with pgml.tune; pgml.train trains " + ", ".join(TASKS) + " projects.",
+        )
     if existing is not None and task is None:
         task = existing.task
     if task is None:
@@ -129,11 +135,7 @@ async def _train(
         sampling,
         DEFAULT_SEED,
     )
-    cls = await services.run(estimator_class, task, name)
-    try:
-        cls(**job.hyperparams)
-    except (TypeError, ValueError) as exc:
-        raise invalid_argument(f"bad hyperparameters for {name}: {exc}") from exc
+    await services.run(build_estimator, task, name, job.hyperparams)  # refuses bad ones
     table = await read_table(ctx.session, source or relation_name, y_column_name)
     if not table.x:
         raise invalid_argument(f'relation "{relation_name}" has no rows to train on')

@@ -475,6 +475,10 @@ def test_text_and_feature_projects_keep_their_own_inputs(
         db.execute(f"SELECT pgml.predict('{project}', 'a sentence')")
     with pytest.raises(errors.InvalidParameterValue, match="is a classification project"):
         train(db, project, task="regression")
+    text = unique("text_project")
+    db.execute("INSERT INTO pgml.projects (name, task) VALUES (%s, 'text-classification')", [text])
+    with pytest.raises(errors.InvalidParameterValue, match="is a text-classification project"):
+        train(db, text, algorithm="ridge")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("xgboost") is not None, reason="xgboost installed")
