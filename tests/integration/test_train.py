@@ -475,6 +475,8 @@ def test_text_and_feature_projects_keep_their_own_inputs(
         db.execute(f"SELECT pgml.predict('{project}', 'a sentence')")
     with pytest.raises(errors.InvalidParameterValue, match="is a classification project"):
         train(db, project, task="regression")
+    with pytest.raises(errors.InvalidParameterValue, match="is a classification project"):
+        db.execute(f"SELECT * FROM pgml.tune('{project}')")
     text = unique("text_project")
     db.execute("INSERT INTO pgml.projects (name, task) VALUES (%s, 'text-classification')", [text])
     with pytest.raises(errors.InvalidParameterValue, match="is a text-classification project"):
