@@ -145,7 +145,8 @@ async def _train(
     workdir = Path(tempfile.mkdtemp(prefix="pgml-train-", dir=services.work_dir()))
     try:
         folder = workdir / "model"
-        fitted: Fitted = await services.run(fit, table, job, folder)
+        async with services.capacity.caller_share(ctx.caller):  # a role keeps a thread free
+            fitted: Fitted = await services.run(fit, table, job, folder)
         ctx.check_cancel()
         project = existing or await _new_project(ctx, catalog, project_name, task, caller, deploys)
         analysis = {
