@@ -24,6 +24,10 @@ KEY_METRICS: dict[str, tuple[str, bool]] = {
     "translation": ("bleu", True),
     "summarization": ("rougeL", True),
     "text-generation": ("perplexity", False),
+    "regression": ("r2", True),
+    "classification": ("f1", True),
+    "clustering": ("silhouette", True),
+    "decomposition": ("cumulative_explained_variance", True),
 }
 """The metric a task's models are compared by, and whether higher is better."""
 

@@ -365,6 +365,16 @@ MIGRATIONS: list[str] = [
         'model_id); raises 42704 when it cannot see the project (as when there is none), '
         '42501 when it may not read the project or its model.';
     """,
+    # 6: how a model of pgml.train was trained, in PostgresML's column names: the runtime it
+    # was asked for, its number of features and its hyperparameter search.
+    """
+    ALTER TABLE pgml.models
+        ADD COLUMN runtime text,
+        ADD COLUMN num_features integer,
+        ADD COLUMN search text,
+        ADD COLUMN search_params jsonb,
+        ADD COLUMN search_args jsonb;
+    """,
 ]
 """Migration N brings the catalog from version N-1 to N. Never edit one that shipped:
 append a new one."""

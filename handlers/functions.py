@@ -20,6 +20,8 @@ JSON_ARRAY_OIDS = frozenset({3807, 199})
 """jsonb[], json[]."""
 INTEGER_OIDS = frozenset({20, 21, 23})
 NUMBER_OIDS = INTEGER_OIDS | {700, 701, 1700}
+NUMBER_ARRAY_OIDS = frozenset({1021, 1022, 1005, 1007, 1016, 1231, 1000})
+"""real[], double precision[], smallint[], integer[], bigint[], numeric[], boolean[]."""
 JSON_OIDS = frozenset({114, 3802}) | TEXT_OIDS
 BOOLEAN_OIDS = frozenset({16}) | TEXT_OIDS
 
@@ -27,6 +29,7 @@ ACCEPTED_OIDS: dict[str, frozenset[int]] = {
     "text": TEXT_OIDS,
     "text[]": TEXT_ARRAY_OIDS,
     "jsonb[]": JSON_ARRAY_OIDS,
+    "real[]": NUMBER_ARRAY_OIDS,
     "bigint": INTEGER_OIDS,
     "real": NUMBER_OIDS,
     "jsonb": JSON_OIDS,

@@ -14,6 +14,7 @@ from typing import Any
 from handlers.access import require_deploy
 from handlers.batching import Work
 from handlers.capacity import Capacity, Stopped
+from handlers.classic.predict import ClassicPredictor
 from handlers.errors import PgmlError
 from handlers.functions import Args, CallContext
 from handlers.predictor import Predictor, generation_options
@@ -43,6 +44,12 @@ async def _serve(
     results: list[Any] = [None] * len(batch)
     for (project, options), indexes in groups.items():
         _, predictor = await ctx.services.deployed(ctx.database, project)
+        if isinstance(predictor, ClassicPredictor):
+            raise PgmlError(
+                "0A000",
+                f'project "{project}" is {predictor.task}: pgml.{operation} takes its '
+                "features as an array of numbers",
+            )
         _check_operation(project, predictor, operation)
         capacity = ctx.services.capacity
         for i in indexes:

@@ -26,14 +26,19 @@ async def load_dataset(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
 async def _load(
     ctx: CallContext, source: str, subset: str | None, limit: int | None, kwargs: Any
 ) -> tuple[str, int]:
+    from handlers.classic.datasets import bundled_dataset
     from handlers.datasets import plan_dataset
 
     services = ctx.services
     await services.ensure_catalog(ctx.database)
-    plan = await with_rights(
-        ctx,
-        lambda rights: plan_dataset(source, subset, limit, kwargs, services.datasets_dir, rights),
-    )
+    plan: Any = bundled_dataset(source, limit) if subset is None else None
+    if plan is None:
+        plan = await with_rights(
+            ctx,
+            lambda rights: plan_dataset(
+                source, subset, limit, kwargs, services.datasets_dir, rights
+            ),
+        )
     table = f"pgml.{quote_ident(plan.table_name)}"
     names = ", ".join(quote_ident(name) for name, _ in plan.columns)
     existing = await ctx.session.run_sql(

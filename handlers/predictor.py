@@ -39,6 +39,11 @@ PIPELINE_OPTIONS = frozenset({"return_full_text"})
 
 async def load_predictor(services: Any, folder: Path, name: str) -> Predictor:
     """The model in ``folder`` ready to serve; an adapter goes on its shared base model."""
+    from handlers.classic.predict import ClassicPredictor, is_classic
+
+    if is_classic(folder):
+        classic: ClassicPredictor = await services.run(ClassicPredictor, folder)
+        return classic  # type: ignore[return-value]
     manifest: Manifest = await services.run(Manifest.read, folder)
     device = services.device
     if not manifest.is_adapter:

@@ -16,6 +16,11 @@ from handlers.errors import PgmlError, invalid_argument
 FILE_PART_BYTES = 16 * 1024 * 1024
 """Model files are stored in parts of this size (a bytea value is read whole)."""
 
+FEATURE_TASKS = frozenset({"regression", "classification", "clustering", "decomposition"})
+FEATURES = "features"
+"""The result type of a project that predicts from feature arrays: REAL for every overload
+of ``pgml.predict`` (see ``proxy.engine.binding.result_type``)."""
+
 STRATEGIES = ("best_score", "most_recent", "rollback", "specific")
 
 
@@ -41,7 +46,10 @@ class Deployed:
 
     @property
     def result_type(self) -> str:
-        """``predict``'s SQL type: the label's for classification, else text."""
+        """``predict``'s SQL type: the label's for text classification, :data:`FEATURES`
+        for a project that predicts from feature arrays, else text."""
+        if self.project.task in FEATURE_TASKS:
+            return FEATURES
         return self.label_type if self.project.task == "text-classification" else "text"
 
 
@@ -101,10 +109,12 @@ class Catalog:
         return None if row is None else _project(row)
 
     async def last_run(self, project: Project) -> dict[str, Any] | None:
-        """The relation, label, split and model of the project's latest model."""
+        """The relation, label, split and model of the project's latest model, and its
+        snapshot (``snapshot_id``, whether it is ``materialized``)."""
         row = await self.pool.fetchrow(
             "SELECT s.relation_name, s.y_column_name[1] AS y_column_name, s.test_size, "
-            "s.test_sampling, m.algorithm FROM pgml.models AS m "
+            "s.test_sampling, m.algorithm, s.id AS snapshot_id, s.materialized "
+            "FROM pgml.models AS m "
             "JOIN pgml.snapshots AS s ON s.id = m.snapshot_id "
             "WHERE m.project_id = $1 ORDER BY m.id DESC LIMIT 1",
             project.id,
@@ -115,7 +125,7 @@ class Catalog:
         self,
         project: Project,
         relation: str,
-        y_column: str,
+        y_column: str | None,
         test_size: float,
         sampling: str,
         columns: dict[str, str],
@@ -156,6 +166,27 @@ class Catalog:
             json.dumps(hyperparams),
         )
         return int(row["id"]), float(row["t"])
+
+    async def describe_training(
+        self,
+        model_id: int,
+        runtime: str,
+        num_features: int,
+        search: str | None,
+        search_params: dict[str, Any],
+        search_args: dict[str, Any],
+    ) -> None:
+        """The runtime, feature count and search a model of ``pgml.train`` had."""
+        await self.pool.execute(
+            "UPDATE pgml.models SET runtime = $2, num_features = $3, search = $4, "
+            "search_params = $5::jsonb, search_args = $6::jsonb WHERE id = $1",
+            model_id,
+            runtime,
+            num_features,
+            search,
+            json.dumps(search_params),
+            json.dumps(search_args),
+        )
 
     async def log(self, project: Project, model_id: int, record: dict[str, Any]) -> None:
         await self.pool.execute(

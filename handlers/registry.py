@@ -10,6 +10,8 @@ from typing import Any
 
 import proxy
 from handlers.access import authorize_serving
+from handlers.classic.predict import decompose, predict_features, predict_proba_features
+from handlers.classic.train import train
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
 from handlers.files import rights_of
@@ -184,6 +186,12 @@ def _served(
     return Overload(params, returns, handler, varies=varies, authorize=authorize_serving)
 
 
+_TRAIN_COLUMNS = (
+    ("project", "text"),
+    ("task", "text"),
+    ("algorithm", "text"),
+    ("deployed", "boolean"),
+)
 _CONFIG = Param("config", "jsonb", "{}", required=False)
 _DEPLOY_COLUMNS = (("project", "text"), ("strategy", "text"), ("algorithm", "text"))
 
@@ -238,11 +246,42 @@ FUNCTIONS: dict[str, Function] = {
             ),
         ),
     ),
+    "train": Function(
+        "train",
+        (
+            Overload(
+                (
+                    Param("project_name", "text"),
+                    Param("task", "text", None, required=False),
+                    Param("relation_name", "text", None, required=False),
+                    Param("y_column_name", "text", None, required=False),
+                    Param("algorithm", "text", "linear", required=False),
+                    Param("hyperparams", "jsonb", "{}", required=False),
+                    Param("search", "text", None, required=False),
+                    Param("search_params", "jsonb", "{}", required=False),
+                    Param("search_args", "jsonb", "{}", required=False),
+                    Param("test_size", "real", 0.25, required=False),
+                    Param("test_sampling", "text", "random", required=False),
+                    Param("runtime", "text", None, required=False),
+                    Param("automatic_deploy", "boolean", True, required=False),
+                    Param("materialize_snapshot", "boolean", False, required=False),
+                    Param("preprocess", "jsonb", "{}", required=False),
+                ),
+                "record",
+                train,
+                set_returning=True,
+                columns=_TRAIN_COLUMNS,
+                row_dependent_ok=False,
+                strict=False,
+            ),
+        ),
+    ),
     "predict": Function(
         "predict",
         (
             _served((_PROJECT, Param("input", "text")), LABEL, predict_text),
             _served((_PROJECT, Param("inputs", "text[]")), LABEL + "[]", predict_array),
+            _served((_PROJECT, Param("features", "real[]")), "real", predict_features),
         ),
     ),
     "predict_proba": Function(
@@ -250,7 +289,12 @@ FUNCTIONS: dict[str, Function] = {
         (
             _served((_PROJECT, Param("input", "text")), "jsonb", predict_proba_text),
             _served((_PROJECT, Param("inputs", "text[]")), "jsonb", predict_proba_array),
+            _served((_PROJECT, Param("features", "real[]")), "jsonb", predict_proba_features),
         ),
+    ),
+    "decompose": Function(
+        "decompose",
+        (_served((_PROJECT, Param("vector", "real[]")), "real[]", decompose),),
     ),
     "generate": Function(
         "generate",

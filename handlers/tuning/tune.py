@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.access import Role, require_tune
+from handlers.artifact import TASKS
 from handlers.errors import PgmlError, invalid_argument, unsupported
 from handlers.files import FileRights, rights_of, with_rights
 from handlers.functions import Args, CallContext
@@ -66,6 +67,11 @@ async def _tune(
     task = normalise_task(task) if task else (existing.task if existing else None)
     if task is None:
         raise invalid_argument(f'project "{project_name}" is new: pgml.tune needs its task')
+    if task not in TASKS:
+        raise invalid_argument(
+            f'project "{project_name}" is a {task} project',
+            hint="Train it with pgml.train; pgml.tune tunes " + ", ".join(TASKS) + " projects.",
+        )
     if existing is not None and existing.task != task:
         raise invalid_argument(
             f'project "{project_name}" is a {existing.task} project, not {task}',

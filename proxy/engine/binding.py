@@ -23,6 +23,7 @@ from handlers.functions import (
     no_such_function,
 )
 from handlers.inference import LABEL
+from handlers.projects import FEATURES
 from proxy.engine.calls import CallSite
 from proxy.engine.values import TEXT_ARRAY_OID, UNKNOWN_OID, json_value, type_name
 
@@ -167,5 +168,9 @@ def typed_by_project(call: CallSite) -> bool:
 
 
 def result_type(overload: Overload, label_type: str) -> str:
-    """The overload's SQL result type, with a project's label type filled in."""
+    """The overload's SQL result type, with a project's label type filled in.  A project
+    that predicts from a feature array gives one REAL per call, whichever overload the
+    statement's syntax alone suggests."""
+    if label_type == FEATURES:
+        return "real" if LABEL in overload.returns else overload.returns
     return overload.returns.replace(LABEL, label_type)

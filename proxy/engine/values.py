@@ -97,7 +97,7 @@ def text_array_literal(values: Sequence[str | None]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-FETCHED_AS_JSON = frozenset({"text[]", "jsonb[]"})
+FETCHED_AS_JSON = frozenset({"text[]", "jsonb[]", "real[]"})
 """Argument types the proxy reads as ``to_json(x)::text`` (arrays); the others it reads
 in their own text output."""
 
