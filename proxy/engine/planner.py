@@ -29,6 +29,7 @@ from handlers.functions import Overload
 from handlers.registry import FUNCTIONS
 from proxy.engine.binding import pick_overload, positions, project_literal, result_type, syntax_oids
 from proxy.engine.calls import CallSite, ancestors, find_calls, mentions_call
+from proxy.engine.names import own
 from proxy.engine.parsecache import ParseCache
 from proxy.engine.sourcetext import SourceText, nesting_depth, space_parameters, spaced
 from proxy.engine.sqltext import SqlText
@@ -96,7 +97,7 @@ _SEVERAL = "cannot insert multiple commands into a prepared statement"
 """A Parse of several statements: PostgreSQL's parser read them all."""
 
 
-_CHECK = "__pgml_check"
+_CHECK = own("check")
 
 
 async def parse(sql: str) -> Parsed | None:

@@ -43,8 +43,6 @@ _ALL_BUT_READY = EVERYTHING - {Backend.READY_FOR_QUERY}
 INTERNAL_ERROR = PgmlError(
     "XX000", "internal error in pgml-proxy", hint="The proxy's log has the details."
 )
-ABORT_SQL = "DO $$BEGIN RAISE EXCEPTION 'a pgml call failed'; END$$"
-"""Fails, so that PostgreSQL's transaction state follows a failed pgml call."""
 
 
 def error_response(error: PgmlError) -> bytes:
@@ -186,7 +184,7 @@ async def _fail_transaction(engine: Engine, sync: bool = True) -> None:
     """Put PostgreSQL's transaction in the state a failed statement leaves (its error is
     the proxy's to report, PostgreSQL's own is dropped)."""
     upstream = engine.upstream
-    upstream.fail_batch(ABORT_SQL)
+    upstream.fail_batch()
     if sync:
         upstream.sync(EVERYTHING)
     else:

@@ -82,6 +82,11 @@ class Engine:
 
     async def answer(self, message: Message) -> None:
         self._cancelled = False
+        if message.type == Frontend.SYNC:
+            self.upstream.relay(message.raw, Frontend.SYNC)
+            self.upstream.close_unclosed()
+            self.upstream.push()
+            return
         if self.cursors.concerns(message) and await self.cursors.answer(message):
             return
         if message.type == Frontend.QUERY:

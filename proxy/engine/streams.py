@@ -32,6 +32,7 @@ from sqlglot import exp
 
 from handlers.errors import PgmlError
 from proxy.engine import values
+from proxy.engine.names import own
 from proxy.engine.planner import Parsed
 from proxy.engine.upstream import Reply, ServerError, Skipped, Upstream
 from proxy.wire import codec
@@ -54,7 +55,7 @@ _CLOSE = re.compile(rf"\s*CLOSE\s+({_NAME})\s*;?\s*", re.IGNORECASE)
 _KEYWORDS = frozenset({"next", "forward", "all", "from", "in", "prior", "backward"})
 _OURS = "SELECT 1 FROM pg_cursors WHERE name = $1 AND statement = $2"
 """Whether the session's cursor of that name is still the one the proxy declared."""
-_HELPER = "__pgml_cursor"
+_HELPER = own("cursor")
 
 log = logging.getLogger("pgml_proxy.streams")
 

@@ -42,8 +42,14 @@ HELD_HIGH_WATER = 256 * 1024
 it the client is read on, so that a client that leaves is noticed at once."""
 
 _WATCHED = frozenset({Frontend.QUERY, Frontend.PARSE, Frontend.TERMINATE})
-_TRACKED = _WATCHED | {Frontend.BIND, Frontend.DESCRIBE, Frontend.EXECUTE, Frontend.CLOSE}
-"""Client messages looked at once the session has pgml prepared statements."""
+_TRACKED = _WATCHED | {
+    Frontend.BIND,
+    Frontend.DESCRIBE,
+    Frontend.EXECUTE,
+    Frontend.CLOSE,
+    Frontend.SYNC,
+}
+"""Client messages looked at once the session has run a pgml statement."""
 
 
 class Phase(enum.Enum):
@@ -155,6 +161,8 @@ class ClientSession(asyncio.Protocol):
         if mtype == Frontend.TERMINATE:
             return True
         engine = self._engine
+        if mtype == Frontend.SYNC:  # the proxy closes what a failed batch left after it
+            return engine is not None and bool(engine.upstream.unclosed)
         if mtype == Frontend.QUERY or mtype == Frontend.PARSE:
             if codec.mentions_pgml(data, start + 5, end):
                 return True
