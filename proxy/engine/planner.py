@@ -309,17 +309,23 @@ def _current_of(tokens: list[Token]) -> bool:
 
 
 def _calls_in_tokens(tokens: list[Token]) -> bool:
-    """Whether the tokens spell ``pgml.<function>(`` anywhere (not inside a string)."""
+    """Whether the tokens spell ``pgml.<function>(`` anywhere (not inside a string),
+    each name unquoted in any case or quoted in lower case."""
     for i in range(len(tokens) - 3):
         first, dot, name, paren = tokens[i : i + 4]
         if (
-            first.text.lower() == "pgml"
+            _folded(first) == "pgml"
             and dot.token_type == TokenType.DOT
-            and name.text.lower() in FUNCTIONS
+            and _folded(name) in FUNCTIONS
             and paren.token_type == TokenType.L_PAREN
         ):
             return True
     return False
+
+
+def _folded(token: Token) -> str:
+    """A name token as PostgreSQL reads it: quoted as written, else in lower case."""
+    return token.text if token.token_type == TokenType.IDENTIFIER else token.text.lower()
 
 
 def nesting(call: CallSite) -> int:

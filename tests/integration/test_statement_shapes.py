@@ -135,3 +135,102 @@ def test_deallocate_all_after_an_error_leaves_nothing(pgml_proxy: ProxyProcess) 
                 conn.execute("SELECT * FROM no_such_table_at_all")
             assert _objects(conn) == ([], [], 0)
 
+
+# --- every spelling PostgreSQL resolves to the function -----------------------------------
+
+SPELLINGS = ['"pgml"."embed"', '"pgml".embed', 'pgml."embed"', "PGML.EMBED", "Pgml.Embed"]
+NOT_PGML = ['"PGML".embed', 'pgml."EMBED"', '"Pgml"."embed"']
+
+
+@pytest.fixture
+def standin(direct_dsn: str) -> Iterator[str]:
+    """A schema whose ``embed`` is a VOLATILE SQL function of pgml.embed's signature."""
+    schema = unique("standin")
+    with psycopg.connect(direct_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(
+            f"CREATE FUNCTION {schema}.embed(text, text) RETURNS real[] VOLATILE "
+            "LANGUAGE sql AS $$SELECT ARRAY[length($2)]::real[]$$"
+        )
+        yield schema
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _answer(
+    conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] | None = None
+) -> tuple[list[str], list[int], list[Any]]:
+    cur = conn.execute(sql, params)
+    description = cur.description or []
+    return [d.name for d in description], [d.type_code for d in description], cur.fetchall()
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_every_spelling_of_the_function_is_evaluated(
+    pgml_proxy: ProxyProcess, docs: str, spelling: str, protocol: str
+) -> None:
+    factory = psycopg.ClientCursor if protocol == "simple" else psycopg.Cursor
+    with psycopg.connect(pgml_proxy.dsn(), autocommit=True, cursor_factory=factory) as conn:
+        for shape in (
+            "SELECT {f}(model, body) FROM {docs} ORDER BY id",
+            "SELECT id, {f}('{model}', 'hello') AS e FROM {docs} WHERE id < 4 ORDER BY id",
+            "SELECT * FROM {f}('{model}', 'hello')",
+            "SELECT * FROM {f}('{model}', 'hello') AS e",
+            "SELECT e.v FROM {f}('{model}', 'hello') AS e(v)",
+            "SELECT * FROM {f}(%s, %s)",
+        ):
+            params = (MODEL, "hello") if "%s" in shape else None
+            canonical = _answer(conn, shape.format(f="pgml.embed", docs=docs, model=MODEL), params)
+            spelled = _answer(conn, shape.format(f=spelling, docs=docs, model=MODEL), params)
+            assert spelled == canonical
+            assert spelled[2], shape
+
+
+def test_a_scalar_call_in_from_is_named_as_postgresql_names_it(
+    pgml_proxy: ProxyProcess, direct_dsn: str, standin: str
+) -> None:
+    with (
+        psycopg.connect(direct_dsn, autocommit=True) as direct,
+        client(pgml_proxy.dsn()) as proxied,
+    ):
+        for shape in (
+            "SELECT * FROM {s}.embed('{model}', 'hello')",
+            "SELECT * FROM {s}.embed('{model}', 'hello') AS e",
+            "SELECT * FROM {s}.embed('{model}', 'hello') AS e(v)",
+            "SELECT embed FROM {s}.embed('{model}', 'hello')",
+            "SELECT count(*) FROM {s}.embed('{model}', 'hello'), generate_series(1, 3)",
+        ):
+            names, oids, rows = _answer(direct, shape.format(s=standin, model=MODEL))
+            got_names, got_oids, got_rows = _answer(proxied, shape.format(s="pgml", model=MODEL))
+            assert (got_names, got_oids, len(got_rows)) == (names, oids, len(rows))
+            if names == ["count"]:
+                assert got_rows == rows
+
+
+@pytest.mark.parametrize("spelling", NOT_PGML)
+def test_other_spellings_pass_through(
+    pgml_proxy: ProxyProcess, direct_dsn: str, spelling: str
+) -> None:
+    sql = f"SELECT {spelling}('{MODEL}', 'hello')"
+    with (
+        psycopg.connect(direct_dsn, autocommit=True) as direct,
+        pytest.raises(psycopg.Error) as expected,
+    ):
+        direct.execute(sql)
+    with client(pgml_proxy.dsn()) as proxied, pytest.raises(psycopg.Error) as got:
+        proxied.execute(sql)
+    assert got.value.sqlstate == expected.value.sqlstate
+    assert str(got.value) == str(expected.value)
+
+
+def test_transform_in_from_is_evaluated(pgml_proxy: ProxyProcess) -> None:
+    """The task's default model is looked up offline, as in the select list."""
+    with client(pgml_proxy.dsn()) as conn:
+        for sql in (
+            "SELECT pgml.transform('text-classification', inputs => ARRAY['x'])",
+            "SELECT * FROM pgml.transform('text-classification', inputs => ARRAY['x'])",
+            "SELECT * FROM \"pgml\".\"transform\"('text-classification', inputs => ARRAY['x'])",
+        ):
+            with pytest.raises(psycopg.Error) as raised:
+                conn.execute(sql)
+            assert raised.value.sqlstate == "42704", sql
