@@ -26,7 +26,7 @@ from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
 from proxy.engine.query import INTERNAL_ERROR, error_response
 from proxy.engine.streams import send_rows, streamable
 from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
-from proxy.wire import codec
+from proxy.wire import codec, encoding
 from proxy.wire.codec import Backend, Frontend, Message, MessageFormatError
 
 if TYPE_CHECKING:
@@ -87,20 +87,21 @@ class ExtendedState:
         taken Parse messages that mention pgml)."""
         self._forget_ended()
         kind, body = message.type, message.body
-        name = codec.leading_name(body)
+        text = self.engine.text_codec()
+        name = codec.leading_name(body, text)
         if kind == Frontend.PARSE:
             if name and name in self.statements:
                 return True
             self.statements.pop(name, None)  # a plain statement replaces ours
             return False
         if kind == Frontend.BIND:
-            statement = codec.leading_name(body[len(name.encode()) + 1 :])
+            statement = codec.leading_name(body[body.find(b"\x00") + 1 :], text)
             if statement in self.statements:
                 return True
             self.portals.pop(name, None)
             return False
         if kind in (Frontend.DESCRIBE, Frontend.CLOSE):
-            target = codec.leading_name(body[1:])
+            target = codec.leading_name(body[1:], text)
             return target in (self.statements if body[:1] == b"S" else self.portals)
         if kind == Frontend.EXECUTE:
             return name in self.portals
@@ -189,7 +190,7 @@ class ExtendedState:
 
     def _relay(self, message: Message) -> None:
         """A Parse PostgreSQL answers itself (it replaces a statement of that name)."""
-        self.statements.pop(codec.leading_name(message.body), None)
+        self.statements.pop(codec.leading_name(message.body, encoding.current()), None)
         self.engine.upstream.relay(message.raw, Frontend.PARSE)
         self.engine.upstream.push()
 

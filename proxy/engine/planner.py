@@ -14,6 +14,7 @@ names, types, formats, command tags and transaction semantics are PostgreSQL's o
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +46,9 @@ thousands of calls must not stall the other sessions."""
 
 
 async def off_loop(work: Callable[..., T], *args: object) -> T:
-    return await asyncio.get_running_loop().run_in_executor(_PLANNER, work, *args)
+    """``work(*args)`` in a planner thread, in the caller's context (its encoding)."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_PLANNER, context.run, work, *args)
 
 
 BULK = 1 << 18

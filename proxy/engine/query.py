@@ -66,8 +66,7 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await _too_deep(engine, sql)
         return
     except PgmlError as error:
-        upstream.local(error_response(error))
-        await _fail_transaction(engine)
+        await refuse(engine, error)
         return
     pieces = [piece for piece, _ in prepared]
     parsed = [statement for _, statement in prepared]
@@ -81,6 +80,12 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await _one_statement(engine, parsed[0])
     else:
         await _statements(engine, pieces, parsed)
+
+
+async def refuse(engine: Engine, error: PgmlError) -> None:
+    """A Query answered with an error of the proxy's, before anything of it ran."""
+    engine.upstream.local(error_response(error))
+    await _fail_transaction(engine)
 
 
 def _query_text(body: bytes) -> str:

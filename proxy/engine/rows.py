@@ -18,6 +18,7 @@ from proxy.engine.names import own
 from proxy.engine.planner import Parsed, off_loop
 from proxy.engine.scopes import MARK, ROW_KEY, M, ScopeStep, Slot
 from proxy.engine.upstream import Reply, Result, ServerError, Skipped
+from proxy.wire import encoding
 from proxy.wire.codec import Column
 
 if TYPE_CHECKING:
@@ -236,8 +237,8 @@ async def _fill(
                     f"INSERT INTO {results} SELECT u.i, CAST(u.v AS {row.returns}) FROM "
                     "unnest(CAST($1 AS bigint[]), CAST($2 AS text[])) AS u(i, v)",
                     [
-                        values.text_array_literal(ids).encode(),
-                        values.text_array_literal(encoded).encode(),
+                        values.text_array_literal(ids).encode(encoding.current()),
+                        values.text_array_literal(encoded).encode(encoding.current()),
                     ],
                 )
             )

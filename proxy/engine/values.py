@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from handlers.errors import PgmlError
+from proxy.wire import encoding
 
 TEXT_OID = 25
 UNKNOWN_OID = 705
@@ -111,9 +112,9 @@ def decode(kind: str, raw: bytes | None) -> Any:
     """An argument's value from the text :func:`fetch_expression` reads."""
     if raw is None:
         return None
+    text = raw.decode(encoding.current())
     if kind in FETCHED_AS_JSON:
-        return json.loads(raw)
-    text = raw.decode("utf-8")
+        return json.loads(text)
     if kind == "text":
         return text
     if kind == "jsonb":
@@ -129,7 +130,7 @@ def decode(kind: str, raw: bytes | None) -> Any:
 
 def text(raw: bytes | None) -> str:
     """A text result column's value, NULL read as the empty string."""
-    return "" if raw is None else raw.decode("utf-8")
+    return "" if raw is None else raw.decode(encoding.current())
 
 
 def json_value(text: str) -> Any:

@@ -512,6 +512,8 @@ class ClientSession(asyncio.Protocol):
             self.cancel_key = (pid, secrets.token_bytes(len(secret)))
             self.hub.cancel_keys[self.cancel_key] = self
             return codec.backend_key_data(*self.cancel_key)
+        if message.type == Backend.PARAMETER_STATUS:
+            self.replies.parameter_status(message.body)
         if message.type == Backend.READY_FOR_QUERY:
             self.phase = Phase.RELAYING
             self.replies.status = message.body[:1]

@@ -20,6 +20,7 @@ from tests.integration._pgml import (
     unique,
     warm_up,
 )
+from tests.integration._wire import RawClient, error_fields, query
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
@@ -234,3 +235,87 @@ def test_transform_in_from_is_evaluated(pgml_proxy: ProxyProcess) -> None:
             with pytest.raises(psycopg.Error) as raised:
                 conn.execute(sql)
             assert raised.value.sqlstate == "42704", sql
+
+
+# --- any client encoding -------------------------------------------------------------------
+
+ACCENTED = ["café crème", "naïve façade", "Æsir über Öl", "plain ascii"]
+
+
+@pytest.fixture
+def accented(cluster: PostgresCluster) -> Iterator[str]:
+    name = unique("accented")
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id int, body text, model text DEFAULT '{MODEL}')")
+        for i, body in enumerate(ACCENTED):
+            conn.execute(f"INSERT INTO {name} (id, body) VALUES (%s, %s)", (i, body))
+    yield name
+    cluster.psql(f"DROP TABLE IF EXISTS {name}")
+
+
+def _embeddings(
+    dsn: str, table: str, protocol: str, **options: str
+) -> tuple[list[Any], list[Any], list[Any]]:
+    factory = psycopg.ClientCursor if protocol == "simple" else psycopg.Cursor
+    binary = protocol == "binary"
+    with psycopg.connect(dsn, autocommit=True, cursor_factory=factory, **options) as conn:
+        per_row = conn.cursor(binary=binary).execute(
+            f"SELECT id, body, pgml.embed(model, body) FROM {table} ORDER BY id"
+        )
+        literal = conn.cursor(binary=binary).execute(
+            f"SELECT '{ACCENTED[0]}' AS body, pgml.embed('{MODEL}', '{ACCENTED[1]}')"
+        )
+        bound = conn.cursor(binary=binary).execute(
+            "SELECT pgml.embed(%s, %s) AS e", (MODEL, ACCENTED[2])
+        )
+        return per_row.fetchall(), literal.fetchall(), bound.fetchall()
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended", "binary"])
+@pytest.mark.parametrize("how", ["parameter", "options"])
+@pytest.mark.parametrize("name", ["LATIN1", "WIN1252", "LATIN9"])
+def test_any_client_encoding_reads_and_writes_the_clients_text(
+    pgml_proxy: ProxyProcess, accented: str, protocol: str, how: str, name: str
+) -> None:
+    expected = _embeddings(pgml_proxy.dsn(), accented, protocol)
+    if how == "parameter":
+        got = _embeddings(pgml_proxy.dsn(), accented, protocol, client_encoding=name)
+    else:
+        got = _embeddings(
+            pgml_proxy.dsn(), accented, protocol, options=f"-c client_encoding={name}"
+        )
+    assert got == expected
+    assert [row[1] for row in got[0]] == ACCENTED
+
+
+def test_set_client_encoding_in_session(pgml_proxy: ProxyProcess, accented: str) -> None:
+    """The encoding changes with SET and RESET, each statement read in the current one."""
+    expected = _embeddings(pgml_proxy.dsn(), accented, "simple")[0]
+    with client(pgml_proxy.dsn()) as conn:
+        for setting in (
+            "SET client_encoding = 'LATIN1'",
+            "RESET client_encoding",
+            "SET NAMES 'WIN1252'",
+        ):
+            conn.execute(setting)
+            rows = conn.execute(
+                f"SELECT id, body, pgml.embed(model, body) FROM {accented} ORDER BY id"
+            ).fetchall()
+            assert rows == expected, setting
+
+
+def test_an_encoding_python_lacks_refuses_pgml_statements(pgml_proxy: ProxyProcess) -> None:
+    """EUC_TW (PostgreSQL converts it to and from UTF8; Python has no codec for it)."""
+    name = "EUC_TW"
+    raw = RawClient(pgml_proxy.port, timeout=30)
+    raw.login()
+    raw.send(query(f"SET client_encoding = '{name}'"))
+    assert sorted(m for m, _ in raw.read_until_ready()) == ["C", "S", "Z"]
+    raw.send(query(f"SELECT pgml.embed('{MODEL}', 'x')"))
+    replies = raw.read_until_ready()
+    errors = [error_fields(body) for mtype, body in replies if mtype == "E"]
+    assert [e["C"] for e in errors] == ["0A000"]
+    assert name in errors[0]["M"]
+    raw.send(query("SELECT 1"))
+    assert [m for m, _ in raw.read_until_ready()] == ["T", "D", "C", "Z"]
+    raw.close()
