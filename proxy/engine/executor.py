@@ -142,7 +142,7 @@ class Execution:
 
     def add_param(self, value: str | None) -> str:
         """A parameter of the proxy's own, numbered after the client's."""
-        self.params_own.append(None if value is None else value.encode(encoding.current()))
+        self.params_own.append(None if value is None else values.client_bytes(value))
         return f"${len(self.user.values) + len(self.params_own)}"
 
     # --- SQL of the proxy's own, in the client's session --------------------------------

@@ -238,7 +238,7 @@ async def _fill(
                     "unnest(CAST($1 AS bigint[]), CAST($2 AS text[])) AS u(i, v)",
                     [
                         values.text_array_literal(ids).encode(encoding.current()),
-                        values.text_array_literal(encoded).encode(encoding.current()),
+                        values.client_bytes(values.text_array_literal(encoded)),
                     ],
                 )
             )

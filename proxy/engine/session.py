@@ -106,7 +106,7 @@ class Engine:
             else:
                 self.extended.fail(error)
             return
-        encoding.use(text)
+        encoding.use(text, client_encoding)
         if self.cursors.concerns(message) and await self.cursors.answer(message):
             return
         if message.type == Frontend.QUERY:

@@ -54,7 +54,9 @@ PYTHON_CODECS = {
 (``SQL_ASCII`` passes bytes unconverted; the proxy reads them as UTF-8).  ``EUC_TW`` and
 ``MULE_INTERNAL`` have none."""
 
-_current: contextvars.ContextVar[str] = contextvars.ContextVar("client_encoding", default="utf-8")
+_current: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
+    "client_encoding", default=("utf-8", "UTF8")
+)
 
 
 def python_codec(name: str) -> str | None:
@@ -62,10 +64,17 @@ def python_codec(name: str) -> str | None:
     return PYTHON_CODECS.get(name.upper())
 
 
-def use(codec: str) -> None:
-    """The current context reads and writes the session's text in ``codec``."""
-    _current.set(codec)
+def use(codec: str, name: str) -> None:
+    """The current context reads and writes the session's text in ``codec``, Python's
+    for PostgreSQL's encoding ``name``."""
+    _current.set((codec, name))
 
 
 def current() -> str:
-    return _current.get()
+    """Python's codec for the current session's text."""
+    return _current.get()[0]
+
+
+def current_name() -> str:
+    """PostgreSQL's name for it."""
+    return _current.get()[1]

@@ -7,6 +7,8 @@ import contextvars
 
 import pytest
 
+from handlers.errors import PgmlError
+from proxy.engine import values
 from proxy.wire import encoding
 
 ALL = [
@@ -38,8 +40,23 @@ def test_names_are_read_as_postgresql_reports_them() -> None:
 
 def test_the_current_encoding_is_the_contexts() -> None:
     def inner() -> str:
-        encoding.use("latin-1")
+        encoding.use("latin-1", "LATIN1")
         return encoding.current()
 
     assert contextvars.copy_context().run(inner) == "latin-1"
     assert encoding.current() == "utf-8"
+
+
+def test_a_value_the_client_encoding_lacks_fails_as_postgresql_fails() -> None:
+    def inner() -> None:
+        encoding.use("latin-1", "LATIN1")
+        assert values.client_bytes("café") == "café".encode("latin-1")
+        with pytest.raises(PgmlError) as raised:
+            values.client_bytes("5 €")
+        assert raised.value.sqlstate == "22P05"
+        assert raised.value.message == (
+            'character with byte sequence 0xe2 0x82 0xac in encoding "UTF8" has no '
+            'equivalent in encoding "LATIN1"'
+        )
+
+    contextvars.copy_context().run(inner)
