@@ -141,7 +141,7 @@ class Reply:
         """Call ``callback`` once the request has been answered without an error."""
 
         def check(future: asyncio.Future[Result]) -> None:
-            if future.exception() is None:
+            if not future.cancelled() and future.exception() is None:
                 callback()
 
         self._future.add_done_callback(check)
