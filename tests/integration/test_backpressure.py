@@ -180,3 +180,37 @@ def test_the_proxy_reads_no_further_ahead_than_a_socket_buffer(
     proxied = _copied_while_stalled(cluster, own_proxy.port)
     assert direct < COPY_ROWS
     assert (proxied - direct) * COPY_ROW_BYTES < READ_AHEAD_LIMIT, (direct, proxied)
+
+
+def test_a_slow_reader_of_a_copy_gets_every_row_and_the_proxy_stays_behind_it(
+    cluster: PostgresCluster, own_proxy: ProxyProcess
+) -> None:
+    """The client reads a 13 MB COPY 64 KB at a time with pauses: PostgreSQL never runs
+    further ahead of it than it would without the proxy and a socket buffer, and every
+    row arrives in order."""
+    direct_lead = _copied_while_stalled(cluster, cluster.port) * COPY_ROW_BYTES
+    client = RawClient(own_proxy.port, timeout=30)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.login()
+    client.send(query(COPY_SQL))
+    progress = (
+        f"SELECT tuples_processed FROM pg_stat_progress_copy WHERE pid = {client.backend_pid}"
+    )
+    received = 0
+    expected_row = 1
+    leads = []
+    while True:
+        mtype, body = client.read_message()
+        if mtype == "d":
+            assert body == f"{expected_row}\n".encode()
+            expected_row += 1
+            received += 1
+            if received % 100_000 == 0:
+                time.sleep(0.3)
+                produced = int(cluster.psql(progress).strip() or COPY_ROWS)
+                leads.append((produced - received) * COPY_ROW_BYTES)
+        elif mtype == "Z":
+            break
+    assert received == COPY_ROWS
+    assert leads and max(leads) < direct_lead + READ_AHEAD_LIMIT, (direct_lead, leads)
+    client.close()

@@ -319,3 +319,24 @@ def test_an_encoding_python_lacks_refuses_pgml_statements(pgml_proxy: ProxyProce
     raw.send(query("SELECT 1"))
     assert [m for m, _ in raw.read_until_ready()] == ["T", "D", "C", "Z"]
     raw.close()
+
+
+def test_a_failed_statement_in_a_pipeline_leaves_nothing(
+    pgml_proxy: ProxyProcess, docs: str
+) -> None:
+    """Parse, Bind, Execute and Sync of several statements in one write."""
+    with psycopg.connect(pgml_proxy.dsn(), autocommit=True) as conn:
+        _client_statements(conn)
+        before = _objects(conn)
+        with pytest.raises(psycopg.Error), conn.pipeline() as pipeline:
+            conn.execute(f"SELECT id, pgml.embed(%s, body) FROM {docs}", (MISSING,))
+            pipeline.sync()
+            conn.execute(f"SELECT id, pgml.embed(%s, body) FROM {docs} WHERE id = %s", (MODEL, "x"))
+            conn.execute("SELECT 1")
+        assert _objects(conn) == before
+        with conn.pipeline():
+            first = conn.execute(f"SELECT count(pgml.embed(model, body)) FROM {docs}")
+            second = conn.execute("SELECT 2")
+        assert first.fetchall()[0][0] > 0 and second.fetchall() == [(2,)]
+        assert _objects(conn) == before
+        _still_the_clients(conn)
