@@ -18,11 +18,12 @@ from handlers.functions import Function
 from handlers.registry import FUNCTIONS
 from proxy.engine.sourcetext import CallText, call_text
 
+_NAMES = "|".join(sorted(FUNCTIONS, key=len, reverse=True))
 CALL_PATTERN = re.compile(
-    r"\bpgml\s*\.\s*(" + "|".join(sorted(FUNCTIONS, key=len, reverse=True)) + r")\s*\(",
-    re.IGNORECASE,
+    rf'(?:(?i:\bpgml)|"pgml")\s*\.\s*(?:(?i:\b(?:{_NAMES}))|"(?:{_NAMES})")\s*\('
 )
-"""A call's spelling, for text sqlglot cannot parse into a statement."""
+"""A call's spelling, for text sqlglot cannot parse into a statement: each name unquoted
+in any case, or quoted in lower case, as PostgreSQL resolves it."""
 
 Scope = exp.Select | exp.Update | exp.Delete
 
@@ -69,7 +70,7 @@ def find_calls(tree: exp.Expr, tokens: list[Token]) -> list[CallSite]:
             start = node.args["db"].meta["start"]
         if not isinstance(anonymous, exp.Anonymous):
             continue
-        function = FUNCTIONS.get(str(anonymous.this).lower())
+        function = FUNCTIONS.get(_function_name(anonymous.this))
         if function is None:
             continue
         args, names = _arguments(anonymous)
@@ -91,21 +92,37 @@ def mentions_call(text: str) -> bool:
 
 def _as_anonymous(node: exp.Expr) -> exp.Expr:
     """A pgml function that sqlglot reads as one of its own (``pgml.rank`` is its
-    ``Rank``), as the anonymous call it is."""
+    ``Rank``, ``FROM pgml.transform(...)`` its ``Transform``), as the anonymous call it
+    is: its arguments in the order sqlglot's function takes them, which is the order
+    they are written (:func:`find_calls` checks their number against the text)."""
     if isinstance(node, exp.Anonymous) or not isinstance(node, exp.Func):
         return node
     name = node.sql_name().lower()
-    if name not in FUNCTIONS or set(k for k, v in node.args.items() if v) - {"expressions"}:
+    if name not in FUNCTIONS:
         return node
-    anonymous = exp.Anonymous(this=name, expressions=list(node.expressions))
+    arguments: list[exp.Expr] = []
+    for key in node.arg_types:
+        value = node.args.get(key)
+        if isinstance(value, list):
+            arguments.extend(value)
+        elif isinstance(value, exp.Expr):
+            arguments.append(value)
+        elif value:  # a flag of sqlglot's own, not an argument
+            return node
+    anonymous = exp.Anonymous(this=name, expressions=arguments)
     node.replace(anonymous)
     return anonymous
 
 
+def _function_name(name: object) -> str:
+    """The name PostgreSQL looks up: an unquoted identifier folded to lower case."""
+    if isinstance(name, exp.Identifier):
+        return name.name if name.quoted else name.name.lower()
+    return str(name).lower()
+
+
 def _is_pgml(node: exp.Expr | None) -> bool:
-    if not isinstance(node, exp.Identifier):
-        return False
-    return node.name == "pgml" if node.quoted else node.name.lower() == "pgml"
+    return isinstance(node, exp.Identifier) and _function_name(node) == "pgml"
 
 
 def _arguments(call: exp.Anonymous) -> tuple[list[exp.Expr], list[str | None]]:

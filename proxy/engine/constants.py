@@ -16,6 +16,7 @@ from proxy.engine.calls import CallSite
 from proxy.engine.planner import derived_table, in_select_list, named_scalar, table_rows
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.streams import LiveRows
+from proxy.wire import encoding
 
 if TYPE_CHECKING:
     from proxy.engine.executor import Execution
@@ -114,7 +115,7 @@ def _parameter(execution: Execution, index: int) -> Known | None:
     if user.formats and user.formats[index]:
         return None
     value = user.values[index]
-    return Known(values.TEXT_OID, None if value is None else value.decode("utf-8"))
+    return Known(values.TEXT_OID, None if value is None else value.decode(encoding.current()))
 
 
 async def _typed_values(execution: Execution, texts: Sequence[str]) -> list[Known]:

@@ -50,7 +50,7 @@ from proxy.engine.upstream import (
     Skipped,
     Upstream,
 )
-from proxy.wire import codec
+from proxy.wire import codec, encoding
 
 log = logging.getLogger("pgml_proxy.executor")
 
@@ -142,7 +142,7 @@ class Execution:
 
     def add_param(self, value: str | None) -> str:
         """A parameter of the proxy's own, numbered after the client's."""
-        self.params_own.append(None if value is None else value.encode("utf-8"))
+        self.params_own.append(None if value is None else values.client_bytes(value))
         return f"${len(self.user.values) + len(self.params_own)}"
 
     # --- SQL of the proxy's own, in the client's session --------------------------------
@@ -166,7 +166,7 @@ class Execution:
         is checked in the session it runs now; after that it goes with the next statement
         sent, so it costs no round trip of its own, and an error of it is the client's
         statement's before any result of it reaches the client."""
-        own = [None if p is None else p.encode("utf-8") for p in params]
+        own = [None if p is None else p.encode(encoding.current()) for p in params]
         if key not in self.confirmed:
             await self.select(sql, own)
             self.confirmed.add(key)
@@ -194,8 +194,9 @@ class Execution:
             self.live.stop()
 
     async def run_sql(self, sql: str, params: Sequence[str | None] = ()) -> list[list[Any]]:
-        result = await self.select(sql, [None if p is None else p.encode() for p in params])
-        return [[None if v is None else v.decode("utf-8") for v in row] for row in result.rows]
+        text = encoding.current()
+        result = await self.select(sql, [None if p is None else p.encode(text) for p in params])
+        return [[None if v is None else v.decode(text) for v in row] for row in result.rows]
 
     async def notice(self, message: str) -> None:
         self.upstream.notice(codec.PgError("NOTICE", "00000", message).encode(b"N"))

@@ -21,11 +21,12 @@ from handlers.errors import PgmlError
 from handlers.projects import Deployed
 from proxy.engine import binding, planner, values
 from proxy.engine.executor import BoundParams, Execution
+from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
-from proxy.engine.query import ABORT_SQL, INTERNAL_ERROR, error_response
+from proxy.engine.query import INTERNAL_ERROR, error_response
 from proxy.engine.streams import send_rows, streamable
 from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
-from proxy.wire import codec
+from proxy.wire import codec, encoding
 from proxy.wire.codec import Backend, Frontend, Message, MessageFormatError
 
 if TYPE_CHECKING:
@@ -35,13 +36,13 @@ log = logging.getLogger("pgml_proxy.extended")
 
 _UPSTREAM_NAMES = itertools.count(1)
 _FINAL_ROWS = ROWS | {Backend.ERROR, Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
-_DESCRIBE_NAME = "__pgml_describe"
+_DESCRIBE_NAME = own("describe")
 _VISIBLE = (
     "SELECT v.id::text FROM pgml.visible_projects(false) AS v (id) WHERE v.id = ANY ($1::bigint[])"
 )
 """Which of the projects ``$1`` the session's role can see (none without SELECT)."""
-FINAL_NAME = "__pgml_final"
-HELPER_NAME = "__pgml_h"
+FINAL_NAME = own("final")
+HELPER_NAME = own("h")
 """The prepared statement the proxy's helper SQL uses in extended-protocol sessions: the
 client's unnamed statement is the client's."""
 
@@ -86,20 +87,21 @@ class ExtendedState:
         taken Parse messages that mention pgml)."""
         self._forget_ended()
         kind, body = message.type, message.body
-        name = codec.leading_name(body)
+        text = self.engine.text_codec()
+        name = codec.leading_name(body, text)
         if kind == Frontend.PARSE:
             if name and name in self.statements:
                 return True
             self.statements.pop(name, None)  # a plain statement replaces ours
             return False
         if kind == Frontend.BIND:
-            statement = codec.leading_name(body[len(name.encode()) + 1 :])
+            statement = codec.leading_name(body[body.find(b"\x00") + 1 :], text)
             if statement in self.statements:
                 return True
             self.portals.pop(name, None)
             return False
         if kind in (Frontend.DESCRIBE, Frontend.CLOSE):
-            target = codec.leading_name(body[1:])
+            target = codec.leading_name(body[1:], text)
             return target in (self.statements if body[:1] == b"S" else self.portals)
         if kind == Frontend.EXECUTE:
             return name in self.portals
@@ -140,7 +142,7 @@ class ExtendedState:
         """Report an error of the proxy's and put PostgreSQL's batch in error too."""
         upstream = self.engine.upstream
         upstream.local(error_response(error), held=True)
-        upstream.fail_batch(ABORT_SQL)
+        upstream.fail_batch()
         upstream.flush()
 
     async def _answer(self, message: Message) -> None:
@@ -188,7 +190,7 @@ class ExtendedState:
 
     def _relay(self, message: Message) -> None:
         """A Parse PostgreSQL answers itself (it replaces a statement of that name)."""
-        self.statements.pop(codec.leading_name(message.body), None)
+        self.statements.pop(codec.leading_name(message.body, encoding.current()), None)
         self.engine.upstream.relay(message.raw, Frontend.PARSE)
         self.engine.upstream.push()
 
@@ -286,10 +288,11 @@ class ExtendedState:
         final = await execution.evaluate(parsed)
         execution.check_cancel()
         name = FINAL_NAME
-        portal.upstream = f"__pgml_portal_{next(_UPSTREAM_NAMES)}"
+        portal.upstream = own(f"portal_{next(_UPSTREAM_NAMES)}")
         statement = await planner.by_size(
             len(final), codec.parse, name, final, execution.param_oids()
         )
+        upstream.opened(name)
         upstream.request(statement, Frontend.PARSE, ERRORS)
         upstream.request(
             codec.bind(

@@ -14,6 +14,7 @@ names, types, formats, command tags and transaction semantics are PostgreSQL's o
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from handlers.functions import Overload
 from handlers.registry import FUNCTIONS
 from proxy.engine.binding import pick_overload, positions, project_literal, result_type, syntax_oids
 from proxy.engine.calls import CallSite, ancestors, find_calls, mentions_call
+from proxy.engine.names import own
 from proxy.engine.parsecache import ParseCache
 from proxy.engine.sourcetext import SourceText, nesting_depth, space_parameters, spaced
 from proxy.engine.sqltext import SqlText
@@ -44,7 +46,9 @@ thousands of calls must not stall the other sessions."""
 
 
 async def off_loop(work: Callable[..., T], *args: object) -> T:
-    return await asyncio.get_running_loop().run_in_executor(_PLANNER, work, *args)
+    """``work(*args)`` in a planner thread, in the caller's context (its encoding)."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_PLANNER, context.run, work, *args)
 
 
 BULK = 1 << 18
@@ -96,7 +100,7 @@ _SEVERAL = "cannot insert multiple commands into a prepared statement"
 """A Parse of several statements: PostgreSQL's parser read them all."""
 
 
-_CHECK = "__pgml_check"
+_CHECK = own("check")
 
 
 async def parse(sql: str) -> Parsed | None:
@@ -308,17 +312,23 @@ def _current_of(tokens: list[Token]) -> bool:
 
 
 def _calls_in_tokens(tokens: list[Token]) -> bool:
-    """Whether the tokens spell ``pgml.<function>(`` anywhere (not inside a string)."""
+    """Whether the tokens spell ``pgml.<function>(`` anywhere (not inside a string),
+    each name unquoted in any case or quoted in lower case."""
     for i in range(len(tokens) - 3):
         first, dot, name, paren = tokens[i : i + 4]
         if (
-            first.text.lower() == "pgml"
+            _folded(first) == "pgml"
             and dot.token_type == TokenType.DOT
-            and name.text.lower() in FUNCTIONS
+            and _folded(name) in FUNCTIONS
             and paren.token_type == TokenType.L_PAREN
         ):
             return True
     return False
+
+
+def _folded(token: Token) -> str:
+    """A name token as PostgreSQL reads it: quoted as written, else in lower case."""
+    return token.text if token.token_type == TokenType.IDENTIFIER else token.text.lower()
 
 
 def nesting(call: CallSite) -> int:

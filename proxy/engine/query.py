@@ -43,8 +43,6 @@ _ALL_BUT_READY = EVERYTHING - {Backend.READY_FOR_QUERY}
 INTERNAL_ERROR = PgmlError(
     "XX000", "internal error in pgml-proxy", hint="The proxy's log has the details."
 )
-ABORT_SQL = "DO $$BEGIN RAISE EXCEPTION 'a pgml call failed'; END$$"
-"""Fails, so that PostgreSQL's transaction state follows a failed pgml call."""
 
 
 def error_response(error: PgmlError) -> bytes:
@@ -68,8 +66,7 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await _too_deep(engine, sql)
         return
     except PgmlError as error:
-        upstream.local(error_response(error))
-        await _fail_transaction(engine)
+        await refuse(engine, error)
         return
     pieces = [piece for piece, _ in prepared]
     parsed = [statement for _, statement in prepared]
@@ -83,6 +80,12 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await _one_statement(engine, parsed[0])
     else:
         await _statements(engine, pieces, parsed)
+
+
+async def refuse(engine: Engine, error: PgmlError) -> None:
+    """A Query answered with an error of the proxy's, before anything of it ran."""
+    engine.upstream.local(error_response(error))
+    await _fail_transaction(engine)
 
 
 def _query_text(body: bytes) -> str:
@@ -186,7 +189,7 @@ async def _fail_transaction(engine: Engine, sync: bool = True) -> None:
     """Put PostgreSQL's transaction in the state a failed statement leaves (its error is
     the proxy's to report, PostgreSQL's own is dropped)."""
     upstream = engine.upstream
-    upstream.fail_batch(ABORT_SQL)
+    upstream.fail_batch()
     if sync:
         upstream.sync(EVERYTHING)
     else:

@@ -14,9 +14,11 @@ from proxy import metrics
 from proxy.engine import binding, values
 from proxy.engine.calls import CallSite, reads_columns
 from proxy.engine.constants import known_value
+from proxy.engine.names import own
 from proxy.engine.planner import Parsed, off_loop
 from proxy.engine.scopes import MARK, ROW_KEY, M, ScopeStep, Slot
 from proxy.engine.upstream import Reply, Result, ServerError, Skipped
+from proxy.wire import encoding
 from proxy.wire.codec import Column
 
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ async def run_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> str
         for i, call in enumerate(step.calls)
     ]
     number = next(_NAMES)
-    table = f"pg_temp.__pgml_{number}"
+    table = f"pg_temp.{own(str(number))}"
     on_commit = " ON COMMIT DROP" if execution.drop_at_commit else ""
     created = [
         execution.request(
@@ -77,7 +79,7 @@ async def run_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> str
     execution.upstream.flush()
     await _all(created)
     for i, (row, (_, arguments)) in enumerate(zip(rows, prepared, strict=True)):
-        await _fill(execution, f"{table}_{i}_v", f"__pgml_p{number}_{i}", arguments, row)
+        await _fill(execution, f"{table}_{i}_v", own(f"p{number}_{i}"), arguments, row)
     source = f"{table}_m AS {M}" + "".join(join for join, _ in prepared)
     return step.outer(by_slot, [f"__pgml_v{i}.__pgml_v" for i in range(len(rows))], source)
 
@@ -235,8 +237,8 @@ async def _fill(
                     f"INSERT INTO {results} SELECT u.i, CAST(u.v AS {row.returns}) FROM "
                     "unnest(CAST($1 AS bigint[]), CAST($2 AS text[])) AS u(i, v)",
                     [
-                        values.text_array_literal(ids).encode(),
-                        values.text_array_literal(encoded).encode(),
+                        values.text_array_literal(ids).encode(encoding.current()),
+                        values.client_bytes(values.text_array_literal(encoded)),
                     ],
                 )
             )

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Protocol
 
+from handlers.errors import unsupported
 from handlers.serving import Services
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.extended import ExtendedState
-from proxy.engine.query import answer_query
+from proxy.engine.query import answer_query, refuse
 from proxy.engine.streams import Cursors
 from proxy.engine.upstream import Upstream
+from proxy.wire import encoding
 from proxy.wire.codec import Frontend, Message
 
 
@@ -48,6 +50,11 @@ class Engine:
             ours = self.extended.wants(message)
         return self.cursors.concerns(message) or ours
 
+    def text_codec(self) -> str:
+        """Python's codec for the session's client_encoding (UTF-8 for one it lacks:
+        then its pgml statements are refused)."""
+        return encoding.python_codec(self.upstream.queue.client_encoding) or "utf-8"
+
     def cancel(self) -> None:
         """The client asked to cancel: the work under way stops at its next check."""
         self._cancelled = True
@@ -82,6 +89,24 @@ class Engine:
 
     async def answer(self, message: Message) -> None:
         self._cancelled = False
+        if message.type == Frontend.SYNC:
+            self.upstream.relay(message.raw, Frontend.SYNC)
+            self.upstream.close_unclosed()
+            self.upstream.push()
+            return
+        client_encoding = self.upstream.queue.client_encoding
+        text = encoding.python_codec(client_encoding)
+        if text is None:
+            error = unsupported(
+                f'pgml functions cannot be called with client_encoding "{client_encoding}"',
+                hint="SET client_encoding to one that pgml-proxy reads, e.g. UTF8.",
+            )
+            if message.type == Frontend.QUERY:
+                await refuse(self, error)
+            else:
+                self.extended.fail(error)
+            return
+        encoding.use(text, client_encoding)
         if self.cursors.concerns(message) and await self.cursors.answer(message):
             return
         if message.type == Frontend.QUERY:

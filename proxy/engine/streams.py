@@ -32,9 +32,10 @@ from sqlglot import exp
 
 from handlers.errors import PgmlError
 from proxy.engine import values
+from proxy.engine.names import own
 from proxy.engine.planner import Parsed
 from proxy.engine.upstream import Reply, ServerError, Skipped, Upstream
-from proxy.wire import codec
+from proxy.wire import codec, encoding
 from proxy.wire.codec import Backend, Frontend, Message
 from proxy.wire.replies import EVERYTHING
 
@@ -54,7 +55,7 @@ _CLOSE = re.compile(rf"\s*CLOSE\s+({_NAME})\s*;?\s*", re.IGNORECASE)
 _KEYWORDS = frozenset({"next", "forward", "all", "from", "in", "prior", "backward"})
 _OURS = "SELECT 1 FROM pg_cursors WHERE name = $1 AND statement = $2"
 """Whether the session's cursor of that name is still the one the proxy declared."""
-_HELPER = "__pgml_cursor"
+_HELPER = own("cursor")
 
 log = logging.getLogger("pgml_proxy.streams")
 
@@ -105,7 +106,7 @@ class LiveRows:
             async with contextlib.aclosing(rows):  # type: ignore[type-var]
                 async for row in rows:
                     text = values.encode(kind, row)
-                    self.rows.append(None if text is None else text.encode("utf-8"))
+                    self.rows.append(None if text is None else text.encode(encoding.current()))
                     self._more.set()
                     if self.ended():
                         break
@@ -192,7 +193,7 @@ class Cursors:
             execution.param_formats(),
             live,
         )
-        word = re.escape(name.lower().encode("utf-8"))
+        word = re.escape(name.lower().encode(encoding.current()))
         self._keys[name] = re.compile(rb"(?<![\w$])" + word + rb"(?![\w$])")
 
     def close(self) -> None:
@@ -210,7 +211,7 @@ class Cursors:
             text = message.body.lower()
             return any(self._keys[name].search(text) for name in self.open)
         if kind == Frontend.EXECUTE:
-            return codec.leading_name(message.body) in self.open
+            return codec.leading_name(message.body, self.engine.text_codec()) in self.open
         return False
 
     async def answer(self, message: Message) -> bool:
@@ -218,7 +219,7 @@ class Cursors:
         hand the cursors it may use over to PostgreSQL.  True when it was answered here."""
         upstream = self.engine.upstream
         if message.type == Frontend.EXECUTE:
-            named = [self.open[codec.leading_name(message.body)]]
+            named = [self.open[codec.leading_name(message.body, encoding.current())]]
             return await self._hand_over(named, extended=True)
         try:
             text = codec.BodyReader(message.body).string() if message.type == Frontend.QUERY else ""
@@ -308,8 +309,8 @@ class Cursors:
                 return True
             params = list(cursor.params)
             params[cursor.live.param] = values.text_array_literal(
-                [None if r is None else r.decode("utf-8") for r in cursor.live.rows]
-            ).encode("utf-8")
+                [None if r is None else r.decode(encoding.current()) for r in cursor.live.rows]
+            ).encode(encoding.current())
             requests = [
                 upstream.statement(f"CLOSE {cursor.spelled}", name=_HELPER),
                 upstream.statement(
@@ -334,7 +335,7 @@ class Cursors:
     def _check(self, cursor: Cursor) -> Reply:
         return self.engine.upstream.statement(
             _OURS,
-            [cursor.name.encode("utf-8"), cursor.statement.encode("utf-8")],
+            [cursor.name.encode(encoding.current()), cursor.statement.encode(encoding.current())],
             [values.TEXT_OID, values.TEXT_OID],
             name=_HELPER,
         )

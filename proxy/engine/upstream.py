@@ -14,11 +14,16 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.engine.names import own
 from proxy.wire import codec
 from proxy.wire.codec import Backend, Column, Frontend, Message
 from proxy.wire.replies import RELAYED, Expected, ReplyQueue
 
 NOTHING: frozenset[int] = frozenset()
+ABORT_NAME = own("abort")
+"""The statement whose Parse fails a batch: never created, so any name would do."""
+_ABORT_SQL = "a pgml call failed"
+"""A syntax error: PostgreSQL's transaction state follows a failed pgml call."""
 RESULTS = frozenset(
     {
         Backend.ROW_DESCRIPTION,
@@ -128,6 +133,15 @@ class Reply:
 
         def check(future: asyncio.Future[Result]) -> None:
             if isinstance(future.exception(), ServerError):
+                callback()
+
+        self._future.add_done_callback(check)
+
+    def on_success(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once the request has been answered without an error."""
+
+        def check(future: asyncio.Future[Result]) -> None:
+            if not future.cancelled() and future.exception() is None:
                 callback()
 
         self._future.add_done_callback(check)
@@ -243,6 +257,10 @@ class Upstream:
         """``pause_reading(True)`` stops reading replies from the server until
         ``pause_reading(False)``: a reader of the engine's is behind."""
         self._buffer: list[bytes] = []
+        self.unclosed: dict[str, int] = {}
+        """Named statements of the proxy's that may still exist (their Close has not been
+        answered, or its batch failed first), each with the number of Parses sent for it:
+        closed again after the next Sync, so none outlives the statement it served."""
 
     @property
     def status(self) -> bytes:
@@ -278,13 +296,18 @@ class Upstream:
         """A named statement replaces any left by an earlier failure (closing one that
         does not exist is no error)."""
         self.forget(b"S", name)
+        self.opened(name)
         return self.request(codec.parse(name, sql, oids), Frontend.PARSE)
+
+    def opened(self, name: str) -> None:
+        """A Parse of the proxy's goes out: a named statement is recorded until closed."""
+        if name:
+            self.unclosed[name] = self.unclosed.get(name, 0) + 1
 
     def forget(self, kind: bytes, name: str) -> None:
         """Close a named statement or portal that a failure may have left open."""
         if name:
-            self._buffer.append(codec.close(kind, name))
-            self.queue.expect(Expected(Frontend.CLOSE, NOTHING, None, None))
+            self.close(kind, name)
 
     def bind(
         self,
@@ -313,20 +336,30 @@ class Upstream:
         return self.request(codec.execute(portal, max_rows), Frontend.EXECUTE, forward, reply=reply)
 
     def close(self, kind: bytes, name: str) -> Reply:
-        return self.request(codec.close(kind, name), Frontend.CLOSE)
+        reply = self.request(codec.close(kind, name), Frontend.CLOSE)
+        if kind == b"S" and name in self.unclosed:
+            parses = self.unclosed[name]
 
-    def fail_batch(self, sql: str) -> None:
-        """Run ``sql``, which fails, so that PostgreSQL's transaction and batch fail as a
-        failed statement's would; its error is not the client's (the proxy has answered)."""
-        name = "__pgml_abort"
-        self.forget(b"S", name)
-        self.forget(b"P", name)
-        for data, kind in (
-            (codec.parse(name, sql), Frontend.PARSE),
-            (codec.bind(name, name), Frontend.BIND),
-            (codec.execute(name), Frontend.EXECUTE),
-        ):
-            self.request(data, kind, explains=False)
+            def closed() -> None:
+                if self.unclosed.get(name) == parses:  # no Parse of that name since
+                    del self.unclosed[name]
+
+            reply.on_success(closed)
+        return reply
+
+    def close_unclosed(self) -> None:
+        """After a Sync: close the statements of the proxy's that its batch may have
+        left (a failure skips the Close that follows them)."""
+        if self.unclosed:
+            for name in list(self.unclosed):
+                self.close(b"S", name)
+            self._buffer.append(codec.FLUSH)
+
+    def fail_batch(self) -> None:
+        """Parse text that PostgreSQL's parser refuses, so that PostgreSQL's
+        transaction and batch fail as a failed statement's would and nothing is created;
+        its error is not the client's (the proxy has answered)."""
+        self.request(codec.parse(ABORT_NAME, _ABORT_SQL), Frontend.PARSE, explains=False)
 
     def query(
         self, sql: str, forward: frozenset[int] = NOTHING, position: int | None = None
@@ -350,6 +383,7 @@ class Upstream:
         into = _Into(executed)
         self.forget(b"S", name)
         self.forget(b"P", name)
+        self.opened(name)
         for data, kind in (
             (codec.parse(name, sql, oids), Frontend.PARSE),
             (codec.bind(name, name, values, formats), Frontend.BIND),
@@ -377,6 +411,7 @@ class Upstream:
     def sync(self, forward: frozenset[int] = NOTHING) -> Reply:
         """Write the buffered requests and a Sync; its reply carries the status."""
         reply = self.request(codec.SYNC, Frontend.SYNC, forward)
+        self.close_unclosed()
         self._write()
         return reply
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from handlers.errors import PgmlError
+from proxy.wire import encoding
 
 TEXT_OID = 25
 UNKNOWN_OID = 705
@@ -111,9 +112,9 @@ def decode(kind: str, raw: bytes | None) -> Any:
     """An argument's value from the text :func:`fetch_expression` reads."""
     if raw is None:
         return None
+    text = raw.decode(encoding.current())
     if kind in FETCHED_AS_JSON:
-        return json.loads(raw)
-    text = raw.decode("utf-8")
+        return json.loads(text)
     if kind == "text":
         return text
     if kind == "jsonb":
@@ -127,9 +128,23 @@ def decode(kind: str, raw: bytes | None) -> Any:
     raise PgmlError("XX000", f"no decoder for arguments of type {kind}")
 
 
+def client_bytes(value: str) -> bytes:
+    """A value for the session in its client_encoding; one with a character that
+    encoding lacks fails as PostgreSQL's conversion fails (22P05)."""
+    try:
+        return value.encode(encoding.current())
+    except UnicodeEncodeError as error:
+        shown = " ".join(f"0x{b:02x}" for b in value[error.start].encode("utf-8"))
+        raise PgmlError(
+            "22P05",
+            f'character with byte sequence {shown} in encoding "UTF8" has no equivalent '
+            f'in encoding "{encoding.current_name()}"',
+        ) from None
+
+
 def text(raw: bytes | None) -> str:
     """A text result column's value, NULL read as the empty string."""
-    return "" if raw is None else raw.decode("utf-8")
+    return "" if raw is None else raw.decode(encoding.current())
 
 
 def json_value(text: str) -> Any:

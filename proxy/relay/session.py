@@ -12,9 +12,11 @@ until the engine is done with it.  Back-pressure is the transports' own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import secrets
+import socket
 from typing import TYPE_CHECKING, cast
 
 from proxy import logs, metrics
@@ -34,16 +36,29 @@ STARTUP_TIMEOUT = 60.0
 """Seconds a new connection may take to send its startup packet (PostgreSQL's
 authentication_timeout default); after that it is dropped."""
 
-WRITE_BUFFER_HIGH_WATER = 256 * 1024
+WRITE_BUFFER_HIGH_WATER = 64 * 1024
 """Bytes queued for one peer before the other peer's reads are paused."""
+
+SOCKET_BUFFER = 64 * 1024
+"""The kernel's buffer (which it doubles) for what the proxy sends the client, and for
+what it receives from the server: with :data:`WRITE_BUFFER_HIGH_WATER`, the proxy holds
+no more of a result than about one socket buffer beyond what PostgreSQL itself would
+have sent the client, so a client that stops reading (and then cancels) finds the
+statement still running, as it would without the proxy."""
 
 HELD_HIGH_WATER = 256 * 1024
 """Bytes of client input held behind a pgml statement before the client is paused.  Below
 it the client is read on, so that a client that leaves is noticed at once."""
 
 _WATCHED = frozenset({Frontend.QUERY, Frontend.PARSE, Frontend.TERMINATE})
-_TRACKED = _WATCHED | {Frontend.BIND, Frontend.DESCRIBE, Frontend.EXECUTE, Frontend.CLOSE}
-"""Client messages looked at once the session has pgml prepared statements."""
+_TRACKED = _WATCHED | {
+    Frontend.BIND,
+    Frontend.DESCRIBE,
+    Frontend.EXECUTE,
+    Frontend.CLOSE,
+    Frontend.SYNC,
+}
+"""Client messages looked at once the session has run a pgml statement."""
 
 
 class Phase(enum.Enum):
@@ -99,6 +114,7 @@ class ClientSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._client = cast(asyncio.Transport, transport)
         self._client.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_WATER)
+        _limit_buffer(transport, socket.SO_SNDBUF)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
         self.hub.sessions.add(self)
@@ -155,6 +171,8 @@ class ClientSession(asyncio.Protocol):
         if mtype == Frontend.TERMINATE:
             return True
         engine = self._engine
+        if mtype == Frontend.SYNC:  # the proxy closes what a failed batch left after it
+            return engine is not None and bool(engine.upstream.unclosed)
         if mtype == Frontend.QUERY or mtype == Frontend.PARSE:
             if codec.mentions_pgml(data, start + 5, end):
                 return True
@@ -382,6 +400,7 @@ class ClientSession(asyncio.Protocol):
             return
         self._upstream = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_WATER)
+        _limit_buffer(transport, socket.SO_RCVBUF)
         if not await self._replay(transport, replay):
             return
         transport.write(first_bytes)
@@ -493,6 +512,8 @@ class ClientSession(asyncio.Protocol):
             self.cancel_key = (pid, secrets.token_bytes(len(secret)))
             self.hub.cancel_keys[self.cancel_key] = self
             return codec.backend_key_data(*self.cancel_key)
+        if message.type == Backend.PARAMETER_STATUS:
+            self.replies.parameter_status(message.body)
         if message.type == Backend.READY_FOR_QUERY:
             self.phase = Phase.RELAYING
             self.replies.status = message.body[:1]
@@ -586,6 +607,14 @@ class ClientSession(asyncio.Protocol):
         self._paused.discard(reason)
         if not self._paused and self._client is not None and not self._client.is_closing():
             self._client.resume_reading()
+
+
+def _limit_buffer(transport: asyncio.BaseTransport, option: int) -> None:
+    """Cap a TCP socket's kernel buffer at :data:`SOCKET_BUFFER`."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
 
 
 class UpstreamConnection(asyncio.Protocol):

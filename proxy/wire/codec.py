@@ -11,6 +11,8 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from proxy.wire import encoding
+
 INT16 = struct.Struct("!h")
 UINT16 = struct.Struct("!H")
 INT32 = struct.Struct("!i")
@@ -143,7 +145,7 @@ def message(mtype: bytes, body: bytes = b"") -> bytes:
 
 
 def cstring(text: str) -> bytes:
-    return text.encode("utf-8") + b"\x00"
+    return text.encode(encoding.current()) + b"\x00"
 
 
 # --- the startup phase -----------------------------------------------------------------
@@ -196,7 +198,7 @@ def parse_error_fields(body: bytes) -> dict[str, str]:
     fields: dict[str, str] = {}
     for part in body.split(b"\x00"):
         if part:
-            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
+            fields[chr(part[0])] = part[1:].decode(encoding.current(), "replace")
     return fields
 
 
@@ -237,7 +239,7 @@ def query(sql: str) -> bytes:
 
 
 def parse(name: str, sql: str, param_oids: Sequence[int] = ()) -> bytes:
-    text = sql.encode("utf-8")  # copied once more, below: statements can be megabytes
+    text = sql.encode(encoding.current())  # copied once more, below: statements can be megabytes
     oids = struct.pack(f"!h{len(param_oids)}I", len(param_oids), *param_oids)
     head = cstring(name)
     length = 4 + len(head) + len(text) + 1 + len(oids)
@@ -367,7 +369,7 @@ def parse_row_description(body: bytes) -> list[Column]:
     pos = 2
     for _ in range(count):
         end = body.index(b"\x00", pos)
-        name = body[pos:end].decode("utf-8")
+        name = body[pos:end].decode(encoding.current())
         _table, _attnum, oid, _size, modifier, fmt = _FIELD_TAIL.unpack_from(body, end + 1)
         columns.append(Column(name, oid, modifier, fmt))
         pos = end + 1 + _FIELD_TAIL.size
@@ -396,7 +398,7 @@ def parse_data_row(body: bytes) -> list[bytes | None]:
 
 
 def command_tag(body: bytes) -> str:
-    return body[:-1].decode("utf-8")
+    return body[:-1].decode(encoding.current())
 
 
 # --- decoding what the client sends ---------------------------------------------------------
@@ -438,7 +440,7 @@ class BodyReader:
             raise MessageFormatError("invalid string in message")
         raw = self.body[self.pos : end]
         self.pos = end + 1
-        return raw.decode("utf-8")
+        return raw.decode(encoding.current())
 
     def value(self) -> bytes | None:
         """A length-prefixed value, -1 for NULL (a Bind parameter)."""
@@ -512,7 +514,7 @@ def decode_bind(body: bytes, check: Callable[[str, str, int], None] | None = Non
         try:
             value = reader.value()
             if value is not None and not per_param[index]:
-                _utf8(value)
+                _valid_text(value)
         except MessageFormatError as error:
             error.context = f"{where} parameter ${index + 1}"
             raise
@@ -522,9 +524,9 @@ def decode_bind(body: bytes, check: Callable[[str, str, int], None] | None = Non
     return BindMessage(portal, statement, per_param, values, result_formats)
 
 
-def _utf8(raw: bytes) -> None:
+def _valid_text(raw: bytes) -> None:
     try:
-        raw.decode("utf-8")
+        raw.decode(encoding.current())
     except UnicodeDecodeError as error:
         raise MessageFormatError(invalid_encoding(raw, error.start), "22021") from error
 
@@ -548,8 +550,9 @@ def decode_execute(body: bytes) -> ExecuteMessage:
     return ExecuteMessage(portal, max_rows)
 
 
-def leading_name(body: bytes) -> str:
-    """The first string of a Parse, Bind or Execute body (its statement or portal name),
-    or "" when the body has none; only for telling messages apart, never for answers."""
+def leading_name(body: bytes, text: str = "utf-8") -> str:
+    """The first string of a Parse, Bind or Execute body (its statement or portal name)
+    in the session's encoding ``text``, or "" when the body has none; only for telling
+    messages apart, never for answers."""
     end = body.find(b"\x00")
-    return body[:end].decode("utf-8", "replace") if end >= 0 else ""
+    return body[:end].decode(text, "replace") if end >= 0 else ""

@@ -114,12 +114,14 @@ class ReplyQueue:
         "_entries",
         "_ignoring",
         "_own_failure",
+        "_parameter",
         "_partial",
         "_routed",
         "_skip",
         "_status_next",
         "_stub",
         "at_boundary",
+        "client_encoding",
         "idle_through",
         "last_type",
         "pushed_syncs",
@@ -154,6 +156,10 @@ class ReplyQueue:
         """The number of the last sync point answered with status I (no transaction):
         portals of the batches before it are gone."""
         self._answered_syncs = 0
+        self.client_encoding = "UTF8"
+        """The session's client_encoding, as the server last reported it."""
+        self._parameter: bytearray | None = None
+        """The start of a ParameterStatus forwarded as it came."""
 
     # --- what has been sent ------------------------------------------------------------
 
@@ -231,6 +237,8 @@ class ReplyQueue:
             length = unpack(data, pos + 1)[0]
             if mtype == Backend.READY_FOR_QUERY and pos + 5 < n:
                 self.status = data[pos + 5 : pos + 6]
+            elif mtype == Backend.PARAMETER_STATUS:
+                self._parameter_begins(data[pos + 5 : pos + 1 + length], length - 4)
             pos = self._header(mtype, length, pos, n)
         if pos < n:
             self._stub += data[pos:]
@@ -263,6 +271,8 @@ class ReplyQueue:
                 break  # held until whole: a sink's message, an error, a ReadyForQuery
             self.last_type = mtype
             if end > n:  # forwarded as it comes
+                if mtype == Backend.PARAMETER_STATUS:
+                    self._parameter = bytearray(buffer[pos + 5 : n])
                 out.append(buffer[pos:n])
                 self._skip = end - n
                 self._advance(mtype, None)
@@ -281,6 +291,19 @@ class ReplyQueue:
         self._drain_local(out)
         self.at_boundary = not self._skip and not self._partial
         return b"".join(out)
+
+    def parameter_status(self, body: bytes) -> None:
+        """A ParameterStatus body: the client_encoding it reports is kept."""
+        name, _, value = body.partition(b"\x00")
+        if name == b"client_encoding":
+            self.client_encoding = value.rstrip(b"\x00").decode("ascii", "replace")
+
+    def _parameter_begins(self, body: bytes, size: int) -> None:
+        """A ParameterStatus written as it came: read now when whole, else collected."""
+        if len(body) == size:
+            self.parameter_status(body)
+        else:
+            self._parameter = bytearray(body)
 
     def _continue(self, data: bytes, out: list[bytes] | None) -> int:
         """Finish a message already being forwarded; where ``data``'s own messages start."""
@@ -303,13 +326,20 @@ class ReplyQueue:
             if header[0] == Backend.READY_FOR_QUERY and take < n:
                 self.status = data[take : take + 1]
                 self._status_next = False
+            elif header[0] == Backend.PARAMETER_STATUS:
+                self._parameter = bytearray()
             self._skip = length - 4
             pos = take
         if self._skip:
             count = min(self._skip, n - pos)
             if out is not None and count:
                 out.append(data[pos : pos + count])
+            if self._parameter is not None:
+                self._parameter += data[pos : pos + count]
             self._skip -= count
+            if self._parameter is not None and not self._skip:
+                self.parameter_status(bytes(self._parameter))
+                self._parameter = None
             pos += count
         return pos
 
@@ -346,6 +376,8 @@ class ReplyQueue:
         entries = self._entries
         if mtype == Backend.READY_FOR_QUERY and message is not None:
             self.status = message.raw[5:6]
+        if mtype == Backend.PARAMETER_STATUS and message is not None:
+            self.parameter_status(message.raw[5:])
         if not entries or mtype in _ASYNC:
             return
         head = entries[0]

@@ -207,3 +207,46 @@ def test_replies_with_nothing_owed_go_to_the_client() -> None:
 
 def test_frontend_messages_without_replies_are_not_expected() -> None:
     assert Frontend.FLUSH not in RELAYED and Frontend.TERMINATE not in RELAYED
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    return codec.message(b"S", name.encode() + b"\x00" + value.encode() + b"\x00")
+
+
+ENCODING_SET = (
+    parameter_status("DateStyle", "ISO, MDY")
+    + parameter_status("client_encoding", "LATIN1")
+    + DONE
+    + IDLE
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 11, 100])
+def test_client_encoding_is_tracked_through_any_split(size: int) -> None:
+    """Passed through (accounted) or routed (fed), however the server's bytes are cut."""
+    for routed in (False, True):
+        queue = ReplyQueue()
+        queue.expect(RELAYED[Q])
+        sink = Recorder()
+        if routed:
+            queue.expect(mine(Q, sink))
+        stream = ENCODING_SET + (DONE + IDLE if routed else b"")
+        out = b""
+        for i in range(0, len(stream), size):
+            chunk = stream[i : i + size]
+            if queue.routed:
+                out += queue.feed(chunk)
+            else:
+                queue.account(chunk)
+        assert queue.client_encoding == "LATIN1"
+        assert not queue.busy
+        if routed:
+            assert out == ENCODING_SET and sink.outcome == "done"
+
+
+def test_client_encoding_from_a_whole_message() -> None:
+    queue = ReplyQueue()
+    queue.parameter_status(b"client_encoding\x00WIN1252\x00")
+    assert queue.client_encoding == "WIN1252"
+    queue.parameter_status(b"application_name\x00UTF8\x00")
+    assert queue.client_encoding == "WIN1252"
