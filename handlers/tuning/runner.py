@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections import deque
@@ -219,15 +220,21 @@ def _read_lines(path: Path) -> list[str]:
     return text.splitlines()[-STDERR_LINES:]
 
 
+STACK_LINES = re.compile(
+    r"(Traceback \(most recent call last\)|(Current thread|Thread) 0x[0-9a-f]+ "
+    r"\(most recent call first\)|Extension modules:)"
+)
+"""The unindented lines of a Python traceback and of ``faulthandler``'s stacks (their
+frames are indented)."""
+
+
 def _last_error_lines(lines: list[str]) -> str | None:
-    """The last few lines a process printed, without a traceback's frames (indented) or
-    its header: what the process said of its end, not where in the code it was."""
+    """The last few lines a process printed, without the stacks of a traceback or of a
+    fatal signal: what the process said of its end, not where in the code it was."""
     said = [
         line.strip()
         for line in lines
-        if line.strip()
-        and not line[:1].isspace()
-        and not line.startswith("Traceback (most recent call last)")
+        if line.strip() and not line[:1].isspace() and not STACK_LINES.match(line)
     ]
     if not said:
         return None

@@ -400,17 +400,23 @@ def test_a_failed_process_is_told_with_its_own_last_lines(tmp_path: Path) -> Non
 
     job_file = tmp_path / "job.json"
     rank_log(job_file, 0).write_text("rank 0 was fine\n")
+    threads = "".join(
+        f"Thread 0x00007f{n:02x} (most recent call first):\n"
+        f'  File "/x/threading.py", line {n} in wait\n'
+        for n in range(8)
+    )
     rank_log(job_file, 1).write_text(
-        "step 3\nFatal Python error: Aborted\n\nThread 0x7f (most recent call first):\n"
-        '  File "/x/trainer.py", line 9 in train\n'
-        "terminate called after throwing an instance of 'gloo::IoException'\n"
+        "step 3\nterminate called after throwing an instance of 'gloo::IoException'\n"
+        "Fatal Python error: Aborted\n\n" + threads + "\nCurrent thread 0x00007f99 (most "
+        'recent call first):\n  File "/x/trainer.py", line 9 in train\n\n'
+        "Extension modules: numpy, torch._C (total: 2)\n"
     )
     killed = {"kind": "RankFailed", "rank": 1, "exitcode": -6}
     error = _worker_error(1, [killed], deque(["launcher line"]), 2, job_file)
     assert error.message == "training process 1 of 2 was killed by signal 6 (SIGABRT)"
     assert error.detail == (
-        "step 3\nFatal Python error: Aborted\nThread 0x7f (most recent call first):\n"
-        "terminate called after throwing an instance of 'gloo::IoException'"
+        "step 3\nterminate called after throwing an instance of 'gloo::IoException'\n"
+        "Fatal Python error: Aborted"
     )
     raised = {"kind": "ValueError", "message": "bad", "rank": 0}
     assert _worker_error(1, [raised], deque(), 2, job_file).detail == "rank 0 was fine"
