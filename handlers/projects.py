@@ -5,7 +5,7 @@ whatever the caller's transaction does."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,30 @@ class Catalog:
             owner_oid,
         )
         return None if row is None else _project(row)
+
+    async def claim_project(
+        self,
+        name: str,
+        task: str,
+        owner_oid: int,
+        may_use: Callable[[Project], Awaitable[object]],
+    ) -> Project:
+        """The project ``name``, created owned by ``owner_oid``; one that another session
+        created meanwhile is used only when ``may_use`` lets the caller (it raises
+        otherwise) and it has the same task."""
+        created = await self.create_project(name, task, owner_oid)
+        if created is not None:
+            return created
+        project = await self.project(name)
+        if project is None:  # dropped again at once
+            raise PgmlError("40001", f'project "{name}" was dropped while it was created')
+        await may_use(project)
+        if project.task != task:
+            raise invalid_argument(
+                f'project "{name}" is a {project.task} project, not {task}',
+                hint="Use a new project name for another task.",
+            )
+        return project
 
     async def last_run(self, project: Project) -> dict[str, Any] | None:
         """The relation, label, split and model of the project's latest model, and its

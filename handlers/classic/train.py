@@ -22,7 +22,7 @@ from handlers.classic.algorithms import (
 from handlers.classic.features import read_table
 from handlers.classic.fit import Fitted, Job, fit
 from handlers.classic.preprocess import parse_preprocess
-from handlers.errors import PgmlError, invalid_argument
+from handlers.errors import invalid_argument
 from handlers.functions import Args, CallContext
 from handlers.loading import quote_ident
 from handlers.projects import Catalog, Project
@@ -148,7 +148,9 @@ async def _train(
         async with services.capacity.caller_share(ctx.caller):  # a role keeps a thread free
             fitted: Fitted = await services.run(fit, table, job, folder)
         ctx.check_cancel()
-        project = existing or await _new_project(ctx, catalog, project_name, task, caller, deploys)
+        project = existing or await catalog.claim_project(
+            project_name, task, caller.oid, lambda p: _require(ctx, p, deploys)
+        )
         analysis = {
             "rows": len(table.x),
             "train_rows": fitted.train_rows,
@@ -191,20 +193,3 @@ async def _train(
     if deployed:
         await ctx.session.notice(f"model {model_id} deployed for project {project_name}")
     return project.name, task, name, deployed
-
-
-async def _new_project(
-    ctx: CallContext, catalog: Catalog, name: str, task: str, caller: Role, deploys: bool
-) -> Project:
-    """The project, created owned by the caller; one another session created meanwhile is
-    used only if the caller could have trained it."""
-    created = await catalog.create_project(name, task, caller.oid)
-    if created is not None:
-        return created
-    project = await catalog.project(name)
-    if project is None:
-        raise PgmlError("40001", f'project "{name}" was dropped while it was created')
-    await _require(ctx, project, deploys)
-    if project.task != task:
-        raise invalid_argument(f'project "{name}" is a {project.task} project, not {task}')
-    return project

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from handlers.access import Role, require_tune
+from handlers.access import require_tune
 from handlers.artifact import TASKS
 from handlers.errors import PgmlError, invalid_argument, unsupported
 from handlers.files import FileRights, rights_of, with_rights
@@ -116,7 +116,9 @@ async def _tune(
             materialize=bool(materialize_snapshot),
         )
         ctx.check_cancel()
-        project = existing or await _new_project(ctx, catalog, project_name, task, caller, deploys)
+        project = existing or await catalog.claim_project(
+            project_name, task, caller.oid, lambda p: require_tune(ctx.session, p, deploys)
+        )
         snapshot_id = await catalog.add_snapshot(
             project,
             snapshot.relation,
@@ -168,26 +170,6 @@ async def _tune(
     if deployed:
         await ctx.session.notice(f"model {model_id} deployed for project {project_name}")
     return project.name, task, model_name, deployed
-
-
-async def _new_project(
-    ctx: CallContext, catalog: Catalog, name: str, task: str, caller: Role, deploys: bool
-) -> Project:
-    """The project, created owned by the caller; one another session created meanwhile is
-    used only if the caller could have tuned it."""
-    created = await catalog.create_project(name, task, caller.oid)
-    if created is not None:
-        return created
-    project = await catalog.project(name)
-    if project is None:  # dropped again at once
-        raise PgmlError("40001", f'project "{name}" was dropped while it was created')
-    await require_tune(ctx.session, project, deploys)
-    if project.task != task:
-        raise invalid_argument(
-            f'project "{name}" is a {project.task} project, not {task}',
-            hint="Use a new project name for another task.",
-        )
-    return project
 
 
 async def _train_and_record(
