@@ -439,6 +439,8 @@ def test_browser_next_with_a_tab_stays_on_the_dashboard(lab: Lab, browser: Any) 
 
 def test_browser_failed_logins_are_slowed_down(lab: Lab, browser: Any) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.webdriver.support.wait import WebDriverWait
 
     browser.get(lab.base + "/login")
     browser.find_element(By.ID, "login-role").send_keys("plain_user")
@@ -447,8 +449,10 @@ def test_browser_failed_logins_are_slowed_down(lab: Lab, browser: Any) -> None:
     assert "Login failed" in waited(browser, "login-error").text
     for _ in range(2):  # two more failures of the role from the browser's address
         assert log_in_form(Client(lab.base), "plain_user", "wrong").status == 401
+    first_answer = browser.find_element(By.ID, "login-error")
     browser.find_element(By.ID, "login-password").send_keys(PASSWORDS["plain_user"])
     browser.find_element(By.ID, "login-submit").click()
+    WebDriverWait(browser, 30).until(staleness_of(first_answer))  # the answer's page, not the last
     assert "Too many failed logins" in waited(browser, "login-error").text
     assert not browser.get_cookie("pgml_session")
     time.sleep(DELAY)
