@@ -77,7 +77,7 @@ async def evaluate_constant(execution: Execution, text: SourceText, call: CallSi
             live = execution.live = LiveRows(overload.stream(execution.context, args), returns)
             result = []
         else:
-            result = (await overload.handler(execution.context, [args]))[0]
+            result = (await execution.invoke(overload, [args]))[0]
             execution.check_cancel()
     if not overload.set_returning and not overload.columns:
         execution.values[id(call.node)] = Known(_oid_of(returns), result)

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -77,6 +78,16 @@ class BoundParams:
 _SLICE = 32
 """Constant calls evaluated between two turns of the event loop."""
 
+HOLD_AFTER = 0.05
+"""Seconds of a handler's work after which the client's backend is held in a statement."""
+HOLD = "SELECT pg_sleep(0.005)"
+"""What the backend runs, again and again, while a handler works: PostgreSQL drops a
+cancel that reaches a backend waiting for its client's next message."""
+_TICK = 0.05
+"""Seconds between two looks at the statement's deadline while a handler works."""
+_TIMEOUT_SQL = "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
+STATEMENT_TIMEOUT = PgmlError("57014", "canceling statement due to statement timeout")
+
 
 class Execution:
     """The evaluation of one statement's pgml calls: a Query's statement, or an
@@ -120,6 +131,11 @@ class Execution:
         statement's result is its rows: see :mod:`proxy.engine.streams`)."""
         self.live: LiveRows | None = None
         """That call's rows, while they are produced; the statement has none of them."""
+        self._copying = False
+        """A COPY of a handler's is under way: no other request may go meanwhile."""
+        self.started = time.monotonic()
+        self.deadline: float | None = None
+        """When ``statement_timeout`` ends the statement; read when first needed."""
 
     @property
     def context(self) -> CallContext:
@@ -128,6 +144,49 @@ class Execution:
     def check_cancel(self) -> None:
         if self.cancelled():
             raise CANCELLED
+
+    async def invoke(self, overload: Overload, batch: Sequence[Args]) -> list[Any]:
+        """The handler over ``batch``: the one way a call runs.
+
+        Past :data:`HOLD_AFTER` the client's backend waits inside short statements until
+        the handler is done, so ``pg_cancel_backend`` and a client's cancel stop the work
+        with PostgreSQL's own error, and ``pg_stat_activity`` shows the statement active.
+        PostgreSQL times each of those statements afresh, so the session's
+        ``statement_timeout`` is read then and kept by the proxy, with PostgreSQL's error.
+        """
+        work = asyncio.ensure_future(overload.handler(self.context, batch))
+        try:
+            await asyncio.wait([work], timeout=HOLD_AFTER)
+            held: Reply | None = None
+            while not work.done():
+                if self.deadline is None and not self._copying:
+                    self.deadline = await self._deadline()
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    raise STATEMENT_TIMEOUT
+                if held is None and not self._copying:
+                    held = self.request(HOLD, [])
+                    self.upstream.flush()
+                waiting: list[asyncio.Future[Any]] = [work]
+                if held is not None:
+                    waiting.append(asyncio.ensure_future(_settled(held)))
+                await asyncio.wait(waiting, timeout=_TICK, return_when="FIRST_COMPLETED")
+                if held is not None and held.done:
+                    await held  # the backend's error (a cancel) stops the work
+                    held = None
+            if held is not None:
+                await held
+            return work.result()
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+
+    async def _deadline(self) -> float:
+        """When the statement times out (``inf``: never), by its ``statement_timeout``."""
+        result = await self.select(_TIMEOUT_SQL, [])
+        milliseconds = int(values.text(result.rows[0][0]))
+        return self.started + milliseconds / 1000 if milliseconds > 0 else math.inf
 
     # --- the statement's parameters --------------------------------------------------
 
@@ -204,6 +263,18 @@ class Execution:
     async def copy_in(self, sql: str, chunks: AsyncIterator[bytes]) -> int:
         """``COPY ... FROM STDIN`` fed with ``chunks`` as fast as the server takes them.
         An error stops the copy (CopyFail) and is raised."""
+        with self._copy():
+            return await self._copy_in(sql, chunks)
+
+    @contextlib.contextmanager
+    def _copy(self) -> Iterator[None]:
+        self._copying = True
+        try:
+            yield
+        finally:
+            self._copying = False
+
+    async def _copy_in(self, sql: str, chunks: AsyncIterator[bytes]) -> int:
         upstream = self.upstream
         upstream.parse(self.helper, sql)
         upstream.bind(self.helper, self.helper)
@@ -238,18 +309,19 @@ class Execution:
         reply queue, which drops it."""
         upstream = self.upstream
         reply = CopyOut(upstream.pause_reading)
-        upstream.parse(self.helper, sql)
-        upstream.bind(self.helper, self.helper)
-        upstream.execute(self.helper, reply=reply)
-        if self.helper:
-            upstream.close(b"S", self.helper)
-        upstream.flush()
-        try:
-            while (chunk := await reply.next()) is not None:
-                yield chunk
-        finally:
-            reply.abandon()
-        await reply
+        with self._copy():
+            upstream.parse(self.helper, sql)
+            upstream.bind(self.helper, self.helper)
+            upstream.execute(self.helper, reply=reply)
+            if self.helper:
+                upstream.close(b"S", self.helper)
+            upstream.flush()
+            try:
+                while (chunk := await reply.next()) is not None:
+                    yield chunk
+            finally:
+                reply.abandon()
+            await reply
 
     # --- evaluating ------------------------------------------------------------------------
 
@@ -306,6 +378,12 @@ class Execution:
         reply = self.request("DROP TABLE " + ", ".join(self.temp_tables), [])
         self.temp_tables = []
         return reply
+
+
+async def _settled(reply: Reply) -> None:
+    """Until ``reply`` is answered, whichever way."""
+    with contextlib.suppress(ServerError, Skipped):
+        await reply
 
 
 def _replaced(text: str, span: Span, replacement: str) -> str:

@@ -217,9 +217,7 @@ async def _fill(
         ids, tuples = _arguments(row, batch)
         await _authorize(execution, row, tuples)
         computing = (
-            asyncio.ensure_future(row.overload.handler(execution.context, tuples))
-            if tuples
-            else None
+            asyncio.ensure_future(execution.invoke(row.overload, tuples)) if tuples else None
         )
         upcoming = upstream.execute(portal, size) if batch.suspended else None
         upstream.flush()

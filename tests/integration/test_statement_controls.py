@@ -1,0 +1,165 @@
+"""PostgreSQL's controls reach a pgml statement while its model works: statement_timeout,
+pg_cancel_backend, pg_terminate_backend and a client's cancel stop it with PostgreSQL's
+own errors; pg_stat_activity shows it active; idle_in_transaction_session_timeout does
+not fire in the middle of it.  Each is compared with the same control over a statement
+that PostgreSQL runs itself (pg_sleep)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration._pgml import unique
+from tests.integration._transform import model_proxy
+from tests.integration.test_capacity import FOREVER, LONG, UNBOUNDED, transform
+from tests.integration.test_capacity import models as models  # the fixture
+from tests.support.pgserver import PostgresCluster
+from tests.support.proxyproc import ProxyProcess
+
+ENDLESS = transform(LONG, FOREVER)
+SLEEP = "SELECT pg_sleep(600)"
+"""PostgreSQL's own long statement: what each control does to it is the reference."""
+
+
+@pytest.fixture(scope="module")
+def proxy(cluster: PostgresCluster, models: Path) -> Iterator[ProxyProcess]:
+    process = model_proxy(cluster, models, "--max-new-tokens", str(UNBOUNDED))
+    with psycopg.connect(process.dsn(), autocommit=True) as conn:  # the model loaded once
+        conn.execute(transform(LONG, '{"max_new_tokens": 1, "do_sample": false}')).fetchall()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def rows(cluster: PostgresCluster) -> Iterator[str]:
+    name = unique("controls")
+    cluster.psql(f"CREATE TABLE {name} (id int, body text); INSERT INTO {name} VALUES (1, 'a')")
+    yield name
+    cluster.psql(f"DROP TABLE IF EXISTS {name}")
+
+
+def per_row(table: str) -> str:
+    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
+    return f"SELECT id, pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[body]) FROM {table}"
+
+
+def _failure(conn: psycopg.Connection[Any], sql: str) -> tuple[psycopg.Error, float]:
+    began = time.monotonic()
+    with pytest.raises(psycopg.Error) as caught:
+        conn.execute(sql).fetchall()
+    return caught.value, time.monotonic() - began
+
+
+def _backend_pid(conn: psycopg.Connection[Any]) -> int:
+    return int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+
+
+def _when_active(direct: psycopg.Connection[Any], pid: int, since: float) -> None:
+    """Until the backend runs a statement that began after ``since`` (epoch seconds)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        row = direct.execute(
+            "SELECT state FROM pg_stat_activity WHERE pid = %s AND query_start > to_timestamp(%s)",
+            [pid, since],
+        ).fetchone()
+        if row is not None and row[0] == "active":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the statement never showed as active")
+
+
+@pytest.mark.parametrize("shape", ["constant", "per-row"])
+@pytest.mark.parametrize("control", ["statement_timeout", "pg_cancel_backend", "cancel"])
+def test_a_control_stops_the_model_with_postgresqls_error(
+    proxy: ProxyProcess, cluster: PostgresCluster, rows: str, shape: str, control: str
+) -> None:
+    sql = ENDLESS if shape == "constant" else per_row(rows)
+    answers = []
+    for dsn, statement in ((cluster.dsn(), SLEEP), (proxy.dsn(), sql)):
+        with (
+            psycopg.connect(dsn, autocommit=True) as conn,
+            psycopg.connect(cluster.dsn(), autocommit=True) as direct,
+        ):
+            pid = _backend_pid(conn)
+            if control == "statement_timeout":
+                conn.execute("SET statement_timeout = '1s'")
+            else:
+                since = time.time()
+                stop = threading.Timer(
+                    0, lambda c=conn, p=pid, s=since, d=direct: _stop(control, c, d, p, s)
+                )
+                stop.start()
+            error, took = _failure(conn, statement)
+            answers.append((error.sqlstate, str(error)))
+            assert took < 30
+            # the session goes on, with nothing left of the statement
+            assert conn.execute("SELECT 1").fetchall() == [(1,)]
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert answers[1] == answers[0]
+
+
+def _stop(
+    control: str,
+    conn: psycopg.Connection[Any],
+    direct: psycopg.Connection[Any],
+    pid: int,
+    since: float,
+) -> None:
+    _when_active(direct, pid, since)
+    time.sleep(0.3)  # the model (or pg_sleep) is under way
+    if control == "pg_cancel_backend":
+        direct.execute("SELECT pg_cancel_backend(%s)", [pid])
+    else:
+        conn.cancel_safe()
+
+
+@pytest.mark.parametrize("shape", ["constant", "per-row"])
+def test_pg_terminate_backend_ends_the_session(
+    proxy: ProxyProcess, cluster: PostgresCluster, rows: str, shape: str
+) -> None:
+    sql = ENDLESS if shape == "constant" else per_row(rows)
+    answers = []
+    for dsn, statement in ((cluster.dsn(), SLEEP), (proxy.dsn(), sql)):
+        with (
+            psycopg.connect(dsn, autocommit=True) as conn,
+            psycopg.connect(cluster.dsn(), autocommit=True) as direct,
+        ):
+            pid, since = _backend_pid(conn), time.time()
+
+            def terminate(p: int = pid, s: float = since, d: Any = direct) -> None:
+                _when_active(d, p, s)
+                d.execute("SELECT pg_terminate_backend(%s)", [p])
+
+            threading.Thread(target=terminate).start()
+            error, took = _failure(conn, statement)
+            answers.append((error.sqlstate, str(error).splitlines()[0]))
+            assert took < 30 and conn.closed
+    assert (
+        answers[1]
+        == answers[0]
+        == (
+            "57P01",
+            "terminating connection due to administrator command",
+        )
+    )
+
+
+def test_idle_in_transaction_timeout_waits_for_the_statement(
+    proxy: ProxyProcess, cluster: PostgresCluster
+) -> None:
+    """A statement that runs longer than the session's idle-in-transaction limit, inside
+    a transaction, finishes (the backend is not idle while the model works)."""
+    steps = '{"min_new_tokens": 3000, "max_new_tokens": 3000, "do_sample": false}'
+    with psycopg.connect(proxy.dsn()) as conn:
+        conn.execute("SET idle_in_transaction_session_timeout = '300ms'")
+        began = time.monotonic()
+        assert len(conn.execute(transform(LONG, steps)).fetchall()) == 1
+        assert time.monotonic() - began > 0.6  # twice the limit: it would have fired
+        assert conn.execute("SELECT 1").fetchall() == [(1,)]
+        conn.commit()
