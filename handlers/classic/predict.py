@@ -13,7 +13,7 @@ from typing import Any
 
 from handlers.classic import storage
 from handlers.classic.algorithms import CLASSIFICATION, DECOMPOSITION
-from handlers.classic.fit import MANIFEST_FILE, MODEL_FILE
+from handlers.classic.fit import MANIFEST_FILE
 from handlers.errors import PgmlError, invalid_argument
 from handlers.functions import Args, CallContext
 
@@ -31,7 +31,10 @@ class ClassicPredictor:
         manifest = json.loads((folder / MANIFEST_FILE).read_text("utf-8"))
         self.task: str = manifest["task"]
         self.features: int = manifest["features"]
-        self.model: Any = storage.load(folder / MODEL_FILE)
+        classes: list[float] = manifest.get("classes", [])
+        self.model: Any = storage.load(folder, self.task, manifest.get("algorithm", ""), classes)
+        self.labels = classes if manifest.get("encoded_labels") else None
+        """The classes, when the model predicts their indexes."""
         self.lock = threading.Lock()
 
     def memory_bytes(self) -> int | None:
@@ -47,7 +50,10 @@ class ClassicPredictor:
         import numpy as np
 
         with self.lock:
-            return [float(v) for v in self.model.predict(np.array(rows, dtype=float))]
+            found = np.asarray(self.model.predict(np.array(rows, dtype=float))).ravel()
+        if self.labels is not None:
+            return [self.labels[int(v)] for v in found]
+        return [float(v) for v in found]
 
     def decompose(self, rows: list[list[float]], _stopped: Any = None) -> list[list[float]]:
         import numpy as np
@@ -112,9 +118,9 @@ async def _serve(ctx: CallContext, batch: Sequence[Args], operation: str) -> lis
             "predict_proba": predictor.probabilities,
             "decompose": predictor.decompose,
         }[operation]
-        with ctx.services.using(predictor):
+        with ctx.services.using(predictor):  # the predictor: some models are unhashable
             found = await ctx.services.submit(
-                ctx, predictor.model, (id(predictor), operation), work, rows
+                ctx, predictor, (id(predictor), operation), work, rows
             )
         for index, value in zip(indexes, found, strict=True):
             results[index] = value
