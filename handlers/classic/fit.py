@@ -273,5 +273,6 @@ def _write(
         "categories": layout["categories"],
         "classes": classes,
         "encoded_labels": encoded,
+        "one_hot": [c for c, step in job.preprocess.items() if step.encode == "one_hot"],
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest), "utf-8")

@@ -428,6 +428,47 @@ def test_predict_takes_every_numeric_array(
     np.testing.assert_allclose(proba, reference.predict_proba(point)[0], rtol=1e-5)
 
 
+def test_predict_takes_a_whole_row(
+    db: psycopg.Connection[Any], iris_model: tuple[str, Any]
+) -> None:
+    """A table's row gives its feature columns by name (the label left out), an anonymous
+    row its fields in the snapshot's order; per row and as a constant."""
+    project, reference = iris_model
+    array = ", ".join(IRIS)
+    found = rows(db, f"SELECT {array}, pgml.predict('{project}', i) FROM {SHUFFLED} AS i")
+    inputs = np.array([[float(v) for v in row[:-1]] for row in found])
+    np.testing.assert_array_equal([row[-1] for row in found], reference.predict(inputs))
+    found = rows(db, f"SELECT {array}, pgml.predict('{project}', ({array})) FROM {SHUFFLED}")
+    inputs = np.array([[float(v) for v in row[:-1]] for row in found])
+    np.testing.assert_array_equal([row[-1] for row in found], reference.predict(inputs))
+    point = np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32).astype(float)
+    assert rows(db, f"SELECT pgml.predict('{project}', (6.7::real, 3.0, 5.2, 2.3))") == [
+        (reference.predict(point)[0],)
+    ]
+    with pytest.raises(errors.InvalidParameterValue, match="takes rows of 4 columns"):
+        db.execute(f"SELECT pgml.predict('{project}', (1, 2, 3))")
+    with pytest.raises(errors.NullValueNotAllowed, match='column "petal_width" of the row'):
+        db.execute(f"SELECT pgml.predict('{project}', (1, 2, 3, NULL::real))")
+
+
+def test_predict_batch_takes_many_rows_flattened(
+    db: psycopg.Connection[Any], iris_model: tuple[str, Any]
+) -> None:
+    project, reference = iris_model
+    points = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 5.1, 1.8]]
+    flat = ", ".join(str(v) for row in points for v in row)
+    found = rows(db, f"SELECT * FROM pgml.predict_batch('{project}', ARRAY[{flat}])")
+    expected = reference.predict(np.array(points, dtype=np.float32).astype(float))
+    assert [row[0] for row in found] == list(expected)
+    inputs, _ = features(db, SHUFFLED, IRIS, "target")
+    found = rows(
+        db, "SELECT * FROM pgml.predict_batch(%s, %s::real[])", project, inputs.ravel().tolist()
+    )
+    assert [row[0] for row in found] == list(reference.predict(inputs))
+    with pytest.raises(errors.InvalidParameterValue, match="not a whole number of rows"):
+        db.execute(f"SELECT * FROM pgml.predict_batch('{project}', ARRAY[1, 2, 3, 4, 5])")
+
+
 def test_predict_proba_per_row(db: psycopg.Connection[Any], iris_model: tuple[str, Any]) -> None:
     project, reference = iris_model
     array = ", ".join(IRIS)
@@ -593,6 +634,8 @@ def test_array_and_text_columns_are_features(db: psycopg.Connection[Any]) -> Non
         # blue 0, green 1, red 2
         (value,) = db.execute(f"SELECT pgml.predict('{ordinal}', ARRAY[1, 0])").fetchone() or (0,)
         assert value == pytest.approx(11)
+        found = rows(db, f"SELECT y, pgml.predict('{ordinal}', c) FROM {table} AS c")
+        assert [v for _, v in found] == pytest.approx([y for y, _ in found])  # text encoded
         hot = unique("colors_one_hot")
         train(
             db,
@@ -605,6 +648,10 @@ def test_array_and_text_columns_are_features(db: psycopg.Connection[Any]) -> Non
         )
         (value,) = db.execute(f"SELECT pgml.predict('{hot}', ARRAY[0, 0, 1, 0])").fetchone() or (0,)
         assert value == pytest.approx(10)
+        found = rows(db, f"SELECT y, pgml.predict('{hot}', (color, even)) FROM {table}")
+        assert [v for _, v in found] == pytest.approx([y for y, _ in found])
+        with pytest.raises(errors.InvalidParameterValue, match="a value training never saw"):
+            db.execute(f"SELECT pgml.predict('{hot}', ('purple'::text, true))")
     finally:
         db.execute(f"DROP TABLE {table}")
 
