@@ -36,6 +36,17 @@ ACCEPTED_OIDS: dict[str, frozenset[int]] = {
     "boolean": BOOLEAN_OIDS,
 }
 """Argument types each parameter type takes, as PostgreSQL's implicit casts would."""
+RECORD_OID = 2249
+FIRST_USER_OID = 16384
+"""Types created in a database (a table's row type among them) have OIDs from here on."""
+
+
+def accepts_oid(kind: str, oid: int) -> bool:
+    """Whether a parameter of type ``kind`` takes an argument of type ``oid``: ``record``
+    takes an anonymous row and a table's (any type created in the database)."""
+    if kind == "record":
+        return oid == RECORD_OID or oid >= FIRST_USER_OID
+    return oid in ACCEPTED_OIDS[kind]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +97,7 @@ class Overload:
 
     def accepts(self, type_oids: Sequence[int | None]) -> bool:
         return all(
-            oid is None or oid in ACCEPTED_OIDS[param.type]
+            oid is None or accepts_oid(param.type, oid)
             for param, oid in zip(self.params, type_oids, strict=False)
         )
 

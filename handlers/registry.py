@@ -10,7 +10,13 @@ from typing import Any
 
 import proxy
 from handlers.access import authorize_serving
-from handlers.classic.predict import decompose, predict_features, predict_proba_features
+from handlers.classic.predict import (
+    decompose,
+    predict_batch,
+    predict_features,
+    predict_proba_features,
+    predict_row,
+)
 from handlers.classic.train import train
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
@@ -282,6 +288,20 @@ FUNCTIONS: dict[str, Function] = {
             _served((_PROJECT, Param("input", "text")), LABEL, predict_text),
             _served((_PROJECT, Param("inputs", "text[]")), LABEL + "[]", predict_array),
             _served((_PROJECT, Param("features", "real[]")), "real", predict_features),
+            _served((_PROJECT, Param("row", "record")), "real", predict_row),
+        ),
+    ),
+    "predict_batch": Function(
+        "predict_batch",
+        (
+            Overload(
+                (_PROJECT, Param("features", "real[]")),
+                "real",
+                predict_batch,
+                set_returning=True,
+                row_dependent_ok=False,
+                authorize=authorize_serving,
+            ),
         ),
     ),
     "predict_proba": Function(

@@ -83,6 +83,25 @@ ESTIMATORS: dict[str, dict[str, str]] = {
 """Import paths of the estimators, by task and PostgresML algorithm name (the clustering
 algorithms that can assign new rows to their clusters)."""
 
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "lightgbm": {"verbose": -1},
+    "catboost": {"verbose": False, "allow_writing_files": False},
+}
+"""Settings under the caller's hyperparameters: the libraries stay quiet and catboost writes
+no files into the proxy's working directory."""
+
+FILE_OPTIONS: dict[str, frozenset[str]] = {
+    "lightgbm": frozenset(
+        {"input_model", "output_model", "forcedsplits_filename", "forcedbins_filename"}
+    ),
+    "catboost": frozenset({"train_dir", "allow_writing_files", "save_snapshot", "snapshot_file"}),
+}
+"""Hyperparameters that would make the library read or write files on the proxy's machine:
+refused unless false."""
+
+LIBRARY_ERRORS = {"lightgbm": "lightgbm.basic.LightGBMError", "catboost": "catboost.CatBoostError"}
+"""What the libraries raise for settings they refuse (xgboost's error is a ValueError)."""
+
 
 def normalise_task(task: str) -> str:
     name = task.strip().lower()
@@ -116,10 +135,27 @@ def estimator_class(task: str, algorithm: str) -> Any:
         ) from exc
 
 
+def refusals(algorithm: str) -> tuple[type[Exception], ...]:
+    """The exceptions by which the algorithm's library refuses its settings or data."""
+    found: list[type[Exception]] = [TypeError, ValueError]
+    path = LIBRARY_ERRORS.get(algorithm)
+    if path is not None:
+        module, _, name = path.rpartition(".")
+        found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
+
+
 def build_estimator(task: str, algorithm: str, hyperparams: dict[str, Any]) -> Any:
-    """The estimator with ``hyperparams``; 22023 when its constructor refuses them."""
+    """The estimator with ``hyperparams`` (over the library's :data:`DEFAULTS`); 22023 when
+    its constructor refuses them or they name files."""
     cls = estimator_class(task, algorithm)
+    for key in FILE_OPTIONS.get(algorithm, frozenset()) & hyperparams.keys():
+        if hyperparams[key] not in (None, False):
+            raise invalid_argument(
+                f'hyperparameter "{key}" of {algorithm} names files on the proxy\'s machine',
+                hint="Leave it out: models are stored in pgml.files.",
+            )
     try:
-        return cls(**hyperparams)
-    except (TypeError, ValueError) as exc:
+        return cls(**(DEFAULTS.get(algorithm, {}) | hyperparams))
+    except refusals(algorithm) as exc:
         raise invalid_argument(f"bad hyperparameters for {algorithm}: {exc}") from exc

@@ -10,14 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handlers.classic import storage
-from handlers.classic.algorithms import CLASSIFICATION, CLUSTERING, DECOMPOSITION, build_estimator
+from handlers.classic import boosters, storage
+from handlers.classic.algorithms import (
+    CLASSIFICATION,
+    CLUSTERING,
+    DECOMPOSITION,
+    build_estimator,
+    refusals,
+)
 from handlers.classic.features import ARRAY, BOOLEAN, TEXT, Table
 from handlers.classic.preprocess import ColumnSteps, transformer
 from handlers.errors import PgmlError, invalid_argument
 from handlers.tuning.split import split_rows
 
-MODEL_FILE = "model.skops"
 MANIFEST_FILE = "classic.json"
 SEARCHES = {"grid": "GridSearchCV", "random": "RandomizedSearchCV"}
 
@@ -138,6 +143,11 @@ def fit(table: Table, job: Job, folder: Path) -> Fitted:
     x, layout = matrix(table, job.preprocess)
     class_ids = [classes.index(v) for v in y.tolist()] if classes else None
     train, test = split_rows(len(table.x), job.test_size, job.sampling, job.seed, class_ids)
+    encoded = bool(classes) and job.algorithm in boosters.ENCODED_LABELS
+    if encoded:  # fitted, scored and served as the classes' indexes
+        y, scored = np.array(class_ids, dtype=float), [float(i) for i in range(len(classes))]
+    else:
+        scored = classes
     train_y = None if y is None else y[train]
     model = build_estimator(job.task, job.algorithm, job.hyperparams)
     prepare = transformer(job.preprocess, layout["positions"])
@@ -166,15 +176,15 @@ def fit(table: Table, job: Job, folder: Path) -> Fitted:
             }
         else:
             model.fit(x[train], train_y)
-    except (TypeError, ValueError) as exc:
+    except refusals(job.algorithm) as exc:
         raise invalid_argument(f"{job.algorithm} refused to train: {exc}") from exc
     fit_time = time.perf_counter() - started
     started = time.perf_counter()
-    metrics = _metrics(job.task, model, x[test], None if y is None else y[test], classes)
+    metrics = _metrics(job.task, model, x[test], None if y is None else y[test], scored)
     metrics |= {"fit_time": fit_time, "score_time": time.perf_counter() - started}
     if search_results is not None:
         metrics["search_results"] = search_results
-    _write(folder, model, job, layout, classes, [c.name for c in table.features])
+    _write(folder, model, job, layout, classes, encoded, [c.name for c in table.features])
     return Fitted(metrics, hyperparams, len(train), len(test), int(np.shape(x)[1]))
 
 
@@ -249,10 +259,11 @@ def _write(
     job: Job,
     layout: dict[str, Any],
     classes: list[float],
+    encoded: bool,
     names: list[str],
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    storage.save(model, folder / MODEL_FILE, job.algorithm)
+    storage.save(model, folder, job.algorithm)
     manifest = {
         "task": job.task,
         "algorithm": job.algorithm,
@@ -261,5 +272,7 @@ def _write(
         "positions": layout["positions"],
         "categories": layout["categories"],
         "classes": classes,
+        "encoded_labels": encoded,
+        "one_hot": [c for c, step in job.preprocess.items() if step.encode == "one_hot"],
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest), "utf-8")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from handlers.classic import storage
 from handlers.classic.algorithms import CLASSIFICATION, DECOMPOSITION
-from handlers.classic.fit import MANIFEST_FILE, MODEL_FILE
+from handlers.classic.fit import MANIFEST_FILE
 from handlers.errors import PgmlError, invalid_argument
 from handlers.functions import Args, CallContext
 
@@ -31,8 +31,49 @@ class ClassicPredictor:
         manifest = json.loads((folder / MANIFEST_FILE).read_text("utf-8"))
         self.task: str = manifest["task"]
         self.features: int = manifest["features"]
-        self.model: Any = storage.load(folder / MODEL_FILE)
+        classes: list[float] = manifest.get("classes", [])
+        self.model: Any = storage.load(folder, self.task, manifest.get("algorithm", ""), classes)
+        self.labels = classes if manifest.get("encoded_labels") else None
+        """The classes, when the model predicts their indexes."""
+        self.columns: list[str] = manifest.get("columns", [])
+        self.positions: dict[str, list[int]] = manifest.get("positions", {})
+        self.categories: dict[str, list[str]] = manifest.get("categories", {})
+        self.one_hot: list[str] = manifest.get("one_hot", [])
         self.lock = threading.Lock()
+
+    def encode_row(self, project: str, record: Any) -> list[float]:
+        """A whole row's features: its fields named as the snapshot's feature columns (a
+        label among them left out), or else its fields in their order, encoded as in
+        training (text as its category's code, or one feature a category)."""
+        if not isinstance(record, dict):
+            raise invalid_argument(f"pgml.predict of a row takes a row, not {record!r}")
+        if set(self.columns) <= record.keys():
+            fields = [record[name] for name in self.columns]
+        elif len(record) == len(self.columns):
+            fields = list(record.values())
+        else:
+            raise invalid_argument(
+                f'project "{project}" takes rows of {len(self.columns)} columns '
+                f"({', '.join(self.columns)}), not {len(record)}"
+            )
+        features: list[float] = []
+        for name, value in zip(self.columns, fields, strict=True):
+            if value is None:
+                raise PgmlError("22004", f'column "{name}" of the row is NULL')
+            known = self.categories.get(name)
+            if known is None:
+                features.extend(_features(value if isinstance(value, list) else [value]))
+                continue
+            if str(value) not in known:
+                raise invalid_argument(
+                    f'column "{name}" of the row has "{value}", a value training never saw'
+                )
+            code = known.index(str(value))
+            if len(self.positions[name]) > 1 or name in self.one_hot:
+                features.extend(float(i == code) for i in range(len(known)))
+            else:
+                features.append(float(code))
+        return features
 
     def memory_bytes(self) -> int | None:
         return None
@@ -47,7 +88,10 @@ class ClassicPredictor:
         import numpy as np
 
         with self.lock:
-            return [float(v) for v in self.model.predict(np.array(rows, dtype=float))]
+            found = np.asarray(self.model.predict(np.array(rows, dtype=float))).ravel()
+        if self.labels is not None:
+            return [self.labels[int(v)] for v in found]
+        return [float(v) for v in found]
 
     def decompose(self, rows: list[list[float]], _stopped: Any = None) -> list[list[float]]:
         import numpy as np
@@ -81,7 +125,39 @@ def _features(values: Sequence[Any]) -> list[float]:
     return [float(v) for v in flat]
 
 
-async def _serve(ctx: CallContext, batch: Sequence[Args], operation: str) -> list[Any]:
+Rows = Callable[[ClassicPredictor, str, Any], list[list[float]]]
+"""One call's argument as the rows of features it asks about."""
+
+
+def _one_array(predictor: ClassicPredictor, project: str, values: Any) -> list[list[float]]:
+    row = _features(values)
+    predictor.check(project, row)
+    return [row]
+
+
+def _flattened(predictor: ClassicPredictor, project: str, values: Any) -> list[list[float]]:
+    """``pgml.predict_batch``'s array: the features of many rows one after another."""
+    flat = _features(values)
+    width = predictor.features
+    if len(flat) % width:
+        raise invalid_argument(
+            f'project "{project}" takes {width} features a row: {len(flat)} values are not '
+            "a whole number of rows"
+        )
+    return [flat[i : i + width] for i in range(0, len(flat), width)]
+
+
+def _one_row(predictor: ClassicPredictor, project: str, record: Any) -> list[list[float]]:
+    row = predictor.encode_row(project, record)
+    predictor.check(project, row)
+    return [row]
+
+
+async def _serve(
+    ctx: CallContext, batch: Sequence[Args], operation: str, rows_of: Rows
+) -> list[Any]:
+    """Each call's results, one per row it asks about; every call of a project in one
+    batch of the model's."""
     groups: dict[str, list[int]] = defaultdict(list)
     for index, (project, _) in enumerate(batch):
         groups[project].append(index)
@@ -104,31 +180,39 @@ async def _serve(ctx: CallContext, batch: Sequence[Args], operation: str) -> lis
                     else f"use pgml.decompose, not pgml.{operation}"
                 ),
             )
-        rows = [_features(batch[i][1]) for i in indexes]
-        for row in rows:
-            predictor.check(project, row)
+        calls = [rows_of(predictor, project, batch[i][1]) for i in indexes]
         work = {
             "predict": predictor.predict,
             "predict_proba": predictor.probabilities,
             "decompose": predictor.decompose,
         }[operation]
-        with ctx.services.using(predictor):
-            found = await ctx.services.submit(
-                ctx, predictor.model, (id(predictor), operation), work, rows
+        with ctx.services.using(predictor):  # the predictor: some models are unhashable
+            found = iter(
+                await ctx.services.submit(
+                    ctx, predictor, (id(predictor), operation), work, [r for c in calls for r in c]
+                )
             )
-        for index, value in zip(indexes, found, strict=True):
-            results[index] = value
+        for index, rows in zip(indexes, calls, strict=True):
+            results[index] = [next(found) for _ in rows]
         ctx.check_cancel()
     return results
 
 
 async def predict_features(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
-    return await _serve(ctx, batch, "predict")
+    return [r[0] for r in await _serve(ctx, batch, "predict", _one_array)]
+
+
+async def predict_row(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return [r[0] for r in await _serve(ctx, batch, "predict", _one_row)]
+
+
+async def predict_batch(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return await _serve(ctx, batch, "predict", _flattened)
 
 
 async def decompose(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
-    return await _serve(ctx, batch, "decompose")
+    return [r[0] for r in await _serve(ctx, batch, "decompose", _one_array)]
 
 
 async def predict_proba_features(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
-    return await _serve(ctx, batch, "predict_proba")
+    return [r[0] for r in await _serve(ctx, batch, "predict_proba", _one_array)]

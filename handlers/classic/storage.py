@@ -1,15 +1,33 @@
-"""A fitted model's file, in skops' format: written only when every type in it is one the
-proxy trusts, and read back trusting those types alone (nothing is unpickled), so that a
-file put into ``pgml.files`` by hand cannot make the proxy run code."""
+"""A fitted model's files.  Scikit-learn's estimators (and the preprocessing before any
+model) go into skops' format, written only when every type in it is one the proxy trusts
+and read back trusting those types alone (nothing is unpickled); xgboost, lightgbm and
+catboost models into their libraries' own formats (:mod:`handlers.classic.boosters`).  So
+a file put into ``pgml.files`` by hand cannot make the proxy run code."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from handlers.classic import boosters
 from handlers.errors import PgmlError
 
+MODEL_FILE = "model.skops"
 TRUSTED_MODULES = ("sklearn.", "numpy.", "scipy.")
+
+
+class Prepared:
+    """A booster behind the preprocessing it was fitted after, as their pipeline was."""
+
+    def __init__(self, prepare: Any, estimator: Any) -> None:
+        self.prepare = prepare
+        self.estimator = estimator
+
+    def predict(self, x: Any) -> Any:
+        return self.estimator.predict(self.prepare.transform(x))
+
+    def predict_proba(self, x: Any) -> Any:
+        return self.estimator.predict_proba(self.prepare.transform(x))
 
 
 def _untrusted(path: Path) -> tuple[list[str], list[str]]:
@@ -21,8 +39,19 @@ def _untrusted(path: Path) -> tuple[list[str], list[str]]:
     return found, [t for t in found if not t.startswith(TRUSTED_MODULES)]
 
 
-def save(model: Any, path: Path, algorithm: str) -> None:
-    """Write ``model``; 0A000 when it holds a type that could not be read back."""
+def save(model: Any, folder: Path, algorithm: str) -> None:
+    """Write ``model`` into ``folder``; 0A000 when it holds a type that could not be read
+    back."""
+    if algorithm in boosters.FILES:
+        prepare, estimator = (model[0], model[-1]) if hasattr(model, "steps") else (None, model)
+        boosters.save(estimator, folder, algorithm)
+        if prepare is not None:
+            _dump(prepare, folder / MODEL_FILE, algorithm)
+    else:
+        _dump(model, folder / MODEL_FILE, algorithm)
+
+
+def _dump(model: Any, path: Path, algorithm: str) -> None:
     import skops.io
 
     try:
@@ -40,8 +69,17 @@ def save(model: Any, path: Path, algorithm: str) -> None:
         )
 
 
-def load(path: Path) -> Any:
-    """The model in ``path``; XX001 when the file holds a type the proxy does not trust."""
+def load(folder: Path, task: str, algorithm: str, classes: list[float]) -> Any:
+    """The model in ``folder``; XX001 when a skops file holds a type the proxy does not
+    trust."""
+    path = folder / MODEL_FILE
+    if algorithm not in boosters.FILES:
+        return _load(path)
+    estimator = boosters.load(folder, task, algorithm, classes)
+    return Prepared(_load(path), estimator) if path.is_file() else estimator
+
+
+def _load(path: Path) -> Any:
     import skops.io
 
     found, refused = _untrusted(path)

@@ -15,17 +15,23 @@ from sqlglot import exp
 
 from handlers.errors import PgmlError
 from handlers.functions import (
-    ACCEPTED_OIDS,
     JSON_ARRAY_OIDS,
     TEXT_ARRAY_OIDS,
     Args,
     Overload,
+    accepts_oid,
     no_such_function,
 )
 from handlers.inference import LABEL
 from handlers.projects import FEATURES
 from proxy.engine.calls import CallSite
-from proxy.engine.values import TEXT_ARRAY_OID, UNKNOWN_OID, json_value, type_name
+from proxy.engine.values import (
+    REAL_ARRAY_OID,
+    TEXT_ARRAY_OID,
+    UNKNOWN_OID,
+    json_value,
+    type_name,
+)
 
 
 def positions(call: CallSite, overload: Overload) -> list[int] | None:
@@ -55,7 +61,7 @@ def _accepts(kind: str, oid: int, strings_only: bool) -> bool:
         return True
     if oid == UNKNOWN_OID:
         return not (strings_only and kind.endswith("[]"))
-    return oid in ACCEPTED_OIDS[kind]
+    return accepts_oid(kind, oid)
 
 
 def pick_overload(call: CallSite, oids: Sequence[int]) -> Overload:
@@ -140,7 +146,7 @@ def syntax_oids(call: CallSite, parameter_oids: Sequence[int]) -> list[int]:
         if isinstance(arg, exp.Array) or (
             isinstance(arg, exp.Cast) and arg.to.is_type(exp.DataType.Type.ARRAY)
         ):
-            found.append(TEXT_ARRAY_OID)
+            found.append(REAL_ARRAY_OID if _of_numbers(arg) else TEXT_ARRAY_OID)
         elif isinstance(arg, exp.Parameter) and arg.this.name.isdigit():
             number = int(arg.this.name)
             oid = parameter_oids[number - 1] if 0 < number <= len(parameter_oids) else 0
@@ -150,6 +156,20 @@ def syntax_oids(call: CallSite, parameter_oids: Sequence[int]) -> list[int]:
         else:
             found.append(UNKNOWN_OID)
     return found
+
+
+def _of_numbers(array: exp.Expr) -> bool:
+    """Whether an array literal, or a cast to an array type, is of numbers or booleans."""
+    if isinstance(array, exp.Cast):
+        element = array.to.expressions[0] if array.to.expressions else None
+        return isinstance(element, exp.DataType) and element.is_type(
+            *exp.DataType.NUMERIC_TYPES, exp.DataType.Type.BOOLEAN
+        )
+    items = [e.this if isinstance(e, exp.Neg) else e for e in array.expressions]
+    return bool(items) and all(
+        isinstance(e, exp.Boolean) or (isinstance(e, exp.Literal) and not e.is_string)
+        for e in items
+    )
 
 
 def project_literal(call: CallSite) -> str | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from handlers.errors import PgmlError
-from handlers.functions import Args, Overload
+from handlers.functions import RECORD_OID, Args, Overload
 from proxy import metrics
 from proxy.engine import binding, values
 from proxy.engine.calls import CallSite, reads_columns
@@ -52,10 +52,17 @@ async def run_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> str
     groups = _group_columns(step.slots, described.columns)
     names = [f"c{i + 1}" for i in range(len(described.columns))]
     by_slot: list[list[tuple[str, str]]] = []
+    anonymous: set[str] = set()
+    """Arguments that are anonymous rows: kept as JSON, as a table cannot hold them."""
     position = 0
-    for group in groups:
+    for slot, group in zip(step.slots, groups, strict=True):
         by_slot.append([(names[position + j], c.name) for j, c in enumerate(group)])
+        if slot.kind == "arg":
+            anonymous.update(
+                names[position + j] for j, c in enumerate(group) if c.type_oid == RECORD_OID
+            )
         position += len(group)
+    fields = ", ".join(f"to_json(s.{n}) AS {n}" if n in anonymous else f"s.{n}" for n in names)
     rows = [
         await _resolve(execution, parsed, step, i, call, groups, by_slot)
         for i, call in enumerate(step.calls)
@@ -66,7 +73,7 @@ async def run_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> str
     created = [
         execution.request(
             f"CREATE TEMP TABLE {table}_m{on_commit} AS SELECT row_number() OVER () AS "
-            f"{ROW_KEY}, s.* FROM ({step.inner}) AS s({', '.join(names)})"
+            f"{ROW_KEY}, {fields} FROM ({step.inner}) AS s({', '.join(names)})"
         )
     ]
     execution.temp_tables.append(f"{table}_m")
@@ -300,6 +307,8 @@ def _encoded(kind: str, results: list[Any]) -> list[str | None]:
 
 
 def _cast(column: str, kind: str) -> str:
+    if kind == "record":  # a row is read as its JSON object, fields in order
+        return f"CAST(to_json({column}) AS text)"
     collate = ' COLLATE "C"' if kind in ("text", "text[]") else ""
     return f"CAST({column} AS {kind}){collate}"
 

@@ -17,6 +17,7 @@ from proxy.wire import encoding
 TEXT_OID = 25
 UNKNOWN_OID = 705
 TEXT_ARRAY_OID = 1009
+REAL_ARRAY_OID = 1021
 
 TYPE_NAMES = {
     25: "text",
@@ -113,7 +114,7 @@ def decode(kind: str, raw: bytes | None) -> Any:
     if raw is None:
         return None
     text = raw.decode(encoding.current())
-    if kind in FETCHED_AS_JSON:
+    if kind in FETCHED_AS_JSON or kind == "record":
         return json.loads(text)
     if kind == "text":
         return text

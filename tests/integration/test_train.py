@@ -21,10 +21,12 @@ from sklearn import cluster, decomposition, ensemble, linear_model, model_select
 from handlers.classic.algorithms import (
     CLASSIFICATION,
     CLUSTERING,
+    DEFAULTS,
     ESTIMATORS,
     REGRESSION,
     estimator_class,
 )
+from handlers.classic.boosters import FILES
 from tests.integration._pgml import psql_answer, unique
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
@@ -45,10 +47,15 @@ QUICK: dict[str, dict[str, Any]] = {
     "theil_sen": {"max_subpopulation": 200},
 }
 """Hyperparameters that keep the slower algorithms quick on the toy datasets."""
-INSTALLED = {
-    task: [a for a, path in names.items() if not path.startswith(("xgboost", "lightgbm", "cat"))]
-    for task, names in ESTIMATORS.items()
+INSTALLED = {task: [a for a in names if a not in FILES] for task, names in ESTIMATORS.items()}
+"""The scikit-learn algorithms (the boosting libraries' are tested on their own)."""
+BOOSTING = {
+    "xgboost": {"n_estimators": 5, "random_state": 0},
+    "xgboost_random_forest": {"n_estimators": 5, "random_state": 0},
+    "lightgbm": {"n_estimators": 5, "random_state": 0},
+    "catboost": {"iterations": 5, "random_state": 0},
 }
+"""The boosting libraries' algorithms, with quick settings."""
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +200,141 @@ def test_every_algorithm_predicts_as_scikit_learn(
     assert count == len(INSTALLED[task])
 
 
+def library_estimator(task: str, algorithm: str, params: dict[str, Any]) -> Any:
+    """The library's own estimator as the proxy builds it (with the proxy's quiet defaults)."""
+    return estimator_class(task, algorithm)(**(DEFAULTS.get(algorithm, {}) | params))
+
+
+@pytest.mark.parametrize("algorithm", list(BOOSTING))
+@pytest.mark.parametrize(
+    ("task", "table", "columns", "label"),
+    [
+        (REGRESSION, "pgml.diabetes", DIABETES, "target"),
+        (CLASSIFICATION, SHUFFLED, IRIS, "target"),
+    ],
+)
+def test_boosting_libraries_predict_as_themselves(
+    db: psycopg.Connection[Any],
+    algorithm: str,
+    task: str,
+    table: str,
+    columns: list[str],
+    label: str,
+) -> None:
+    """Stored in the library's own format and read back, the model predicts as the library's
+    estimator fitted here on the same split."""
+    pytest.importorskip(ESTIMATORS[task][algorithm].partition(".")[0])
+    x, y = features(db, table, columns, label)
+    train_x, train_y, _ = _split(x, y)
+    project = unique(f"{algorithm}_{task}")
+    params = BOOSTING[algorithm]
+    found = train(
+        db,
+        project,
+        task=task,
+        relation_name=table,
+        y_column_name=label,
+        algorithm=algorithm,
+        hyperparams=params,
+        test_sampling="last",
+    )
+    assert found == (project, task, algorithm, True)
+    reference = library_estimator(task, algorithm, params).fit(train_x, train_y)
+    inputs, predicted = per_row(db, project, table, columns)
+    expected = np.ravel(reference.predict(inputs)).astype(np.float32)
+    np.testing.assert_allclose(predicted, expected, rtol=1e-4, atol=1e-4)
+    assert rows(
+        db,
+        "SELECT m.hyperparams, m.algorithm FROM pgml.models AS m JOIN pgml.projects AS p "
+        "ON p.id = m.project_id WHERE p.name = %s",
+        project,
+    ) == [(params, algorithm)]
+    if task == CLASSIFICATION:
+        array = ", ".join(columns)
+        answer = rows(db, f"SELECT pgml.predict_proba('{project}', ARRAY[{array}]) FROM {table}")
+        np.testing.assert_allclose(
+            [row[0] for row in answer], reference.predict_proba(inputs), rtol=1e-4, atol=1e-6
+        )
+        assert {"f1", "accuracy", "log_loss"} <= metrics(db, project).keys()
+    else:
+        assert metrics(db, project)["r2"] is not None
+
+
+def test_xgboost_takes_any_labels_and_preprocessing(db: psycopg.Connection[Any]) -> None:
+    """xgboost fits the classes' indexes; the proxy answers with the labels.  Preprocessing
+    is stored with skops beside the model's own file."""
+    pytest.importorskip("xgboost")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    view = unique("iris_odd_labels")
+    db.execute(
+        f"CREATE VIEW {view} AS SELECT {', '.join(IRIS)}, target * 2 + 1 AS kind FROM {SHUFFLED}"
+    )
+    try:
+        project = unique("xgboost_labels")
+        params = {"n_estimators": 5, "random_state": 0}
+        train(
+            db,
+            project,
+            task="classification",
+            relation_name=view,
+            y_column_name="kind",
+            algorithm="xgboost",
+            hyperparams=params,
+            test_sampling="last",
+            preprocess={"sepal_length": {"scale": "standard"}},
+        )
+        x, y = features(db, view, IRIS, "kind")
+        train_x, train_y, _ = _split(x, y)
+        prepare = ColumnTransformer([("s", StandardScaler(), [0])], remainder="passthrough")
+        reference = Pipeline(
+            [("p", prepare), ("m", library_estimator(CLASSIFICATION, "xgboost", params))]
+        )
+        reference.fit(train_x, (train_y - 1) / 2)
+        inputs, predicted = per_row(db, project, view, IRIS)
+        np.testing.assert_array_equal(predicted, reference.predict(inputs) * 2 + 1)
+        assert set(predicted) == {1.0, 3.0, 5.0}
+        (proba,) = db.execute(
+            f"SELECT pgml.predict_proba('{project}', ARRAY[5.1, 3.5, 1.4, 0.2])"
+        ).fetchone() or (None,)
+        point = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32).astype(float)
+        np.testing.assert_allclose(proba, reference.predict_proba(point)[0], rtol=1e-5)
+    finally:
+        db.execute(f"DROP VIEW {view}")
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "params", "message"),
+    [
+        ("xgboost", {"max_depth": -1}, "xgboost refused to train"),
+        ("xgboost_random_forest", {"subsample": 2.0}, "xgboost_random_forest refused to train"),
+        ("lightgbm", {"num_leaves": 1}, "lightgbm refused to train"),
+        ("catboost", {"depth": 100}, "catboost refused to train"),
+        ("catboost", {"no_such_option": 1}, "bad hyperparameters for catboost"),
+        ("catboost", {"train_dir": "/tmp/elsewhere"}, 'hyperparameter "train_dir"'),
+        ("lightgbm", {"output_model": "/tmp/model.txt"}, 'hyperparameter "output_model"'),
+    ],
+)
+def test_boosting_hyperparameters_refused_record_nothing(
+    db: psycopg.Connection[Any], algorithm: str, params: dict[str, Any], message: str
+) -> None:
+    pytest.importorskip(ESTIMATORS[REGRESSION][algorithm].partition(".")[0])
+    before = model_count(db)
+    with pytest.raises(errors.InvalidParameterValue, match=message):
+        train(
+            db,
+            unique("refused"),
+            task="regression",
+            relation_name="pgml.diabetes",
+            y_column_name="target",
+            algorithm=algorithm,
+            hyperparams=params,
+        )
+    assert model_count(db) == before
+
+
 def test_grid_search_equals_grid_search_cv(db: psycopg.Connection[Any]) -> None:
     x, y = features(db, SHUFFLED, IRIS, "target")
     train_x, train_y, _ = _split(x, y)
@@ -284,6 +426,47 @@ def test_predict_takes_every_numeric_array(
     assert label == reference.predict(point)[0]
     (proba,) = db.execute(f"SELECT pgml.predict_proba('{project}', {array})").fetchone() or (None,)
     np.testing.assert_allclose(proba, reference.predict_proba(point)[0], rtol=1e-5)
+
+
+def test_predict_takes_a_whole_row(
+    db: psycopg.Connection[Any], iris_model: tuple[str, Any]
+) -> None:
+    """A table's row gives its feature columns by name (the label left out), an anonymous
+    row its fields in the snapshot's order; per row and as a constant."""
+    project, reference = iris_model
+    array = ", ".join(IRIS)
+    found = rows(db, f"SELECT {array}, pgml.predict('{project}', i) FROM {SHUFFLED} AS i")
+    inputs = np.array([[float(v) for v in row[:-1]] for row in found])
+    np.testing.assert_array_equal([row[-1] for row in found], reference.predict(inputs))
+    found = rows(db, f"SELECT {array}, pgml.predict('{project}', ({array})) FROM {SHUFFLED}")
+    inputs = np.array([[float(v) for v in row[:-1]] for row in found])
+    np.testing.assert_array_equal([row[-1] for row in found], reference.predict(inputs))
+    point = np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32).astype(float)
+    assert rows(db, f"SELECT pgml.predict('{project}', (6.7::real, 3.0, 5.2, 2.3))") == [
+        (reference.predict(point)[0],)
+    ]
+    with pytest.raises(errors.InvalidParameterValue, match="takes rows of 4 columns"):
+        db.execute(f"SELECT pgml.predict('{project}', (1, 2, 3))")
+    with pytest.raises(errors.NullValueNotAllowed, match='column "petal_width" of the row'):
+        db.execute(f"SELECT pgml.predict('{project}', (1, 2, 3, NULL::real))")
+
+
+def test_predict_batch_takes_many_rows_flattened(
+    db: psycopg.Connection[Any], iris_model: tuple[str, Any]
+) -> None:
+    project, reference = iris_model
+    points = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 5.1, 1.8]]
+    flat = ", ".join(str(v) for row in points for v in row)
+    found = rows(db, f"SELECT * FROM pgml.predict_batch('{project}', ARRAY[{flat}])")
+    expected = reference.predict(np.array(points, dtype=np.float32).astype(float))
+    assert [row[0] for row in found] == list(expected)
+    inputs, _ = features(db, SHUFFLED, IRIS, "target")
+    found = rows(
+        db, "SELECT * FROM pgml.predict_batch(%s, %s::real[])", project, inputs.ravel().tolist()
+    )
+    assert [row[0] for row in found] == list(reference.predict(inputs))
+    with pytest.raises(errors.InvalidParameterValue, match="not a whole number of rows"):
+        db.execute(f"SELECT * FROM pgml.predict_batch('{project}', ARRAY[1, 2, 3, 4, 5])")
 
 
 def test_predict_proba_per_row(db: psycopg.Connection[Any], iris_model: tuple[str, Any]) -> None:
@@ -451,6 +634,8 @@ def test_array_and_text_columns_are_features(db: psycopg.Connection[Any]) -> Non
         # blue 0, green 1, red 2
         (value,) = db.execute(f"SELECT pgml.predict('{ordinal}', ARRAY[1, 0])").fetchone() or (0,)
         assert value == pytest.approx(11)
+        found = rows(db, f"SELECT y, pgml.predict('{ordinal}', c) FROM {table} AS c")
+        assert [v for _, v in found] == pytest.approx([y for y, _ in found])  # text encoded
         hot = unique("colors_one_hot")
         train(
             db,
@@ -463,6 +648,10 @@ def test_array_and_text_columns_are_features(db: psycopg.Connection[Any]) -> Non
         )
         (value,) = db.execute(f"SELECT pgml.predict('{hot}', ARRAY[0, 0, 1, 0])").fetchone() or (0,)
         assert value == pytest.approx(10)
+        found = rows(db, f"SELECT y, pgml.predict('{hot}', (color, even)) FROM {table}")
+        assert [v for _, v in found] == pytest.approx([y for y, _ in found])
+        with pytest.raises(errors.InvalidParameterValue, match="a value training never saw"):
+            db.execute(f"SELECT pgml.predict('{hot}', ('purple'::text, true))")
     finally:
         db.execute(f"DROP TABLE {table}")
 

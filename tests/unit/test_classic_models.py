@@ -10,8 +10,9 @@ import skops.io
 from sklearn.linear_model import LinearRegression
 
 from handlers.classic import storage
-from handlers.classic.fit import MANIFEST_FILE, MODEL_FILE
+from handlers.classic.fit import MANIFEST_FILE
 from handlers.classic.predict import ClassicPredictor
+from handlers.classic.storage import MODEL_FILE
 from handlers.errors import PgmlError
 
 
@@ -21,7 +22,7 @@ class Stranger:
 
 def _folder(tmp_path: Path, model: object) -> Path:
     skops.io.dump(model, tmp_path / MODEL_FILE)
-    manifest = {"task": "regression", "features": 1, "classes": []}
+    manifest = {"task": "regression", "algorithm": "linear", "features": 1, "classes": []}
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
     return tmp_path
 
@@ -40,5 +41,5 @@ def test_a_file_with_other_types_is_refused(tmp_path: Path) -> None:
 
 def test_a_model_with_other_types_is_not_stored(tmp_path: Path) -> None:
     with pytest.raises(PgmlError, match="cannot be stored safely") as raised:
-        storage.save({"model": Stranger()}, tmp_path / MODEL_FILE, "stranger")
+        storage.save({"model": Stranger()}, tmp_path, "stranger")
     assert raised.value.sqlstate == "0A000"
