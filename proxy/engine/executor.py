@@ -26,9 +26,10 @@ from handlers.functions import Args, CallContext, Overload
 from handlers.inference import result_type as project_result_type
 from handlers.serving import Services
 from proxy import logs, metrics
-from proxy.engine import binding, values
+from proxy.engine import binding, inline, values
 from proxy.engine.calls import CallSite
 from proxy.engine.constants import Known, evaluate_constant
+from proxy.engine.inline import Inline
 from proxy.engine.planner import (
     Parsed,
     by_size,
@@ -131,6 +132,11 @@ class Execution:
         statement's result is its rows: see :mod:`proxy.engine.streams`)."""
         self.live: LiveRows | None = None
         """That call's rows, while they are produced; the statement has none of them."""
+        self.may_inline = False
+        """Whether select-list calls may be evaluated on the statement's rows as they
+        stream (the client reads the whole result now: see :mod:`proxy.engine.inline`)."""
+        self.inline: Inline | None = None
+        """That statement, when it is one: :meth:`evaluate` returned its text."""
         self._copying = False
         """A COPY of a handler's is under way: no other request may go meanwhile."""
         self.started = time.monotonic()
@@ -342,6 +348,10 @@ class Execution:
             current = await parse(statement) if len(constants) < len(parsed.calls) else None
         while current is not None and current.calls:
             step = await off_loop(_next_step, current)
+            if self.may_inline and inline.fits(current, step):
+                self.inline = await inline.plan(self, current, step)
+                if self.inline is not None:
+                    return self.inline.statement
             outer = await self._timed(step.calls[0], run_step(self, current, step))
             statement = await by_size(len(statement), _replaced, statement, step.span, outer)
             current = await parse(statement)

@@ -21,6 +21,8 @@ from handlers.errors import PgmlError
 from handlers.projects import Deployed
 from proxy.engine import binding, planner, values
 from proxy.engine.executor import BoundParams, Execution
+from proxy.engine.inline import result_formats
+from proxy.engine.inline import send as send_inline
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
 from proxy.engine.query import INTERNAL_ERROR, error_response
@@ -72,6 +74,8 @@ class PgmlPortal:
     """Sync points written before it was bound: it ends with the transaction after them."""
     upstream: str | None = None
     """The upstream portal running the statement in its place, once started."""
+    finished: bool = False
+    """The proxy has sent all of its rows itself (see :mod:`proxy.engine.inline`)."""
 
 
 @dataclass
@@ -258,6 +262,9 @@ class ExtendedState:
     async def _execute(self, execute: codec.ExecuteMessage) -> None:
         upstream = self.engine.upstream
         portal = self.portals[execute.portal]
+        if portal.finished:  # as PostgreSQL answers a portal run to its end
+            upstream.local(codec.command_complete("SELECT 0"), held=True)
+            return
         if portal.upstream is not None:  # PostgreSQL's portal goes on
             upstream.execute(portal.upstream, execute.max_rows, _FINAL_ROWS)
             upstream.flush()
@@ -272,6 +279,9 @@ class ExtendedState:
         execution.may_stream = streamable(parsed) and (
             parsed.declares_cursor or execute.max_rows == 0
         )
+        width = codec.column_count(portal.statement.row_description)
+        formats = result_formats(portal.result_formats, width)
+        execution.may_inline = execute.max_rows == 0 and formats is not None
         try:
             await self._start(execution, portal, execute)
         except BaseException:
@@ -287,6 +297,12 @@ class ExtendedState:
         parsed = portal.statement.parsed
         final = await execution.evaluate(parsed)
         execution.check_cancel()
+        if execution.inline is not None:
+            formats = result_formats(portal.result_formats, execution.inline.width)
+            assert formats is not None
+            portal.finished = True
+            await send_inline(execution, execution.inline, formats, describe=False)
+            return
         name = FINAL_NAME
         portal.upstream = own(f"portal_{next(_UPSTREAM_NAMES)}")
         statement = await planner.by_size(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from handlers.errors import PgmlError
 from proxy import metrics
 from proxy.engine.executor import Execution
+from proxy.engine.inline import send as send_inline
 from proxy.engine.planner import (
     Parsed,
     Piece,
@@ -113,6 +114,7 @@ async def _one_statement(engine: Engine, parsed: Parsed) -> None:
     upstream = engine.upstream
     execution = engine.execution()
     execution.may_stream = streamable(parsed)
+    execution.may_inline = True
     try:
         try:
             final = await execution.evaluate(parsed)
@@ -125,7 +127,16 @@ async def _one_statement(engine: Engine, parsed: Parsed) -> None:
             upstream.sync(EVERYTHING)
             return
         live = execution.live
-        if live is None:
+        if execution.inline is not None:
+            try:
+                await send_inline(
+                    execution, execution.inline, [0] * execution.inline.width, describe=True
+                )
+            except ConnectionError:
+                raise
+            except Exception as error:
+                await report_error(engine, error)
+        elif live is None:
             await _send_final(execution, final)
         elif parsed.declares_cursor:
             declared = await _send_final(execution, final)

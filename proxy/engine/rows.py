@@ -30,7 +30,7 @@ statements' at once (open cursors and portals)."""
 
 
 @dataclass(eq=False)
-class _RowCall:
+class RowCall:
     """A per-row call of a step, resolved: where its arguments are, what it returns."""
 
     call: CallSite
@@ -45,28 +45,58 @@ class _RowCall:
     """Values of the first parameter, read from rows, that ``authorize`` has been given."""
 
 
-async def run_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> str:
-    """Materialise the scope's rows, evaluate the calls over them, and return the
-    query (or statement) that takes the scope's place."""
+@dataclass(eq=False)
+class Resolved:
+    """A step's inner query described, and its calls resolved."""
+
+    columns: list[Column]
+    names: list[str]
+    """The inner query's columns as ``M`` names them."""
+    by_slot: list[list[tuple[str, str]]]
+    """Each slot's columns: (``M`` name, the name PostgreSQL gave it)."""
+    rows: list[RowCall]
+
+
+async def resolve_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> Resolved:
+    """Describe the step's inner query, and resolve each call by its arguments' types."""
     described = await _describe(execution, step)
     groups = _group_columns(step.slots, described.columns)
     names = [f"c{i + 1}" for i in range(len(described.columns))]
     by_slot: list[list[tuple[str, str]]] = []
-    anonymous: set[str] = set()
-    """Arguments that are anonymous rows: kept as JSON, as a table cannot hold them."""
     position = 0
-    for slot, group in zip(step.slots, groups, strict=True):
+    for group in groups:
         by_slot.append([(names[position + j], c.name) for j, c in enumerate(group)])
-        if slot.kind == "arg":
-            anonymous.update(
-                names[position + j] for j, c in enumerate(group) if c.type_oid == RECORD_OID
-            )
         position += len(group)
-    fields = ", ".join(f"to_json(s.{n}) AS {n}" if n in anonymous else f"s.{n}" for n in names)
     rows = [
         await _resolve(execution, parsed, step, i, call, groups, by_slot)
         for i, call in enumerate(step.calls)
     ]
+    return Resolved(described.columns, names, by_slot, rows)
+
+
+def _anonymous(step: ScopeStep, resolved: Resolved) -> set[str]:
+    """The ``M`` columns of arguments that are anonymous rows: kept as JSON, as a table
+    cannot hold them."""
+    found: set[str] = set()
+    position = 0
+    for slot, columns in zip(step.slots, resolved.by_slot, strict=True):
+        if slot.kind == "arg":
+            found.update(
+                name
+                for j, (name, _) in enumerate(columns)
+                if resolved.columns[position + j].type_oid == RECORD_OID
+            )
+        position += len(columns)
+    return found
+
+
+async def run_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> str:
+    """Materialise the scope's rows, evaluate the calls over them, and return the
+    query (or statement) that takes the scope's place."""
+    resolved = await resolve_step(execution, parsed, step)
+    names, by_slot, rows = resolved.names, resolved.by_slot, resolved.rows
+    anonymous = _anonymous(step, resolved)
+    fields = ", ".join(f"to_json(s.{n}) AS {n}" if n in anonymous else f"s.{n}" for n in names)
     number = next(_NAMES)
     table = f"pg_temp.{own(str(number))}"
     on_commit = " ON COMMIT DROP" if execution.drop_at_commit else ""
@@ -120,7 +150,7 @@ async def _resolve(
     call: CallSite,
     groups: list[list[Column]],
     by_slot: list[list[tuple[str, str]]],
-) -> _RowCall:
+) -> RowCall:
     oids = [0] * len(call.args)
     columns = [""] * len(call.args)
     for s, slot in enumerate(step.slots):
@@ -155,7 +185,7 @@ async def _resolve(
         await overload.authorize(execution.context, bound)
     returns = await execution.result_type(call, overload, bound)
     varies = overload.varies is not None and overload.varies(bound)
-    return _RowCall(call, overload, kinds, columns, returns, varies, set())
+    return RowCall(call, overload, kinds, columns, returns, varies, set())
 
 
 def _prepare(
@@ -163,7 +193,7 @@ def _prepare(
     name: str,
     materialised: str,
     index: int,
-    row: _RowCall,
+    row: RowCall,
     on_commit: str,
     replies: list[Reply],
 ) -> tuple[str, str]:
@@ -207,7 +237,7 @@ def _prepare(
 
 
 async def _fill(
-    execution: Execution, results: str, portal: str, arguments: str, row: _RowCall
+    execution: Execution, results: str, portal: str, arguments: str, row: RowCall
 ) -> None:
     """Run the call over its arguments a batch at a time, the next batch read while
     the model works on this one, each batch's results written with that read."""
@@ -222,7 +252,7 @@ async def _fill(
     batch = await fetched
     while True:
         ids, tuples = _arguments(row, batch)
-        await _authorize(execution, row, tuples)
+        await authorize_rows(execution, row, tuples)
         computing = (
             asyncio.ensure_future(execution.invoke(row.overload, tuples)) if tuples else None
         )
@@ -259,7 +289,7 @@ async def _fill(
     await _all(written)
 
 
-async def _authorize(execution: Execution, row: _RowCall, tuples: list[Args]) -> None:
+async def authorize_rows(execution: Execution, row: RowCall, tuples: list[Args]) -> None:
     """The call's ``authorize`` for each project the batch's rows name for the first time."""
     authorize = row.overload.authorize
     if authorize is None:
@@ -272,7 +302,7 @@ async def _authorize(execution: Execution, row: _RowCall, tuples: list[Args]) ->
             await authorize(execution.context, args)
 
 
-def _arguments(row: _RowCall, batch: Result) -> tuple[list[str], list[Args]]:
+def _arguments(row: RowCall, batch: Result) -> tuple[list[str], list[Args]]:
     ids: list[str] = []
     tuples: list[Args] = []
     kinds = row.kinds

@@ -116,6 +116,36 @@ class ScopeStep:
             return self._late_outer(text, columns, lookups, source)
         return self._rest_outer(text, columns, lookups, source)
 
+    def inline_text(self, stand_ins: list[str], read: list[str]) -> str:
+        """A late step over a whole statement, as the statement to stream: each call
+        replaced by its stand-in (a typed NULL: PostgreSQL names and types the column as
+        the call's), and after the last item each of the calls' arguments, read by the
+        expression ``read`` gives for it (its text in place of ``{}``)."""
+        assert self._text is not None and self.kind == "late"
+        text = SourceText(self._text.text)
+        for call, stand_in in zip(self.calls, stand_ins, strict=True):
+            text.replace(call.text.span, stand_in)
+        arguments = [self._text.text[a:b] for call in self.calls for a, b in call.text.arguments]
+        added = [
+            how.replace("{}", f"({argument})")
+            for how, argument in zip(read, arguments, strict=True)
+        ]
+        end = self._item_spans[-1][1]
+        text.replace((end, end), ", " + ", ".join(added))
+        return text.render(self.span)
+
+    def inline_items(self, values: list[str]) -> list[str]:
+        """A late step's select-list items that hold calls, each call's value in its place."""
+        assert self._text is not None and self.kind == "late"
+        text = SourceText(self._text.text)
+        for call, value in zip(self.calls, values, strict=True):
+            text.replace(call.text.span, value)
+        return [text.render(self._item_spans[s.index]) for s in self.slots if s.kind == "null"]
+
+    def null_items(self) -> list[exp.Expr]:
+        """A late step's select-list items that hold calls."""
+        return [self._items[s.index] for s in self.slots if s.kind == "null"]
+
     def _alias(self, item: exp.Expr, columns: list[list[tuple[str, str]]]) -> str:
         """`` AS "name"`` when PostgreSQL would name the item after a part replaced."""
         if isinstance(item, exp.Alias):

@@ -326,6 +326,19 @@ def row_description_with_formats(body: bytes, formats: Sequence[int]) -> bytes:
     return message(b"T", bytes(out))
 
 
+def column_count(body: bytes | None) -> int:
+    """The columns of a RowDescription body (None: NoData, none)."""
+    return 0 if body is None else INT16.unpack_from(body)[0]
+
+
+def row_description_prefix(body: bytes, width: int) -> bytes:
+    """A RowDescription message of the first ``width`` columns of ``body``'s."""
+    pos = 2
+    for _ in range(width):
+        pos = body.index(b"\x00", pos) + 1 + _FIELD_TAIL.size
+    return message(b"T", INT16.pack(width) + body[2:pos])
+
+
 AUTH_SASL = 10
 _PLUS_SUFFIX = b"-PLUS"
 

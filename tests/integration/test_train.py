@@ -832,7 +832,11 @@ def test_training_leaves_other_clients_served(
     worker.start()
     try:
         deadline = time.monotonic() + 30
-        while not rows(db, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT json%%'"):
+        while not rows(  # reading the relation, or held in a statement while it fits
+            db,
+            "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT json%%' "
+            "OR query LIKE 'SELECT pg_sleep(%%'",
+        ):
             assert time.monotonic() < deadline, "the training never read its relation"
             time.sleep(0.05)
         time.sleep(1.0)  # the rows are read: the fit is under way

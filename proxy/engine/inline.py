@@ -1,0 +1,258 @@
+"""Calls in the select list of a whole SELECT, evaluated on its rows as they stream.
+
+``SELECT id, pgml.embed('m', body) FROM docs WHERE ...`` is the common shape: its calls'
+values are wanted only in the rows the client receives.  PostgreSQL runs the statement
+once, each call replaced by a typed NULL (so the columns are named and typed as the
+call's) and the calls' arguments added as the last columns.  The proxy reads its rows a
+batch at a time from a suspended portal, evaluates the calls on the batch, has PostgreSQL
+write the values in the client's formats (its own output functions and settings), and
+sends the rows with the values in place and the arguments left out.
+
+Nothing is created in the database, so the statement runs in READ ONLY transactions, on
+hot standbys and for roles without TEMP; each row is read once, and the backend stays
+inside the statement throughout, with the statement's snapshot, locks and controls.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlglot import exp
+
+from handlers.errors import PgmlError
+from handlers.functions import Args
+from proxy import metrics
+from proxy.engine import binding, values
+from proxy.engine.names import own
+from proxy.engine.planner import Parsed, named_scalar, off_loop
+from proxy.engine.rows import RowCall, authorize_rows, resolve_step
+from proxy.engine.scopes import ScopeStep
+from proxy.engine.upstream import Reply, Result
+from proxy.wire import codec
+
+if TYPE_CHECKING:
+    from proxy.engine.executor import Execution
+
+_NAMES = itertools.count(1)
+_STATEMENT = own("inline")
+_FORMAT = own("format")
+_READS_ROWS = (
+    exp.Column,
+    exp.Star,
+    exp.Subquery,
+    exp.Select,
+    exp.Placeholder,
+    exp.Parameter,
+    exp.AggFunc,
+    exp.Window,
+)
+"""What an item around a call may not hold: its value must follow from the calls' alone."""
+
+
+@dataclass(eq=False)
+class Inline:
+    """A statement whose select-list calls are evaluated on its rows as they stream."""
+
+    statement: str
+    """What PostgreSQL runs: the calls as typed NULLs, their arguments last."""
+    calls: list[RowCall]
+    width: int
+    """The client's columns (the arguments follow them)."""
+    items_at: list[int]
+    """Each item holding calls: its column among the client's."""
+    arguments: list[list[int]]
+    """Each call's arguments: their columns in the rows PostgreSQL sends."""
+    formatting: str
+    """The query that turns the calls' values (text arrays, one per call) into the items'
+    values, a row per row, in the client's formats."""
+
+
+def fits(parsed: Parsed, step: ScopeStep) -> bool:
+    """Whether the step's calls can be evaluated on the statement's rows as they stream:
+    a plain SELECT whose calls stand only in items whose values follow from them."""
+    if step.kind != "late" or step.nested or step.exports or parsed.declares_cursor:
+        return False
+    if step.scope is not parsed.tree or len(step.calls) != len(parsed.calls):
+        return False
+    start, end = step.span
+    if parsed.text[:start].strip() or parsed.text[end:].strip(" \t\r\n;"):
+        return False
+    calls = {id(c.node) for c in step.calls}
+    return all(_follows_from_calls(item, calls) for item in step.null_items())
+
+
+def _follows_from_calls(node: exp.Expr, calls: set[int]) -> bool:
+    if id(node) in calls:
+        return True
+    if isinstance(node, _READS_ROWS):
+        return False
+    return all(_follows_from_calls(child, calls) for child in node.iter_expressions())
+
+
+async def plan(execution: Execution, parsed: Parsed, step: ScopeStep) -> Inline | None:
+    """The statement to stream, or None where a call cannot be evaluated so (one that
+    returns a set or a table: it is evaluated with its scope materialised)."""
+    resolved = await resolve_step(execution, parsed, step)
+    rows = resolved.rows
+    if any(r.overload.set_returning or r.overload.columns for r in rows):
+        return None
+    stand_ins = [named_scalar(f"CAST(NULL AS {r.returns})", r.call.function.name) for r in rows]
+    read = [_read(kind) for r in rows for kind in r.kinds]
+    statement = step.inline_text(stand_ins, read)
+    argument_count = sum(len(r.call.args) for r in rows)
+    width = len(resolved.columns) - argument_count
+    items_at: list[int] = []
+    position = 0
+    for slot, columns in zip(step.slots, resolved.by_slot, strict=True):
+        if slot.kind == "null":
+            items_at.append(position)
+        position += len(columns)
+    arguments: list[list[int]] = []
+    first = width
+    for row in rows:
+        arguments.append(list(range(first, first + len(row.call.args))))
+        first += len(row.call.args)
+    lookups = [f"CAST(u.v{i} AS {r.returns})" for i, r in enumerate(rows)]
+    arrays = ", ".join(f"CAST(${i + 1} AS text[])" for i in range(len(rows)))
+    names = ", ".join([f"v{i}" for i in range(len(rows))] + ["n"])
+    formatting = (
+        f"SELECT {', '.join(step.inline_items(lookups))} FROM unnest({arrays}) "
+        f"WITH ORDINALITY AS u({names}) ORDER BY u.n"
+    )
+    return Inline(statement, rows, width, items_at, arguments, formatting)
+
+
+def _read(kind: str) -> str:
+    """How an argument of type ``kind`` is read (its text at ``{}``), as :func:`values.decode`
+    takes it: a row as its JSON object, arrays as JSON."""
+    if kind == "record":
+        return "CAST(to_json({}) AS text)"
+    return values.fetch_expression(kind, f"CAST({{}} AS {kind})")
+
+
+def result_formats(formats: Sequence[int], width: int) -> list[int] | None:
+    """The client's result formats, one per column (None: not a count PostgreSQL takes)."""
+    if not formats:
+        return [0] * width
+    if len(formats) == 1:
+        return [formats[0]] * width
+    return list(formats) if len(formats) == width else None
+
+
+async def send(execution: Execution, inline: Inline, formats: list[int], *, describe: bool) -> None:
+    """Run the statement and send the client its rows with the calls' values, then its
+    tag; ``describe``: its RowDescription first (a simple Query's).  Raises PostgreSQL's
+    error (:class:`~proxy.engine.upstream.ServerError`) or the proxy's."""
+    upstream = execution.upstream
+    number = next(_NAMES)
+    portal, formatter = own(f"rows_{number}"), own(f"values_{number}")
+    size = int(execution.services.batch_size)
+    prepared = [
+        upstream.parse(_STATEMENT, inline.statement, execution.param_oids()),
+        upstream.bind(
+            portal,
+            _STATEMENT,
+            execution.param_values(),
+            execution.param_formats(),
+            formats + [0] * sum(map(len, inline.arguments)),
+        ),
+        upstream.close(b"S", _STATEMENT),
+        upstream.parse(_FORMAT, inline.formatting, [values.TEXT_ARRAY_OID] * len(inline.calls)),
+    ]
+    described = upstream.describe(b"P", portal) if describe else None
+    fetched = upstream.execute(portal, size)
+    upstream.flush()
+    for reply in prepared:  # PostgreSQL's error (a permission, a type) is the statement's
+        await reply
+    if described is not None:
+        body = (await described).row_description
+        assert body is not None
+        upstream.local(codec.row_description_prefix(body, inline.width))
+    item_formats = [formats[i] for i in inline.items_at]
+    sent = 0
+    try:
+        while True:
+            batch = await fetched
+            upcoming = upstream.execute(portal, size) if batch.suspended else None
+            upstream.flush()
+            if batch.rows:
+                formatted = await _values(execution, inline, batch, formatter, item_formats)
+                upstream.local(await off_loop(_rows, inline, batch.rows, formatted))
+                sent += len(batch.rows)
+            if upcoming is None:
+                break
+            fetched = upcoming
+    finally:
+        upstream.close(b"P", portal)
+        upstream.close(b"P", formatter)
+        upstream.close(b"S", _FORMAT)
+        upstream.flush()
+    upstream.local(codec.command_complete(f"SELECT {sent}"))
+
+
+async def _values(
+    execution: Execution, inline: Inline, batch: Result, formatter: str, formats: list[int]
+) -> list[list[bytes | None]]:
+    """The items' values for the batch's rows, as PostgreSQL writes them for the client."""
+    texts: list[bytes | None] = []
+    for row, columns in zip(inline.calls, inline.arguments, strict=True):
+        results = await _evaluate(execution, row, columns, batch.rows)
+        encoded = await off_loop(_encoded, row.returns, results)
+        texts.append(values.client_bytes(values.text_array_literal(encoded)))
+    execution.check_cancel()
+    upstream = execution.upstream
+    upstream.bind(formatter, _FORMAT, texts, [], formats)
+    written: Reply = upstream.execute(formatter)
+    upstream.flush()
+    return (await written).rows
+
+
+async def _evaluate(
+    execution: Execution, row: RowCall, columns: list[int], rows: list[list[bytes | None]]
+) -> list[Any]:
+    """One call's value for each row: evaluated once for each distinct set of arguments
+    (each row, for a call whose value varies), NULL without a call where the function is
+    strict and an argument is NULL."""
+    keys: list[tuple[bytes | None, ...] | None] = []
+    distinct: dict[tuple[bytes | None, ...], int] = {}
+    given: list[Args] = []
+    for number, raw in enumerate(rows):
+        arguments = tuple(raw[c] for c in columns)
+        if row.overload.strict and None in arguments:
+            keys.append(None)
+            continue
+        key = (str(number).encode(), *arguments) if row.varies else arguments
+        if key not in distinct:
+            distinct[key] = len(given)
+            decoded = [values.decode(k, v) for k, v in zip(row.kinds, arguments, strict=True)]
+            given.append(binding.bind(row.call, row.overload, decoded))
+        keys.append(key)
+    await authorize_rows(execution, row, given)
+    results = await execution.invoke(row.overload, given) if given else []
+    metrics.record_rows(row.call.sql_name, len(given), len(results))
+    if len(results) != len(given):
+        raise PgmlError(
+            "XX000", f"{row.call.sql_name} returned {len(results)} values for {len(given)} rows"
+        )
+    return [None if key is None else results[distinct[key]] for key in keys]
+
+
+def _encoded(kind: str, results: list[Any]) -> list[str | None]:
+    return [values.encode(kind, r) for r in results]
+
+
+def _rows(
+    inline: Inline, rows: list[list[bytes | None]], formatted: list[list[bytes | None]]
+) -> bytes:
+    """The client's DataRows: PostgreSQL's columns, the items' values in their places."""
+    out = []
+    width, places = inline.width, inline.items_at
+    for raw, items in zip(rows, formatted, strict=True):
+        row = raw[:width]
+        for place, value in zip(places, items, strict=True):
+            row[place] = value
+        out.append(codec.data_row(row))
+    return b"".join(out)
