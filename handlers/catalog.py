@@ -393,10 +393,13 @@ class Connection(Protocol):
 
 
 async def ensure_catalog(connection: Connection) -> int:
-    """Create or migrate the catalog in the connection's database; return its version."""
+    """Create or migrate the catalog in the connection's database; return its version
+    (on a hot standby: read it as it is, 0 where there is none)."""
     current = await _version(connection)
     if current >= VERSION:
         return current
+    if await connection.fetchval("SELECT pg_is_in_recovery()"):
+        return current  # a hot standby: the catalog is its primary's, read as it is
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
         current = await _version(connection)  # another session may have just done it

@@ -29,3 +29,19 @@ def invalid_argument(message: str, **kwargs: str) -> PgmlError:
 
 def unsupported(message: str, **kwargs: str) -> PgmlError:
     return PgmlError("0A000", message, **kwargs)
+
+
+def from_server(error: Exception) -> PgmlError | None:
+    """PostgreSQL's own error, met on the proxy's own connection (asyncpg's
+    ``PostgresError``: a catalog write on a hot standby, a lock timeout), as the
+    client's; None for any other exception."""
+    sqlstate = getattr(error, "sqlstate", None)
+    message = getattr(error, "message", None)
+    if not isinstance(sqlstate, str) or not isinstance(message, str) or len(sqlstate) != 5:
+        return None
+    return PgmlError(
+        sqlstate,
+        message,
+        detail=getattr(error, "detail", None),
+        hint=getattr(error, "hint", None),
+    )

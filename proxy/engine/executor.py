@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from sqlglot import exp
 
-from handlers.errors import PgmlError
+from handlers.errors import PgmlError, from_server
 from handlers.functions import Args, CallContext, Overload
 from handlers.inference import result_type as project_result_type
 from handlers.serving import Services
@@ -181,7 +181,7 @@ class Execution:
                     held = None
             if held is not None:
                 await held
-            return work.result()
+            return _result(work)
         finally:
             if not work.done():
                 work.cancel()
@@ -388,6 +388,20 @@ class Execution:
         reply = self.request("DROP TABLE " + ", ".join(self.temp_tables), [])
         self.temp_tables = []
         return reply
+
+
+def _result(work: asyncio.Future[list[Any]]) -> list[Any]:
+    """A handler's results; PostgreSQL's error on the proxy's own connection is raised
+    as the statement's."""
+    try:
+        return work.result()
+    except PgmlError:
+        raise
+    except Exception as error:
+        found = from_server(error)
+        if found is None:
+            raise
+        raise found from error
 
 
 async def _settled(reply: Reply) -> None:

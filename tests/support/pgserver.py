@@ -29,6 +29,7 @@ SYSTEM_USER = "embedded_postgres"
 
 HBA = """\
 local   all  all                     trust
+local   replication  all             trust
 host    all  md5_user     127.0.0.1/32  md5
 host    all  scram_user   127.0.0.1/32  scram-sha-256
 host    all  plain_user   127.0.0.1/32  password
@@ -82,15 +83,7 @@ class PostgresCluster:
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> PostgresCluster:
-        self.data.mkdir()
-        self.socket_dir.mkdir()
-        if self._run_as:
-            entry = ensure_user_exists(self._run_as)
-            ensure_prefix_permissions(self.data)
-            ensure_folder_permissions(BIN, 0o055)
-            ensure_folder_permissions(BIN.parent / "lib", 0o044)
-            for path in (self.root, self.data, self.socket_dir):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self._own_folders()
         self._pg(
             "initdb",
             "-D",
@@ -105,8 +98,6 @@ class PostgresCluster:
         (self.data / "pg_hba.conf").write_text(HBA)
         conf = {
             "listen_addresses": "'127.0.0.1'",
-            "port": str(self.port),
-            "unix_socket_directories": f"'{self.socket_dir}'",
             "max_connections": str(self.max_connections),
             "fsync": "off",
             "synchronous_commit": "off",
@@ -114,8 +105,59 @@ class PostgresCluster:
             "shared_buffers": "128MB",
             **self.settings,
         }
+        self._configure(conf)
+        self._run()
+        return self
+
+    def standby(self) -> PostgresCluster:
+        """A hot standby of this cluster, streaming from it (``pg_basebackup -R``)."""
+        replica = PostgresCluster(
+            max_connections=self.max_connections, settings=self.settings, bin_dir=self.bin_dir
+        )
+        replica._own_folders(data=False)
+        self._pg(
+            "pg_basebackup",
+            "-D",
+            str(replica.data),
+            "-R",
+            "-X",
+            "stream",
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+        )
+        replica._configure({"hot_standby": "on"})
+        replica._run()
+        return replica
+
+    def _own_folders(self, data: bool = True) -> None:
+        if data:
+            self.data.mkdir()
+        self.socket_dir.mkdir()
+        if self._run_as:
+            entry = ensure_user_exists(self._run_as)
+            ensure_prefix_permissions(self.root)
+            ensure_folder_permissions(BIN, 0o055)
+            ensure_folder_permissions(BIN.parent / "lib", 0o044)
+            for path in (self.root, self.data, self.socket_dir):
+                if path.exists():
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _configure(self, settings: dict[str, str]) -> None:
+        """Settings appended to postgresql.conf (the last of a name wins), with this
+        cluster's port and socket folder."""
+        conf = {
+            **settings,
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.socket_dir}'",
+        }
         with (self.data / "postgresql.conf").open("a") as handle:
             handle.writelines(f"{key} = {value}\n" for key, value in conf.items())
+
+    def _run(self) -> None:
         self._pg(
             "pg_ctl",
             "-D",
@@ -127,7 +169,6 @@ class PostgresCluster:
             "30",
             "start",
         )
-        return self
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -1,0 +1,218 @@
+"""A pgml statement that reads writes nothing: it runs in READ ONLY transactions, for
+roles without TEMP, and with a hot standby as the upstream (a PostgreSQL 15 primary and
+its streaming replica, built here).  Statements that write get PostgreSQL's 25006 there."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration._pgml import MODEL, create_docs, start_proxy, unique
+from tests.support.pgserver import PostgresCluster
+from tests.support.proxyproc import ProxyProcess
+
+PG15 = Path("/usr/lib/postgresql/15/bin")
+pytestmark = pytest.mark.skipif(
+    not (PG15 / "pg_basebackup").exists(), reason="PostgreSQL 15 binaries are missing"
+)
+
+READS = [
+    "SELECT id, pgml.embed('{model}', body) FROM {docs} ORDER BY id",
+    "SELECT id, pgml.embed('{model}', body) AS e FROM {docs} WHERE id < 5 LIMIT 3",
+    "SELECT *, (pgml.embed('{model}', body))[1:2] FROM {docs} ORDER BY id",
+    "SELECT pgml.embed('{model}', 'a constant')",
+    "SELECT id FROM {docs} WHERE (pgml.embed('{model}', body))[1] > 0 ORDER BY id",
+    "SELECT count(*) FROM {docs} WHERE (pgml.embed('{model}', body))[1] > 0",
+]
+"""Reads of every shape: per-row in the select list (streamed), a constant call, and calls
+PostgreSQL must see (WHERE, an aggregate over them)."""
+
+DEFAULT = "default_transaction_read_only"
+"""Read only by the session's default (set at connection, as for a role or database)."""
+
+REFUSED_SHAPES = {4, 5}
+"""The shapes still evaluated over a materialised scope: refused where nothing may be
+written, with PostgreSQL's own 25006."""
+
+
+@pytest.fixture(scope="module")
+def primary() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster(bin_dir=PG15).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def docs(primary: PostgresCluster) -> str:
+    name = unique("docs")
+    create_docs(primary, name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def proxy(primary: PostgresCluster) -> Iterator[ProxyProcess]:
+    process = start_proxy(primary, batch_size=16)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def standby(primary: PostgresCluster, docs: str) -> Iterator[PostgresCluster]:
+    replica = primary.standby()
+    _replayed(primary, replica)
+    yield replica
+    replica.stop()
+
+
+@pytest.fixture(scope="module")
+def standby_proxy(standby: PostgresCluster) -> Iterator[ProxyProcess]:
+    process = start_proxy(standby, batch_size=16)
+    yield process
+    process.stop()
+
+
+def _replayed(primary: PostgresCluster, replica: PostgresCluster) -> None:
+    """Until the replica has replayed everything the primary has written so far."""
+    lsn = primary.psql("SELECT pg_current_wal_insert_lsn()").strip()
+    deadline = time.monotonic() + 30
+    while replica.psql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'").strip() != "t":
+        assert time.monotonic() < deadline, "the replica did not catch up"
+        time.sleep(0.05)
+
+
+def _answer(dsn: str, sql: str, setup: str = "", binary: bool = False) -> Any:
+    options = {"options": "-c default_transaction_read_only=on"} if setup == DEFAULT else {}
+    with psycopg.connect(dsn, **options) as conn:
+        if setup and setup != DEFAULT:
+            conn.execute(setup)
+        try:
+            cur = conn.execute(sql, binary=binary)
+            return cur.statusmessage, [d.name for d in cur.description or []], cur.fetchall()
+        except psycopg.Error as error:
+            return error.sqlstate, str(error).splitlines()[0]
+
+
+def _sql(shape: int, docs: str) -> str:
+    return READS[shape].format(model=MODEL, docs=docs)
+
+
+@pytest.mark.parametrize("shape", range(len(READS)))
+@pytest.mark.parametrize("how", ["BEGIN READ ONLY", DEFAULT])
+def test_reads_in_a_read_only_transaction(
+    proxy: ProxyProcess, docs: str, shape: int, how: str
+) -> None:
+    sql = _sql(shape, docs)
+    for binary in (False, True):
+        got = _answer(proxy.dsn(), sql, how, binary)
+        if shape in REFUSED_SHAPES:
+            assert got[0] == "25006"
+        else:
+            assert got == _answer(proxy.dsn(), sql, binary=binary)
+
+
+@pytest.mark.parametrize("shape", range(len(READS)))
+def test_reads_for_a_role_without_temp(
+    proxy: ProxyProcess, primary: PostgresCluster, docs: str, shape: int
+) -> None:
+    role = unique("no_temp")
+    primary.psql(
+        f"REVOKE TEMP ON DATABASE postgres FROM PUBLIC; CREATE ROLE {role} LOGIN; "
+        f"GRANT SELECT ON {docs} TO {role}; GRANT USAGE ON SCHEMA pgml TO {role}"
+    )
+    try:
+        sql = _sql(shape, docs)
+        got = _answer(proxy.dsn(user=role), sql)
+        if shape in REFUSED_SHAPES:
+            assert got[0] == "42501" and "temporary tables" in got[1]
+        else:
+            assert got == _answer(proxy.dsn(), sql)
+    finally:
+        primary.psql(f"GRANT TEMP ON DATABASE postgres TO PUBLIC; DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("shape", range(len(READS)))
+def test_reads_on_a_hot_standby(
+    proxy: ProxyProcess, standby_proxy: ProxyProcess, docs: str, shape: int
+) -> None:
+    sql = _sql(shape, docs)
+    got = _answer(standby_proxy.dsn(), sql)
+    if shape in REFUSED_SHAPES:
+        assert got[0] == "25006"
+    else:
+        assert got == _answer(proxy.dsn(), sql)
+
+
+def test_the_standby_serves_what_the_primary_deploys(
+    proxy: ProxyProcess,
+    standby_proxy: ProxyProcess,
+    primary: PostgresCluster,
+    standby: PostgresCluster,
+) -> None:
+    project = unique("replicated")
+    features = "ARRAY[5.1, 3.5, 1.4, 0.2]::real[]"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT pgml.load_dataset('iris')")
+        conn.execute(
+            "SELECT * FROM pgml.train(%s, 'classification', 'pgml.iris', 'target', "
+            "'linear')",
+            [project],
+        ).fetchall()
+        _replayed(primary, standby)
+        with psycopg.connect(standby_proxy.dsn(), autocommit=True) as replica:
+            predict = f"SELECT pgml.predict('{project}', {features})"
+            assert replica.execute(predict).fetchall() == conn.execute(predict).fetchall()
+            first = replica.execute(
+                "SELECT id FROM pgml.deployed_models WHERE name = %s", [project]
+            ).fetchall()
+            conn.execute(
+                "SELECT * FROM pgml.train(%s, algorithm => 'random_forest', "
+                "hyperparams => '{\"random_state\": 0}')",
+                [project],
+            ).fetchall()
+            conn.execute("SELECT * FROM pgml.deploy(%s, 'most_recent')", [project]).fetchall()
+            _replayed(primary, standby)
+            deployed = time.monotonic()
+            while replica.execute(
+                "SELECT id FROM pgml.deployed_models WHERE name = %s", [project]
+            ).fetchall() == first:
+                assert time.monotonic() - deployed < 5
+                time.sleep(0.05)
+            # the standby's proxy serves the new deployment within a second
+            algorithm = "SELECT pgml.predict_proba(%s, " + features + ")"
+            expected = conn.execute(algorithm, [project]).fetchall()
+            while replica.execute(algorithm, [project]).fetchall() != expected:
+                assert time.monotonic() - deployed < 1.5
+                time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT pgml.load_dataset('iris')",
+        "SELECT * FROM pgml.deploy('{project}', 'most_recent')",
+        "SELECT * FROM pgml.train('{project}', algorithm => 'ridge')",
+        "SELECT * FROM pgml.train('new_project', 'classification', 'pgml.iris', 'target')",
+    ],
+)
+def test_writes_on_a_hot_standby_get_postgresqls_error(
+    proxy: ProxyProcess,
+    standby_proxy: ProxyProcess,
+    primary: PostgresCluster,
+    standby: PostgresCluster,
+    sql: str,
+) -> None:
+    project = unique("written")
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT pgml.load_dataset('iris')")
+        conn.execute(
+            "SELECT * FROM pgml.train(%s, 'classification', 'pgml.iris', 'target')", [project]
+        ).fetchall()
+    _replayed(primary, standby)
+    direct = _answer(standby.dsn(), "CREATE TABLE t (a int)")
+    got = _answer(standby_proxy.dsn(), sql.format(project=project))
+    assert got[0] == direct[0] == "25006", standby_proxy.log()[-3000:]
