@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from handlers.errors import PgmlError
 from handlers.projects import Deployed
-from proxy.engine import binding, planner, values
+from proxy.engine import binding, extension, planner, values
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
@@ -55,7 +55,7 @@ IN_FAILED_TRANSACTION = PgmlError(
 @dataclass(eq=False)
 class PgmlStatement:
     name: str
-    parsed: Parsed
+    parsed: Parsed | extension.ExtensionCommand
     parameter_oids: list[int]
     row_description: bytes | None
     label_types: dict[str, str]
@@ -171,9 +171,15 @@ class ExtendedState:
             parsed = await planner.parse(parse.sql)
         except TooDeep:
             raise await depth_verdict(upstream, parse.sql, parse.param_oids) from None
-        if parsed is None or upstream.status == b"E":
-            # mentions pgml but calls none of its functions, or PostgreSQL refuses it
-            # (25P02) before anything runs
+        if upstream.status == b"E":  # PostgreSQL refuses it (25P02) before anything runs
+            self._relay(message)
+            return
+        if parsed is None:  # mentions pgml but calls none of the proxy's functions
+            command = extension.recognise(parse.sql)
+            if command is not None:
+                self.statements[parse.name] = PgmlStatement(parse.name, command, [], None, {})
+                upstream.local(codec.PARSE_COMPLETE, held=True)
+                return
             self._relay(message)
             return
         labels = await self._label_types(parsed)
@@ -262,13 +268,16 @@ class ExtendedState:
             upstream.execute(portal.upstream, execute.max_rows, _FINAL_ROWS)
             upstream.flush()
             return
+        parsed = portal.statement.parsed
+        if isinstance(parsed, extension.ExtensionCommand):
+            await extension.run(self.engine, parsed, helper=HELPER_NAME, held=True)
+            return
         execution = self.engine.execution(
             params=portal.params,
             label_types=portal.statement.label_types,
             helper=HELPER_NAME,
             drop_at_commit=True,
         )
-        parsed = portal.statement.parsed
         execution.may_stream = streamable(parsed) and (
             parsed.declares_cursor or execute.max_rows == 0
         )
@@ -285,6 +294,7 @@ class ExtendedState:
         started in an upstream portal of its own."""
         upstream = self.engine.upstream
         parsed = portal.statement.parsed
+        assert not isinstance(parsed, extension.ExtensionCommand)
         final = await execution.evaluate(parsed)
         execution.check_cancel()
         name = FINAL_NAME

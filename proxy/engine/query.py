@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from handlers.errors import PgmlError
 from proxy import metrics
+from proxy.engine import extension
 from proxy.engine.executor import Execution
 from proxy.engine.planner import (
     Parsed,
@@ -69,10 +70,14 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await refuse(engine, error)
         return
     pieces = [piece for piece, _ in prepared]
-    parsed = [statement for _, statement in prepared]
-    if all(p is None for p in parsed) or (
-        upstream.status == b"E" and not any(controls_transaction(p.text) for p in pieces)
-    ):  # in a failed transaction PostgreSQL refuses it (25P02) before anything runs
+    parsed: list[Parsed | extension.ExtensionCommand | None] = [
+        extension.recognise(piece.text) if statement is None else statement
+        for piece, statement in prepared
+    ]
+    if upstream.status == b"E" and not any(controls_transaction(p.text) for p in pieces):
+        _relay(engine, message)  # PostgreSQL refuses it (25P02) before anything runs
+        return
+    if all(p is None for p in parsed):
         _relay(engine, message)
         return
     if len(pieces) == 1:
@@ -109,8 +114,17 @@ def _relay(engine: Engine, message: Message) -> None:
     engine.upstream.push()
 
 
-async def _one_statement(engine: Engine, parsed: Parsed) -> None:
+async def _one_statement(engine: Engine, parsed: Parsed | extension.ExtensionCommand) -> None:
     upstream = engine.upstream
+    if isinstance(parsed, extension.ExtensionCommand):
+        try:
+            await extension.run(engine, parsed, helper="", held=False)
+        except ConnectionError:
+            raise
+        except Exception as error:
+            await report_error(engine, error)
+        upstream.sync(EVERYTHING)
+        return
     execution = engine.execution()
     execution.may_stream = streamable(parsed)
     try:
@@ -196,7 +210,9 @@ async def _fail_transaction(engine: Engine, sync: bool = True) -> None:
         upstream.flush()
 
 
-async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Parsed | None]) -> None:
+async def _statements(
+    engine: Engine, pieces: list[Piece], parsed: list[Parsed | extension.ExtensionCommand | None]
+) -> None:
     upstream = engine.upstream
     wrap = upstream.status == b"I" and not any(controls_transaction(p.text) for p in pieces)
     if wrap:
@@ -211,6 +227,15 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Parsed |
             if plain:
                 await _plain(engine, plain)
                 plain = []
+            if isinstance(statement, extension.ExtensionCommand):
+                try:
+                    await extension.run(engine, statement, helper="", held=False)
+                except ConnectionError:
+                    raise
+                except Exception as error:
+                    await report_error(engine, error)
+                    raise _Failed from error
+                continue
             execution = engine.execution()
             try:
                 final = await execution.evaluate(statement)
