@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from handlers import vectors
 from handlers.errors import PgmlError
 
 log = logging.getLogger("pgml_proxy.catalog")
@@ -377,6 +378,8 @@ MIGRATIONS: list[str] = [
         ADD COLUMN search_params jsonb,
         ADD COLUMN search_args jsonb;
     """,
+    # 7: PostgresML's vector functions and aggregates, run by PostgreSQL itself.
+    vectors.MIGRATION,
 ]
 """Migration N brings the catalog from version N-1 to N. Never edit one that shipped:
 append a new one."""

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 from handlers.errors import PgmlError
 from handlers.projects import Deployed
 from proxy.engine import binding, extension, planner, values
+from proxy.engine.calls import mentions_sql_function
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
-from proxy.engine.query import INTERNAL_ERROR, error_response
+from proxy.engine.query import INTERNAL_ERROR, ensure_catalog, error_response
 from proxy.engine.streams import send_rows, streamable
 from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
 from proxy.wire import codec, encoding
@@ -180,6 +181,8 @@ class ExtendedState:
                 self.statements[parse.name] = PgmlStatement(parse.name, command, [], None, {})
                 upstream.local(codec.PARSE_COMPLETE, held=True)
                 return
+            if mentions_sql_function(parse.sql):
+                await ensure_catalog(self.engine)
             self._relay(message)
             return
         labels = await self._label_types(parsed)

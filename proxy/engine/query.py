@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from handlers.errors import PgmlError
 from proxy import metrics
 from proxy.engine import extension
+from proxy.engine.calls import mentions_sql_function
 from proxy.engine.executor import Execution
 from proxy.engine.planner import (
     Parsed,
@@ -78,6 +79,12 @@ async def answer_query(engine: Engine, message: Message) -> None:
         _relay(engine, message)  # PostgreSQL refuses it (25P02) before anything runs
         return
     if all(p is None for p in parsed):
+        if any(mentions_sql_function(p.text) for p in pieces):
+            try:
+                await ensure_catalog(engine)
+            except PgmlError as error:
+                await refuse(engine, error)
+                return
         _relay(engine, message)
         return
     if len(pieces) == 1:
@@ -85,6 +92,12 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await _one_statement(engine, parsed[0])
     else:
         await _statements(engine, pieces, parsed)
+
+
+async def ensure_catalog(engine: Engine) -> None:
+    """The catalog exists (statements PostgreSQL runs may call its SQL functions)."""
+    if engine.services.service is not None:
+        await engine.services.ensure_catalog(engine.database)
 
 
 async def refuse(engine: Engine, error: PgmlError) -> None:

@@ -116,6 +116,33 @@ def test_a_pgml_call_after_a_drop_recreates_the_catalog(
         assert label == 0
 
 
+def test_a_vector_function_on_a_fresh_database_creates_the_catalog(dsn: str) -> None:
+    with connect(dsn) as conn:
+        assert conn.execute("SELECT pgml.norm_l1(ARRAY[1, -2]::real[])").fetchone() == (3.0,)
+        conn.execute("DROP SCHEMA pgml CASCADE")
+        assert conn.execute("SELECT pgml.norm_l1(ARRAY[1, -2]::real[])").fetchone() == (3.0,)
+
+
+def test_drop_extension_refuses_dependents_without_cascade(
+    dsn: str, cluster: PostgresCluster, database: str
+) -> None:
+    with connect(dsn) as conn:
+        conn.execute("CREATE EXTENSION pgml")
+        conn.execute("CREATE VIEW lengths AS SELECT pgml.norm_l2(ARRAY[3, 4]::real[]) AS n")
+        with pytest.raises(errors.DependentObjectsStillExist) as raised:
+            conn.execute("DROP EXTENSION pgml")
+        assert "view lengths depends on extension pgml" in (raised.value.diag.message_detail or "")
+        assert version(cluster, database) == str(catalog.VERSION)
+        assert conn.execute("SELECT n FROM lengths").fetchone() == (5.0,)
+        conn.execute("DROP EXTENSION pgml CASCADE")
+        assert (
+            cluster.psql(
+                "SELECT count(*) FROM pg_class WHERE relname = 'lengths'", database=database
+            ).strip()
+            == "0"
+        )
+
+
 def test_drop_extension_in_a_rolled_back_transaction_keeps_the_catalog(
     dsn: str, cluster: PostgresCluster, database: str
 ) -> None:
@@ -124,7 +151,7 @@ def test_drop_extension_in_a_rolled_back_transaction_keeps_the_catalog(
         conn.commit()
         conn.execute("DROP EXTENSION pgml")
         conn.rollback()
-        assert conn.execute("SELECT count(*) FROM pgml.projects").fetchone() == (0,)
+        assert conn.execute("SELECT pgml.add(ARRAY[1]::real[], 1::real)").fetchone() == ([2.0],)
     assert version(cluster, database) == str(catalog.VERSION)
 
 
