@@ -10,6 +10,7 @@ from typing import Any
 
 import proxy
 from handlers.access import authorize_serving
+from handlers.chunking import chunk
 from handlers.classic.predict import (
     decompose,
     predict_batch,
@@ -380,6 +381,23 @@ FUNCTIONS: dict[str, Function] = {
                 set_returning=True,
                 row_dependent_ok=False,
                 authorize=authorize_model,
+            ),
+        ),
+    ),
+    "chunk": Function(
+        "chunk",
+        (
+            Overload(
+                (
+                    Param("splitter", "text"),
+                    Param("text", "text"),
+                    Param("kwargs", "jsonb", "{}", required=False),
+                ),
+                "record",
+                chunk,
+                set_returning=True,
+                columns=(("chunk_index", "bigint"), ("chunk", "text")),
+                row_dependent_ok=False,
             ),
         ),
     ),
