@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from handlers import vectors
+from handlers.errors import PgmlError
+
 log = logging.getLogger("pgml_proxy.catalog")
 
 LOCK_KEY = 0x70676D6C  # "pgml"
@@ -375,6 +378,8 @@ MIGRATIONS: list[str] = [
         ADD COLUMN search_params jsonb,
         ADD COLUMN search_args jsonb;
     """,
+    # 7: PostgresML's vector functions and aggregates, run by PostgreSQL itself.
+    vectors.MIGRATION,
 ]
 """Migration N brings the catalog from version N-1 to N. Never edit one that shipped:
 append a new one."""
@@ -388,6 +393,8 @@ class Connection(Protocol):
     async def execute(self, query: str, *args: Any) -> str: ...
 
     async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    async def fetchrow(self, query: str, *args: Any) -> Any: ...
 
     def transaction(self) -> Any: ...
 
@@ -403,6 +410,8 @@ async def ensure_catalog(connection: Connection) -> int:
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
         current = await _version(connection)  # another session may have just done it
+        if current == 0:
+            await _refuse_foreign(connection)
         await connection.execute(
             "CREATE SCHEMA IF NOT EXISTS pgml; "
             "CREATE TABLE IF NOT EXISTS pgml.catalog_version "
@@ -415,6 +424,41 @@ async def ensure_catalog(connection: Connection) -> int:
                 "INSERT INTO pgml.catalog_version (version) VALUES ($1)", number
             )
     return VERSION
+
+
+async def installed(connection: Connection) -> bool:
+    """Whether the database has this proxy's catalog (at any version)."""
+    return await _version(connection) > 0
+
+
+_FOREIGN = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pgml'),
+       EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n
+               ON n.oid = c.relnamespace WHERE n.nspname = 'pgml' AND c.relname = 'projects')
+"""
+
+
+async def _refuse_foreign(connection: Connection) -> None:
+    """A schema pgml that another catalog holds (PostgresML's own, as its extension
+    creates it) is left as it is: the caller is told how to make room."""
+    row = await connection.fetchrow(_FOREIGN)
+    extension, projects = row[0], row[1]
+    if not (extension or projects):
+        return
+    detail = (
+        "The PostgresML extension is installed in this database."
+        if extension
+        else "Schema pgml has a table projects but no pgml.catalog_version: PostgresML's "
+        "catalog or another tool's."
+    )
+    raise PgmlError(
+        "55000",
+        'schema "pgml" holds a catalog that pgml-proxy did not create',
+        detail=detail,
+        hint="Keep its data under another name (ALTER SCHEMA pgml RENAME TO pgml_old) or "
+        "drop it (DROP EXTENSION pgml, DROP SCHEMA pgml CASCADE); pgml-proxy then creates "
+        "its own catalog.",
+    )
 
 
 async def _version(connection: Connection) -> int:

@@ -61,6 +61,13 @@ class DeploymentCache:
             state.deployed[project] = found  # no change was heard while it was read
         return found
 
+    def forget(self, database: str) -> None:
+        """Drop what is known of ``database``'s deployments (its catalog was dropped)."""
+        state = self._databases.get(database)
+        if state is not None:
+            state.generation += 1
+            state.deployed.clear()
+
     async def _listening(self, database: str) -> _Listened | None:
         """The database's cache, listening; None (no caching) when it cannot listen."""
         state = self._databases.get(database)

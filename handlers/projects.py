@@ -136,7 +136,8 @@ class Catalog:
         """The relation, label, split and model of the project's latest model, and its
         snapshot (``snapshot_id``, whether it is ``materialized``)."""
         row = await self.pool.fetchrow(
-            "SELECT s.relation_name, s.y_column_name[1] AS y_column_name, s.test_size, "
+            "SELECT s.relation_name, s.y_column_name[1] AS y_column_name, "
+            "s.y_column_name AS y_column_names, s.test_size, "
             "s.test_sampling, m.algorithm, s.id AS snapshot_id, s.materialized "
             "FROM pgml.models AS m "
             "JOIN pgml.snapshots AS s ON s.id = m.snapshot_id "
@@ -149,7 +150,7 @@ class Catalog:
         self,
         project: Project,
         relation: str,
-        y_column: str | None,
+        y_column: str | list[str] | None,
         test_size: float,
         sampling: str,
         columns: dict[str, str],
@@ -162,11 +163,11 @@ class Catalog:
             await self.pool.fetchval(
                 "INSERT INTO pgml.snapshots (project_id, relation_name, y_column_name, "
                 "test_size, test_sampling, status, columns, analysis, rows, checksum, "
-                "materialized) VALUES ($1, $2, ARRAY[$3], $4, $5, 'successful', $6::jsonb, "
+                "materialized) VALUES ($1, $2, $3::text[], $4, $5, 'successful', $6::jsonb, "
                 "$7::jsonb, $8, $9, $10) RETURNING id",
                 project.id,
                 relation,
-                y_column,
+                y_column if isinstance(y_column, list) else [y_column],
                 test_size,
                 sampling,
                 json.dumps(columns),

@@ -10,14 +10,16 @@ from typing import Any
 
 import proxy
 from handlers.access import authorize_serving
+from handlers.chunking import chunk
 from handlers.classic.predict import (
     decompose,
     predict_batch,
     predict_features,
+    predict_joint,
     predict_proba_features,
     predict_row,
 )
-from handlers.classic.train import train
+from handlers.classic.train import train, train_joint
 from handlers.embedding import SentenceEmbedder, embed_options
 from handlers.errors import invalid_argument
 from handlers.files import rights_of
@@ -199,6 +201,37 @@ _TRAIN_COLUMNS = (
     ("deployed", "boolean"),
 )
 _CONFIG = Param("config", "jsonb", "{}", required=False)
+
+
+def _train_overload(labels: str, handler: Handler) -> Overload:
+    """PostgresML's ``train`` (one label column, ``text``) or ``train_joint`` (``text[]``)."""
+    return Overload(
+        (
+            Param("project_name", "text"),
+            Param("task", "text", None, required=False),
+            Param("relation_name", "text", None, required=False),
+            Param("y_column_name", labels, None, required=False),
+            Param("algorithm", "text", "linear", required=False),
+            Param("hyperparams", "jsonb", "{}", required=False),
+            Param("search", "text", None, required=False),
+            Param("search_params", "jsonb", "{}", required=False),
+            Param("search_args", "jsonb", "{}", required=False),
+            Param("test_size", "real", 0.25, required=False),
+            Param("test_sampling", "text", "random", required=False),
+            Param("runtime", "text", None, required=False),
+            Param("automatic_deploy", "boolean", True, required=False),
+            Param("materialize_snapshot", "boolean", False, required=False),
+            Param("preprocess", "jsonb", "{}", required=False),
+        ),
+        "record",
+        handler,
+        set_returning=True,
+        columns=_TRAIN_COLUMNS,
+        row_dependent_ok=False,
+        strict=False,
+    )
+
+
 _DEPLOY_COLUMNS = (("project", "text"), ("strategy", "text"), ("algorithm", "text"))
 
 FUNCTIONS: dict[str, Function] = {
@@ -252,36 +285,8 @@ FUNCTIONS: dict[str, Function] = {
             ),
         ),
     ),
-    "train": Function(
-        "train",
-        (
-            Overload(
-                (
-                    Param("project_name", "text"),
-                    Param("task", "text", None, required=False),
-                    Param("relation_name", "text", None, required=False),
-                    Param("y_column_name", "text", None, required=False),
-                    Param("algorithm", "text", "linear", required=False),
-                    Param("hyperparams", "jsonb", "{}", required=False),
-                    Param("search", "text", None, required=False),
-                    Param("search_params", "jsonb", "{}", required=False),
-                    Param("search_args", "jsonb", "{}", required=False),
-                    Param("test_size", "real", 0.25, required=False),
-                    Param("test_sampling", "text", "random", required=False),
-                    Param("runtime", "text", None, required=False),
-                    Param("automatic_deploy", "boolean", True, required=False),
-                    Param("materialize_snapshot", "boolean", False, required=False),
-                    Param("preprocess", "jsonb", "{}", required=False),
-                ),
-                "record",
-                train,
-                set_returning=True,
-                columns=_TRAIN_COLUMNS,
-                row_dependent_ok=False,
-                strict=False,
-            ),
-        ),
-    ),
+    "train": Function("train", (_train_overload("text", train),)),
+    "train_joint": Function("train_joint", (_train_overload("text[]", train_joint),)),
     "predict": Function(
         "predict",
         (
@@ -290,6 +295,10 @@ FUNCTIONS: dict[str, Function] = {
             _served((_PROJECT, Param("features", "real[]")), "real", predict_features),
             _served((_PROJECT, Param("row", "record")), "real", predict_row),
         ),
+    ),
+    "predict_joint": Function(
+        "predict_joint",
+        (_served((_PROJECT, Param("features", "real[]")), "real[]", predict_joint),),
     ),
     "predict_batch": Function(
         "predict_batch",
@@ -380,6 +389,23 @@ FUNCTIONS: dict[str, Function] = {
                 set_returning=True,
                 row_dependent_ok=False,
                 authorize=authorize_model,
+            ),
+        ),
+    ),
+    "chunk": Function(
+        "chunk",
+        (
+            Overload(
+                (
+                    Param("splitter", "text"),
+                    Param("text", "text"),
+                    Param("kwargs", "jsonb", "{}", required=False),
+                ),
+                "record",
+                chunk,
+                set_returning=True,
+                columns=(("chunk_index", "bigint"), ("chunk", "text")),
+                row_dependent_ok=False,
             ),
         ),
     ),

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.catalog import ensure_catalog
+from handlers.catalog import ensure_catalog, installed
 
 log = logging.getLogger("pgml_proxy.service")
 
@@ -71,6 +71,18 @@ class ServiceConnections:
             task = asyncio.get_running_loop().create_task(self._migrate(database))
             self._catalogs[database] = task
         await asyncio.shield(task)
+
+    def forget_catalog(self, database: str) -> None:
+        """The catalog of ``database`` may be gone (dropped): the next call looks again."""
+        task = self._catalogs.get(database)
+        if task is not None and task.done():
+            del self._catalogs[database]
+
+    async def catalog_installed(self, database: str) -> bool:
+        """Whether ``database`` has the catalog now (asked, not remembered)."""
+        pool = await self.pool(database)
+        async with pool.acquire() as connection:
+            return await installed(connection)
 
     async def _migrate(self, database: str) -> int:
         pool = await self.pool(database)

@@ -69,7 +69,7 @@ class Services:
             max_workers=self.capacity.limits.inference_threads, thread_name_prefix=INFERENCE_THREADS
         )
         self.models = ModelCache(model_memory or MemorySetting(), lambda: self.device)
-        self._deployed: dict[tuple[str, int], int] = {}
+        self._deployed: dict[tuple[str, int], tuple[str, str, int, float]] = {}
         self.deployments = None if service is None else DeploymentCache(service)
         self.batcher = Batcher(self._run_batch, batch_size)
         self.trainings: dict[tuple[str, int], asyncio.Event] = {}
@@ -220,6 +220,17 @@ class Services:
         """The ``pgml`` schema and catalog exist in ``database`` (via the service login)."""
         await self._service().ensure_catalog(database)
 
+    def forget_catalog(self, database: str) -> None:
+        """The catalog of ``database`` was dropped: it is looked for (and created) again
+        on the next call, and nothing deployed is remembered from it."""
+        if self.service is not None:
+            self.service.forget_catalog(database)
+        if self.deployments is not None:
+            self.deployments.forget(database)
+
+    async def catalog_installed(self, database: str) -> bool:
+        return await self._service().catalog_installed(database)
+
     async def catalog(self, database: str) -> Catalog:
         return Catalog(await self._service().pool(database))
 
@@ -249,11 +260,14 @@ class Services:
         deployed = await self.deployment(database, project)
         catalog = await self.catalog(database)
         slot = (database, deployed.project.id)
+        # a model's id with its creation time: a catalog dropped and created again
+        # numbers its models from 1 again
+        key = ("deployed", database, deployed.model_id, deployed.created_at)
         previous = self._deployed.get(slot)
-        if previous is not None and previous != deployed.model_id:
-            self.models.discard(("deployed", database, previous))  # callers keep their ref
+        if previous is not None and previous != key:
+            self.models.discard(previous)  # callers keep their ref
             log.info("project %s switched to model %d", project, deployed.model_id)
-        self._deployed[slot] = deployed.model_id
+        self._deployed[slot] = key
         folder: list[Path] = []
 
         async def estimate() -> int:
@@ -267,7 +281,6 @@ class Services:
             log.info("loaded model %d of project %s on %s", deployed.model_id, project, self.device)
             return predictor
 
-        key = ("deployed", database, deployed.model_id)
         name = f"{project} (model {deployed.model_id})"
         loaded = await self.models.get(key, load, name=name, kind="project", estimate=estimate)
         return deployed, loaded

@@ -35,23 +35,31 @@ class Table:
     y: list[Any] = field(default_factory=list)
     x: list[list[Any]] = field(default_factory=list)
     checksum: str = ""
+    joint: list[Column] = field(default_factory=list)
+    """A joint model's label columns (``label`` is the first): each of ``y`` is a list."""
 
 
-async def read_table(session: SessionSQL, relation: str, y_column: str | None) -> Table:
-    """Every row of ``relation``: the label column ``y_column`` and the other columns."""
+async def read_table(session: SessionSQL, relation: str, y_column: str | list[str] | None) -> Table:
+    """Every row of ``relation``: the label column ``y_column`` (or the label columns of a
+    joint model, a list) and the other columns."""
     name, columns = await relation_columns(session, relation)
-    label = next((c for c in columns if c.name == y_column), None)
-    if y_column is not None and label is None:
-        raise PgmlError(
-            "42703",
-            f'column "{y_column}" does not exist in relation "{relation}"',
-            hint="Columns: " + ", ".join(c.name for c in columns) + ".",
-        )
-    if label is not None and label.category not in (NUMERIC, BOOLEAN):
-        raise invalid_argument(
-            f'label column "{y_column}" is {label.type}; labels must be numbers or booleans'
-        )
-    features = [c for c in columns if c.name != y_column]
+    wanted = y_column if isinstance(y_column, list) else [] if y_column is None else [y_column]
+    labels = []
+    for wanted_name in wanted:
+        label = next((c for c in columns if c.name == wanted_name), None)
+        if label is None:
+            raise PgmlError(
+                "42703",
+                f'column "{wanted_name}" does not exist in relation "{relation}"',
+                hint="Columns: " + ", ".join(c.name for c in columns) + ".",
+            )
+        if label.category not in (NUMERIC, BOOLEAN):
+            raise invalid_argument(
+                f'label column "{wanted_name}" is {label.type}; labels must be numbers or booleans'
+            )
+        labels.append(label)
+    label = labels[0] if labels else None
+    features = [c for c in columns if c.name not in wanted]
     for column in features:
         if column.category not in FEATURE_CATEGORIES:
             raise invalid_argument(
@@ -61,9 +69,16 @@ async def read_table(session: SessionSQL, relation: str, y_column: str | None) -
             )
     if not features:
         raise invalid_argument(f'relation "{relation}" has no feature columns')
-    table = Table(name, label, features)
-    read = [label, *features] if label is not None else [None, *features]
-    selected = ", ".join("NULL" if c is None else quote_ident(c.name) for c in read)
+    joint = labels if isinstance(y_column, list) else []
+    table = Table(name, label, features, joint=joint)
+    first = (
+        f"json_build_array({', '.join(quote_ident(c.name) for c in joint)})"
+        if joint
+        else "NULL"
+        if label is None
+        else quote_ident(label.name)
+    )
+    selected = ", ".join([first, *(quote_ident(c.name) for c in features)])
     digest = hashlib.sha256()
     async for chunk in session.copy_out(
         f"COPY (SELECT json_build_array({selected})::text FROM {name}) TO STDOUT (FORMAT csv)"

@@ -25,6 +25,9 @@ from handlers.tuning.split import split_rows
 
 MANIFEST_FILE = "classic.json"
 SEARCHES = {"grid": "GridSearchCV", "random": "RandomizedSearchCV"}
+JOINT_NATIVE = frozenset({"xgboost", "xgboost_random_forest"})
+"""Boosting algorithms whose estimators fit several labels themselves; the other boosting
+libraries' are not taken by ``pgml.train_joint``."""
 
 
 @dataclass(slots=True)
@@ -115,6 +118,8 @@ def labels(table: Table, task: str) -> tuple[Any, list[float]]:
 
     if table.label is None:
         return None, []
+    if table.joint:
+        return _joint_labels(table), []
     nulls = sum(v is None for v in table.y)
     if nulls:
         what = "only NULL values" if nulls == len(table.y) else f"{nulls} NULL value(s)"
@@ -135,6 +140,43 @@ def labels(table: Table, task: str) -> tuple[Any, list[float]]:
     return y, classes
 
 
+def _joint_labels(table: Table) -> Any:
+    """A joint model's labels: a row of them for each row."""
+    import numpy as np
+
+    for index, column in enumerate(table.joint):
+        nulls = sum(row[index] is None for row in table.y)
+        if nulls:
+            what = "only NULL values" if nulls == len(table.y) else f"{nulls} NULL value(s)"
+            raise PgmlError(
+                "22004",
+                f'label column "{column.name}" has {what}',
+                hint=f"Filter them out in a view: WHERE {column.name} IS NOT NULL.",
+            )
+    return np.array([[float(v) for v in row] for row in table.y]).reshape(
+        len(table.y), len(table.joint)
+    )
+
+
+def _several_labels(model: Any, algorithm: str) -> tuple[Any, bool]:
+    """An estimator that fits several labels: itself when it can, else scikit-learn's
+    ``MultiOutputRegressor`` around it (one fit a label); and whether it was wrapped."""
+    from sklearn.multioutput import MultiOutputRegressor
+    from sklearn.utils import get_tags
+
+    if algorithm in boosters.FILES:
+        if algorithm not in JOINT_NATIVE:
+            raise PgmlError(
+                "0A000",
+                f"pgml.train_joint does not train {algorithm} models",
+                hint="Use xgboost or a scikit-learn algorithm.",
+            )
+        return model, False
+    if get_tags(model).target_tags.multi_output:
+        return model, False
+    return MultiOutputRegressor(model), True
+
+
 def fit(table: Table, job: Job, folder: Path) -> Fitted:
     """Fit, score and write the model into ``folder``; 22023 for what the library refuses."""
     import numpy as np
@@ -150,26 +192,31 @@ def fit(table: Table, job: Job, folder: Path) -> Fitted:
         scored = classes
     train_y = None if y is None else y[train]
     model = build_estimator(job.task, job.algorithm, job.hyperparams)
+    prefix = ""
+    if table.joint:
+        model, wrapped = _several_labels(model, job.algorithm)
+        prefix = "estimator__" if wrapped else ""
     prepare = transformer(job.preprocess, layout["positions"])
     if prepare is not None:
         from sklearn.pipeline import Pipeline
 
         model = Pipeline([("preprocess", prepare), ("estimator", model)])
+        prefix = "estimator__" + prefix
     hyperparams = dict(job.hyperparams)
     search_results: dict[str, Any] | None = None
     started = time.perf_counter()
     try:
         if job.search is not None:
-            searched = _searcher(job, model, prepare is not None)
+            searched = _searcher(job, model, prefix)
             searched.fit(x[train], train_y)
             model = searched.best_estimator_
-            best = {k.removeprefix("estimator__"): v for k, v in searched.best_params_.items()}
+            best = {k.removeprefix(prefix): v for k, v in searched.best_params_.items()}
             hyperparams |= best
             search_results = {
                 "best_params": best,
                 "best_score": float(searched.best_score_),
                 "params": [
-                    {k.removeprefix("estimator__"): v for k, v in p.items()}
+                    {k.removeprefix(prefix): v for k, v in p.items()}
                     for p in searched.cv_results_["params"]
                 ],
                 "mean_test_score": [float(s) for s in searched.cv_results_["mean_test_score"]],
@@ -184,16 +231,18 @@ def fit(table: Table, job: Job, folder: Path) -> Fitted:
     metrics |= {"fit_time": fit_time, "score_time": time.perf_counter() - started}
     if search_results is not None:
         metrics["search_results"] = search_results
-    _write(folder, model, job, layout, classes, encoded, [c.name for c in table.features])
+    _write(folder, model, job, layout, classes, encoded, table)
     return Fitted(metrics, hyperparams, len(train), len(test), int(np.shape(x)[1]))
 
 
-def _searcher(job: Job, model: Any, piped: bool) -> Any:
+def _searcher(job: Job, model: Any, prefix: str) -> Any:
+    """The search over ``model``, whose estimator's parameters are named with ``prefix``
+    (inside a pipeline, or around several labels)."""
     from sklearn import model_selection
 
     if job.search not in SEARCHES:
         raise invalid_argument(f'unknown search "{job.search}"', hint="Use grid or random.")
-    grid = {("estimator__" if piped else "") + k: v for k, v in job.search_params.items()}
+    grid = {prefix + k: v for k, v in job.search_params.items()}
     cls = getattr(model_selection, SEARCHES[job.search])
     try:
         return cls(model, grid, **job.search_args)
@@ -202,6 +251,7 @@ def _searcher(job: Job, model: Any, piped: bool) -> Any:
 
 
 def _metrics(task: str, model: Any, x: Any, y: Any, classes: list[float]) -> dict[str, Any]:
+    import numpy as np
     from sklearn import metrics
 
     if task == DECOMPOSITION:
@@ -221,7 +271,8 @@ def _metrics(task: str, model: Any, x: Any, y: Any, classes: list[float]) -> dic
             "mean_squared_error": metrics.mean_squared_error(y, predicted),
             "mean_absolute_error": metrics.mean_absolute_error(y, predicted),
             "explained_variance": metrics.explained_variance_score(y, predicted),
-            "max_error": metrics.max_error(y, predicted),
+            # max_error takes one label: a joint model's is the largest of its labels'
+            "max_error": float(np.max(np.abs(np.asarray(y) - np.asarray(predicted)))),
         }
         return _finite(found)
     average = "binary" if len(classes) == 2 else "macro"
@@ -260,7 +311,7 @@ def _write(
     layout: dict[str, Any],
     classes: list[float],
     encoded: bool,
-    names: list[str],
+    table: Table,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     storage.save(model, folder, job.algorithm)
@@ -268,7 +319,8 @@ def _write(
         "task": job.task,
         "algorithm": job.algorithm,
         "features": layout["width"],
-        "columns": names,
+        "columns": [c.name for c in table.features],
+        "joint": [c.name for c in table.joint],
         "positions": layout["positions"],
         "categories": layout["categories"],
         "classes": classes,

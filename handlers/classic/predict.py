@@ -39,6 +39,8 @@ class ClassicPredictor:
         self.positions: dict[str, list[int]] = manifest.get("positions", {})
         self.categories: dict[str, list[str]] = manifest.get("categories", {})
         self.one_hot: list[str] = manifest.get("one_hot", [])
+        self.joint: list[str] = manifest.get("joint", [])
+        """A joint model's label columns (it predicts one value for each)."""
         self.lock = threading.Lock()
 
     def encode_row(self, project: str, record: Any) -> list[float]:
@@ -92,6 +94,13 @@ class ClassicPredictor:
         if self.labels is not None:
             return [self.labels[int(v)] for v in found]
         return [float(v) for v in found]
+
+    def predict_joint(self, rows: list[list[float]], _stopped: Any = None) -> list[list[float]]:
+        import numpy as np
+
+        with self.lock:
+            found = np.asarray(self.model.predict(np.array(rows, dtype=float)))
+        return [[float(v) for v in row] for row in found.reshape(len(rows), len(self.joint))]
 
     def decompose(self, rows: list[list[float]], _stopped: Any = None) -> list[list[float]]:
         import numpy as np
@@ -180,9 +189,17 @@ async def _serve(
                     else f"use pgml.decompose, not pgml.{operation}"
                 ),
             )
+        if (operation == "predict_joint") != bool(predictor.joint):
+            raise PgmlError(
+                "0A000",
+                f'project "{project}" has several labels: use pgml.predict_joint'
+                if predictor.joint
+                else f'project "{project}" has one label: use pgml.predict',
+            )
         calls = [rows_of(predictor, project, batch[i][1]) for i in indexes]
         work = {
             "predict": predictor.predict,
+            "predict_joint": predictor.predict_joint,
             "predict_proba": predictor.probabilities,
             "decompose": predictor.decompose,
         }[operation]
@@ -200,6 +217,10 @@ async def _serve(
 
 async def predict_features(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     return [r[0] for r in await _serve(ctx, batch, "predict", _one_array)]
+
+
+async def predict_joint(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return [r[0] for r in await _serve(ctx, batch, "predict_joint", _one_array)]
 
 
 async def predict_row(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:

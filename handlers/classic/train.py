@@ -1,6 +1,7 @@
-"""``pgml.train``: check the arguments, read the relation in the caller's session, fit off
-the event loop, then record the project, snapshot and model, store the model's files and
-deploy it when it scores best."""
+"""``pgml.train`` and ``pgml.train_joint`` (several label columns, fitted together): check
+the arguments, read the relation in the caller's session, fit off the event loop, then
+record the project, snapshot and model, store the model's files and deploy it when it
+scores best."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from handlers.access import DEPLOYMENTS, MODELS, PROJECTS, Role, require
 from handlers.classic.algorithms import (
+    REGRESSION,
     SUPERVISED,
     TASKS,
     build_estimator,
@@ -22,7 +24,7 @@ from handlers.classic.algorithms import (
 from handlers.classic.features import read_table
 from handlers.classic.fit import Fitted, Job, fit
 from handlers.classic.preprocess import parse_preprocess
-from handlers.errors import invalid_argument
+from handlers.errors import PgmlError, invalid_argument
 from handlers.functions import Args, CallContext
 from handlers.loading import quote_ident
 from handlers.projects import Catalog, Project
@@ -37,6 +39,24 @@ RUNTIMES = ("python", "rust")
 
 async def train(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     return [[await _train(ctx, *args)] for args in batch]
+
+
+async def train_joint(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+    return [[await _train(ctx, *args, joint=True)] for args in batch]
+
+
+def _labels(value: Any, joint: bool, function: str) -> str | list[str] | None:
+    """The label column, or a joint model's label columns (at least one, none NULL)."""
+    if not joint or value is None:
+        return value  # type: ignore[no-any-return]
+    if any(v is None for v in value):
+        raise PgmlError("22004", f"{function}: y_column_name must not contain NULL")
+    if not value or len(set(value)) != len(value):
+        raise invalid_argument(
+            f"{function} needs distinct label columns in y_column_name",
+            hint="For example ARRAY['weight', 'waist', 'pulse'].",
+        )
+    return list(value)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -63,7 +83,7 @@ async def _train(
     project_name: str | None,
     task: str | None,
     relation_name: str | None,
-    y_column_name: str | None,
+    y_column_name: Any,
     algorithm: str | None,
     hyperparams: Any,
     search: str | None,
@@ -75,11 +95,16 @@ async def _train(
     automatic_deploy: bool | None,
     materialize_snapshot: bool | None,
     preprocess: Any,
+    *,
+    joint: bool = False,
 ) -> tuple[str, str, str, bool]:
     """One call.  Without a relation_name, a project whose latest snapshot was materialized
-    trains on that snapshot's rows; otherwise on its relation as it is now."""
+    trains on that snapshot's rows; otherwise on its relation as it is now.  ``joint``:
+    ``y_column_name`` lists several label columns."""
+    function = "pgml.train_joint" if joint else "pgml.train"
     if not project_name:
-        raise invalid_argument("pgml.train needs a project_name")
+        raise invalid_argument(f"{function} needs a project_name")
+    y_column_name = _labels(y_column_name, joint, function)
     services = ctx.services
     await services.ensure_catalog(ctx.database)
     catalog: Catalog = await services.catalog(ctx.database)
@@ -94,8 +119,13 @@ async def _train(
     if existing is not None and task is None:
         task = existing.task
     if task is None:
-        raise invalid_argument(f'project "{project_name}" is new: pgml.train needs its task')
+        raise invalid_argument(f'project "{project_name}" is new: {function} needs its task')
     task = normalise_task(task)
+    if joint and task != REGRESSION:
+        raise invalid_argument(
+            f"pgml.train_joint trains regression projects, not {task}",
+            hint="Train one project a label with pgml.train.",
+        )
     if existing is not None and existing.task != task:
         raise invalid_argument(
             f'project "{project_name}" is a {existing.task} project, not {task}',
@@ -106,12 +136,18 @@ async def _train(
     if not relation_name and last is not None and last["materialized"]:
         source = f"pgml.snapshot_{last['snapshot_id']}"  # the latest snapshot's own rows
     relation_name = relation_name or (last or {}).get("relation_name")
-    y_column_name = y_column_name or (last or {}).get("y_column_name")
+    if not y_column_name and last is not None:
+        labels = [n for n in last["y_column_names"] or [] if n is not None]
+        if len(labels) > 1 and not joint:
+            raise invalid_argument(
+                f'project "{project_name}" has several labels: train it with pgml.train_joint'
+            )
+        y_column_name = labels if joint else last["y_column_name"]
     if task not in SUPERVISED:
         y_column_name = None
     if not relation_name or (task in SUPERVISED and not y_column_name):
         raise invalid_argument(
-            f'project "{project_name}" has no snapshot: pgml.train needs relation_name'
+            f'project "{project_name}" has no snapshot: {function} needs relation_name'
             + (" and y_column_name" if task in SUPERVISED else "")
         )
     name = check_algorithm(task, algorithm or "linear")
@@ -163,7 +199,7 @@ async def _train(
             y_column_name,
             size,
             sampling,
-            {c.name: c.type for c in [*table.features, table.label] if c is not None},
+            {c.name: c.type for c in [*table.features, table.label, *table.joint] if c},
             analysis,
             len(table.x),
             table.checksum,

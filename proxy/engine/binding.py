@@ -142,11 +142,16 @@ def syntax_oids(call: CallSite, parameter_oids: Sequence[int]) -> list[int]:
     """Argument types as far as the statement's syntax tells them (before PostgreSQL
     has been asked): arrays, the client's typed ``$n`` parameters, literals."""
     found: list[int] = []
-    for arg in call.args:
+    for index, arg in enumerate(call.args):
         if isinstance(arg, exp.Array) or (
             isinstance(arg, exp.Cast) and arg.to.is_type(exp.DataType.Type.ARRAY)
         ):
-            found.append(REAL_ARRAY_OID if _of_numbers(arg) else TEXT_ARRAY_OID)
+            numbers = _of_numbers(arg) or (
+                isinstance(arg, exp.Array)
+                and not all(isinstance(e, exp.Literal) for e in arg.expressions)
+                and not _takes_text_array(call, index)
+            )
+            found.append(REAL_ARRAY_OID if numbers else TEXT_ARRAY_OID)
         elif isinstance(arg, exp.Parameter) and arg.this.name.isdigit():
             number = int(arg.this.name)
             oid = parameter_oids[number - 1] if 0 < number <= len(parameter_oids) else 0
@@ -156,6 +161,17 @@ def syntax_oids(call: CallSite, parameter_oids: Sequence[int]) -> list[int]:
         else:
             found.append(UNKNOWN_OID)
     return found
+
+
+def _takes_text_array(call: CallSite, index: int) -> bool:
+    """Whether some overload takes ``text[]`` as the call's argument ``index`` (else an
+    array of columns or expressions there, whose type the syntax does not tell, is taken
+    for one of numbers)."""
+    for overload in call.function.overloads:
+        found = positions(call, overload)
+        if found is not None and accepts_oid(overload.params[found[index]].type, TEXT_ARRAY_OID):
+            return True
+    return False
 
 
 def _of_numbers(array: exp.Expr) -> bool:

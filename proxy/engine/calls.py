@@ -16,6 +16,7 @@ from sqlglot import Token, exp
 from handlers.errors import PgmlError, unsupported
 from handlers.functions import Function
 from handlers.registry import FUNCTIONS
+from handlers.vectors import SQL_FUNCTIONS
 from proxy.engine.sourcetext import CallText, call_text
 
 _NAMES = "|".join(sorted(FUNCTIONS, key=len, reverse=True))
@@ -24,6 +25,13 @@ CALL_PATTERN = re.compile(
 )
 """A call's spelling, for text sqlglot cannot parse into a statement: each name unquoted
 in any case, or quoted in lower case, as PostgreSQL resolves it."""
+
+_SQL_NAMES = "|".join(sorted(SQL_FUNCTIONS, key=len, reverse=True))
+SQL_CALL_PATTERN = re.compile(
+    rf'(?:(?i:\bpgml)|"pgml")\s*\.\s*(?:(?i:\b(?:{_SQL_NAMES}))|"(?:{_SQL_NAMES})")\s*\('
+)
+"""A call of a function the catalog defines in SQL (PostgreSQL runs it, the catalog must
+exist): spelt as :data:`CALL_PATTERN` spells the proxy's."""
 
 Scope = exp.Select | exp.Update | exp.Delete
 
@@ -88,6 +96,11 @@ def find_calls(tree: exp.Expr, tokens: list[Token]) -> list[CallSite]:
 
 def mentions_call(text: str) -> bool:
     return CALL_PATTERN.search(text) is not None
+
+
+def mentions_sql_function(text: str) -> bool:
+    """Whether the text calls one of the catalog's SQL functions (see :mod:`handlers.vectors`)."""
+    return SQL_CALL_PATTERN.search(text) is not None
 
 
 def _as_anonymous(node: exp.Expr) -> exp.Expr:

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 
 from handlers.errors import PgmlError
 from handlers.projects import Deployed
-from proxy.engine import binding, planner, values
+from proxy.engine import binding, extension, planner, values
+from proxy.engine.calls import mentions_sql_function
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.inline import result_formats
 from proxy.engine.inline import send as send_inline
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
-from proxy.engine.query import INTERNAL_ERROR, error_response
+from proxy.engine.query import INTERNAL_ERROR, ensure_catalog, error_response
 from proxy.engine.streams import send_rows, streamable
 from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
 from proxy.wire import codec, encoding
@@ -57,7 +58,7 @@ IN_FAILED_TRANSACTION = PgmlError(
 @dataclass(eq=False)
 class PgmlStatement:
     name: str
-    parsed: Parsed
+    parsed: Parsed | extension.ExtensionCommand
     parameter_oids: list[int]
     row_description: bytes | None
     label_types: dict[str, str]
@@ -175,9 +176,17 @@ class ExtendedState:
             parsed = await planner.parse(parse.sql)
         except TooDeep:
             raise await depth_verdict(upstream, parse.sql, parse.param_oids) from None
-        if parsed is None or upstream.status == b"E":
-            # mentions pgml but calls none of its functions, or PostgreSQL refuses it
-            # (25P02) before anything runs
+        if upstream.status == b"E":  # PostgreSQL refuses it (25P02) before anything runs
+            self._relay(message)
+            return
+        if parsed is None:  # mentions pgml but calls none of the proxy's functions
+            command = extension.recognise(parse.sql)
+            if command is not None:
+                self.statements[parse.name] = PgmlStatement(parse.name, command, [], None, {})
+                upstream.local(codec.PARSE_COMPLETE, held=True)
+                return
+            if mentions_sql_function(parse.sql):
+                await ensure_catalog(self.engine)
             self._relay(message)
             return
         labels = await self._label_types(parsed)
@@ -269,13 +278,16 @@ class ExtendedState:
             upstream.execute(portal.upstream, execute.max_rows, _FINAL_ROWS)
             upstream.flush()
             return
+        parsed = portal.statement.parsed
+        if isinstance(parsed, extension.ExtensionCommand):
+            await extension.run(self.engine, parsed, helper=HELPER_NAME, held=True)
+            return
         execution = self.engine.execution(
             params=portal.params,
             label_types=portal.statement.label_types,
             helper=HELPER_NAME,
             drop_at_commit=True,
         )
-        parsed = portal.statement.parsed
         execution.may_stream = streamable(parsed) and (
             parsed.declares_cursor or execute.max_rows == 0
         )
@@ -295,6 +307,7 @@ class ExtendedState:
         started in an upstream portal of its own."""
         upstream = self.engine.upstream
         parsed = portal.statement.parsed
+        assert not isinstance(parsed, extension.ExtensionCommand)
         final = await execution.evaluate(parsed)
         execution.check_cancel()
         if execution.inline is not None:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from handlers.errors import PgmlError
 from proxy import metrics
+from proxy.engine import extension
+from proxy.engine.calls import mentions_sql_function
 from proxy.engine.executor import Execution
 from proxy.engine.inline import send as send_inline
 from proxy.engine.planner import (
@@ -70,10 +72,20 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await refuse(engine, error)
         return
     pieces = [piece for piece, _ in prepared]
-    parsed = [statement for _, statement in prepared]
-    if all(p is None for p in parsed) or (
-        upstream.status == b"E" and not any(controls_transaction(p.text) for p in pieces)
-    ):  # in a failed transaction PostgreSQL refuses it (25P02) before anything runs
+    parsed: list[Parsed | extension.ExtensionCommand | None] = [
+        extension.recognise(piece.text) if statement is None else statement
+        for piece, statement in prepared
+    ]
+    if upstream.status == b"E" and not any(controls_transaction(p.text) for p in pieces):
+        _relay(engine, message)  # PostgreSQL refuses it (25P02) before anything runs
+        return
+    if all(p is None for p in parsed):
+        if any(mentions_sql_function(p.text) for p in pieces):
+            try:
+                await ensure_catalog(engine)
+            except PgmlError as error:
+                await refuse(engine, error)
+                return
         _relay(engine, message)
         return
     if len(pieces) == 1:
@@ -81,6 +93,12 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await _one_statement(engine, parsed[0])
     else:
         await _statements(engine, pieces, parsed)
+
+
+async def ensure_catalog(engine: Engine) -> None:
+    """The catalog exists (statements PostgreSQL runs may call its SQL functions)."""
+    if engine.services.service is not None:
+        await engine.services.ensure_catalog(engine.database)
 
 
 async def refuse(engine: Engine, error: PgmlError) -> None:
@@ -110,8 +128,17 @@ def _relay(engine: Engine, message: Message) -> None:
     engine.upstream.push()
 
 
-async def _one_statement(engine: Engine, parsed: Parsed) -> None:
+async def _one_statement(engine: Engine, parsed: Parsed | extension.ExtensionCommand) -> None:
     upstream = engine.upstream
+    if isinstance(parsed, extension.ExtensionCommand):
+        try:
+            await extension.run(engine, parsed, helper="", held=False)
+        except ConnectionError:
+            raise
+        except Exception as error:
+            await report_error(engine, error)
+        upstream.sync(EVERYTHING)
+        return
     execution = engine.execution()
     execution.may_stream = streamable(parsed)
     execution.may_inline = True
@@ -207,7 +234,9 @@ async def _fail_transaction(engine: Engine, sync: bool = True) -> None:
         upstream.flush()
 
 
-async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Parsed | None]) -> None:
+async def _statements(
+    engine: Engine, pieces: list[Piece], parsed: list[Parsed | extension.ExtensionCommand | None]
+) -> None:
     upstream = engine.upstream
     wrap = upstream.status == b"I" and not any(controls_transaction(p.text) for p in pieces)
     if wrap:
@@ -222,6 +251,15 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Parsed |
             if plain:
                 await _plain(engine, plain)
                 plain = []
+            if isinstance(statement, extension.ExtensionCommand):
+                try:
+                    await extension.run(engine, statement, helper="", held=False)
+                except ConnectionError:
+                    raise
+                except Exception as error:
+                    await report_error(engine, error)
+                    raise _Failed from error
+                continue
             execution = engine.execution()
             try:
                 final = await execution.evaluate(statement)

@@ -1,0 +1,139 @@
+"""pgml.chunk through the proxy: each splitter's chunks equal LangChain's own for the same
+text and kwargs, numbered from 1, and splitters or kwargs that cannot run refused with a
+clear error."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from handlers.chunking import SPLITTERS, splitter_class
+from tests.support.proxyproc import ProxyProcess
+
+PROSE = " ".join(
+    f"Sentence number {i} talks about {'databases' if i % 3 else 'models'} at some length."
+    for i in range(60)
+)
+TEXTS = {
+    "character": "\n\n".join(PROSE[i : i + 180] for i in range(0, len(PROSE), 180)),
+    "recursive_character": PROSE,
+    "markdown": "# Title\n\n"
+    + "\n\n".join(f"## Part {i}\n\n{PROSE[i * 90 : i * 90 + 300]}" for i in range(8)),
+    "latex": "\\section{One}\n"
+    + PROSE[:700]
+    + "\n\\subsection{Two}\n"
+    + PROSE[700:1500]
+    + "\n\\begin{itemize}\n\\item x\n\\end{itemize}",
+    "python": "\n\n".join(
+        f"class Thing{i}:\n    def method(self, value):\n        return value * {i}\n"
+        for i in range(30)
+    ),
+}
+KWARGS: list[dict[str, Any]] = [{}, {"chunk_size": 200, "chunk_overlap": 20}]
+
+
+@pytest.fixture(scope="module")
+def db(proxy: ProxyProcess) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(proxy.dsn(), autocommit=True) as connection:
+        yield connection
+
+
+def chunks(db: psycopg.Connection[Any], splitter: str, text: str, kwargs: Any) -> list[Any]:
+    return db.execute(
+        "SELECT chunk_index, chunk FROM pgml.chunk(%s, %s, %s)",
+        [splitter, text, json.dumps(kwargs)],
+    ).fetchall()
+
+
+@pytest.mark.parametrize("kwargs", KWARGS, ids=["defaults", "small"])
+@pytest.mark.parametrize("splitter", sorted(TEXTS))
+def test_chunks_equal_langchain(
+    db: psycopg.Connection[Any], splitter: str, kwargs: dict[str, Any]
+) -> None:
+    text = TEXTS[splitter]
+    expected = splitter_class(splitter)(**kwargs).split_text(text)
+    got = chunks(db, splitter, text, kwargs)
+    assert got == list(enumerate(expected, start=1))
+    if kwargs:
+        assert len(got) > 3
+
+
+def test_defaults_and_shapes(db: psycopg.Connection[Any]) -> None:
+    cursor = db.execute("SELECT * FROM pgml.chunk('recursive_character', 'one two')")
+    assert [c.name for c in cursor.description or []] == ["chunk_index", "chunk"]
+    assert cursor.fetchall() == [(1, "one two")]
+    (count,) = db.execute(
+        "SELECT count(*) FROM pgml.chunk('character', %s, '{\"chunk_size\": 100, "
+        '"chunk_overlap": 0, "separator": " "}\')',
+        [PROSE],
+    ).fetchone() or (None,)
+    assert count == len(
+        splitter_class("character")(chunk_size=100, chunk_overlap=0, separator=" ").split_text(
+            PROSE
+        )
+    )
+    assert db.execute("SELECT * FROM pgml.chunk('character', '')").fetchall() == []
+    assert db.execute("SELECT * FROM pgml.chunk('character', NULL)").fetchall() == []
+
+
+def test_bad_input(db: psycopg.Connection[Any]) -> None:
+    with pytest.raises(errors.InvalidParameterValue, match='unknown splitter "words"') as raised:
+        db.execute("SELECT * FROM pgml.chunk('words', 'text')")
+    assert "recursive_character" in (raised.value.diag.message_hint or "")
+    with pytest.raises(errors.InvalidParameterValue, match='splitter "character"'):
+        db.execute("""SELECT * FROM pgml.chunk('character', 'text', '{"chunk_sise": 5}')""")
+    with pytest.raises(errors.InvalidParameterValue, match="larger chunk overlap"):
+        db.execute(
+            """SELECT * FROM pgml.chunk('character', 'text',
+               '{"chunk_size": 5, "chunk_overlap": 10}')"""
+        )
+    with pytest.raises(errors.InvalidParameterValue, match="JSON object"):
+        db.execute("SELECT * FROM pgml.chunk('character', 'text', '[1]')")
+    assert db.execute("SELECT 1").fetchone() == (1,)
+
+
+def nltk_ready() -> bool:
+    if importlib.util.find_spec("nltk") is None:
+        return False
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab")
+    except LookupError:
+        return False
+    return True
+
+
+def test_nltk(db: psycopg.Connection[Any]) -> None:
+    if nltk_ready():
+        expected = splitter_class("nltk")().split_text(PROSE)
+        assert chunks(db, "nltk", PROSE, {}) == list(enumerate(expected, start=1))
+        return
+    with pytest.raises(psycopg.Error) as raised:
+        chunks(db, "nltk", PROSE, {})
+    assert raised.value.sqlstate in ("58P01", "0A000")
+    assert "nltk" in str(raised.value).lower()
+
+
+def test_spacy(db: psycopg.Connection[Any]) -> None:
+    if importlib.util.find_spec("spacy") is None:
+        with pytest.raises(errors.FeatureNotSupported, match="spacy"):
+            chunks(db, "spacy", PROSE, {})
+    else:
+        try:
+            expected = splitter_class("spacy")().split_text(PROSE)
+        except OSError:
+            with pytest.raises(errors.UndefinedFile, match="spaCy pipeline"):
+                chunks(db, "spacy", PROSE, {})
+        else:
+            assert chunks(db, "spacy", PROSE, {}) == list(enumerate(expected, start=1))
+
+
+def test_every_splitter_is_tested() -> None:
+    assert set(SPLITTERS) == set(TEXTS) | {"nltk", "spacy"}
