@@ -132,7 +132,9 @@ def test_reads_for_a_role_without_temp(
         else:
             assert got == _answer(proxy.dsn(), sql)
     finally:
-        primary.psql(f"GRANT TEMP ON DATABASE postgres TO PUBLIC; DROP OWNED BY {role}; DROP ROLE {role}")
+        primary.psql(
+            f"GRANT TEMP ON DATABASE postgres TO PUBLIC; DROP OWNED BY {role}; DROP ROLE {role}"
+        )
 
 
 @pytest.mark.parametrize("shape", range(len(READS)))
@@ -158,8 +160,7 @@ def test_the_standby_serves_what_the_primary_deploys(
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute("SELECT pgml.load_dataset('iris')")
         conn.execute(
-            "SELECT * FROM pgml.train(%s, 'classification', 'pgml.iris', 'target', "
-            "'linear')",
+            "SELECT * FROM pgml.train(%s, 'classification', 'pgml.iris', 'target', 'linear')",
             [project],
         ).fetchall()
         _replayed(primary, standby)
@@ -177,9 +178,12 @@ def test_the_standby_serves_what_the_primary_deploys(
             conn.execute("SELECT * FROM pgml.deploy(%s, 'most_recent')", [project]).fetchall()
             _replayed(primary, standby)
             deployed = time.monotonic()
-            while replica.execute(
-                "SELECT id FROM pgml.deployed_models WHERE name = %s", [project]
-            ).fetchall() == first:
+            while (
+                replica.execute(
+                    "SELECT id FROM pgml.deployed_models WHERE name = %s", [project]
+                ).fetchall()
+                == first
+            ):
                 assert time.monotonic() - deployed < 5
                 time.sleep(0.05)
             # the standby's proxy serves the new deployment within a second
