@@ -84,6 +84,9 @@ HOLD_AFTER = 0.05
 HOLD = "SELECT pg_sleep(0.005)"
 """What the backend runs, again and again, while a handler works: PostgreSQL drops a
 cancel that reaches a backend waiting for its client's next message."""
+_HELD = 2
+"""Statements of :data:`HOLD` in flight: the backend goes from one to the next without
+waiting for the proxy, so a cancel finds it inside one."""
 _TICK = 0.05
 """Seconds between two looks at the statement's deadline while a handler works."""
 _TIMEOUT_SQL = "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
@@ -161,26 +164,26 @@ class Execution:
         ``statement_timeout`` is read then and kept by the proxy, with PostgreSQL's error.
         """
         work = asyncio.ensure_future(overload.handler(self.context, batch))
+        held: list[Reply] = []
         try:
             await asyncio.wait([work], timeout=HOLD_AFTER)
-            held: Reply | None = None
             while not work.done():
                 if self.deadline is None and not self._copying:
                     self.deadline = await self._deadline()
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     raise STATEMENT_TIMEOUT
-                if held is None and not self._copying:
-                    held = self.request(HOLD, [])
+                if len(held) < _HELD and not self._copying:
+                    while len(held) < _HELD:  # the next one waits in the backend's socket
+                        held.append(self.request(HOLD, []))
                     self.upstream.flush()
                 waiting: list[asyncio.Future[Any]] = [work]
-                if held is not None:
-                    waiting.append(asyncio.ensure_future(_settled(held)))
+                if held:
+                    waiting.append(asyncio.ensure_future(_settled(held[0])))
                 await asyncio.wait(waiting, timeout=_TICK, return_when="FIRST_COMPLETED")
-                if held is not None and held.done:
-                    await held  # the backend's error (a cancel) stops the work
-                    held = None
-            if held is not None:
-                await held
+                while held and held[0].done:
+                    await held.pop(0)  # the backend's error (a cancel) stops the work
+            while held:
+                await held.pop(0)
             return _result(work)
         finally:
             if not work.done():

@@ -112,7 +112,7 @@ def _stop(
     since: float,
 ) -> None:
     _when_active(direct, pid, since)
-    time.sleep(0.3)  # the model (or pg_sleep) is under way
+    time.sleep(1.0)  # the model (or pg_sleep) is under way, even on a busy machine
     if control == "pg_cancel_backend":
         direct.execute("SELECT pg_cancel_backend(%s)", [pid])
     else:
