@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from proxy.engine.executor import Execution
 
 _NAMES = itertools.count(1)
+_KNOWN = 4096
+"""Values (as text) kept per call for arguments met again; then forgotten, all at once."""
 _STATEMENT = own("inline")
 _FORMAT = own("format")
 _READS_ROWS = (
@@ -68,6 +70,9 @@ class Inline:
     formatting: str
     """The query that turns the calls' values (text arrays, one per call) into the items'
     values, a row per row, in the client's formats."""
+    known: list[dict[tuple[bytes | None, ...], str | None]] = field(default_factory=list)
+    """Each call's values by its arguments so far (as PostgreSQL sent them), for calls
+    whose value follows from them: a value met again is not evaluated again."""
 
 
 def fits(parsed: Parsed, step: ScopeStep) -> bool:
@@ -122,7 +127,7 @@ async def plan(execution: Execution, parsed: Parsed, step: ScopeStep) -> Inline 
         f"SELECT {', '.join(step.inline_items(lookups))} FROM unnest({arrays}) "
         f"WITH ORDINALITY AS u({names}) ORDER BY u.n"
     )
-    return Inline(statement, rows, width, items_at, arguments, formatting)
+    return Inline(statement, rows, width, items_at, arguments, formatting, [{} for _ in rows])
 
 
 def _read(kind: str) -> str:
@@ -198,9 +203,8 @@ async def _values(
 ) -> list[list[bytes | None]]:
     """The items' values for the batch's rows, as PostgreSQL writes them for the client."""
     texts: list[bytes | None] = []
-    for row, columns in zip(inline.calls, inline.arguments, strict=True):
-        results = await _evaluate(execution, row, columns, batch.rows)
-        encoded = await off_loop(_encoded, row.returns, results)
+    for row, columns, known in zip(inline.calls, inline.arguments, inline.known, strict=True):
+        encoded = await _evaluate(execution, row, columns, batch.rows, known)
         texts.append(values.client_bytes(values.text_array_literal(encoded)))
     execution.check_cancel()
     upstream = execution.upstream
@@ -211,13 +215,17 @@ async def _values(
 
 
 async def _evaluate(
-    execution: Execution, row: RowCall, columns: list[int], rows: list[list[bytes | None]]
-) -> list[Any]:
-    """One call's value for each row: evaluated once for each distinct set of arguments
-    (each row, for a call whose value varies), NULL without a call where the function is
-    strict and an argument is NULL."""
+    execution: Execution,
+    row: RowCall,
+    columns: list[int],
+    rows: list[list[bytes | None]],
+    known: dict[tuple[bytes | None, ...], str | None],
+) -> list[str | None]:
+    """One call's value for each row, as text: evaluated once for each set of arguments
+    not met before (for each row, where the value varies), NULL without a call where the
+    function is strict and an argument is NULL."""
     keys: list[tuple[bytes | None, ...] | None] = []
-    distinct: dict[tuple[bytes | None, ...], int] = {}
+    fresh: dict[tuple[bytes | None, ...], int] = {}
     given: list[Args] = []
     for number, raw in enumerate(rows):
         arguments = tuple(raw[c] for c in columns)
@@ -225,8 +233,8 @@ async def _evaluate(
             keys.append(None)
             continue
         key = (str(number).encode(), *arguments) if row.varies else arguments
-        if key not in distinct:
-            distinct[key] = len(given)
+        if key not in known and key not in fresh:
+            fresh[key] = len(given)
             decoded = [values.decode(k, v) for k, v in zip(row.kinds, arguments, strict=True)]
             given.append(binding.bind(row.call, row.overload, decoded))
         keys.append(key)
@@ -237,7 +245,14 @@ async def _evaluate(
         raise PgmlError(
             "XX000", f"{row.call.sql_name} returned {len(results)} values for {len(given)} rows"
         )
-    return [None if key is None else results[distinct[key]] for key in keys]
+    encoded = await off_loop(_encoded, row.returns, results)
+    batch = {key: encoded[index] for key, index in fresh.items()}
+    values_now = [None if key is None else batch.get(key, known.get(key)) for key in keys]
+    if not row.varies:
+        if len(known) + len(batch) > _KNOWN:
+            known.clear()
+        known.update(batch)
+    return values_now
 
 
 def _encoded(kind: str, results: list[Any]) -> list[str | None]:
