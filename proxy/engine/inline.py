@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from proxy.engine.executor import Execution
 
 _NAMES = itertools.count(1)
+_FETCHED = 8
+"""Model batches of rows read from PostgreSQL at a time: the round trip is paid once for
+them, and rows whose values are known cost no model work."""
 _KNOWN = 4096
 """Values (as text) kept per call for arguments met again; then forgotten, all at once."""
 _STATEMENT = own("inline")
@@ -52,6 +55,8 @@ _READS_ROWS = (
     exp.Window,
 )
 """What an item around a call may not hold: its value must follow from the calls' alone."""
+_VOLATILE = (exp.Anonymous, exp.Rand, exp.Uuid)
+"""Functions in an item that may give another value for the same input."""
 
 
 @dataclass(eq=False)
@@ -70,9 +75,14 @@ class Inline:
     formatting: str
     """The query that turns the calls' values (text arrays, one per call) into the items'
     values, a row per row, in the client's formats."""
+    reusable: bool = False
+    """The items' values follow from the calls' values alone (nothing volatile besides
+    the calls): written once for each set of them."""
     known: list[dict[tuple[bytes | None, ...], str | None]] = field(default_factory=list)
     """Each call's values by its arguments so far (as PostgreSQL sent them), for calls
     whose value follows from them: a value met again is not evaluated again."""
+    formatted: dict[tuple[str | None, ...], list[bytes | None]] = field(default_factory=dict)
+    """The items' values as written, by the calls' values (when reusable)."""
 
 
 def fits(parsed: Parsed, step: ScopeStep) -> bool:
@@ -127,7 +137,21 @@ async def plan(execution: Execution, parsed: Parsed, step: ScopeStep) -> Inline 
         f"SELECT {', '.join(step.inline_items(lookups))} FROM unnest({arrays}) "
         f"WITH ORDINALITY AS u({names}) ORDER BY u.n"
     )
-    return Inline(statement, rows, width, items_at, arguments, formatting, [{} for _ in rows])
+    calls = {id(r.call.node) for r in rows}
+    reusable = all(_repeatable(item, calls) for item in step.null_items())
+    return Inline(
+        statement, rows, width, items_at, arguments, formatting, reusable, [{} for _ in rows]
+    )
+
+
+def _repeatable(node: exp.Expr, calls: set[int]) -> bool:
+    """Whether the item gives the same value for the same values of its calls: nothing in
+    it but the calls is volatile (a function sqlglot does not know may be)."""
+    if id(node) in calls:
+        return True
+    if isinstance(node, _VOLATILE):
+        return False
+    return all(_repeatable(child, calls) for child in node.iter_expressions())
 
 
 def _read(kind: str) -> str:
@@ -154,7 +178,7 @@ async def send(execution: Execution, inline: Inline, formats: list[int], *, desc
     upstream = execution.upstream
     number = next(_NAMES)
     portal, formatter = own(f"rows_{number}"), own(f"values_{number}")
-    size = int(execution.services.batch_size)
+    size = int(execution.services.batch_size) * _FETCHED
     prepared = [
         upstream.parse(_STATEMENT, inline.statement, execution.param_oids()),
         upstream.bind(
@@ -201,13 +225,42 @@ async def send(execution: Execution, inline: Inline, formats: list[int], *, desc
 async def _values(
     execution: Execution, inline: Inline, batch: Result, formatter: str, formats: list[int]
 ) -> list[list[bytes | None]]:
-    """The items' values for the batch's rows, as PostgreSQL writes them for the client."""
-    texts: list[bytes | None] = []
-    for row, columns, known in zip(inline.calls, inline.arguments, inline.known, strict=True):
-        encoded = await _evaluate(execution, row, columns, batch.rows, known)
-        texts.append(values.client_bytes(values.text_array_literal(encoded)))
+    """The items' values for the batch's rows, as PostgreSQL writes them for the client:
+    asked once for each set of the calls' values where the items follow from those alone
+    (:attr:`Inline.reusable`), else for each row."""
+    per_call = [
+        await _evaluate(execution, row, columns, batch.rows, known)
+        for row, columns, known in zip(inline.calls, inline.arguments, inline.known, strict=True)
+    ]
     execution.check_cancel()
+    if not inline.reusable:
+        return await _written(execution, formatter, per_call, formats)
+    keys = list(zip(*per_call, strict=True))
+    formatted = inline.formatted
+    missing = list(dict.fromkeys(k for k in keys if k not in formatted))
+    fresh: dict[tuple[str | None, ...], list[bytes | None]] = {}
+    if missing:
+        columns = [list(column) for column in zip(*missing, strict=True)]
+        written = await _written(execution, formatter, columns, formats)
+        fresh = dict(zip(missing, written, strict=True))
+    rows = [fresh[k] if k in fresh else formatted[k] for k in keys]
+    if len(formatted) + len(fresh) > _KNOWN:
+        formatted.clear()
+    formatted.update(fresh)
+    return rows
+
+
+async def _written(
+    execution: Execution,
+    formatter: str,
+    per_call: list[list[str | None]],
+    formats: list[int],
+) -> list[list[bytes | None]]:
+    """The items' values, a row for each position of the calls' values (text)."""
     upstream = execution.upstream
+    texts: list[bytes | None] = [
+        values.client_bytes(values.text_array_literal(column)) for column in per_call
+    ]
     upstream.bind(formatter, _FORMAT, texts, [], formats)
     written: Reply = upstream.execute(formatter)
     upstream.flush()
