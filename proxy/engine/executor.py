@@ -36,6 +36,7 @@ from proxy.engine.planner import (
     nesting,
     off_loop,
     parse,
+    skeleton,
 )
 from proxy.engine.rows import run_step
 from proxy.engine.scopes import ScopeStep
@@ -339,6 +340,11 @@ class Execution:
         if self.services.service is not None:  # the catalog exists from the first call on
             await self.services.ensure_catalog(self.database)
         self.drop_at_commit = self.drop_at_commit or parsed.declares_cursor
+        if parsed.explain:  # the plan of the statement PostgreSQL runs in the client's
+            self.may_inline = self.may_stream = False
+            if not parsed.analyze:  # shown, not run: no model runs
+                user_oids = self.user.oids
+                return await off_loop(skeleton, parsed, user_oids, self.label_types or {})
         text = SourceText(parsed.text)
         constants = [c for c in parsed.calls if not c.per_row]
         for count, call in enumerate(sorted(constants, key=lambda c: -nesting(c))):
@@ -358,7 +364,7 @@ class Execution:
             outer = await self._timed(step.calls[0], run_step(self, current, step))
             statement = await by_size(len(statement), _replaced, statement, step.span, outer)
             current = await parse(statement)
-        return await by_size(len(statement), str.__add__, parsed.prefix, statement)
+        return await by_size(len(statement), str.__add__, parsed.explain + parsed.prefix, statement)
 
     async def _timed(self, call: CallSite, work: Awaitable[T]) -> T:
         started = time.perf_counter()

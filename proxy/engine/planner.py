@@ -128,6 +128,10 @@ class Parsed:
     tree: exp.Expr
     sql: SqlText
     calls: tuple[CallSite, ...]
+    explain: str = ""
+    """``EXPLAIN [(options)]`` before the statement, as the client wrote it."""
+    analyze: bool = False
+    """EXPLAIN runs the statement (ANALYZE): its calls are evaluated."""
 
     @property
     def declares_cursor(self) -> bool:
@@ -200,6 +204,26 @@ _DECLARE_CURSOR = re.compile(
     re.IGNORECASE,
 )
 
+_EXPLAIN = re.compile(
+    r"^(?:\s|--[^\n]*\n|/\*.*?\*/)*EXPLAIN\s*(?:\((?:[^()]|\([^()]*\))*\)\s*|"
+    r"(?:(?:ANALYZE|ANALYSE|VERBOSE)\s+)*)",
+    re.IGNORECASE | re.DOTALL,
+)
+_OFF = frozenset({"false", "off", "0", "no"})
+
+
+def _analyzes(explain: str) -> bool:
+    """Whether ``EXPLAIN ...`` runs the statement: ANALYZE given, and not turned off."""
+    words = explain.strip()[len("EXPLAIN") :].strip()
+    if not words.startswith("("):
+        return any(w.upper() in ("ANALYZE", "ANALYSE") for w in words.split())
+    for option in words.strip("() \t\r\n").split(","):
+        name, _, value = option.strip().partition(" ")
+        if name.upper() in ("ANALYZE", "ANALYSE"):
+            return value.strip().strip("'").lower() not in _OFF
+    return False
+
+
 _BODY_STATEMENT = re.compile(
     r"^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:DO\b|CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\b)",
     re.IGNORECASE | re.DOTALL,
@@ -237,6 +261,10 @@ def _parse(sql: str) -> Parsed | None:
             )
         return None
     sql = space_parameters(sql)
+    explain = ""
+    explained = _EXPLAIN.match(sql)
+    if explained is not None:
+        explain, sql = explained.group(0), sql[explained.end() :]
     prefix = ""
     declare = _DECLARE_CURSOR.match(sql)
     if declare is not None:
@@ -273,7 +301,9 @@ def _parse(sql: str) -> Parsed | None:
             hint="Store the results with CREATE TABLE ... AS SELECT pgml...(...) FROM ..., "
             "then define the view over that table.",
         )
-    return Parsed(sql, prefix, tree, SqlText(sql, tokens), tuple(calls))
+    return Parsed(
+        sql, prefix, tree, SqlText(sql, tokens), tuple(calls), explain, _analyzes(explain)
+    )
 
 
 MAX_NESTING = 2048
@@ -378,6 +408,9 @@ def skeleton(parsed: Parsed, parameter_oids: Sequence[int], label_types: Mapping
     columns, and the types of the client's own ``$n`` parameters, which keep their places
     inside the calls' (typed) arguments.  ``label_types`` gives the result type of calls
     whose type is their project's, by project name (text when it is not there).
+
+    Under EXPLAIN the NULL is volatile and stands where the call stood (no subquery names
+    it), so PostgreSQL plans the statement as it plans a VOLATILE function's call.
     """
     text = SourceText(parsed.text)
     for call in sorted(parsed.calls, key=lambda c: -nesting(c)):
@@ -388,7 +421,12 @@ def skeleton(parsed: Parsed, parameter_oids: Sequence[int], label_types: Mapping
             f"CAST(({text.render(span)}) AS {overload.params[p].type})"
             for span, p in zip(call.text.arguments, found, strict=True)
         ]
-        null = f"CASE WHEN ROW({', '.join(typed)}) IS NULL THEN NULL END" if typed else "NULL"
+        test = f"ROW({', '.join(typed)}) IS NULL" if typed else ""
+        if parsed.explain:  # volatile: never folded to a constant
+            test = f"{test} OR random() < 2" if test else "random() < 2"
+            null = f"CASE WHEN {test} THEN NULL ELSE NULL END"
+        else:
+            null = f"CASE WHEN {test} THEN NULL END" if test else "NULL"
         returns = result_type(overload, label_types.get(project_literal(call) or "", "text"))
         value = f"CAST({null} AS {returns})"
         if overload.columns:
@@ -400,7 +438,9 @@ def skeleton(parsed: Parsed, parameter_oids: Sequence[int], label_types: Mapping
                 replacement = named_scalar(f"ROW({fields})", call.function.name)
         elif call.in_from:
             replacement = derived_table(value, call)
+        elif parsed.explain:
+            replacement = value
         else:
             replacement = named_scalar(value, call.function.name)
         text.replace(call.text.span, replacement)
-    return parsed.prefix + text.render()
+    return parsed.explain + parsed.prefix + text.render()
