@@ -194,6 +194,12 @@ def _place(call: CallSite) -> None:
             hint="Pass constant arguments, or call it in the select list.",
         )
     scope = next((a for a in above if isinstance(a, exp.Select | exp.Update | exp.Delete)), None)
+    if scope is not None and isinstance(scope.parent, exp.When):  # MERGE's own UPDATE
+        raise unsupported(
+            f"{call.sql_name} cannot be called in a WHEN clause of MERGE",
+            hint="Compute the values in the source: MERGE INTO t USING (SELECT ..., "
+            "pgml...(...) AS v FROM ...) AS s ON ... WHEN MATCHED THEN UPDATE SET col = s.v",
+        )
     if scope is None or _in_conflict_clause(node, above):
         raise unsupported(
             f"{call.sql_name} reads columns outside of a query",

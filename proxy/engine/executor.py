@@ -88,6 +88,8 @@ cancel that reaches a backend waiting for its client's next message."""
 _HELD = 2
 """Statements of :data:`HOLD` in flight: the backend goes from one to the next without
 waiting for the proxy, so a cancel finds it inside one."""
+_GRACE = 10.0
+"""Seconds a handler has to stop by itself (recording why) once its statement is stopped."""
 _TICK = 0.05
 """Seconds between two looks at the statement's deadline while a handler works."""
 _TIMEOUT_SQL = "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
@@ -143,13 +145,19 @@ class Execution:
         """That statement, when it is one: :meth:`evaluate` returned its text."""
         self._copying = False
         """A COPY of a handler's is under way: no other request may go meanwhile."""
+        self.stopped: Exception | None = None
+        """Why the statement was stopped while a handler worked (its handler sees it as a
+        cancel)."""
         self.started = time.monotonic()
         self.deadline: float | None = None
         """When ``statement_timeout`` ends the statement; read when first needed."""
 
     @property
     def context(self) -> CallContext:
-        return CallContext(self.services, self, self.database, self.cancelled, self.caller)
+        return CallContext(self.services, self, self.database, self._stopping, self.caller)
+
+    def _stopping(self) -> bool:
+        return self.stopped is not None or self.cancelled()
 
     def check_cancel(self) -> None:
         if self.cancelled():
@@ -166,14 +174,17 @@ class Execution:
         """
         work = asyncio.ensure_future(overload.handler(self.context, batch))
         held: list[Reply] = []
+        holding = True
+        failure: Exception | None = None
         try:
             await asyncio.wait([work], timeout=HOLD_AFTER)
-            while not work.done():
+            while not work.done() and failure is None:
                 if self.deadline is None and not self._copying:
                     self.deadline = await self._deadline()
                 if self.deadline is not None and time.monotonic() > self.deadline:
-                    raise STATEMENT_TIMEOUT
-                if len(held) < _HELD and not self._copying:
+                    failure = STATEMENT_TIMEOUT
+                    break
+                if holding and len(held) < _HELD and not self._copying:
                     while len(held) < _HELD:  # the next one waits in the backend's socket
                         held.append(self.request(HOLD, []))
                     self.upstream.flush()
@@ -181,11 +192,23 @@ class Execution:
                 if held:
                     waiting.append(asyncio.ensure_future(_settled(held[0])))
                 await asyncio.wait(waiting, timeout=_TICK, return_when="FIRST_COMPLETED")
-                while held and held[0].done:
-                    await held.pop(0)  # the backend's error (a cancel) stops the work
-            while held:
-                await held.pop(0)
-            return _result(work)
+                while held and held[0].done and failure is None:
+                    try:
+                        await held.pop(0)
+                    except ServerError as error:  # a cancel, or the backend's own end
+                        failure = error
+                    except Skipped:  # a request of the handler's failed: it will say so
+                        holding = False
+                        held.clear()
+            if failure is None:
+                for reply in held:
+                    with contextlib.suppress(Skipped):
+                        await reply
+                return _result(work)
+            self.stopped = failure  # the handler stops by itself, as for a client's cancel
+            if not _ends_session(failure):
+                await asyncio.wait([work], timeout=_GRACE)
+            raise failure
         finally:
             if not work.done():
                 work.cancel()
@@ -342,9 +365,9 @@ class Execution:
         self.drop_at_commit = self.drop_at_commit or parsed.declares_cursor
         if parsed.explain:  # the plan of the statement PostgreSQL runs in the client's
             self.may_inline = self.may_stream = False
-            if not parsed.analyze:  # shown, not run: no model runs
-                user_oids = self.user.oids
-                return await off_loop(skeleton, parsed, user_oids, self.label_types or {})
+        if not parsed.runs:  # planned, not run (EXPLAIN, WITH NO DATA): no model runs
+            user_oids = self.user.oids
+            return await off_loop(skeleton, parsed, user_oids, self.label_types or {})
         text = SourceText(parsed.text)
         constants = [c for c in parsed.calls if not c.per_row]
         for count, call in enumerate(sorted(constants, key=lambda c: -nesting(c))):
@@ -411,6 +434,11 @@ def _result(work: asyncio.Future[list[Any]]) -> list[Any]:
         if found is None:
             raise
         raise found from error
+
+
+def _ends_session(error: Exception) -> bool:
+    """A FATAL error (pg_terminate_backend): the client hears of it before the end."""
+    return isinstance(error, ServerError) and error.fields.get("V") in ("FATAL", "PANIC")
 
 
 async def _settled(reply: Reply) -> None:

@@ -16,6 +16,7 @@ inside the statement throughout, with the statement's snapshot, locks and contro
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -202,6 +203,7 @@ async def send(execution: Execution, inline: Inline, formats: list[int], *, desc
         upstream.local(codec.row_description_prefix(body, inline.width))
     item_formats = [formats[i] for i in inline.items_at]
     sent = 0
+    started, ok = time.perf_counter(), False
     try:
         while True:
             batch = await fetched
@@ -214,7 +216,10 @@ async def send(execution: Execution, inline: Inline, formats: list[int], *, desc
             if upcoming is None:
                 break
             fetched = upcoming
+        ok = True
     finally:
+        for row in inline.calls:
+            metrics.record_call(row.call.sql_name, ok, time.perf_counter() - started)
         upstream.close(b"P", portal)
         upstream.close(b"P", formatter)
         upstream.close(b"S", _FORMAT)

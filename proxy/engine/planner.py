@@ -132,6 +132,13 @@ class Parsed:
     """``EXPLAIN [(options)]`` before the statement, as the client wrote it."""
     analyze: bool = False
     """EXPLAIN runs the statement (ANALYZE): its calls are evaluated."""
+    without_data: bool = False
+    """``CREATE TABLE ... AS ... WITH NO DATA``: the query is planned, never run."""
+
+    @property
+    def runs(self) -> bool:
+        """Whether PostgreSQL runs the statement's query (so its calls are evaluated)."""
+        return not self.without_data and (self.analyze or not self.explain)
 
     @property
     def declares_cursor(self) -> bool:
@@ -210,6 +217,7 @@ _EXPLAIN = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _OFF = frozenset({"false", "off", "0", "no"})
+_WITH_NO_DATA = re.compile(r"\bWITH\s+NO\s+DATA\s*;?\s*$", re.IGNORECASE)
 
 
 def _analyzes(explain: str) -> bool:
@@ -301,8 +309,16 @@ def _parse(sql: str) -> Parsed | None:
             hint="Store the results with CREATE TABLE ... AS SELECT pgml...(...) FROM ..., "
             "then define the view over that table.",
         )
+    without_data = isinstance(tree, exp.Create) and _WITH_NO_DATA.search(sql) is not None
     return Parsed(
-        sql, prefix, tree, SqlText(sql, tokens), tuple(calls), explain, _analyzes(explain)
+        sql,
+        prefix,
+        tree,
+        SqlText(sql, tokens),
+        tuple(calls),
+        explain,
+        _analyzes(explain),
+        without_data,
     )
 
 

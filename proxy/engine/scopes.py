@@ -70,6 +70,9 @@ class Export:
     text: str
     star: bool = False
     """A ``*`` or ``t.*`` select-list item: expands to many columns."""
+    also: list[Span] = field(default_factory=list)
+    """Other places of the same column reference: one ``M`` column for all, so that a
+    grouped outer query groups by the very column it selects."""
 
 
 @dataclass(eq=False)
@@ -109,7 +112,8 @@ class ScopeStep:
         }
         for index, export in enumerate(self.exports):
             if not export.star:
-                text.replace(export.span, f"{M}.{by_export[index][0][0]}")
+                for span in (export.span, *export.also):
+                    text.replace(span, f"{M}.{by_export[index][0][0]}")
         for call, lookup in zip(self.calls, lookups, strict=True):
             text.replace(call.text.span, lookup)
         if self.kind == "late":

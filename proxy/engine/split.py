@@ -57,7 +57,10 @@ def _is_rows_level(call: CallSite, select: exp.Select, grouped: bool) -> bool | 
     """True: the call runs once per row of FROM and WHERE; False: once per row the scope
     returns; None: a place no step can evaluate (HAVING or ORDER BY of a grouped query)."""
     clause = _clause(call.node, select)
-    if _within(call.node, select, (exp.AggFunc, exp.Window)) or clause in ("where", "group"):
+    if _within(call.node, select, (exp.AggFunc, exp.Window, exp.Filter)) or clause in (
+        "where",
+        "group",
+    ):
         return True
     if clause == "expressions":
         return False
@@ -320,12 +323,22 @@ def _collect(
                 table = node.args.get("table")
                 exports.append(Export(node, span, table.sql(dialect="postgres") if table else "*"))
                 return
-            exports.append(_export(sql, node))
+            found = _export(sql, node)
+            same = next((e for e in exports if _same_column(e, found)), None)
+            if same is None:
+                exports.append(found)
+            else:
+                same.also.append(found.span)
             return
         for child in node.iter_expressions():
             visit(child)
 
     visit(root)
+
+
+def _same_column(export: Export, other: Export) -> bool:
+    """Two references to one column, spelled alike."""
+    return not export.star and isinstance(export.node, exp.Column) and export.text == other.text
 
 
 def _export(sql: SqlText, node: exp.Expr) -> Export:

@@ -200,7 +200,7 @@ class SqlText:
                 if depth < 0:
                     break
             elif depth == 0:
-                if kind == TokenType.SEMICOLON or kind in _SET_OPERATIONS:
+                if kind == TokenType.SEMICOLON or kind in _SET_OPERATIONS or self._ends(i):
                     break
                 if branch and kind in _BRANCH_ENDS:
                     break
@@ -219,6 +219,17 @@ class SqlText:
         if len(layout.items) != len(select.expressions):
             raise ValueError("the select list did not split into its items")
         return layout
+
+    def _ends(self, i: int) -> bool:
+        """Whether the statement around the query goes on at token ``i``: INSERT's
+        RETURNING or ON CONFLICT, CREATE TABLE AS's WITH [NO] DATA."""
+        kind = self.kind(i)
+        after = self.tokens[i + 1].text.upper() if i + 1 < len(self.tokens) else ""
+        return (
+            kind == TokenType.RETURNING
+            or (kind == TokenType.ON and after == "CONFLICT")
+            or (kind == TokenType.WITH and after in ("NO", "DATA"))
+        )
 
     def _inside_expression(self, i: int, kind: TokenType) -> bool:
         """A clause keyword that is part of an expression: ``IS [NOT] DISTINCT FROM``."""

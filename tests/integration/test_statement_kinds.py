@@ -1,0 +1,122 @@
+"""Statement kinds around a pgml call, each against PostgreSQL's own answer for the same
+statement over a VOLATILE stand-in function: the command tag, the columns' names and
+types, the rows' count, and the table a statement creates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration._pgml import MODEL, create_docs, start_proxy, unique, warm_up
+from tests.support.pgserver import PostgresCluster
+from tests.support.proxyproc import ProxyProcess
+
+MISSING = "no-such-org/no-such-model"
+STAND_IN = "kinds.embed"
+"""The stand-in, named as the call so that PostgreSQL names its columns alike."""
+
+
+@pytest.fixture(scope="module")
+def proxy(cluster: PostgresCluster) -> Iterator[ProxyProcess]:
+    process = start_proxy(cluster, batch_size=7)
+    warm_up(process.dsn())
+    cluster.psql(
+        "CREATE SCHEMA IF NOT EXISTS kinds; "
+        f"CREATE OR REPLACE FUNCTION {STAND_IN}(text, text) RETURNS real[] "
+        "LANGUAGE plpgsql VOLATILE AS $$ BEGIN RETURN ARRAY[length($2)::real]; END $$"
+    )
+    yield process
+    process.stop()
+    cluster.psql("DROP SCHEMA IF EXISTS kinds CASCADE")
+
+
+@pytest.fixture
+def docs(cluster: PostgresCluster) -> Iterator[str]:
+    name = unique("kinds")
+    create_docs(cluster, name)
+    cluster.psql(f"ALTER TABLE {name} ADD COLUMN e real[]")
+    yield name
+    cluster.psql(f"DROP TABLE IF EXISTS {name}, {name}_made")
+
+
+def _answer(conn: psycopg.Connection[Any], sql: str) -> tuple[Any, ...]:
+    try:
+        cur = conn.execute(sql)
+    except psycopg.Error as error:
+        return ("error", error.sqlstate)
+    columns = [(d.name, d.type_code) for d in cur.description or []]
+    count = len(cur.fetchall()) if cur.description else cur.rowcount
+    return cur.statusmessage, columns, count
+
+
+def _made(conn: psycopg.Connection[Any], table: str) -> list[tuple[Any, ...]]:
+    """The columns of a table a statement created, and its rows' count."""
+    columns = conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 ORDER BY attnum",
+        [table],
+    ).fetchall()
+    (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
+    return [*columns, ("rows", count)]
+
+
+SHAPES = [
+    "SELECT count(*) FILTER (WHERE ({f}({m}, body))[1] > 0) AS n FROM {t}",
+    "SELECT id, count(*) FILTER (WHERE {f}({m}, body) IS NOT NULL) FROM {t} GROUP BY id",
+    "INSERT INTO {t} (id, body, e) SELECT id + 1000, body, {f}({m}, body) FROM {t} RETURNING id",
+    "INSERT INTO {t} (id, body, e) SELECT id + 1000, body, {f}({m}, body) FROM {t} "
+    "ON CONFLICT DO NOTHING",
+    "CREATE TABLE {t}_made AS SELECT id, {f}({m}, body) FROM {t}",
+    "CREATE TABLE {t}_made AS SELECT id, {f}({m}, body) AS e FROM {t} WITH DATA",
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_as_postgresql_runs_it(
+    proxy: ProxyProcess, cluster: PostgresCluster, docs: str, shape: str
+) -> None:
+    answers = []
+    for dsn, function, model in (
+        (cluster.dsn(), STAND_IN, f"'{MODEL}'"),
+        (proxy.dsn(), "pgml.embed", f"'{MODEL}'"),
+    ):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DELETE FROM {docs} WHERE id >= 1000; DROP TABLE IF EXISTS {docs}_made")
+            answer = _answer(conn, shape.format(f=function, m=model, t=docs))
+            made = _made(conn, f"{docs}_made") if "CREATE" in shape else []
+            answers.append((answer, made))
+    assert answers[1] == answers[0]
+
+
+def test_with_no_data_creates_the_table_and_runs_no_model(
+    proxy: ProxyProcess, cluster: PostgresCluster, docs: str
+) -> None:
+    sql = "CREATE TABLE {t}_made AS SELECT id, {f}('{m}', body) AS e FROM {t} WITH NO DATA"
+    answers = []
+    for dsn, function in ((cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {docs}_made")
+            answer = _answer(conn, sql.format(f=function, m=MISSING, t=docs))
+            answers.append((answer, _made(conn, f"{docs}_made")))
+    assert answers[1] == answers[0]
+
+
+def test_merge_actions_are_refused_with_the_way_that_works(
+    proxy: ProxyProcess, docs: str
+) -> None:
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
+            conn.execute(
+                f"MERGE INTO {docs} d USING (SELECT 2 AS id, 'z' AS body) s ON d.id = s.id "
+                f"WHEN MATCHED THEN UPDATE SET e = pgml.embed('{MODEL}', s.body)"
+            )
+        assert "MERGE" in str(refused.value)
+        conn.execute(  # the hint's way: the values computed in the source
+            f"MERGE INTO {docs} d USING (SELECT id, pgml.embed('{MODEL}', body) AS v "
+            f"FROM {docs} WHERE id = 2) s ON d.id = s.id WHEN MATCHED THEN UPDATE SET e = s.v"
+        )
+        (length,) = conn.execute(f"SELECT array_length(e, 1) FROM {docs} WHERE id = 2").fetchone()
+        assert length == 384
