@@ -102,6 +102,7 @@ def proxy(cluster: PostgresCluster, layout: dict[str, Path]) -> Iterator[ProxyPr
         "--models-dir",
         str(layout["models"]),
         env=OFFLINE,
+        cwd=layout["root"],  # which holds the files outside the folders
     ).start()
     yield process
     process.stop()
@@ -259,7 +260,7 @@ def test_links_and_dots_out_of_the_datasets_folder(
     before = state(direct, layout)
     for source in ("leak", "leak_dir", str(layout["datasets"] / "leak_dir" / "secret.csv")):
         refused(proxy, loader, load_sql(source))
-    climbed = refused(proxy, loader, load_sql("../outside/secret.csv"))  # from the proxy's cwd
+    climbed = refused(proxy, loader, load_sql("../outside/secret.csv"))  # from the datasets
     nothing = refused(proxy, loader, load_sql("../outside/nothing.csv"))
     assert climbed.diag.message_detail == nothing.diag.message_detail
     dotted = refused(proxy, loader, load_sql(str(layout["datasets"]) + "/../outside/secret.csv"))
@@ -270,6 +271,37 @@ def test_links_and_dots_out_of_the_datasets_folder(
     granted()
     assert rows(proxy, loader, load_sql("leak")) == [("leak", 1)]
     direct.execute("DROP TABLE pgml.leak")
+
+
+@pytest.mark.parametrize(
+    ("source", "kwargs"),
+    [
+        ("outside", None),
+        ("outside/secret.csv", None),
+        ("cwd.csv", None),
+        ("cwd", None),
+        ("csv", {"data_files": "cwd.csv", "split": "train"}),
+        ("csv", {"data_dir": "outside", "split": "train"}),
+    ],
+)
+def test_nothing_is_read_from_the_proxys_working_directory(
+    proxy: ProxyProcess,
+    loader: str,
+    layout: dict[str, Path],
+    direct: psycopg.Connection[Any],
+    granted: Callable[[], None],
+    source: str,
+    kwargs: dict[str, Any] | None,
+) -> None:
+    """The proxy runs in the test's root folder: what lies there is no dataset, not even
+    for a role that may read any server file; a relative path is the datasets folder's."""
+    (layout["root"] / "cwd.csv").write_text(SECRET)
+    granted()
+    before = state(direct, layout)
+    for user in (loader, "postgres"):
+        error = refused(proxy, user, load_sql(source, kwargs), "42704")
+        assert str(layout["root"]) not in str(error.diag.message_detail)
+    assert state(direct, layout) == before
 
 
 def test_errors_name_no_server_folder(
