@@ -142,7 +142,9 @@ async def authorize_serving(ctx: CallContext, args: Args) -> None:
     statement; once it has passed in a session it rides with the statement that returns
     the call's result (no round trip of its own), so a REVOKE or SET ROLE counts from
     the next statement on.  A project that does not exist is asked about too, so that
-    PostgreSQL answers it exactly as one the role cannot see."""
+    PostgreSQL answers it exactly as one the role cannot see.  The base model a deployed
+    adapter is served on is checked as if the caller had named it (``--allow-models``,
+    ``pg_read_server_files`` for a server path), asked here while the session may be used."""
     if not args or args[0] is None:
         return
     project = str(args[0])
@@ -153,3 +155,7 @@ async def authorize_serving(ctx: CallContext, args: Args) -> None:
     await ctx.session.check(
         "SELECT pgml.authorize_serving($1, $2::bigint)", [project, model], ("serving", project)
     )
+    if model is not None:  # an adapter's base model is checked as if the caller named it
+        base = await ctx.services.served_base(ctx.database, project)
+        if base is not None:
+            await ctx.services.check_model_for(ctx, base)

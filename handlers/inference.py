@@ -16,6 +16,7 @@ from handlers.batching import Work
 from handlers.capacity import Capacity, Stopped
 from handlers.classic.predict import ClassicPredictor
 from handlers.errors import PgmlError
+from handlers.files import rights_of
 from handlers.functions import Args, CallContext
 from handlers.predictor import Predictor, generation_options
 from handlers.projects import Catalog, check_strategy, missing_model, missing_project
@@ -43,7 +44,7 @@ async def _serve(
         groups[(args[0], options)].append(index)
     results: list[Any] = [None] * len(batch)
     for (project, options), indexes in groups.items():
-        _, predictor = await ctx.services.deployed(ctx.database, project)
+        _, predictor = await ctx.services.deployed(ctx.database, project, rights=rights_of(ctx))
         if isinstance(predictor, ClassicPredictor):
             raise PgmlError(
                 "0A000",

@@ -361,6 +361,71 @@ def test_a_loaded_model_is_checked_again(
     refused(proxy, loader, transform_sql(task))
 
 
+def store_adapter(direct: psycopg.Connection[Any], project: str, base: Path, work: Path) -> None:
+    """A project whose deployed model is a LoRA adapter on ``base``, as ``pgml.tune`` stores
+    one (written here by the superuser, as a role that may read ``base`` would tune it)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from handlers.artifact import ADAPTER, Manifest
+
+    model = AutoModelForSequenceClassification.from_pretrained(base)
+    config = LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["q_lin", "v_lin"])
+    folder = work / project
+    get_peft_model(model, config).save_pretrained(folder)
+    labels = ["NEGATIVE", "POSITIVE"]
+    Manifest("text-classification", 32, 8, labels, kind=ADAPTER, base_model=str(base)).write(folder)
+    (project_id,) = direct.execute(
+        "INSERT INTO pgml.projects (name, task) VALUES (%s, 'text-classification') RETURNING id",
+        [project],
+    ).fetchone() or (None,)
+    (snapshot_id,) = direct.execute(
+        "INSERT INTO pgml.snapshots (relation_name, y_column_name, status, analysis) "
+        """VALUES ('reviews', ARRAY['label'], 'successful', '{"label_type": "text"}') """
+        "RETURNING id"
+    ).fetchone() or (None,)
+    (model_id,) = direct.execute(
+        "INSERT INTO pgml.models (project_id, snapshot_id, algorithm, status) "
+        "VALUES (%s, %s, %s, 'successful') RETURNING id",
+        [project_id, snapshot_id, str(base)],
+    ).fetchone() or (None,)
+    for path in sorted(folder.iterdir()):
+        direct.execute(
+            "INSERT INTO pgml.files (model_id, path, part, data) VALUES (%s, %s, 0, %s)",
+            [model_id, path.name, path.read_bytes()],
+        )
+    direct.execute(
+        "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES (%s, %s, 'new')",
+        [project_id, model_id],
+    )
+
+
+def test_a_served_adapters_base_model_is_checked_for_each_caller(
+    proxy: ProxyProcess,
+    loader: str,
+    layout: dict[str, Path],
+    direct: psycopg.Connection[Any],
+    granted: Callable[[], None],
+    tmp_path: Path,
+) -> None:
+    """An adapter tuned on a server path is served to a role only as that role could name
+    the path itself, whether this proxy has loaded it or not."""
+    project = f"adapter_{uuid.uuid4().hex[:6]}"
+    store_adapter(direct, project, layout["outside"] / "model", tmp_path)
+    predict = f"SELECT pgml.predict({lit(project)}, 'I love SQL')"
+    per_row = f"SELECT pgml.predict({lit(project)}, t) FROM (VALUES ('a'), ('b')) AS v(t)"
+    first = refused(proxy, loader, predict)  # not loaded yet
+    assert first.diag.message_primary == (
+        f'permission denied to read server file "{layout["outside"] / "model"}"'
+    )
+    assert rows(proxy, "postgres", predict)[0][0] in ("NEGATIVE", "POSITIVE")
+    refused(proxy, loader, predict)  # loaded by the superuser
+    refused(proxy, loader, per_row)
+    granted()
+    assert rows(proxy, loader, predict)[0][0] in ("NEGATIVE", "POSITIVE")
+    assert len(rows(proxy, loader, per_row)) == 2
+
+
 @pytest.mark.parametrize("value", [1, "yes", "true", 1.5, None, [True]])
 def test_trust_remote_code_is_json_true(
     proxy: ProxyProcess, layout: dict[str, Path], value: Any
