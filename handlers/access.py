@@ -23,6 +23,7 @@ from handlers.projects import Project
 PROJECTS = "pgml.projects"
 MODELS = "pgml.models"
 DEPLOYMENTS = "pgml.deployments"
+SNAPSHOTS = "pgml.snapshots"
 
 
 class AsksSQL(Protocol):
@@ -39,6 +40,15 @@ class Role:
     name: str
     quoted: str
     """As an identifier in SQL (``quote_ident``)."""
+
+
+async def require_read(asker: AsksSQL, tables: Sequence[str]) -> None:
+    """PostgreSQL's own error (42501: no USAGE on schema pgml, or no SELECT on a table)
+    when the current role could not read ``tables`` itself, asked before the proxy's
+    service connection reads their rows for it, with a statement that reads no row: so
+    that what the proxy answers (a project that exists or not) is only what the role
+    could have read."""
+    await asker.run_sql(f"SELECT FROM {', '.join(tables)} WHERE false")
 
 
 async def require(
@@ -110,6 +120,11 @@ def not_owner(function: str, project: Project, role: Role) -> PgmlError:
         hint=f"GRANT {project.owner} TO {role.quoted}; or a member of {project.owner} hands it "
         f"over: UPDATE pgml.projects SET owner = '{role.quoted}' WHERE name = {literal};",
     )
+
+
+CATALOG_READS = (PROJECTS, MODELS, SNAPSHOTS)
+"""What ``pgml.tune`` and ``pgml.train`` read for the caller: whether the project exists,
+and its last run's relation, label and model, the defaults of the next."""
 
 
 async def require_tune(asker: AsksSQL, project: Project | None, deploys: bool) -> Role:

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from handlers.access import require_deploy
+from handlers.access import MODELS, PROJECTS, require_deploy, require_read
 from handlers.batching import Work
 from handlers.capacity import Capacity, Stopped
 from handlers.classic.predict import ClassicPredictor
@@ -144,6 +144,7 @@ async def deploy_strategy(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     rows = []
     for project_name, strategy, algorithm in batch:
         check_strategy(strategy)
+        await require_read(ctx.session, [PROJECTS, MODELS])
         project = await catalog.project(project_name)
         if project is None:
             raise missing_project(project_name)
@@ -158,6 +159,7 @@ async def deploy_model(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     catalog: Catalog = await ctx.services.catalog(ctx.database)
     rows = []
     for (model_id,) in batch:
+        await require_read(ctx.session, [MODELS, PROJECTS])
         project = await catalog.model_project(int(model_id))
         await require_deploy(ctx.session, project, missing_model(int(model_id)))
         algorithm = await catalog.deploy_model(int(model_id), project)
