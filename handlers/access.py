@@ -150,6 +150,9 @@ async def require_cancel(asker: AsksSQL, project: Project) -> Role:
     return await require(asker, "cancelling a training", [MODELS], project)
 
 
+SERVING = "SELECT pgml.authorize_serving($1, $2::bigint)"
+
+
 async def authorize_serving(ctx: CallContext, args: Args) -> None:
     """Serve ``args[0]``'s project only to a role that can read its row and its deployed
     model's (the hook of ``predict``, ``predict_proba`` and ``generate``).  The deployed
@@ -159,7 +162,8 @@ async def authorize_serving(ctx: CallContext, args: Args) -> None:
     the next statement on.  A project that does not exist is asked about too, so that
     PostgreSQL answers it exactly as one the role cannot see.  The base model a deployed
     adapter is served on is checked as if the caller had named it (``--allow-models``,
-    ``pg_read_server_files`` for a server path), asked here while the session may be used."""
+    ``pg_read_server_files`` for a server path), asked here while the session may be used;
+    its refusal names the base model only to a role that may be served the project."""
     if not args or args[0] is None:
         return
     project = str(args[0])
@@ -167,10 +171,14 @@ async def authorize_serving(ctx: CallContext, args: Args) -> None:
         model: str | None = str((await ctx.services.deployment(ctx.database, project)).model_id)
     except PgmlError:
         model = None  # none, or nothing deployed: the project's own row decides what is said
-    await ctx.session.check(
-        "SELECT pgml.authorize_serving($1, $2::bigint)", [project, model], ("serving", project)
-    )
-    if model is not None:  # an adapter's base model is checked as if the caller named it
-        base = await ctx.services.served_base(ctx.database, project)
-        if base is not None:
-            await ctx.services.check_model_for(ctx, base)
+    await ctx.session.check(SERVING, [project, model], ("serving", project))
+    if model is None:
+        return
+    base = await ctx.services.served_base(ctx.database, project)
+    if base is None:
+        return
+    try:
+        await ctx.services.check_model_for(ctx, base)
+    except PgmlError:  # the project's own refusal first, should it still ride with a statement
+        await ctx.session.run_sql(SERVING, [project, model])
+        raise

@@ -401,6 +401,7 @@ def store_adapter(direct: psycopg.Connection[Any], project: str, base: Path, wor
 
 
 def test_a_served_adapters_base_model_is_checked_for_each_caller(
+    cluster: PostgresCluster,
     proxy: ProxyProcess,
     loader: str,
     layout: dict[str, Path],
@@ -424,6 +425,17 @@ def test_a_served_adapters_base_model_is_checked_for_each_caller(
     granted()
     assert rows(proxy, loader, predict)[0][0] in ("NEGATIVE", "POSITIVE")
     assert len(rows(proxy, loader, per_row)) == 2
+    with psycopg.connect(proxy.dsn(loader), autocommit=True) as conn:
+        assert conn.execute(predict).fetchall()  # served: the check rides with statements now
+        cluster.psql(
+            f"REVOKE pg_read_server_files FROM {loader}; REVOKE SELECT ON pgml.models FROM PUBLIC"
+        )
+        try:
+            with pytest.raises(psycopg.Error) as caught:  # the project's refusal comes first
+                conn.execute(predict)
+        finally:
+            cluster.psql("GRANT SELECT ON pgml.models TO PUBLIC")
+        assert caught.value.diag.message_primary == "permission denied for table models"
 
 
 @pytest.mark.parametrize("value", [1, "yes", "true", 1.5, None, [True]])
