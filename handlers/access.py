@@ -168,13 +168,14 @@ async def authorize_serving(ctx: CallContext, args: Args) -> None:
         return
     project = str(args[0])
     try:
-        model: str | None = str((await ctx.services.deployment(ctx.database, project)).model_id)
+        deployed = await ctx.services.deployment(ctx.database, project)
     except PgmlError:
-        model = None  # none, or nothing deployed: the project's own row decides what is said
+        deployed = None  # none, or nothing deployed: the project's own row decides what is said
+    model = None if deployed is None else str(deployed.model_id)
     await ctx.session.check(SERVING, [project, model], ("serving", project))
-    if model is None:
+    if deployed is None:
         return
-    base = await ctx.services.served_base(ctx.database, project)
+    base = await ctx.services.served_base(ctx.database, deployed)
     if base is None:
         return
     try:

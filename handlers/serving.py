@@ -256,12 +256,11 @@ class Services:
         assert self.deployments is not None  # there is a service connection
         return await self.deployments.deployed(database, catalog, project)
 
-    async def served_base(self, database: str, project: str) -> str | None:
-        """The base model the project's deployed adapter is served on (None: it is not an
-        adapter), from the loaded model or else its manifest (its files restored from
-        ``pgml.files`` when this proxy has no copy yet)."""
-        deployed = await self.deployment(database, project)
-        loaded = self.models.touch(self._deployed_key(database, deployed))
+    async def served_base(self, database: str, deployed: Deployed) -> str | None:
+        """The base model the deployed adapter is served on (None: it is not an adapter),
+        from the loaded model or else its manifest (its files restored from ``pgml.files``
+        when this proxy has no copy yet)."""
+        loaded = self.models.peek(self._deployed_key(database, deployed))
         if loaded is not None:
             return getattr(loaded, "base_model", None)
         folder = await self._local_copy(await self.catalog(database), database, deployed)
