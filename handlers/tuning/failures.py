@@ -2,9 +2,11 @@
 
 A worker reports what it raised; the proxy fails the call with this SQLSTATE.  What a
 library refuses (a hyperparameter the Trainer or its scheduler will not take, data the
-model cannot be fed) is the caller's bad argument; memory running out, a missing column
-and a refused file are what PostgreSQL would call them; XX000 is left for an exception
-the proxy's own code raised, a bug.
+model cannot be fed) is the caller's bad argument; memory running out, a missing column,
+a refused or missing file and a package that is not installed are what PostgreSQL would
+call them; a library's runtime failure (a lost peer, a device error) is a system error,
+as a process that dies is; XX000 is left for an exception the proxy's own code raised, a
+bug.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ OUT_OF_MEMORY = "53200"
 OUT_OF_MEMORY_KINDS = frozenset({"MemoryError", "OutOfMemoryError"})
 """Exception names that mean memory ran out (``torch.OutOfMemoryError`` among them)."""
 _MISSING_COLUMN = re.compile(r"\bcolumns?\b.*\b(not in|not found|does not exist|missing)\b", re.I)
-_REFUSED = (ValueError, TypeError, IndexError, AssertionError, RuntimeError)
+_REFUSED = (ValueError, TypeError, IndexError, AssertionError)
 """What a library raises for values it will not take."""
 _OWN_CODE = Path(__file__).resolve().parents[1]
 """The ``handlers`` package: an exception raised there is the proxy's."""
@@ -39,10 +41,14 @@ def sqlstate_of(error: BaseException) -> str:
         return INTERNAL
     if isinstance(error, FileNotFoundError):
         return "58P01"
-    if isinstance(error, NotImplementedError):
+    if isinstance(error, NotImplementedError | ImportError):
         return "0A000"
     if isinstance(error, _REFUSED):
         return "22023"
+    if isinstance(error, OSError):
+        return "58030"
+    if isinstance(error, RuntimeError):
+        return "58000"
     return INTERNAL
 
 
