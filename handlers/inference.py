@@ -142,9 +142,9 @@ async def deploy_strategy(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     await ctx.services.ensure_catalog(ctx.database)
     catalog: Catalog = await ctx.services.catalog(ctx.database)
     rows = []
+    await require_read(ctx.session, [PROJECTS, MODELS])
     for project_name, strategy, algorithm in batch:
         check_strategy(strategy)
-        await require_read(ctx.session, [PROJECTS, MODELS])
         project = await catalog.project(project_name)
         if project is None:
             raise missing_project(project_name)
@@ -158,8 +158,8 @@ async def deploy_model(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     await ctx.services.ensure_catalog(ctx.database)
     catalog: Catalog = await ctx.services.catalog(ctx.database)
     rows = []
+    await require_read(ctx.session, [MODELS, PROJECTS])
     for (model_id,) in batch:
-        await require_read(ctx.session, [MODELS, PROJECTS])
         project = await catalog.model_project(int(model_id))
         await require_deploy(ctx.session, project, missing_model(int(model_id)))
         algorithm = await catalog.deploy_model(int(model_id), project)
