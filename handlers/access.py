@@ -23,6 +23,7 @@ from handlers.projects import Project
 PROJECTS = "pgml.projects"
 MODELS = "pgml.models"
 DEPLOYMENTS = "pgml.deployments"
+SNAPSHOTS = "pgml.snapshots"
 
 
 class AsksSQL(Protocol):
@@ -39,6 +40,15 @@ class Role:
     name: str
     quoted: str
     """As an identifier in SQL (``quote_ident``)."""
+
+
+async def require_read(asker: AsksSQL, tables: Sequence[str]) -> None:
+    """PostgreSQL's own error (42501: no USAGE on schema pgml, or no SELECT on a table)
+    when the current role could not read ``tables`` itself, asked before the proxy's
+    service connection reads their rows for it, with a statement that reads no row: so
+    that what the proxy answers (a project that exists or not) is only what the role
+    could have read."""
+    await asker.run_sql(f"SELECT FROM {', '.join(tables)} WHERE false")
 
 
 async def require(
@@ -112,6 +122,11 @@ def not_owner(function: str, project: Project, role: Role) -> PgmlError:
     )
 
 
+CATALOG_READS = (PROJECTS, MODELS, SNAPSHOTS)
+"""What ``pgml.tune`` and ``pgml.train`` read for the caller: whether the project exists,
+and its last run's relation, label and model, the defaults of the next."""
+
+
 async def require_tune(asker: AsksSQL, project: Project | None, deploys: bool) -> Role:
     """``pgml.tune``: INSERT on models (and projects for a new project, deployments when it
     may deploy the model), and for an existing project membership in its owner.  One the
@@ -135,6 +150,9 @@ async def require_cancel(asker: AsksSQL, project: Project) -> Role:
     return await require(asker, "cancelling a training", [MODELS], project)
 
 
+SERVING = "SELECT pgml.authorize_serving($1, $2::bigint)"
+
+
 async def authorize_serving(ctx: CallContext, args: Args) -> None:
     """Serve ``args[0]``'s project only to a role that can read its row and its deployed
     model's (the hook of ``predict``, ``predict_proba`` and ``generate``).  The deployed
@@ -142,14 +160,26 @@ async def authorize_serving(ctx: CallContext, args: Args) -> None:
     statement; once it has passed in a session it rides with the statement that returns
     the call's result (no round trip of its own), so a REVOKE or SET ROLE counts from
     the next statement on.  A project that does not exist is asked about too, so that
-    PostgreSQL answers it exactly as one the role cannot see."""
+    PostgreSQL answers it exactly as one the role cannot see.  The base model a deployed
+    adapter is served on is checked as if the caller had named it (``--allow-models``,
+    ``pg_read_server_files`` for a server path), asked here while the session may be used;
+    its refusal names the base model only to a role that may be served the project."""
     if not args or args[0] is None:
         return
     project = str(args[0])
     try:
-        model: str | None = str((await ctx.services.deployment(ctx.database, project)).model_id)
+        deployed = await ctx.services.deployment(ctx.database, project)
     except PgmlError:
-        model = None  # none, or nothing deployed: the project's own row decides what is said
-    await ctx.session.check(
-        "SELECT pgml.authorize_serving($1, $2::bigint)", [project, model], ("serving", project)
-    )
+        deployed = None  # none, or nothing deployed: the project's own row decides what is said
+    model = None if deployed is None else str(deployed.model_id)
+    await ctx.session.check(SERVING, [project, model], ("serving", project))
+    if deployed is None:
+        return
+    base = await ctx.services.served_base(ctx.database, deployed)
+    if base is None:
+        return
+    try:
+        await ctx.services.check_model_for(ctx, base)
+    except PgmlError:  # the project's own refusal first, should it still ride with a statement
+        await ctx.session.run_sql(SERVING, [project, model])
+        raise

@@ -77,6 +77,15 @@ class Manifest:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def served_base(folder: Path) -> str | None:
+    """The base model the adapter in ``folder`` is served on; None for any other model
+    (a whole model, a classic one without a manifest)."""
+    if not (folder / MANIFEST).is_file():
+        return None
+    manifest = Manifest.read(folder)
+    return manifest.base_model if manifest.is_adapter else None
+
+
 def model_class(task: str) -> Any:
     """The ``AutoModelFor...`` class a task's models are trained and served with."""
     import transformers

@@ -13,10 +13,16 @@ Places, in order (the error names every one that was looked in when none has it)
    the hub's name for that configuration), else the folder itself.  A ``subset`` with no
    subfolder is passed to ``datasets.load_dataset`` as the configuration name.
 2. A local file (CSV, TSV, JSON, JSON Lines, Parquet, optionally compressed) or folder (as
-   above, without configuration subfolders): a path (absolute, ``~``, ``./`` or ``../``), or
-   a name found in the proxy's working directory.  Kwargs other than ``split`` go to
+   above, without configuration subfolders) named by a path: absolute, ``~``, or ``./`` and
+   ``../`` relative to the datasets folder.  Kwargs other than ``split`` go to
    ``datasets.load_dataset``; a ``save_to_disk`` folder ignores them.
-3. The Hugging Face hub: ``datasets.load_dataset(source, subset, streaming=True, **kwargs)``.
+3. The Hugging Face hub: ``datasets.load_dataset(source, subset, streaming=True, **kwargs)``,
+   as a hub id only (``hf://datasets/``), so that the library never reads a folder of the
+   proxy's working directory by that name.
+
+A name or relative path is never looked up in the proxy's working directory: relative paths
+(of the source and of kwargs) are relative to the dataset's own folder or to the datasets
+folder, and without one of them they are refused (22023).
 
 Every file is read only as the caller's :class:`~handlers.files.FileRights` allow: the
 datasets folder's own files (links followed must stay inside), else the privilege of
@@ -212,10 +218,11 @@ def _plan(
     places: list[str] = []
     loaded = _from_datasets_dir(source, subset, options, datasets_dir, places, rights)
     if loaded is None:
-        loaded = _from_local_path(source, subset, options, places, rights)
+        loaded = _from_local_path(source, subset, options, datasets_dir, places, rights)
     if loaded is None:
-        base = Path.cwd() if _is_builder(source) else None  # its files are the server's
-        loaded = _from_hub(source, subset, _local_kwargs(options, base, rights), places)
+        builder = _is_builder(source)  # its data files are the server's
+        local = _local_kwargs(options, datasets_dir if builder else None, rights, not builder)
+        loaded = _from_hub(source, subset, local, places, builder)
     if loaded is None:
         raise PgmlError(
             "42704",
@@ -281,11 +288,14 @@ def _path_values(value: Any) -> list[str]:
     )
 
 
-def _local_kwargs(options: dict[str, Any], base: Path | None, rights: FileRights) -> dict[str, Any]:
+def _local_kwargs(
+    options: dict[str, Any], base: Path | None, rights: FileRights, hub: bool = False
+) -> dict[str, Any]:
     """``options`` with each local path a kwarg names checked and replaced by its real
-    path.  Relative paths are relative to ``base`` (a local dataset's folder); without one
-    (the hub), relative ``data_files`` and ``data_dir`` name files of the hub repository,
-    and a relative ``cache_dir`` is relative to the proxy's working directory."""
+    path.  Relative paths are relative to ``base`` (a local dataset's folder, or the
+    datasets folder for a builder such as ``csv``); for a ``hub`` dataset relative
+    ``data_files`` and ``data_dir`` name files of its repository.  Any other relative path
+    is refused: it would be the proxy's working directory's."""
 
     def checked(key: str, value: Any) -> Any:
         if isinstance(value, list):
@@ -294,11 +304,11 @@ def _local_kwargs(options: dict[str, Any], base: Path | None, rights: FileRights
             return {split: checked(key, v) for split, v in value.items()}
         if not local_value(value, f'kwargs "{key}"'):
             return value
-        if os.path.isabs(os.path.expanduser(value)) or key == "cache_dir":
+        if os.path.isabs(os.path.expanduser(value)):
             return rights.require(Path(value), value)
-        if base is None:
+        if hub and key != "cache_dir":
             return value
-        return rights.require(base / value, value)
+        return rights.require(_relative(value, base, f'kwargs "{key}"'), value)
 
     return {
         key: checked(key, value) if key in PATH_KWARGS else value for key, value in options.items()
@@ -354,24 +364,43 @@ def _config_folder(
 
 
 def _from_local_path(
-    source: str, subset: str | None, options: dict[str, Any], places: list[str], rights: FileRights
+    source: str,
+    subset: str | None,
+    options: dict[str, Any],
+    datasets_dir: Path | None,
+    places: list[str],
+    rights: FileRights,
 ) -> tuple[str, Any] | None:
-    """A path, or a name that ``datasets.load_dataset`` would find in the working
-    directory, checked against the caller's rights before anything else is known of it."""
-    if not is_path(source) and not os.path.lexists(source):
+    """A path (a name is not one), checked against the caller's rights before anything
+    else is known of it; a relative one is relative to the datasets folder."""
+    if not is_path(source):
         return None
-    path = Path(rights.require(Path(source), source))
+    given = os.path.expanduser(source)
+    named_path = Path(given) if os.path.isabs(given) else _relative(source, datasets_dir, "path")
+    path = Path(rights.require(named_path, source))
     if path.is_dir():
         return _stem(path), _open_folder(source, path, subset, _local_kwargs(options, path, rights))
     if path.is_file():
-        local = _local_kwargs(options, Path.cwd(), rights)
-        return _stem(Path(os.path.expanduser(source))), _open_file(source, path, local)
+        local = _local_kwargs(options, path.parent, rights)
+        return _stem(Path(given)), _open_file(source, path, local)
     places.append(f"local path {source} (no such file or folder)")
     return None
 
 
+def _relative(value: str, base: Path | None, what: str) -> Path:
+    """The relative path ``value`` inside ``base``; 22023 without one (never the proxy's
+    working directory)."""
+    if base is None:
+        raise invalid_argument(
+            f'{what} "{value}" is relative, and there is no folder it could be relative to',
+            hint="Give an absolute path, or a path relative to the datasets folder "
+            "(--datasets-dir).",
+        )
+    return base.expanduser().absolute() / value
+
+
 def _from_hub(
-    source: str, subset: str | None, options: dict[str, Any], places: list[str]
+    source: str, subset: str | None, options: dict[str, Any], places: list[str], builder: bool
 ) -> tuple[str, Any] | None:
     from huggingface_hub.errors import HFValidationError
 
@@ -381,7 +410,8 @@ def _from_hub(
         places.append(f"Hugging Face hub ({unreachable or 'offline'})")
         return None
     try:
-        found = datasets.load_dataset(source, subset, streaming=True, **options)
+        hub_id = source if builder else "hf://datasets/" + source  # never a local folder
+        found = datasets.load_dataset(hub_id, subset, streaming=True, **options)
     except (ConnectionError, FileNotFoundError, HFValidationError) as exc:
         offline = "Offline" in str(exc) or datasets.config.HF_HUB_OFFLINE
         reason = "offline" if offline else _first_line(exc)

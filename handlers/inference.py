@@ -11,11 +11,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from handlers.access import require_deploy
+from handlers.access import MODELS, PROJECTS, require_deploy, require_read
 from handlers.batching import Work
 from handlers.capacity import Capacity, Stopped
 from handlers.classic.predict import ClassicPredictor
 from handlers.errors import PgmlError
+from handlers.files import rights_of
 from handlers.functions import Args, CallContext
 from handlers.predictor import Predictor, generation_options
 from handlers.projects import Catalog, check_strategy, missing_model, missing_project
@@ -43,7 +44,7 @@ async def _serve(
         groups[(args[0], options)].append(index)
     results: list[Any] = [None] * len(batch)
     for (project, options), indexes in groups.items():
-        _, predictor = await ctx.services.deployed(ctx.database, project)
+        _, predictor = await ctx.services.deployed(ctx.database, project, rights=rights_of(ctx))
         if isinstance(predictor, ClassicPredictor):
             raise PgmlError(
                 "0A000",
@@ -141,6 +142,7 @@ async def deploy_strategy(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     await ctx.services.ensure_catalog(ctx.database)
     catalog: Catalog = await ctx.services.catalog(ctx.database)
     rows = []
+    await require_read(ctx.session, [PROJECTS, MODELS])
     for project_name, strategy, algorithm in batch:
         check_strategy(strategy)
         project = await catalog.project(project_name)
@@ -156,6 +158,7 @@ async def deploy_model(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
     await ctx.services.ensure_catalog(ctx.database)
     catalog: Catalog = await ctx.services.catalog(ctx.database)
     rows = []
+    await require_read(ctx.session, [MODELS, PROJECTS])
     for (model_id,) in batch:
         project = await catalog.model_project(int(model_id))
         await require_deploy(ctx.session, project, missing_model(int(model_id)))

@@ -301,6 +301,11 @@ class ModelCache:
         entry.calls += 1
         return entry.value
 
+    def peek(self, key: Hashable) -> Any | None:
+        """The model under ``key`` if it is loaded, else None; not counted as a use."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry.value
+
     def discard(self, key: Hashable) -> None:
         """Forget ``key`` (a redeployed project's old model); its memory is counted until freed."""
         entry = self._entries.pop(key, None)

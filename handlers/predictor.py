@@ -37,8 +37,11 @@ DEFAULT_NEW_TOKENS = 64
 PIPELINE_OPTIONS = frozenset({"return_full_text"})
 
 
-async def load_predictor(services: Any, folder: Path, name: str) -> Predictor:
-    """The model in ``folder`` ready to serve; an adapter goes on its shared base model."""
+async def load_predictor(services: Any, folder: Path, name: str, rights: FileRights) -> Predictor:
+    """The model in ``folder`` ready to serve; an adapter goes on its shared base model,
+    found as if the caller had named it: ``--allow-models`` and the caller's ``rights``
+    decide (the name was only checked for whoever tuned it, and the manifest is a row of
+    the catalog that its project's owners may write)."""
     from handlers.classic.predict import ClassicPredictor, is_classic
 
     if is_classic(folder):
@@ -50,9 +53,8 @@ async def load_predictor(services: Any, folder: Path, name: str) -> Predictor:
         whole: Predictor = await services.run(Predictor.load, folder, manifest, device)
         return whole
     if not manifest.base_model:
-        raise PgmlError("XX000", f"the adapter in {folder} names no base model")
-    recorded = FileRights(services.file_roots, anywhere=True)  # checked when it was tuned
-    path = await services.resolve_model(manifest.base_model, rights=recorded)
+        raise PgmlError("22023", f"the adapter of {name} names no base model")
+    path = await services.resolve_model(manifest.base_model, rights=rights)
     key = ("base", str(path), manifest.task, len(manifest.labels), manifest.quantization)
 
     async def load_base() -> SharedBase:
@@ -168,6 +170,9 @@ class Predictor:
         self.model = model
         self.device = device
         self.adapter = adapter
+        self.base_model = manifest.base_model if adapter is not None else None
+        """The base model an adapter is served on: every caller's rights over it are
+        checked, loaded or not."""
         self._lock = lock
         self._torch = torch
 

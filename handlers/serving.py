@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from handlers.allowlist import ModelPolicy
+from handlers.artifact import served_base
 from handlers.batching import Batcher, Work
 from handlers.capacity import INFERENCE_THREADS, Capacity, Limits, Stopped
 from handlers.deployments import DeploymentCache
@@ -255,14 +256,26 @@ class Services:
         assert self.deployments is not None  # there is a service connection
         return await self.deployments.deployed(database, catalog, project)
 
-    async def deployed(self, database: str, project: str) -> tuple[Deployed, Any]:
-        """The project's deployed model and its loaded predictor, switched on redeploys."""
+    async def served_base(self, database: str, deployed: Deployed) -> str | None:
+        """The base model the deployed adapter is served on (None: it is not an adapter),
+        from the loaded model or else its manifest (its files restored from ``pgml.files``
+        when this proxy has no copy yet)."""
+        loaded = self.models.peek(self._deployed_key(database, deployed))
+        if loaded is not None:
+            return getattr(loaded, "base_model", None)
+        folder = await self._local_copy(await self.catalog(database), database, deployed)
+        return await self.run(served_base, folder)
+
+    async def deployed(
+        self, database: str, project: str, *, rights: FileRights
+    ) -> tuple[Deployed, Any]:
+        """The project's deployed model and its loaded predictor, switched on redeploys.
+        The base model of an adapter is the caller's to have read (``rights``), checked on
+        every call, loaded or not."""
         deployed = await self.deployment(database, project)
         catalog = await self.catalog(database)
         slot = (database, deployed.project.id)
-        # a model's id with its creation time: a catalog dropped and created again
-        # numbers its models from 1 again
-        key = ("deployed", database, deployed.model_id, deployed.created_at)
+        key = self._deployed_key(database, deployed)
         previous = self._deployed.get(slot)
         if previous is not None and previous != key:
             self.models.discard(previous)  # callers keep their ref
@@ -277,13 +290,23 @@ class Services:
         async def load() -> Any:
             from handlers.predictor import load_predictor
 
-            predictor = await load_predictor(self, folder[0], f"model_{deployed.model_id}")
+            name = f"model_{deployed.model_id}"
+            predictor = await load_predictor(self, folder[0], name, rights)
             log.info("loaded model %d of project %s on %s", deployed.model_id, project, self.device)
             return predictor
 
         name = f"{project} (model {deployed.model_id})"
         loaded = await self.models.get(key, load, name=name, kind="project", estimate=estimate)
+        base = getattr(loaded, "base_model", None)
+        if base is not None:
+            self.check_model(base, rights=rights)
         return deployed, loaded
+
+    @staticmethod
+    def _deployed_key(database: str, deployed: Deployed) -> tuple[Any, ...]:
+        """A deployed model's key in the model cache: its id with its creation time (a
+        catalog dropped and created again numbers its models from 1 again)."""
+        return ("deployed", database, deployed.model_id, deployed.created_at)
 
     async def _local_copy(self, catalog: Catalog, database: str, deployed: Deployed) -> Path:
         """The model's folder on local disk, restored from ``pgml.files`` when missing."""

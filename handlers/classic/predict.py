@@ -15,6 +15,7 @@ from handlers.classic import storage
 from handlers.classic.algorithms import CLASSIFICATION, DECOMPOSITION
 from handlers.classic.fit import MANIFEST_FILE
 from handlers.errors import PgmlError, invalid_argument
+from handlers.files import rights_of
 from handlers.functions import Args, CallContext
 
 
@@ -172,7 +173,7 @@ async def _serve(
         groups[project].append(index)
     results: list[Any] = [None] * len(batch)
     for project, indexes in groups.items():
-        _, predictor = await ctx.services.deployed(ctx.database, project)
+        _, predictor = await ctx.services.deployed(ctx.database, project, rights=rights_of(ctx))
         if not isinstance(predictor, ClassicPredictor):
             raise PgmlError(
                 "0A000",

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from handlers.access import DEPLOYMENTS, MODELS, PROJECTS, Role, require
+from handlers.access import (
+    CATALOG_READS,
+    DEPLOYMENTS,
+    MODELS,
+    PROJECTS,
+    Role,
+    require,
+    require_read,
+)
 from handlers.classic.algorithms import (
     REGRESSION,
     SUPERVISED,
@@ -108,6 +116,7 @@ async def _train(
     services = ctx.services
     await services.ensure_catalog(ctx.database)
     catalog: Catalog = await services.catalog(ctx.database)
+    await require_read(ctx.session, CATALOG_READS)
     existing = await catalog.project(project_name)
     deploys = automatic_deploy is not False
     caller = await _require(ctx, existing, deploys)

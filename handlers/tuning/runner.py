@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.errors import PgmlError
+from handlers.tuning.failures import INTERNAL
 from handlers.tuning.launch import RANK_FAILED, describe_exit, rank_log
 
 log = logging.getLogger("pgml_proxy.training")
@@ -150,8 +151,9 @@ def _worker_error(
 
     A process killed by a signal is the cause whatever the others then reported (a
     worker whose peer vanished fails in its next collective); else a worker's own
-    exception; else how a process exited; a rank ended by SIGTERM last, as the launcher
-    stops every other rank with it once one has failed.  A killed launcher is the cause
+    exception, with the SQLSTATE the worker gave it (:mod:`handlers.tuning.failures`);
+    else how a process exited; a rank ended by SIGTERM last, as the launcher stops every
+    other rank with it once one has failed.  A killed launcher is the cause
     of all.  ``tail`` is the launcher's own output."""
     ranks = [f for f in failures if f.get("kind") == RANK_FAILED]
     raised = [f for f in failures if f.get("kind") != RANK_FAILED]
@@ -169,13 +171,10 @@ def _worker_error(
         return _exit_error(code, "the training worker", detail)
     if cause in raised:
         kind, message = cause.get("kind"), cause.get("message")
-        sqlstate = "53200" if kind in OUT_OF_MEMORY else "XX000"
+        sqlstate = str(cause.get("sqlstate", INTERNAL))
         return PgmlError(sqlstate, f"training failed: {kind}: {message}", detail=detail)
     return _exit_error(int(cause.get("exitcode", 1)), _process(cause, processes), detail)
 
-
-OUT_OF_MEMORY = frozenset({"MemoryError", "OutOfMemoryError"})
-"""Exceptions of a worker that mean memory ran out (SQLSTATE 53200, as PostgreSQL's)."""
 
 SIGNAL_HINTS: dict[int, str] = {
     signal.SIGKILL: "SIGKILL is what the kernel's out-of-memory killer sends (unless someone "

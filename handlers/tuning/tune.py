@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from handlers.access import require_tune
+from handlers.access import CATALOG_READS, require_read, require_tune
 from handlers.artifact import TASKS
 from handlers.errors import PgmlError, invalid_argument, unsupported
 from handlers.files import FileRights, rights_of, with_rights
@@ -60,6 +60,7 @@ async def _tune(
     services = ctx.services
     await services.ensure_catalog(ctx.database)
     catalog: Catalog = await services.catalog(ctx.database)
+    await require_read(ctx.session, CATALOG_READS)
     existing = await catalog.project(project_name)
     deploys = automatic_deploy is not False
     caller = await require_tune(ctx.session, existing, deploys)

@@ -51,8 +51,11 @@ def main(argv: list[str]) -> int:
         outcome = train(Job.read(Path(argv[1])), emit)
     except Exception as exc:  # reported to the proxy, which fails the call with it
         traceback.print_exc()
+        from handlers.tuning.failures import sqlstate_of
+
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        emit(event="error", kind=type(exc).__name__, message=lines[0], rank=rank)
+        kind = type(exc).__name__
+        emit(event="error", kind=kind, message=lines[0], sqlstate=sqlstate_of(exc), rank=rank)
         return 1
     leave_process_group()
     emit(event="done", **outcome)

@@ -606,3 +606,61 @@ def test_sql_straight_to_the_catalog_meets_the_owner_rule(
     finally:
         direct.execute("DELETE FROM pgml.deployments WHERE id = 424242")
     assert deployed(direct, project) == first
+
+
+# --- USAGE on schema pgml ---------------------------------------------------------------------
+
+SCHEMA_DENIED = ("42501", "permission denied for schema pgml")
+
+
+@pytest.fixture
+def no_usage(cluster: PostgresCluster) -> Iterator[None]:
+    """Schema pgml used only by those granted USAGE (the superuser keeps it)."""
+    cluster.psql("REVOKE USAGE ON SCHEMA pgml FROM PUBLIC")
+    yield
+    cluster.psql("GRANT USAGE ON SCHEMA pgml TO PUBLIC")
+
+
+def test_without_usage_on_schema_pgml_no_catalog_row_is_read(
+    tuner: ProxyProcess,
+    cluster: PostgresCluster,
+    direct: psycopg.Connection[Any],
+    project: str,
+    reviews: str,
+    roles: Roles,
+    grants: Callable[[str], None],
+    no_usage: None,
+) -> None:
+    """Every call that reads the catalog for a role without USAGE on schema pgml fails as
+    the same read straight to PostgreSQL does, grants on the tables notwithstanding; the
+    catalog is unchanged, and USAGE granted lets the same calls through."""
+    straight = fail_with_psycopg(cluster.dsn(roles.alice), "SELECT * FROM pgml.projects")
+    assert (straight.sqlstate, straight.message) == SCHEMA_DENIED
+    grants(f"GRANT SELECT, INSERT ON pgml.projects, pgml.models, pgml.deployments TO {roles.alice}")
+    grants(f"GRANT {roles.team} TO {roles.alice}")
+    alice = tuner.dsn(roles.alice)
+    name = lit(project)
+    calls = [
+        PREDICT.format(project=name),
+        PREDICT.format(project="'no such project'"),
+        f"SELECT pgml.predict({name}, t) FROM (VALUES ('a'), ('b')) AS v(t)",
+        f"SELECT pgml.predict_proba({name}, ARRAY['a', 'b'])",
+        f"SELECT pgml.generate({name}, 'x')",
+        f"SELECT * FROM pgml.deploy({name}, 'most_recent')",
+        f"SELECT * FROM pgml.deploy({models(direct, project)[0]})",
+        "SELECT * FROM pgml.deploy('no such project', 'most_recent')",
+        f"SELECT * FROM pgml.deploy({10**12})",
+        tune_sql(project, reviews),
+        tune_sql(unique("new"), reviews),
+        f"SELECT * FROM pgml.train({name}, 'classification', {lit(reviews)}, 'label')",
+        f"SELECT * FROM pgml.train({lit(unique('new'))}, 'regression', {lit(reviews)}, 'label')",
+    ]
+    for sql in calls:
+        for client in CLIENTS.values():
+            failure = refused(client, alice, sql, direct)
+            assert (failure.sqlstate, failure.message) == SCHEMA_DENIED, (sql, failure)
+    with psycopg.connect(alice, autocommit=True) as conn:  # Parse and Describe too
+        made = conn.pgconn.prepare(b"probe", f"SELECT pgml.predict({name}, $1)".encode())
+        assert made.error_field(pq.DiagnosticField.SQLSTATE) == b"42501"
+    grants(f"GRANT USAGE ON SCHEMA pgml TO {roles.alice}")
+    assert ok(alice, PREDICT.format(project=name))[0][0] in (0.0, 1.0)

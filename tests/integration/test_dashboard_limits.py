@@ -365,6 +365,29 @@ def test_a_database_without_the_catalog_shows_an_empty_dashboard(lab: Lab) -> No
     assert not lab.has_catalog("nocatalog")
 
 
+def test_without_usage_on_schema_pgml_every_page_is_refused(lab: Lab) -> None:
+    """A role without USAGE on schema pgml reads no catalog row through the dashboard:
+    each page that reads the catalog answers PostgreSQL's own refusal (403)."""
+    carol = logged_in(lab.base, "carol")
+    lab.server.psql("REVOKE USAGE ON SCHEMA pgml FROM PUBLIC")
+    try:
+        token = carol.csrf("/loaded")
+        replies = [
+            carol.get("/"),
+            carol.get("/jobs"),
+            carol.get("/projects/1"),
+            carol.get("/models/1"),
+            carol.post("/projects/1/deploy", {"model_id": "1", "csrf": token}),
+            carol.post("/jobs/1/cancel", {"csrf": token}),
+        ]
+        for reply in replies:
+            assert reply.status == 403, reply.body
+            assert "permission denied for schema pgml" in reply.body
+        assert logged_in(lab.base, "postgres").get("/").status == 200
+    finally:
+        lab.server.psql("GRANT USAGE ON SCHEMA pgml TO PUBLIC")
+
+
 # --- /metrics ------------------------------------------------------------------------------
 
 

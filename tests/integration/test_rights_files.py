@@ -102,6 +102,7 @@ def proxy(cluster: PostgresCluster, layout: dict[str, Path]) -> Iterator[ProxyPr
         "--models-dir",
         str(layout["models"]),
         env=OFFLINE,
+        cwd=layout["root"],  # which holds the files outside the folders
     ).start()
     yield process
     process.stop()
@@ -259,7 +260,7 @@ def test_links_and_dots_out_of_the_datasets_folder(
     before = state(direct, layout)
     for source in ("leak", "leak_dir", str(layout["datasets"] / "leak_dir" / "secret.csv")):
         refused(proxy, loader, load_sql(source))
-    climbed = refused(proxy, loader, load_sql("../outside/secret.csv"))  # from the proxy's cwd
+    climbed = refused(proxy, loader, load_sql("../outside/secret.csv"))  # from the datasets
     nothing = refused(proxy, loader, load_sql("../outside/nothing.csv"))
     assert climbed.diag.message_detail == nothing.diag.message_detail
     dotted = refused(proxy, loader, load_sql(str(layout["datasets"]) + "/../outside/secret.csv"))
@@ -270,6 +271,37 @@ def test_links_and_dots_out_of_the_datasets_folder(
     granted()
     assert rows(proxy, loader, load_sql("leak")) == [("leak", 1)]
     direct.execute("DROP TABLE pgml.leak")
+
+
+@pytest.mark.parametrize(
+    ("source", "kwargs"),
+    [
+        ("outside", None),
+        ("outside/secret.csv", None),
+        ("cwd.csv", None),
+        ("cwd", None),
+        ("csv", {"data_files": "cwd.csv", "split": "train"}),
+        ("csv", {"data_dir": "outside", "split": "train"}),
+    ],
+)
+def test_nothing_is_read_from_the_proxys_working_directory(
+    proxy: ProxyProcess,
+    loader: str,
+    layout: dict[str, Path],
+    direct: psycopg.Connection[Any],
+    granted: Callable[[], None],
+    source: str,
+    kwargs: dict[str, Any] | None,
+) -> None:
+    """The proxy runs in the test's root folder: what lies there is no dataset, not even
+    for a role that may read any server file; a relative path is the datasets folder's."""
+    (layout["root"] / "cwd.csv").write_text(SECRET)
+    granted()
+    before = state(direct, layout)
+    for user in (loader, "postgres"):
+        error = refused(proxy, user, load_sql(source, kwargs), "42704")
+        assert str(layout["root"]) not in str(error.diag.message_detail)
+    assert state(direct, layout) == before
 
 
 def test_errors_name_no_server_folder(
@@ -327,6 +359,83 @@ def test_a_loaded_model_is_checked_again(
     task = {"task": "text-classification", "model": str(layout["outside"] / "model")}
     assert rows(proxy, "postgres", transform_sql(task))
     refused(proxy, loader, transform_sql(task))
+
+
+def store_adapter(direct: psycopg.Connection[Any], project: str, base: Path, work: Path) -> None:
+    """A project whose deployed model is a LoRA adapter on ``base``, as ``pgml.tune`` stores
+    one (written here by the superuser, as a role that may read ``base`` would tune it)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from handlers.artifact import ADAPTER, Manifest
+
+    model = AutoModelForSequenceClassification.from_pretrained(base)
+    config = LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["q_lin", "v_lin"])
+    folder = work / project
+    get_peft_model(model, config).save_pretrained(folder)
+    labels = ["NEGATIVE", "POSITIVE"]
+    Manifest("text-classification", 32, 8, labels, kind=ADAPTER, base_model=str(base)).write(folder)
+    (project_id,) = direct.execute(
+        "INSERT INTO pgml.projects (name, task) VALUES (%s, 'text-classification') RETURNING id",
+        [project],
+    ).fetchone() or (None,)
+    (snapshot_id,) = direct.execute(
+        "INSERT INTO pgml.snapshots (relation_name, y_column_name, status, analysis) "
+        """VALUES ('reviews', ARRAY['label'], 'successful', '{"label_type": "text"}') """
+        "RETURNING id"
+    ).fetchone() or (None,)
+    (model_id,) = direct.execute(
+        "INSERT INTO pgml.models (project_id, snapshot_id, algorithm, status) "
+        "VALUES (%s, %s, %s, 'successful') RETURNING id",
+        [project_id, snapshot_id, str(base)],
+    ).fetchone() or (None,)
+    for path in sorted(folder.iterdir()):
+        direct.execute(
+            "INSERT INTO pgml.files (model_id, path, part, data) VALUES (%s, %s, 0, %s)",
+            [model_id, path.name, path.read_bytes()],
+        )
+    direct.execute(
+        "INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES (%s, %s, 'new')",
+        [project_id, model_id],
+    )
+
+
+def test_a_served_adapters_base_model_is_checked_for_each_caller(
+    cluster: PostgresCluster,
+    proxy: ProxyProcess,
+    loader: str,
+    layout: dict[str, Path],
+    direct: psycopg.Connection[Any],
+    granted: Callable[[], None],
+    tmp_path: Path,
+) -> None:
+    """An adapter tuned on a server path is served to a role only as that role could name
+    the path itself, whether this proxy has loaded it or not."""
+    project = f"adapter_{uuid.uuid4().hex[:6]}"
+    store_adapter(direct, project, layout["outside"] / "model", tmp_path)
+    predict = f"SELECT pgml.predict({lit(project)}, 'I love SQL')"
+    per_row = f"SELECT pgml.predict({lit(project)}, t) FROM (VALUES ('a'), ('b')) AS v(t)"
+    first = refused(proxy, loader, predict)  # not loaded yet
+    assert first.diag.message_primary == (
+        f'permission denied to read server file "{layout["outside"] / "model"}"'
+    )
+    assert rows(proxy, "postgres", predict)[0][0] in ("NEGATIVE", "POSITIVE")
+    refused(proxy, loader, predict)  # loaded by the superuser
+    refused(proxy, loader, per_row)
+    granted()
+    assert rows(proxy, loader, predict)[0][0] in ("NEGATIVE", "POSITIVE")
+    assert len(rows(proxy, loader, per_row)) == 2
+    with psycopg.connect(proxy.dsn(loader), autocommit=True) as conn:
+        assert conn.execute(predict).fetchall()  # served: the check rides with statements now
+        cluster.psql(
+            f"REVOKE pg_read_server_files FROM {loader}; REVOKE SELECT ON pgml.models FROM PUBLIC"
+        )
+        try:
+            with pytest.raises(psycopg.Error) as caught:  # the project's refusal comes first
+                conn.execute(predict)
+        finally:
+            cluster.psql("GRANT SELECT ON pgml.models TO PUBLIC")
+        assert caught.value.diag.message_primary == "permission denied for table models"
 
 
 @pytest.mark.parametrize("value", [1, "yes", "true", 1.5, None, [True]])

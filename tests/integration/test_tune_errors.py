@@ -464,6 +464,15 @@ CASES = [
         no_model=True,
     ),
     Case(
+        "hyperparameter-the-trainer-refuses",
+        "22023",
+        ("training failed: TypeError: ", "unexpected keyword argument 'nope'"),
+        {
+            "hyperparams": """'{"num_train_epochs": 1, "lr_scheduler_type": """
+            """"cosine_with_restarts", "lr_scheduler_kwargs": {"nope": 1}}'"""
+        },
+    ),
+    Case(
         "lora-task-type-chosen-by-the-proxy",
         "22023",
         ('lora_config key "task_type" is chosen by pgml-proxy',),

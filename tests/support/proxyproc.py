@@ -19,15 +19,24 @@ ROOT = Path(__file__).resolve().parents[2]
 class ProxyProcess:
     """``python -m proxy`` with the given flags; its log goes to a file tests can read.
     ``module`` runs another entry point of the same command line (benchmarks use one that
-    changes the proxy first)."""
+    changes the proxy first); ``cwd`` is its working directory (this checkout's code runs
+    wherever that is)."""
 
     def __init__(
-        self, *args: str, env: dict[str, str] | None = None, module: str = "proxy"
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        module: str = "proxy",
+        cwd: Path = ROOT,
     ) -> None:
         self.module = module
         self.port = free_port()
         self.args = ["--port", str(self.port), *args]
         self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        if cwd != ROOT:
+            paths = [str(ROOT), *filter(None, [self.env.get("PYTHONPATH")])]
+            self.env["PYTHONPATH"] = os.pathsep.join(paths)
         self.log_path = Path(tempfile.mkstemp(prefix="pgml-proxy-", suffix=".log")[1])
         self.process: subprocess.Popen[str] | None = None
         self.ready_line = ""
@@ -38,7 +47,7 @@ class ProxyProcess:
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", self.module, *self.args],
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdout=subprocess.PIPE,
                 stderr=log,

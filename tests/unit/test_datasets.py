@@ -413,12 +413,14 @@ def test_malformed_kwargs(tmp_path: Path, kwargs: Any) -> None:
 
 def test_folders_without_loadable_data(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    assert "no data files" in expect_error("22023", "empty", None, None, {}, None).message
+    empty = str(tmp_path / "empty")
+    assert "no data files" in expect_error("22023", empty, None, None, {}, None).message
     (tmp_path / "scripted").mkdir()
     (tmp_path / "scripted" / "scripted.py").write_text("raise SystemExit\n")
-    expect_error("0A000", "scripted", None, None, {}, None)
+    expect_error("0A000", str(tmp_path / "scripted"), None, None, {}, None)
     (tmp_path / "notes.txt").write_text("hello\n")
-    assert "unknown type" in expect_error("0A000", "notes.txt", None, None, {}, None).message
+    notes = str(tmp_path / "notes.txt")
+    assert "unknown type" in expect_error("0A000", notes, None, None, {}, None).message
 
 
 def test_unknown_subset_of_a_saved_dataset(mirror: Path) -> None:
@@ -491,12 +493,31 @@ def test_kwargs_that_name_paths_go_through_the_same_rule(
         refused(rights, source, None, None, text, mirror)
 
 
-@pytest.mark.parametrize("kwargs", [{"data_files": "secret.csv"}, {"data_dir": "."}])
-def test_a_builders_relative_paths_are_the_working_directorys(
-    mirror: Path, kwargs: dict[str, Any]
+@pytest.mark.parametrize("kwargs", [{"data_files": "../secret.csv"}, {"data_dir": ".."}])
+def test_a_builders_relative_paths_are_the_datasets_folders(
+    mirror: Path, outside: Path, kwargs: dict[str, Any]
 ) -> None:
     rights = FileRights.of(mirror).with_answer(False, "loader")
     refused(rights, "csv", None, None, kwargs, mirror)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"data_files": "secret.csv"}, {"data_dir": "."}, {"cache_dir": "cache"}]
+)
+def test_a_relative_path_needs_a_folder_it_is_relative_to(
+    outside: Path, kwargs: dict[str, Any]
+) -> None:
+    """Without a datasets folder a relative path is refused, even for a caller who may
+    read any server file: it would be the working directory's (here ``secret.csv``'s)."""
+    expect_error("22023", "csv", None, None, kwargs, None)
+
+
+@pytest.mark.parametrize("source", ["secret.csv", "secret", "./secret.csv"])
+def test_nothing_is_looked_up_in_the_working_directory(
+    mirror: Path, outside: Path, source: str
+) -> None:
+    expect_error("42704", source, None, None, {}, mirror)
+    expect_error("42704" if source != "./secret.csv" else "22023", source, None, None, {}, None)
 
 
 def test_relative_kwargs_paths_may_not_climb_out_of_a_local_folder(

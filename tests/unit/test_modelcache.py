@@ -84,6 +84,18 @@ def test_least_recently_used_idle_model_is_evicted() -> None:
     asyncio.run(scenario())
 
 
+def test_peek_is_not_a_use() -> None:
+    async def scenario() -> None:
+        cache = ModelCache(MemorySetting(bytes=bytes_of(250)))
+        a = await cache.get("a", load(100))
+        calls = cache.loaded()[0].calls
+        assert cache.peek("a") is a and cache.peek("b") is None
+        assert cache.loaded()[0].calls == calls
+        assert cache.touch("a") is a and cache.loaded()[0].calls == calls + 1
+
+    asyncio.run(scenario())
+
+
 def test_a_model_in_use_is_never_evicted() -> None:
     async def scenario() -> None:
         cache = ModelCache(MemorySetting(bytes=bytes_of(250)))

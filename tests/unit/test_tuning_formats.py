@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import handlers.tuning
 from handlers.artifact import ADAPTER, FULL, Manifest, fingerprint, hub_revision
 from handlers.errors import PgmlError
 from handlers.tuning.adapters import (
@@ -21,6 +22,7 @@ from handlers.tuning.adapters import (
     lora_config,
     new_modules,
 )
+from handlers.tuning.failures import sqlstate_of
 from handlers.tuning.launch import rank_log
 from handlers.tuning.options import TuneOptions, parse_hyperparams, training_argument_names
 from handlers.tuning.runner import _worker_error, launch_command, launch_environment
@@ -372,7 +374,14 @@ def test_a_killed_process_is_the_cause_not_what_its_peers_then_said() -> None:
         ),
         (
             1,
-            {"kind": "OutOfMemoryError", "message": "CUDA out of memory"},
+            {"kind": "TypeError", "message": "unexpected keyword", "sqlstate": "22023"},
+            1,
+            "training failed: TypeError: unexpected keyword",
+            "22023",
+        ),
+        (
+            1,
+            {"kind": "OutOfMemoryError", "message": "CUDA out of memory", "sqlstate": "53200"},
             1,
             "training failed: OutOfMemoryError: CUDA out of memory",
             "53200",
@@ -452,3 +461,46 @@ def test_deepspeed_needs_its_package() -> None:
         return
     error = raises("0A000", lambda: _check_training_arguments(found, "cpu", FileRights()))
     assert "deepspeed" in error.message
+
+
+def _raised_in(filename: str, error: Exception) -> Exception:
+    """``error`` as raised by code in ``filename``."""
+    scope: dict[str, Any] = {}
+    exec(compile("def fail(e):\n    raise e\n", filename, "exec"), scope)
+    try:
+        scope["fail"](error)
+    except Exception as raised:
+        return raised
+    raise AssertionError("not raised")
+
+
+def _raised_in_a_library(error: Exception) -> Exception:
+    return _raised_in("/venv/site-packages/transformers/trainer.py", error)
+
+
+def _raised_in_the_proxy(error: Exception) -> Exception:
+    return _raised_in(str(Path(handlers.tuning.__file__).parent / "training.py"), error)
+
+
+@pytest.mark.parametrize(
+    ("error", "sqlstate"),
+    [
+        (_raised_in_a_library(TypeError("unexpected keyword argument 'nope'")), "22023"),
+        (_raised_in_a_library(ValueError("fp16 needs a GPU")), "22023"),
+        (_raised_in_a_library(ValueError("Column 'label' not in the dataset")), "42703"),
+        (_raised_in_a_library(KeyError("column text is missing")), "42703"),
+        (_raised_in_a_library(PermissionError("denied")), "42501"),
+        (_raised_in_a_library(MemoryError()), "53200"),
+        (_raised_in_a_library(NotImplementedError("no")), "0A000"),
+        (_raised_in_a_library(FileNotFoundError("gone")), "58P01"),
+        (_raised_in_a_library(ModuleNotFoundError("bitsandbytes")), "0A000"),
+        (_raised_in_a_library(OSError("disk full")), "58030"),
+        (_raised_in_a_library(RuntimeError("Connection closed by peer")), "58000"),
+        (_raised_in_the_proxy(PgmlError("22P02", "bad")), "22P02"),
+        (_raised_in_the_proxy(TypeError("a bug")), "XX000"),
+        (_raised_in_the_proxy(KeyError("task")), "XX000"),
+        (_raised_in_a_library(KeyError("task")), "XX000"),
+    ],
+)
+def test_a_workers_exception_has_a_fitting_sqlstate(error: Exception, sqlstate: str) -> None:
+    assert sqlstate_of(error) == sqlstate
