@@ -799,6 +799,16 @@ def test_clustering_assigns_rows_as_scikit_learn(db: psycopg.Connection[Any]) ->
             hyperparams={"n_clusters": 3, "random_state": 0},
         )
         assert later[:3] == (project, CLUSTERING, "mini_batch_kmeans")
+        default = train(db, project, hyperparams={"n_clusters": 3, "random_state": 0})
+        assert default[:3] == (project, CLUSTERING, "kmeans")  # PostgresML's for "linear"
+        birch = train(
+            db, project, algorithm="birch", hyperparams={"n_clusters": 3}, test_sampling="last"
+        )
+        assert birch[:3] == (project, CLUSTERING, "birch")
+        db.execute("SELECT * FROM pgml.deploy(%s, 'most_recent', 'birch')", [project])
+        reference = cluster.Birch(n_clusters=3).fit(x[: len(x) - round(len(x) / 4)])
+        inputs, predicted = per_row(db, project, view, IRIS)
+        np.testing.assert_array_equal(predicted, reference.predict(inputs))
         with pytest.raises(errors.FeatureNotSupported, match="needs a classification model"):
             db.execute(f"SELECT pgml.predict_proba('{project}', ARRAY[5.1, 3.5, 1.4, 0.2])")
     finally:
@@ -894,12 +904,11 @@ def test_decomposition_transforms_as_scikit_learn(db: psycopg.Connection[Any]) -
     try:
         x = np.array([[float(v) for v in row] for row in rows(db, f"SELECT * FROM {view}")])
         project = unique("components")
-        found = train(
+        found = train(  # no algorithm: PostgresML's "linear" means pca here
             db,
             project,
             task="decomposition",
             relation_name=view,
-            algorithm="pca",
             hyperparams={"n_components": 2},
             test_sampling="last",
         )
