@@ -925,8 +925,10 @@ def test_decomposition_transforms_as_scikit_learn(db: psycopg.Connection[Any]) -
         assert metrics(db, project)["cumulative_explained_variance"] == pytest.approx(
             sum(reference.explained_variance_ratio_), rel=1e-4
         )
+        (first,) = db.execute(f"SELECT pgml.predict('{project}', ARRAY[1, 2, 3, 4])").fetchone()
+        assert first == pytest.approx(reference.transform([[1, 2, 3, 4]])[0][0], rel=1e-4)
         with pytest.raises(errors.FeatureNotSupported, match=r"use pgml\.decompose"):
-            db.execute(f"SELECT pgml.predict('{project}', ARRAY[1, 2, 3, 4])")
+            db.execute(f"SELECT pgml.predict_proba('{project}', ARRAY[1, 2, 3, 4])")
     finally:
         db.execute(f"DROP VIEW {view}")
 
