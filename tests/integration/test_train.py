@@ -939,3 +939,47 @@ def test_decompose_needs_a_decomposition_project(
     project, _ = iris_model
     with pytest.raises(errors.FeatureNotSupported, match="needs a decomposition project"):
         db.execute(f"SELECT pgml.decompose('{project}', ARRAY[1, 2, 3, 4])")
+
+
+def test_target_encoding_equals_scikit_learns(db: psycopg.Connection[Any]) -> None:
+    """``encode: target`` is scikit-learn's TargetEncoder over the text's codes."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import TargetEncoder
+
+    view = unique("iris_species")
+    species = "(ARRAY['setosa', 'versicolor', 'virginica'])[target + 1]"
+    db.execute(
+        f"CREATE VIEW {view} AS SELECT sepal_width, {species} AS species, sepal_length "
+        f"FROM {SHUFFLED}"
+    )
+    try:
+        project = unique("target_encoded")
+        train(
+            db,
+            project,
+            task="regression",
+            relation_name=view,
+            y_column_name="sepal_length",
+            test_sampling="last",
+            preprocess={"species": {"encode": "target"}},
+        )
+        found = rows(db, f"SELECT sepal_width, species, sepal_length FROM {view}")
+        codes = {"setosa": 0.0, "versicolor": 1.0, "virginica": 2.0}
+        x = np.array([[float(w), codes[s]] for w, s, _ in found])
+        y = np.array([float(v) for *_, v in found])
+        train_x, train_y, _ = _split(x, y)
+        prepare = ColumnTransformer(
+            [("t", TargetEncoder(random_state=0), [1])], remainder="passthrough"
+        )
+        reference = Pipeline([("p", prepare), ("m", linear_model.LinearRegression())])
+        reference.fit(train_x, train_y)
+        predicted = [
+            v
+            for (v,) in rows(
+                db, f"SELECT pgml.predict('{project}', (sepal_width, species)) FROM {view}"
+            )
+        ]
+        np.testing.assert_allclose(predicted, reference.predict(x), rtol=1e-4, atol=1e-4)
+    finally:
+        db.execute(f"DROP VIEW {view}")
