@@ -33,17 +33,20 @@ def save(estimator: Any, folder: Path, algorithm: str) -> None:
 
 def load(folder: Path, task: str, algorithm: str, classes: list[float]) -> Any:
     """The fitted estimator, as the library restores it (a lightgbm booster wrapped to
-    predict as its scikit-learn estimator does)."""
+    predict as its scikit-learn estimator does).  xgboost predicts on one thread: its
+    OpenMP threads spin for a while after every batch, taking the cores from the event
+    loop and PostgreSQL (a batch of rows took 40 times as long)."""
     path = folder / FILES[algorithm]
     if algorithm == "lightgbm":
         import lightgbm
 
         return LightGBMModel(lightgbm.Booster(model_file=path), task, classes)
-    estimator = estimator_class(task, algorithm)()
     if algorithm == "catboost":
+        estimator = estimator_class(task, algorithm)()
         estimator.load_model(str(path), format="cbm")
-    else:
-        estimator.load_model(path)
+        return estimator
+    estimator = estimator_class(task, algorithm)(n_jobs=1)
+    estimator.load_model(path)
     return estimator
 
 
