@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.artifact import KEY_METRICS
+from handlers.classic.algorithms import TASKS as CLASSIC_TASKS
 from handlers.projects import Project
 from handlers.secrets import without_secrets
 
@@ -42,6 +43,15 @@ class ModelRow:
     updated_at: Any
     snapshot_id: int | None = None
     deployed: bool = False
+    runtime: str | None = None
+    search: str | None = None
+    search_params: dict[str, Any] = field(default_factory=dict)
+    search_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classic(self) -> bool:
+        """A model of ``pgml.train`` (an algorithm, not a tuned base model)."""
+        return self.task in CLASSIC_TASKS
 
     @property
     def before(self) -> dict[str, Any]:
@@ -50,7 +60,16 @@ class ModelRow:
 
     @property
     def after(self) -> dict[str, Any]:
-        return {k: v for k, v in self.metrics.items() if k != "before_tuning"}
+        return {k: v for k, v in self.metrics.items() if k not in _NOT_METRICS}
+
+    @property
+    def searched(self) -> list[tuple[dict[str, Any], Any]]:
+        """A search's candidates and their mean cross-validated scores, best first."""
+        found = self.metrics.get("search_results")
+        if not isinstance(found, dict):
+            return []
+        pairs = zip(found.get("params", []), found.get("mean_test_score", []), strict=False)
+        return sorted(pairs, key=lambda p: -p[1] if isinstance(p[1], int | float) else 0)
 
     @property
     def key(self) -> str:
@@ -72,6 +91,10 @@ class ProjectRow:
     @property
     def key(self) -> str:
         return key_metric(self.task)[0]
+
+    @property
+    def classic(self) -> bool:
+        return self.task in CLASSIC_TASKS
 
     @property
     def record(self) -> Project:
@@ -102,6 +125,9 @@ class Job:
         return min(1.0, self.last_step / self.max_steps)
 
 
+_NOT_METRICS = frozenset({"before_tuning", "search_results"})
+"""Entries of a model's metrics that are not figures of the model."""
+
 _DEPLOYED = (
     "(SELECT d.model_id FROM pgml.deployments AS d WHERE d.project_id = p.id "
     "ORDER BY d.created_at DESC, d.id DESC LIMIT 1)"
@@ -111,7 +137,9 @@ _DEPLOYED = (
 _MODEL_SELECT = (
     "SELECT m.id, m.project_id, p.name AS project, p.task, m.algorithm, m.status, "
     "m.hyperparams::text AS hyperparams, m.metrics::text AS metrics, m.error, m.created_at, "
-    f"m.updated_at, m.snapshot_id, m.id IS NOT DISTINCT FROM {_DEPLOYED} AS deployed "
+    f"m.updated_at, m.snapshot_id, m.id IS NOT DISTINCT FROM {_DEPLOYED} AS deployed, "
+    "m.runtime, m.search, m.search_params::text AS search_params, "
+    "m.search_args::text AS search_args "
     "FROM pgml.models AS m JOIN pgml.projects AS p ON p.id = m.project_id "
 )
 
@@ -131,6 +159,10 @@ def _model(row: Any) -> ModelRow:
         updated_at=row["updated_at"],
         snapshot_id=row["snapshot_id"],
         deployed=bool(row["deployed"]),
+        runtime=row["runtime"],
+        search=row["search"],
+        search_params=_json(row["search_params"]),
+        search_args=_json(row["search_args"]),
     )
 
 
@@ -197,13 +229,21 @@ async def snapshot(pool: Any, snapshot_id: int | None) -> dict[str, Any] | None:
         return None
     row = await pool.fetchrow(
         "SELECT id, relation_name, y_column_name, test_size, test_sampling, rows, checksum, "
-        "materialized, analysis::text AS analysis FROM pgml.snapshots WHERE id = $1",
+        "materialized, analysis::text AS analysis, columns::text AS columns "
+        "FROM pgml.snapshots WHERE id = $1",
         snapshot_id,
     )
     if row is None:
         return None
     found = dict(row)
     found["analysis"] = _json(found["analysis"])
+    labels = set(found["y_column_name"] or [])
+    columns = _json(found.pop("columns"))
+    found["features"] = (  # by name: JSONB keeps no order
+        sorted((name, kind) for name, kind in columns.items() if name not in labels)
+        if isinstance(columns, dict)
+        else []
+    )
     return found
 
 

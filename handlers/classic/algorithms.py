@@ -70,10 +70,14 @@ ESTIMATORS: dict[str, dict[str, str]] = {
         "kernel_ridge": "sklearn.kernel_ridge.KernelRidge",
     }
     | {name: paths[0] for name, paths in _BOTH.items()},
-    CLASSIFICATION: {"linear": _LINEAR + "LogisticRegression"}
+    CLASSIFICATION: {
+        "linear": _LINEAR + "LogisticRegression",
+        "perceptron": _LINEAR + "Perceptron",
+    }
     | {name: paths[1] for name, paths in _BOTH.items()},
     CLUSTERING: {
         "affinity_propagation": "sklearn.cluster.AffinityPropagation",
+        "birch": "sklearn.cluster.Birch",
         "kmeans": "sklearn.cluster.KMeans",
         "mini_batch_kmeans": "sklearn.cluster.MiniBatchKMeans",
         "mean_shift": "sklearn.cluster.MeanShift",
@@ -82,6 +86,10 @@ ESTIMATORS: dict[str, dict[str, str]] = {
 }
 """Import paths of the estimators, by task and PostgresML algorithm name (the clustering
 algorithms that can assign new rows to their clusters)."""
+
+LINEAR_STANDS_FOR = {CLUSTERING: "kmeans", DECOMPOSITION: "pca"}
+"""What PostgresML trains for ``linear`` (``pgml.train``'s default algorithm) in the tasks
+that have no linear model."""
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "lightgbm": {"verbose": -1},
@@ -111,8 +119,11 @@ def normalise_task(task: str) -> str:
 
 
 def check_algorithm(task: str, algorithm: str) -> str:
-    """The algorithm's name as recorded; 22023 when the task has no such algorithm."""
+    """The algorithm's name as recorded (``linear`` read as :data:`LINEAR_STANDS_FOR` says);
+    22023 when the task has no such algorithm."""
     name = algorithm.strip().lower()
+    if name == "linear":
+        name = LINEAR_STANDS_FOR.get(task, name)
     if name not in ESTIMATORS[task]:
         raise invalid_argument(
             f'unknown algorithm "{algorithm}" for {task}',

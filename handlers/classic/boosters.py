@@ -33,17 +33,20 @@ def save(estimator: Any, folder: Path, algorithm: str) -> None:
 
 def load(folder: Path, task: str, algorithm: str, classes: list[float]) -> Any:
     """The fitted estimator, as the library restores it (a lightgbm booster wrapped to
-    predict as its scikit-learn estimator does)."""
+    predict as its scikit-learn estimator does).  xgboost and lightgbm predict on one
+    thread: their OpenMP threads spin for a while after every batch, taking the cores from
+    the event loop and PostgreSQL."""
     path = folder / FILES[algorithm]
     if algorithm == "lightgbm":
         import lightgbm
 
         return LightGBMModel(lightgbm.Booster(model_file=path), task, classes)
-    estimator = estimator_class(task, algorithm)()
     if algorithm == "catboost":
+        estimator = estimator_class(task, algorithm)()
         estimator.load_model(str(path), format="cbm")
-    else:
-        estimator.load_model(path)
+        return estimator
+    estimator = estimator_class(task, algorithm)(n_jobs=1)
+    estimator.load_model(path)
     return estimator
 
 
@@ -60,11 +63,11 @@ class LightGBMModel:
         import numpy as np
 
         if self.task != CLASSIFICATION:
-            return self.booster.predict(x)
+            return self.booster.predict(x, num_threads=1)
         return np.array(self.classes)[np.argmax(self.predict_proba(x), axis=1)]
 
     def predict_proba(self, x: Any) -> Any:
         import numpy as np
 
-        found = self.booster.predict(x)
+        found = self.booster.predict(x, num_threads=1)
         return np.vstack((1.0 - found, found)).T if found.ndim == 1 else found

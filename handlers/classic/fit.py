@@ -196,7 +196,7 @@ def fit(table: Table, job: Job, folder: Path) -> Fitted:
     if table.joint:
         model, wrapped = _several_labels(model, job.algorithm)
         prefix = "estimator__" if wrapped else ""
-    prepare = transformer(job.preprocess, layout["positions"])
+    prepare = transformer(job.preprocess, layout["positions"], layout["categories"])
     if prepare is not None:
         from sklearn.pipeline import Pipeline
 

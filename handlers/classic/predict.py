@@ -88,8 +88,11 @@ class ClassicPredictor:
             )
 
     def predict(self, rows: list[list[float]], _stopped: Any = None) -> list[float]:
+        """Each row's prediction; a decomposition's first component, as PostgresML gives."""
         import numpy as np
 
+        if self.task == DECOMPOSITION:
+            return [row[0] for row in self.decompose(rows)]
         with self.lock:
             found = np.asarray(self.model.predict(np.array(rows, dtype=float))).ravel()
         if self.labels is not None:
@@ -180,15 +183,17 @@ async def _serve(
                 f'project "{project}" is {predictor.task}: pgml.{operation} takes its input '
                 "as text",
             )
-        if (operation == "decompose") != (predictor.task == DECOMPOSITION):
+        if operation == "decompose" and predictor.task != DECOMPOSITION:
             raise PgmlError(
                 "0A000",
                 f'project "{project}" is {predictor.task}: '
-                + (
-                    "pgml.decompose needs a decomposition project"
-                    if operation == "decompose"
-                    else f"use pgml.decompose, not pgml.{operation}"
-                ),
+                "pgml.decompose needs a decomposition project",
+            )
+        if predictor.task == DECOMPOSITION and operation not in ("decompose", "predict"):
+            raise PgmlError(
+                "0A000",
+                f'project "{project}" is {predictor.task}: '
+                f"use pgml.decompose, not pgml.{operation}",
             )
         if (operation == "predict_joint") != bool(predictor.joint):
             raise PgmlError(

@@ -4,12 +4,13 @@ scaled, as scikit-learn transformers over the column's features."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.errors import PgmlError, invalid_argument
+from handlers.errors import invalid_argument
 
-ENCODINGS = ("native", "ordinal", "one_hot")
+ENCODINGS = ("native", "ordinal", "one_hot", "target")
 IMPUTERS = {"mean": "mean", "median": "median", "mode": "most_frequent", "zero": "constant"}
 SCALERS = {
     "preserve": None,
@@ -47,8 +48,6 @@ def parse_preprocess(value: Any, columns: list[str]) -> dict[str, ColumnSteps]:
         encode = str(steps.get("encode", "native"))
         impute = steps.get("impute")
         scale = str(steps.get("scale", "preserve"))
-        if encode == "target":
-            raise PgmlError("0A000", "target encoding is not supported; use ordinal or one_hot")
         for what, given, known in (
             ("encode", encode, ENCODINGS),
             ("impute", impute, (None, *IMPUTERS)),
@@ -63,9 +62,12 @@ def parse_preprocess(value: Any, columns: list[str]) -> dict[str, ColumnSteps]:
     return found
 
 
-def transformer(steps: dict[str, ColumnSteps], positions: dict[str, list[int]]) -> Any:
-    """A ColumnTransformer imputing and scaling the named columns' features (the others
-    pass through); None when no column asks for either."""
+def transformer(
+    steps: dict[str, ColumnSteps], positions: dict[str, list[int]], text: Collection[str]
+) -> Any:
+    """A ColumnTransformer imputing, target-encoding (scikit-learn's ``TargetEncoder`` over
+    the codes of the ``text`` columns) and scaling the named columns' features (the others
+    pass through); None when no column asks for any."""
     from sklearn import preprocessing
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
@@ -76,6 +78,8 @@ def transformer(steps: dict[str, ColumnSteps], positions: dict[str, list[int]]) 
         chain: list[Any] = []
         if step.impute is not None:
             chain.append(SimpleImputer(strategy=IMPUTERS[step.impute], fill_value=0.0))
+        if step.encode == "target" and column in text:
+            chain.append(preprocessing.TargetEncoder(random_state=0))
         scaler = SCALERS[step.scale]
         if scaler is not None:
             chain.append(getattr(preprocessing, scaler)())

@@ -48,7 +48,25 @@ def save(model: Any, folder: Path, algorithm: str) -> None:
         if prepare is not None:
             _dump(prepare, folder / MODEL_FILE, algorithm)
     else:
-        _dump(model, folder / MODEL_FILE, algorithm)
+        _dump(_storable(model), folder / MODEL_FILE, algorithm)
+
+
+def _storable(model: Any) -> Any:
+    """``model``, with a fitted ``Birch`` (whose tree of nodes skops cannot store) replaced
+    by what its ``predict`` consults: a one-nearest-neighbour classifier over its subcluster
+    centres and their labels, which assigns every row as ``Birch.predict`` does."""
+    from sklearn.cluster import Birch
+    from sklearn.neighbors import KNeighborsClassifier
+
+    estimator = model[-1] if hasattr(model, "steps") else model
+    if not isinstance(estimator, Birch):
+        return model
+    nearest = KNeighborsClassifier(n_neighbors=1, algorithm="brute")
+    nearest.fit(estimator.subcluster_centers_, estimator.subcluster_labels_)
+    if hasattr(model, "steps"):
+        model.steps[-1] = (model.steps[-1][0], nearest)
+        return model
+    return nearest
 
 
 def _dump(model: Any, path: Path, algorithm: str) -> None:

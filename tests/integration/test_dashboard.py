@@ -708,3 +708,56 @@ def test_browser_cancel_from_the_jobs_page(
     assert isinstance(call.error, psycopg.Error) and call.error.sqlstate == "57014"
     assert stopped_in < 5
     assert models_of(direct, project) == [(model_id, "cancelled", "cancelled from the dashboard")]
+
+
+def test_browser_classic_models(site: Site, browser: Any, tmp_path: Path) -> None:
+    """Models of pgml.train beside tuned ones: their algorithm, metrics, hyperparameters,
+    search results and feature columns."""
+    from selenium.webdriver.common.by import By
+
+    project = f"{EVIL_NAME} iris {uuid.uuid4().hex[:8]}"
+    with psycopg.connect(site.proxy.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT pgml.load_dataset('iris')")
+        conn.execute(
+            "SELECT * FROM pgml.train(%s, 'classification', 'pgml.iris', 'target')", [project]
+        )
+        conn.execute(
+            "SELECT * FROM pgml.train(%s, algorithm => 'random_forest', hyperparams => "
+            """'{"random_state": 0}', search => 'grid', search_params => """
+            """'{"n_estimators": [2, 4], "max_depth": [1, 2]}')""",
+            [project],
+        )
+        rows = conn.execute(
+            "SELECT p.id, m.id FROM pgml.projects AS p JOIN pgml.models AS m "
+            "ON m.project_id = p.id WHERE p.name = %s ORDER BY m.id",
+            [project],
+        ).fetchall()
+    project_id, (linear, forest) = rows[0][0], [m for _, m in rows]
+    browser_log_in(browser, site.base)
+    browser.get(site.base)
+    assert project in browser.find_element(By.ID, "projects").text
+    browser.get(f"{site.base}/projects/{project_id}")
+    headers = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#models th")]
+    assert headers[:6] == ["Model", "Status", "Algorithm", "f1", "Search", "Fit time (s)"]
+    cells = browser.find_element(By.CSS_SELECTOR, f'tr[data-model="{forest}"]').text
+    assert "random_forest" in cells and "grid" in cells
+    assert "linear" in browser.find_element(By.CSS_SELECTOR, f'tr[data-model="{linear}"]').text
+    screenshot(browser, tmp_path / "classic-project.png")
+
+    browser.get(f"{site.base}/models/{forest}")
+    assert browser.find_element(By.ID, "algorithm").text == "random_forest"
+    metrics = browser.find_element(By.ID, "metrics").text
+    assert all(name in metrics for name in ("f1", "accuracy", "roc_auc", "fit_time"))
+    assert "search_results" not in metrics and "Before tuning" not in metrics
+    hyperparams = browser.find_element(By.ID, "hyperparams").text
+    assert "n_estimators" in hyperparams and "random_state" in hyperparams
+    assert browser.find_element(By.ID, "search").text.startswith("grid search over")
+    candidates = browser.find_elements(By.CSS_SELECTOR, "#search-results tbody tr")
+    assert len(candidates) == 4
+    features = [
+        r.find_elements(By.TAG_NAME, "td")[0].text
+        for r in browser.find_elements(By.CSS_SELECTOR, "#features tbody tr")
+    ]
+    assert features == ["petal_length", "petal_width", "sepal_length", "sepal_width"]
+    assert not browser.find_elements(By.ID, "curves")  # no training curves for an algorithm
+    screenshot(browser, tmp_path / "classic-model.png")

@@ -799,6 +799,16 @@ def test_clustering_assigns_rows_as_scikit_learn(db: psycopg.Connection[Any]) ->
             hyperparams={"n_clusters": 3, "random_state": 0},
         )
         assert later[:3] == (project, CLUSTERING, "mini_batch_kmeans")
+        default = train(db, project, hyperparams={"n_clusters": 3, "random_state": 0})
+        assert default[:3] == (project, CLUSTERING, "kmeans")  # PostgresML's for "linear"
+        birch = train(
+            db, project, algorithm="birch", hyperparams={"n_clusters": 3}, test_sampling="last"
+        )
+        assert birch[:3] == (project, CLUSTERING, "birch")
+        db.execute("SELECT * FROM pgml.deploy(%s, 'most_recent', 'birch')", [project])
+        reference = cluster.Birch(n_clusters=3).fit(x[: len(x) - round(len(x) / 4)])
+        inputs, predicted = per_row(db, project, view, IRIS)
+        np.testing.assert_array_equal(predicted, reference.predict(inputs))
         with pytest.raises(errors.FeatureNotSupported, match="needs a classification model"):
             db.execute(f"SELECT pgml.predict_proba('{project}', ARRAY[5.1, 3.5, 1.4, 0.2])")
     finally:
@@ -894,12 +904,11 @@ def test_decomposition_transforms_as_scikit_learn(db: psycopg.Connection[Any]) -
     try:
         x = np.array([[float(v) for v in row] for row in rows(db, f"SELECT * FROM {view}")])
         project = unique("components")
-        found = train(
+        found = train(  # no algorithm: PostgresML's "linear" means pca here
             db,
             project,
             task="decomposition",
             relation_name=view,
-            algorithm="pca",
             hyperparams={"n_components": 2},
             test_sampling="last",
         )
@@ -916,8 +925,10 @@ def test_decomposition_transforms_as_scikit_learn(db: psycopg.Connection[Any]) -
         assert metrics(db, project)["cumulative_explained_variance"] == pytest.approx(
             sum(reference.explained_variance_ratio_), rel=1e-4
         )
+        (first,) = db.execute(f"SELECT pgml.predict('{project}', ARRAY[1, 2, 3, 4])").fetchone()
+        assert first == pytest.approx(reference.transform([[1, 2, 3, 4]])[0][0], rel=1e-4)
         with pytest.raises(errors.FeatureNotSupported, match=r"use pgml\.decompose"):
-            db.execute(f"SELECT pgml.predict('{project}', ARRAY[1, 2, 3, 4])")
+            db.execute(f"SELECT pgml.predict_proba('{project}', ARRAY[1, 2, 3, 4])")
     finally:
         db.execute(f"DROP VIEW {view}")
 
@@ -928,3 +939,47 @@ def test_decompose_needs_a_decomposition_project(
     project, _ = iris_model
     with pytest.raises(errors.FeatureNotSupported, match="needs a decomposition project"):
         db.execute(f"SELECT pgml.decompose('{project}', ARRAY[1, 2, 3, 4])")
+
+
+def test_target_encoding_equals_scikit_learns(db: psycopg.Connection[Any]) -> None:
+    """``encode: target`` is scikit-learn's TargetEncoder over the text's codes."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import TargetEncoder
+
+    view = unique("iris_species")
+    species = "(ARRAY['setosa', 'versicolor', 'virginica'])[target + 1]"
+    db.execute(
+        f"CREATE VIEW {view} AS SELECT sepal_width, {species} AS species, sepal_length "
+        f"FROM {SHUFFLED}"
+    )
+    try:
+        project = unique("target_encoded")
+        train(
+            db,
+            project,
+            task="regression",
+            relation_name=view,
+            y_column_name="sepal_length",
+            test_sampling="last",
+            preprocess={"species": {"encode": "target"}},
+        )
+        found = rows(db, f"SELECT sepal_width, species, sepal_length FROM {view}")
+        codes = {"setosa": 0.0, "versicolor": 1.0, "virginica": 2.0}
+        x = np.array([[float(w), codes[s]] for w, s, _ in found])
+        y = np.array([float(v) for *_, v in found])
+        train_x, train_y, _ = _split(x, y)
+        prepare = ColumnTransformer(
+            [("t", TargetEncoder(random_state=0), [1])], remainder="passthrough"
+        )
+        reference = Pipeline([("p", prepare), ("m", linear_model.LinearRegression())])
+        reference.fit(train_x, train_y)
+        predicted = [
+            v
+            for (v,) in rows(
+                db, f"SELECT pgml.predict('{project}', (sepal_width, species)) FROM {view}"
+            )
+        ]
+        np.testing.assert_allclose(predicted, reference.predict(x), rtol=1e-4, atol=1e-4)
+    finally:
+        db.execute(f"DROP VIEW {view}")
