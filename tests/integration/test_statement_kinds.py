@@ -104,9 +104,7 @@ def test_with_no_data_creates_the_table_and_runs_no_model(
     assert answers[1] == answers[0]
 
 
-def test_merge_actions_are_refused_with_the_way_that_works(
-    proxy: ProxyProcess, docs: str
-) -> None:
+def test_merge_actions_are_refused_with_the_way_that_works(proxy: ProxyProcess, docs: str) -> None:
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
             conn.execute(
