@@ -1,6 +1,6 @@
 """A pgml statement that reads writes nothing: it runs in READ ONLY transactions, for
-roles without TEMP, and with a hot standby as the upstream (a PostgreSQL 15 primary and
-its streaming replica, built here).  Statements that write get PostgreSQL's 25006 there."""
+roles without TEMP, and with a hot standby as the upstream (a primary of the system's
+PostgreSQL, 15 on Debian 12, and its streaming replica, built here).  Statements that write get PostgreSQL's 25006 there."""
 
 from __future__ import annotations
 
@@ -12,14 +12,21 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.conftest import missing_tool
 from tests.integration._pgml import MODEL, create_docs, start_proxy, unique
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
-PG15 = Path("/usr/lib/postgresql/15/bin")
-pytestmark = pytest.mark.skipif(
-    not (PG15 / "pg_basebackup").exists(), reason="PostgreSQL 15 binaries are missing"
-)
+def _system_postgresql() -> Path | None:
+    """The system's PostgreSQL binaries (Debian's package: 15 on Debian 12), newest first."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_basebackup"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    return found[-1].parent if found else None
+
+
+SYSTEM_BIN = _system_postgresql()
 
 READS = [
     "SELECT id, pgml.embed('{model}', body) FROM {docs} ORDER BY id",
@@ -42,7 +49,9 @@ written, with PostgreSQL's own 25006."""
 
 @pytest.fixture(scope="module")
 def primary() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster(bin_dir=PG15).start()
+    if SYSTEM_BIN is None:
+        missing_tool("the system's PostgreSQL (pg_basebackup) is not installed")
+    cluster = PostgresCluster(bin_dir=SYSTEM_BIN).start()
     yield cluster
     cluster.stop()
 
