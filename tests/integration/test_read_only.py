@@ -1,6 +1,7 @@
 """A pgml statement that reads writes nothing: it runs in READ ONLY transactions, for
 roles without TEMP, and with a hot standby as the upstream (a primary of the system's
-PostgreSQL, 15 on Debian 12, and its streaming replica, built here).  Statements that write get PostgreSQL's 25006 there."""
+PostgreSQL, 15 on Debian 12, and its streaming replica, built here).  Statements that
+write get PostgreSQL's 25006 there."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests.conftest import missing_tool
 from tests.integration._pgml import MODEL, create_docs, start_proxy, unique
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
+
 
 def _system_postgresql() -> Path | None:
     """The system's PostgreSQL binaries (Debian's package: 15 on Debian 12), newest first."""
