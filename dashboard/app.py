@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
@@ -40,6 +41,7 @@ from dashboard.metrics import Exporter
 from dashboard.throttle import Throttled
 from handlers.access import require_cancel, require_deploy
 from handlers.errors import PgmlError
+from handlers.modelcache import LoadedModel
 
 if TYPE_CHECKING:
     from handlers.modelcache import ModelCache
@@ -585,7 +587,7 @@ class Dashboard:
         return self._page(
             request,
             "loaded.html",
-            models=[] if cache is None else cache.loaded(),
+            models=[] if cache is None else await self._known(request, cache.loaded()),
             budget=None if cache is None else cache.known_budget,
             used=0 if cache is None else cache.used,
             counts=None
@@ -596,6 +598,21 @@ class Dashboard:
                 "out of memory": cache.out_of_memory,
             },
         )
+
+    async def _known(self, request: web.Request, loaded: list[LoadedModel]) -> list[LoadedModel]:
+        """The loaded models the role may know of: a project's only when it can see the
+        project; a model named by a path on the server's disk without its path."""
+        visible = {p.name for p in await queries.projects(await self._reader(request))}
+        shown = []
+        for model in loaded:
+            if model.kind == "project":
+                if model.project() in visible:
+                    shown.append(model)
+            elif model.name.startswith(("/", ".", "~")):
+                shown.append(replace(model, name="(a model folder on the proxy's disk)"))
+            else:
+                shown.append(model)
+        return shown
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         model_id = self._id(request)

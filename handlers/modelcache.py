@@ -235,6 +235,15 @@ class Entry:
 class LoadedModel:
     """What the dashboard and ``/metrics`` show of one entry."""
 
+    @staticmethod
+    def project_entry(project: str, model_id: int) -> str:
+        """The name a project's loaded model is shown by."""
+        return f"{project} (model {model_id})"
+
+    def project(self) -> str:
+        """The project of a ``project`` entry, from its name."""
+        return self.name.rsplit(" (model ", 1)[0]
+
     name: str
     kind: str
     bytes: int

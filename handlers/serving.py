@@ -23,7 +23,7 @@ from handlers.device import pick_device
 from handlers.errors import PgmlError
 from handlers.files import FileRights, with_rights
 from handlers.functions import CallContext
-from handlers.modelcache import MemorySetting, ModelCache, weights_bytes
+from handlers.modelcache import LoadedModel, MemorySetting, ModelCache, weights_bytes
 from handlers.models import ModelNotFound, ModelResolver, unreadable, unreadable_errors
 from handlers.projects import Catalog, Deployed
 from handlers.service import ServiceConnections
@@ -295,7 +295,7 @@ class Services:
             log.info("loaded model %d of project %s on %s", deployed.model_id, project, self.device)
             return predictor
 
-        name = f"{project} (model {deployed.model_id})"
+        name = LoadedModel.project_entry(project, deployed.model_id)
         loaded = await self.models.get(key, load, name=name, kind="project", estimate=estimate)
         base = getattr(loaded, "base_model", None)
         if base is not None:

@@ -350,6 +350,9 @@ def test_alice_sees_only_what_her_grants_let_her_see(
     )
     alice = logged_in(site.base, roles.alice)
     assert site.project.split()[-1] in alice.get("/").body  # PUBLIC may read the catalog
+    with psycopg.connect(site.proxy.dsn(), autocommit=True) as conn:  # the model is loaded
+        conn.execute("SELECT pgml.predict(%s, 'I love SQL')", [site.project]).fetchall()
+    assert site.project.split()[-1] in alice.get("/loaded").body
     cluster.psql(
         "ALTER TABLE pgml.projects ENABLE ROW LEVEL SECURITY; "
         "CREATE POLICY owners ON pgml.projects USING (pg_has_role(owner, 'MEMBER'))"
@@ -362,7 +365,9 @@ def test_alice_sees_only_what_her_grants_let_her_see(
         )
         assert alice.get(f"/projects/{site.project_id}").status == 404
         assert alice.get(f"/models/{site.models[0]}").status == 404
+        assert site.project.split()[-1] not in alice.get("/loaded").body  # nor its model
         assert site.project.split()[-1] in site.admin.get("/").body  # the superuser sees all
+        assert site.project.split()[-1] in site.admin.get("/loaded").body
         cluster.psql("REVOKE SELECT ON pgml.models FROM PUBLIC")
         refused = alice.get("/")
         assert refused.status == 403 and "permission denied for table models" in refused.body
