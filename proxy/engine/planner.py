@@ -303,6 +303,8 @@ def _parse(sql: str) -> Parsed | None:
     calls = find_calls(tree, tokens)
     if not calls:
         return None
+    if isinstance(tree, exp.Select) and isinstance(tree.args.get("into"), exp.Into):
+        return _parse(explain + _as_create_table(SqlText(sql, tokens), tree, tree.args["into"]))
     if isinstance(tree, exp.Create) and str(tree.args.get("kind", "")).upper() == "VIEW":
         raise unsupported(
             "pgml functions cannot be called in a view definition",
@@ -320,6 +322,23 @@ def _parse(sql: str) -> Parsed | None:
         _analyzes(explain),
         without_data,
     )
+
+
+_INTO = re.compile(
+    r"\bINTO\s+(?:(TEMPORARY|TEMP|UNLOGGED)\s+)?(?:TABLE\s+)?$", re.IGNORECASE | re.DOTALL
+)
+
+
+def _as_create_table(sql: SqlText, select: exp.Select, into: exp.Into) -> str:
+    """``SELECT ... INTO [TEMP | UNLOGGED] [TABLE] t ...`` as PostgreSQL reads it: ``CREATE
+    [TEMP | UNLOGGED] TABLE t AS SELECT ...`` (the same command tag, ``SELECT n``)."""
+    start, end = sql.span(into.this)
+    found = _INTO.search(sql.text, 0, start)
+    if found is None:
+        raise unsupported("pgml functions cannot be called in this SELECT ... INTO")
+    kind = f"{found.group(1).upper()} " if found.group(1) else ""
+    table = sql.text[start:end]
+    return f"CREATE {kind}TABLE {table} AS {sql.text[: found.start()]}{sql.text[end:]}"
 
 
 MAX_NESTING = 2048

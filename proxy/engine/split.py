@@ -68,11 +68,6 @@ def _is_rows_level(call: CallSite, select: exp.Select, grouped: bool) -> bool | 
 
 
 def _plan_select(sql: SqlText, select: exp.Select, calls: list[CallSite]) -> ScopeStep:
-    if select.args.get("into") is not None:
-        raise unsupported(
-            "pgml functions cannot be called in SELECT ... INTO",
-            hint="Use CREATE TABLE ... AS SELECT pgml...(...) FROM ... instead.",
-        )
     layout = sql.select_layout(select)
     grouped = _grouped(select)
     levels = {}
