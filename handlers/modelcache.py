@@ -342,6 +342,8 @@ class ModelCache:
         self._loading[key] = pending
         label = name or _name(key)
         try:
+            if self._budget is None:  # picking the device imports PyTorch: off the loop
+                await asyncio.to_thread(self.device)
             loaded = await self._load(key, label, kind, load, estimate)
         except BaseException as exc:
             del self._loading[key]

@@ -4,6 +4,7 @@ and a CUDA out-of-memory failing one call."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -205,5 +206,30 @@ def test_a_load_larger_than_its_estimate_is_dropped_when_no_room(
             assert [m.name for m in cache.loaded()] == ["a"]
             cache.collect()
             assert cache.used == bytes_of(100)
+
+    asyncio.run(scenario())
+
+
+def test_picking_the_device_leaves_the_event_loop_free() -> None:
+    """The first load picks the device (PyTorch's import: seconds) off the event loop."""
+
+    def slow_device() -> str:
+        time.sleep(0.5)
+        return "cpu"
+
+    async def scenario() -> None:
+        cache = ModelCache(MemorySetting(bytes=bytes_of(250)), slow_device)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        running = asyncio.ensure_future(ticker())
+        await cache.get("a", load(10))
+        running.cancel()
+        assert ticks >= 20  # the loop turned while the device was picked
 
     asyncio.run(scenario())
