@@ -602,7 +602,9 @@ class Dashboard:
     async def _known(self, request: web.Request, loaded: list[LoadedModel]) -> list[LoadedModel]:
         """The loaded models the role may know of: a project's only when it can see the
         project; a model named by a path on the server's disk without its path."""
-        visible = {p.name for p in await queries.projects(await self._reader(request))}
+        visible: set[str] = set()
+        if any(model.kind == "project" for model in loaded):  # else no connection is needed
+            visible = {p.name for p in await queries.projects(await self._reader(request))}
         shown = []
         for model in loaded:
             if model.kind == "project":

@@ -17,7 +17,7 @@ from typing import Any
 from proxy.engine.names import own
 from proxy.wire import codec
 from proxy.wire.codec import Backend, Column, Frontend, Message
-from proxy.wire.replies import RELAYED, Expected, ReplyQueue
+from proxy.wire.replies import RELAYED, Expected, ReplyQueue, ends_session
 
 NOTHING: frozenset[int] = frozenset()
 ABORT_NAME = own("abort")
@@ -50,7 +50,9 @@ class ServerError(Exception):
 
     def for_client(self) -> bytes:
         """The ErrorResponse for the client: without a position that points into SQL
-        the proxy wrote."""
+        the proxy wrote; nothing for a FATAL one, which the reply queue has forwarded."""
+        if ends_session(self.message.raw):
+            return b""
         return self.message.raw if self.own_text else codec.moved_position(self.message.raw, None)
 
     @property

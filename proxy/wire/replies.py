@@ -25,6 +25,7 @@ from proxy.wire.codec import (
     Message,
     ProtocolViolation,
     moved_position,
+    parse_error_fields,
 )
 
 LOCAL = -1
@@ -53,6 +54,13 @@ _ENDED_BY_ERROR = frozenset(ANSWERED - {Frontend.SYNC, Frontend.QUERY, Frontend.
 _SYNC_POINTS = frozenset({Frontend.SYNC, Frontend.QUERY, Frontend.FUNCTION_CALL})
 _ASYNC = frozenset({Backend.NOTICE, Backend.NOTIFICATION, Backend.PARAMETER_STATUS})
 """Sent at any time, whatever is being answered: always the client's."""
+
+
+def ends_session(error: bytes) -> bool:
+    """Whether an ErrorResponse is FATAL or PANIC (the server closes the connection):
+    forwarded to the client whoever asked, so the client hears why its session ended."""
+    return parse_error_fields(error[5:]).get("V") in ("FATAL", "PANIC")
+
 
 EVERYTHING = frozenset(range(256))
 
@@ -283,6 +291,8 @@ class ReplyQueue:
                 if mtype == Backend.ERROR and entry is not None and entry.position != 0:
                     raw = moved_position(raw, entry.position)
                 out.append(raw)
+            elif mtype == Backend.ERROR and ends_session(raw):
+                out.append(moved_position(raw, None))  # the server's last word is the client's
             self._advance(mtype, Message(mtype, raw), routed_to_sink=not forward)
             pos = end
             self._drain_local(out, force=True)
