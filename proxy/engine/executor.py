@@ -214,6 +214,8 @@ class Execution:
                 work.cancel()
                 with contextlib.suppress(BaseException):
                     await work
+            elif not work.cancelled():
+                work.exception()  # retrieved: it failed as the statement was given up
 
     async def _deadline(self) -> float:
         """When the statement times out (``inf``: never), by its ``statement_timeout``."""
