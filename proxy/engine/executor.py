@@ -54,6 +54,7 @@ from proxy.engine.upstream import (
     Upstream,
 )
 from proxy.wire import codec, encoding
+from proxy.wire.replies import ends_session
 
 log = logging.getLogger("pgml_proxy.executor")
 
@@ -206,7 +207,7 @@ class Execution:
                         await reply
                 return _result(work)
             self.stopped = failure  # the handler stops by itself, as for a client's cancel
-            if not _ends_session(failure):
+            if not (isinstance(failure, ServerError) and ends_session(failure.message.raw)):
                 await asyncio.wait([work], timeout=_GRACE)
             raise failure
         finally:
@@ -436,11 +437,6 @@ def _result(work: asyncio.Future[list[Any]]) -> list[Any]:
         if found is None:
             raise
         raise found from error
-
-
-def _ends_session(error: Exception) -> bool:
-    """A FATAL error (pg_terminate_backend): the client hears of it before the end."""
-    return isinstance(error, ServerError) and error.fields.get("V") in ("FATAL", "PANIC")
 
 
 async def _settled(reply: Reply) -> None:

@@ -19,7 +19,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
@@ -57,7 +57,9 @@ _READS_ROWS = (
 )
 """What an item around a call may not hold: its value must follow from the calls' alone."""
 _VOLATILE = (exp.Anonymous, exp.Rand, exp.Uuid)
-"""Functions in an item that may give another value for the same input."""
+"""Functions in an item that may give another value for the same input (a function
+sqlglot does not know may be one): without them, the item's value follows from its
+calls' values, so it is written once for each set of them."""
 
 
 @dataclass(eq=False)
@@ -97,15 +99,16 @@ def fits(parsed: Parsed, step: ScopeStep) -> bool:
     if parsed.text[:start].strip() or parsed.text[end:].strip(" \t\r\n;"):
         return False
     calls = {id(c.node) for c in step.calls}
-    return all(_follows_from_calls(item, calls) for item in step.null_items())
+    return all(_holds_none(item, calls, _READS_ROWS) for item in step.null_items())
 
 
-def _follows_from_calls(node: exp.Expr, calls: set[int]) -> bool:
+def _holds_none(node: exp.Expr, calls: set[int], kinds: tuple[type, ...]) -> bool:
+    """Whether ``node`` holds nothing of ``kinds`` outside the calls in it."""
     if id(node) in calls:
         return True
-    if isinstance(node, _READS_ROWS):
+    if isinstance(node, kinds):
         return False
-    return all(_follows_from_calls(child, calls) for child in node.iter_expressions())
+    return all(_holds_none(child, calls, kinds) for child in node.iter_expressions())
 
 
 async def plan(execution: Execution, parsed: Parsed, step: ScopeStep) -> Inline | None:
@@ -139,20 +142,10 @@ async def plan(execution: Execution, parsed: Parsed, step: ScopeStep) -> Inline 
         f"WITH ORDINALITY AS u({names}) ORDER BY u.n"
     )
     calls = {id(r.call.node) for r in rows}
-    reusable = all(_repeatable(item, calls) for item in step.null_items())
+    reusable = all(_holds_none(item, calls, _VOLATILE) for item in step.null_items())
     return Inline(
         statement, rows, width, items_at, arguments, formatting, reusable, [{} for _ in rows]
     )
-
-
-def _repeatable(node: exp.Expr, calls: set[int]) -> bool:
-    """Whether the item gives the same value for the same values of its calls: nothing in
-    it but the calls is volatile (a function sqlglot does not know may be)."""
-    if id(node) in calls:
-        return True
-    if isinstance(node, _VOLATILE):
-        return False
-    return all(_repeatable(child, calls) for child in node.iter_expressions())
 
 
 def _read(kind: str) -> str:
@@ -303,7 +296,7 @@ async def _evaluate(
         raise PgmlError(
             "XX000", f"{row.call.sql_name} returned {len(results)} values for {len(given)} rows"
         )
-    encoded = await off_loop(_encoded, row.returns, results)
+    encoded = await off_loop(values.encode_all, row.returns, results)
     batch = {key: encoded[index] for key, index in fresh.items()}
     values_now = [None if key is None else batch.get(key, known.get(key)) for key in keys]
     if not row.varies:
@@ -311,10 +304,6 @@ async def _evaluate(
             known.clear()
         known.update(batch)
     return values_now
-
-
-def _encoded(kind: str, results: list[Any]) -> list[str | None]:
-    return [values.encode(kind, r) for r in results]
 
 
 def _rows(

@@ -266,7 +266,7 @@ async def _fill(
         execution.check_cancel()
         metrics.record_rows(row.call.sql_name, len(tuples), len(results_now))
         if results_now:  # a batch of vectors is megabytes of text: written off the loop
-            encoded = await off_loop(_encoded, row.returns, results_now)
+            encoded = await off_loop(values.encode_all, row.returns, results_now)
             written.append(
                 execution.request(
                     f"INSERT INTO {results} SELECT u.i, CAST(u.v AS {row.returns}) FROM "
@@ -330,10 +330,6 @@ def _group_columns(slots: list[Slot], columns: list[Column]) -> list[list[Column
         groups.append(columns[position : position + width])
         position += width
     return groups
-
-
-def _encoded(kind: str, results: list[Any]) -> list[str | None]:
-    return [values.encode(kind, r) for r in results]
 
 
 def _cast(column: str, kind: str) -> str:

@@ -82,6 +82,12 @@ def encode(kind: str, value: Any) -> str | None:
     return str(value)
 
 
+def encode_all(kind: str, results: list[Any]) -> list[str | None]:
+    """:func:`encode` of each of a batch's results (run off the loop: a batch of vectors
+    is megabytes of text)."""
+    return [encode(kind, r) for r in results]
+
+
 def _float_text(value: float) -> str:
     if math.isnan(value):
         return "NaN"
