@@ -85,7 +85,7 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
 
 async def _housekeeping() -> None:
     await asyncio.get_running_loop().run_in_executor(None, _warm)
-    heap.settle()
+    heap.settle(whole=True)
     await heap.keep()
 
 

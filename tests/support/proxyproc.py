@@ -20,7 +20,10 @@ class ProxyProcess:
     """``python -m proxy`` with the given flags; its log goes to a file tests can read.
     ``module`` runs another entry point of the same command line (benchmarks use one that
     changes the proxy first); ``cwd`` is its working directory (this checkout's code runs
-    wherever that is)."""
+    wherever that is).  It runs in a session of its own, as a service does and as each
+    of PostgreSQL's processes does: where the kernel shares the CPU out by session
+    (autogroups), it then competes with a busy test run as the server does, not as one
+    more thread of the test run's session."""
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class ProxyProcess:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
+                start_new_session=True,
             )
         assert self.process.stdout is not None
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
