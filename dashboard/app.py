@@ -129,12 +129,19 @@ class Dashboard:
         database: str,
         metrics_login: bool = False,
         limits: Limits | None = None,
+        *,
+        name: str,
     ) -> None:
         self.proxy = proxy
         self.database = database
         self.metrics_login = metrics_login
         """Whether ``/metrics`` needs a login too (a session, or HTTP Basic for scrapers)."""
-        self.logins = Logins(proxy.hub.upstream, limits or Limits(), self._free_slots)
+        self.logins = Logins(
+            proxy.hub.upstream,
+            limits or Limits(),
+            self._free_slots,
+            f"pgml-proxy dashboard ({name})",
+        )
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.templates = jinja2.Environment(
@@ -572,14 +579,15 @@ class Dashboard:
         )
 
     async def jobs(self, request: web.Request) -> web.StreamResponse:
+        """The trainings in progress, whichever proxy runs them (those whose proxy is
+        gone are marked failed first)."""
         reader = await self._reader_if_catalog(request)
-        running = [] if reader is None else await queries.jobs(reader)
-        here = {
-            model_id
-            for database, model_id in self.proxy.services.trainings
-            if database == self._database(request)
-        }
-        return self._page(request, "jobs.html", jobs=running, here=here)
+        if reader is None:
+            return self._page(request, "jobs.html", jobs=[])
+        trainings = self.proxy.services.trainings
+        if trainings is not None:
+            await trainings.reap(self._database(request))
+        return self._page(request, "jobs.html", jobs=await queries.jobs(reader))
 
     async def loaded(self, request: web.Request) -> web.StreamResponse:
         """The models this proxy holds in memory, their sizes and last use, and the budget."""
@@ -622,14 +630,14 @@ class Dashboard:
             raise NotFound(model_id)
         catalog = await self._catalog(request)
         await require_cancel(await self._reader(request), await catalog.model_project(model_id))
-        if not self.proxy.services.cancel_training(self._database(request), model_id):
+        trainings = self.proxy.services.trainings
+        if trainings is None or not await trainings.cancel(self._database(request), model_id):
             return self._page(
                 request,
                 "error.html",
                 409,
                 title="Not cancelled",
-                message=f"Model {model_id} is not being trained by this proxy; only this "
-                "proxy's own trainings can be cancelled here.",
+                message=f"Model {model_id} is not being trained.",
             )
         raise web.HTTPSeeOther(f"/jobs{self._suffix(request)}")
 

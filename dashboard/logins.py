@@ -72,7 +72,9 @@ class Unavailable(Exception):
     has no connection slot left that any role may take."""
 
 
-async def connect_as(upstream: UpstreamAddress, role: str, password: str, database: str) -> Any:
+async def connect_as(
+    upstream: UpstreamAddress, role: str, password: str, database: str, application_name: str
+) -> Any:
     """An asyncpg connection to the upstream server as ``role``; LoginFailed if refused."""
     import asyncpg
 
@@ -92,7 +94,7 @@ async def connect_as(upstream: UpstreamAddress, role: str, password: str, databa
             database=database,
             ssl=ssl,
             timeout=CONNECT_TIMEOUT,
-            server_settings={"application_name": "pgml-proxy dashboard"},
+            server_settings={"application_name": application_name},
         )
     except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError) as exc:
         log.info("dashboard login as %r refused: %s", role, exc)
@@ -148,10 +150,15 @@ class Connections:
     time and closed after ``idle_seconds`` unused. Logins of the same role share them."""
 
     def __init__(
-        self, upstream: UpstreamAddress, limits: Limits, free_slots: Callable[[], Awaitable[int]]
+        self,
+        upstream: UpstreamAddress,
+        limits: Limits,
+        free_slots: Callable[[], Awaitable[int]],
+        application_name: str,
     ) -> None:
         self.upstream = upstream
         self.limits = limits
+        self.application_name = application_name
         self.free_slots = free_slots
         self.total = 0
         """Open, lent and being opened."""
@@ -204,7 +211,9 @@ class Connections:
             if free < 1:
                 log.warning("dashboard: no connection slot left on the server for %r", role)
                 raise Unavailable("the server has no connection slot left")
-            connection = await connect_as(self.upstream, role, password, database)
+            connection = await connect_as(
+                self.upstream, role, password, database, self.application_name
+            )
         return RoleConnection(connection, role, database)
 
     def _take(self, role: str, database: str) -> RoleConnection | None:
@@ -297,10 +306,14 @@ class Logins:
     """The dashboard's sessions, by id, and its connections."""
 
     def __init__(
-        self, upstream: UpstreamAddress, limits: Limits, free_slots: Callable[[], Awaitable[int]]
+        self,
+        upstream: UpstreamAddress,
+        limits: Limits,
+        free_slots: Callable[[], Awaitable[int]],
+        application_name: str,
     ) -> None:
         self.limits = limits
-        self.connections = Connections(upstream, limits, free_slots)
+        self.connections = Connections(upstream, limits, free_slots, application_name)
         self.throttle = Throttle(limits.login_delay, limits.login_max_delay)
         self.sessions: dict[str, Session] = {}
         self._checked: dict[bytes, float] = {}

@@ -47,6 +47,8 @@ class ModelRow:
     search: str | None = None
     search_params: dict[str, Any] = field(default_factory=dict)
     search_args: dict[str, Any] = field(default_factory=dict)
+    trained_by: str | None = None
+    """The proxy that runs (or ran) its training."""
 
     @property
     def classic(self) -> bool:
@@ -139,7 +141,7 @@ _MODEL_SELECT = (
     "m.hyperparams::text AS hyperparams, m.metrics::text AS metrics, m.error, m.created_at, "
     f"m.updated_at, m.snapshot_id, m.id IS NOT DISTINCT FROM {_DEPLOYED} AS deployed, "
     "m.runtime, m.search, m.search_params::text AS search_params, "
-    "m.search_args::text AS search_args "
+    "m.search_args::text AS search_args, m.trained_by "
     "FROM pgml.models AS m JOIN pgml.projects AS p ON p.id = m.project_id "
 )
 
@@ -163,6 +165,7 @@ def _model(row: Any) -> ModelRow:
         search=row["search"],
         search_params=_json(row["search_params"]),
         search_args=_json(row["search_args"]),
+        trained_by=row["trained_by"],
     )
 
 

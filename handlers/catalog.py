@@ -380,6 +380,18 @@ MIGRATIONS: list[str] = [
     """,
     # 7: PostgresML's vector functions and aggregates, run by PostgreSQL itself.
     vectors.MIGRATION,
+    # 8: which proxy runs a training, and a cancel asked of it through another proxy
+    # (see handlers.trainings).
+    """
+    ALTER TABLE pgml.models
+        ADD COLUMN trained_by text,
+        ADD COLUMN cancel_requested_at timestamptz;
+    COMMENT ON COLUMN pgml.models.trained_by IS
+        'The name of the pgml-proxy that runs (or ran) this model''s training.';
+    COMMENT ON COLUMN pgml.models.cancel_requested_at IS
+        'When a cancel of this training was asked through a proxy other than the one '
+        'running it.';
+    """,
 ]
 """Migration N brings the catalog from version N-1 to N. Never edit one that shipped:
 append a new one."""

@@ -78,7 +78,7 @@ class DeploymentCache:
             if not state.caching:
                 connection = None
                 try:
-                    connection = await self.service.connect(database)
+                    connection = await self.service.connect(database, "listen")
                     await connection.add_listener(CHANGES_CHANNEL, self._changed(state))
                     connection.add_termination_listener(self._lost(state))
                 except (TimeoutError, OSError, Exception) as exc:

@@ -29,8 +29,13 @@ class ServiceLogin:
 
 
 class ServiceConnections:
-    def __init__(self, login: ServiceLogin, max_size: int = 4) -> None:
+    """Each connection names itself in ``application_name``: ``pgml-proxy <purpose>
+    (<the proxy's name>)``, ``catalog`` for the pools, so that a DBA can tell them apart
+    in ``pg_stat_activity``."""
+
+    def __init__(self, login: ServiceLogin, name: str, max_size: int = 4) -> None:
         self.login = login
+        self.name = name
         self.max_size = max_size
         self._pools: dict[str, Any] = {}
         self._catalogs: dict[str, asyncio.Task[int]] = {}
@@ -43,17 +48,17 @@ class ServiceConnections:
                 import asyncpg
 
                 self._pools[database] = await asyncpg.create_pool(
-                    **self._settings(database), min_size=0, max_size=self.max_size
+                    **self._settings(database, "catalog"), min_size=0, max_size=self.max_size
                 )
             return self._pools[database]
 
-    async def connect(self, database: str) -> Any:
+    async def connect(self, database: str, purpose: str) -> Any:
         """A connection of its own (not from the pool), e.g. to LISTEN on."""
         import asyncpg
 
-        return await asyncpg.connect(**self._settings(database))
+        return await asyncpg.connect(**self._settings(database, purpose))
 
-    def _settings(self, database: str) -> dict[str, Any]:
+    def _settings(self, database: str, purpose: str) -> dict[str, Any]:
         return {
             "host": self.login.host,
             "port": self.login.port,
@@ -61,7 +66,7 @@ class ServiceConnections:
             "password": self.login.password,
             "database": database,
             "ssl": None if self.login.sslmode == "disable" else self.login.sslmode,
-            "server_settings": {"application_name": "pgml-proxy"},
+            "server_settings": {"application_name": f"pgml-proxy {purpose} ({self.name})"},
         }
 
     async def ensure_catalog(self, database: str) -> None:

@@ -27,6 +27,7 @@ from handlers.modelcache import LoadedModel, MemorySetting, ModelCache, weights_
 from handlers.models import ModelNotFound, ModelResolver, unreadable, unreadable_errors
 from handlers.projects import Catalog, Deployed
 from handlers.service import ServiceConnections
+from handlers.trainings import Trainings
 
 log = logging.getLogger("pgml_proxy.serving")
 
@@ -73,16 +74,9 @@ class Services:
         self._deployed: dict[tuple[str, int], tuple[str, str, int, float]] = {}
         self.deployments = None if service is None else DeploymentCache(service)
         self.batcher = Batcher(self._run_batch, batch_size)
-        self.trainings: dict[tuple[str, int], asyncio.Event] = {}
-        """Trainings running in this proxy, by (database, model id): set to cancel one."""
-
-    def cancel_training(self, database: str, model_id: int) -> bool:
-        """Ask a training of this proxy to stop; whether it was running here."""
-        event = self.trainings.get((database, model_id))
-        if event is None:
-            return False
-        event.set()
-        return True
+        self.trainings = None if service is None else Trainings(service)
+        self._reaped: set[str] = set()
+        """Databases whose left-behind trainings this process has looked for."""
 
     @property
     def device(self) -> str:
@@ -218,8 +212,15 @@ class Services:
     # --- the catalog and deployed models -----------------------------------------------
 
     async def ensure_catalog(self, database: str) -> None:
-        """The ``pgml`` schema and catalog exist in ``database`` (via the service login)."""
+        """The ``pgml`` schema and catalog exist in ``database`` (via the service login);
+        the first time, trainings whose proxy is gone are marked failed."""
         await self._service().ensure_catalog(database)
+        if database not in self._reaped and self.trainings is not None:
+            self._reaped.add(database)
+            try:
+                await self.trainings.reap(database)
+            except Exception as exc:  # the next proxy to start will look again
+                log.warning("cannot look for trainings left behind in %s: %s", database, exc)
 
     def forget_catalog(self, database: str) -> None:
         """The catalog of ``database`` was dropped: it is looked for (and created) again

@@ -67,7 +67,9 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
             login_delay=settings.dashboard_login_delay,
             login_max_delay=settings.dashboard_login_max_delay,
         )
-        dashboard = Dashboard(proxy, database, settings.dashboard_metrics_login, limits)
+        dashboard = Dashboard(
+            proxy, database, settings.dashboard_metrics_login, limits, name=settings.name
+        )
         await dashboard.start(settings.host, settings.dashboard_port)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -115,7 +117,7 @@ def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
         settings.device,
         settings.batch_size,
         settings.datasets_dir,
-        ServiceConnections(login),
+        ServiceConnections(login, settings.name),
         settings.cache_dir,
         model_memory=parse_memory(settings.model_memory),
         policy=ModelPolicy.from_patterns(settings.allow_models, settings.trust_remote_code),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ class Settings:
     dashboard_connection_wait: float = 5.0
     dashboard_login_delay: float = 1.0
     dashboard_login_max_delay: float = 300.0
+    name: str = ""
+    """How this proxy is named to the others and to the DBA (``trained_by``,
+    ``application_name``); :func:`parse_settings` fills in host and port."""
 
 
 def _boolean(text: str) -> bool:
@@ -87,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("host", "address to listen on (default %(default)s)", "127.0.0.1")
     add("port", "port to listen on (default %(default)s)", "6432", type=int)
+    add(
+        "name",
+        "this proxy's name, in the application_name of its own connections and in the "
+        "record of the trainings it runs (default: <hostname>:<port>)",
+        None,
+    )
     add(
         "upstream",
         "connection string of the real PostgreSQL; without it an embedded "
@@ -315,4 +325,5 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         dashboard_connection_wait=float(args.dashboard_connection_wait),
         dashboard_login_delay=float(args.dashboard_login_delay),
         dashboard_login_max_delay=float(args.dashboard_login_max_delay),
+        name=args.name or f"{socket.gethostname()}:{int(args.port)}",
     )

@@ -19,6 +19,7 @@ from handlers.files import FileRights, rights_of, with_rights
 from handlers.functions import Args, CallContext
 from handlers.models import adapter_base, check_model_files
 from handlers.projects import Catalog, Project
+from handlers.trainings import Training
 from handlers.tuning.adapters import check_adapter_options
 from handlers.tuning.options import (
     TuneOptions,
@@ -197,9 +198,13 @@ async def _train_and_record(
         await catalog.log(project, model_id, record)
         await ctx.session.notice(describe_progress(event))
 
+    trainings = services.trainings
+    assert trainings is not None  # the catalog needs the service connections too
+    training: Training | None = None
     stop = asyncio.Event()
-    services.trainings[(ctx.database, model_id)] = stop
     try:
+        training = await trainings.start(ctx.database, model_id)
+        stop = training.stop
         outcome = await run_training(
             job,
             workdir,
@@ -226,7 +231,8 @@ async def _train_and_record(
         await asyncio.shield(catalog.fail_model(model_id, "failed", str(error)))
         raise PgmlError("XX000", f"training failed: {error}") from error
     finally:
-        services.trainings.pop((ctx.database, model_id), None)
+        if training is not None:
+            await asyncio.shield(trainings.finish(training))
 
 
 def _check_training_arguments(options: TuneOptions, device: str, rights: FileRights) -> None:

@@ -298,7 +298,7 @@ def test_the_session_cookie(
     def connections() -> int:
         row = direct.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = %s "
-            "AND application_name = 'pgml-proxy dashboard'",
+            "AND application_name LIKE 'pgml-proxy dashboard (%%)'",
             [role],
         ).fetchone()
         return int(row[0]) if row else -1

@@ -31,7 +31,8 @@ from tests.support.webclient import Client, Reply, logged_in
 __all__ = ["browser"]  # a fixture of the browser tests below
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-DASHBOARD = "pgml-proxy dashboard"
+DASHBOARD = "pgml-proxy dashboard (%)"
+"""The dashboard's connections' application_name, as a LIKE pattern."""
 PER_ROLE = 2
 IN_ALL = 4
 IDLE = 1.5
@@ -49,7 +50,7 @@ class Lab:
 
     def dashboard_connections(self, role: str | None = None) -> int:
         """The dashboard's connections to the server now (of ``role``)."""
-        sql = f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{DASHBOARD}'"
+        sql = f"SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '{DASHBOARD}'"
         if role is not None:
             sql += f" AND usename = '{role}'"
         return int(self.server.psql(sql))
@@ -275,7 +276,7 @@ def test_a_page_waits_for_a_connection_then_answers_503(lab: Lab) -> None:
         for thread in threads:
             thread.start()
         waiting = (
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
             f"'{DASHBOARD}' AND wait_event_type = 'Lock'"
         )
         lab.wait_for(lambda: int(lab.server.psql(waiting)) == IN_ALL)
