@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from tests.integration._pgml import unique
@@ -26,6 +28,14 @@ def dropped_afterwards(cluster: PostgresCluster) -> Iterator[Callable[[str], str
     for name in names:
         quoted = '"' + name.replace('"', '""') + '"'
         cluster.psql(f"DROP TABLE IF EXISTS {quoted} CASCADE")
+
+
+@pytest.fixture(scope="module")
+def direct(cluster: PostgresCluster) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection straight to the test server, to look at what the proxy
+    did (modules with other needs define their own)."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        yield conn
 
 
 @pytest.fixture

@@ -41,12 +41,6 @@ class Roles:
 
 
 @pytest.fixture(scope="module")
-def direct(cluster: PostgresCluster) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
 def roles(cluster: PostgresCluster, direct: psycopg.Connection[Any]) -> Iterator[Roles]:
     suffix = uuid.uuid4().hex[:6]
     found = Roles(f"alice_{suffix}", f"bob_{suffix}", f"team_{suffix}")

@@ -61,12 +61,6 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def direct(cluster: PostgresCluster) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
 def site(
     cluster: PostgresCluster,
     models_dir: Path,

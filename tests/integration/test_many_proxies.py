@@ -43,12 +43,6 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def direct(cluster: PostgresCluster) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
 def pair(
     cluster: PostgresCluster,
     models_dir: Path,

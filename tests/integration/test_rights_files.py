@@ -109,12 +109,6 @@ def proxy(cluster: PostgresCluster, layout: dict[str, Path]) -> Iterator[ProxyPr
 
 
 @pytest.fixture(scope="module")
-def direct(cluster: PostgresCluster) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
 def catalog(proxy: ProxyProcess) -> None:
     """The catalog exists (a load makes it)."""
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
