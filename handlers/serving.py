@@ -75,8 +75,6 @@ class Services:
         self.deployments = None if service is None else DeploymentCache(service)
         self.batcher = Batcher(self._run_batch, batch_size)
         self.trainings = None if service is None else Trainings(service)
-        self._reaped: set[str] = set()
-        """Databases whose left-behind trainings this process has looked for."""
 
     @property
     def device(self) -> str:
@@ -213,14 +211,10 @@ class Services:
 
     async def ensure_catalog(self, database: str) -> None:
         """The ``pgml`` schema and catalog exist in ``database`` (via the service login);
-        the first time, trainings whose proxy is gone are marked failed."""
+        from then on, trainings whose proxy is gone are looked for there and marked failed."""
         await self._service().ensure_catalog(database)
-        if database not in self._reaped and self.trainings is not None:
-            self._reaped.add(database)
-            try:
-                await self.trainings.reap(database)
-            except Exception as exc:  # the next proxy to start will look again
-                log.warning("cannot look for trainings left behind in %s: %s", database, exc)
+        if self.trainings is not None:
+            self.trainings.watch(database)
 
     def forget_catalog(self, database: str) -> None:
         """The catalog of ``database`` was dropped: it is looked for (and created) again
@@ -374,6 +368,8 @@ class Services:
         """Close the service connections and stop the worker threads (a generation under
         way stops at its next token)."""
         self.capacity.closing.set()
+        if self.trainings is not None:
+            await self.trainings.close()
         if self.deployments is not None:
             await self.deployments.close()
         if self.service is not None:

@@ -4,7 +4,8 @@ A proxy that trains a model records its name in the model's row (``trained_by``)
 holds an advisory lock on the model, on a connection of the training's own (named
 ``pgml-proxy training (<name>)`` in ``pg_stat_activity``).  PostgreSQL releases the lock
 when that proxy is gone, however it went, so any proxy can tell a live training from
-one left behind: :func:`reap` marks the latter failed.
+one left behind: :func:`reap` marks the latter failed, as each proxy does every
+:data:`REAP_SECONDS` in each database whose catalog it serves.
 
 Any proxy can cancel a training another one runs: it records the request in the row
 (``cancel_requested_at``) and notifies the channel the training's connection listens
@@ -29,6 +30,8 @@ LOCK_CLASS = 0x70676D6C
 """The first key of a training's advisory lock (``pg_advisory_lock(int, int)``): "pgml"."""
 LOCK = f"{LOCK_CLASS}, ($1::bigint % 2147483647)::int"
 """The lock's two keys for the model id ``$1``."""
+REAP_SECONDS = 10.0
+"""How often a proxy looks for trainings left behind by a proxy that is gone."""
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Trainings:
         self.running: dict[tuple[str, int], Training] = {}
         """The trainings this proxy runs, by (database, model id)."""
         self._checks: set[asyncio.Task[None]] = set()
+        self._watches: dict[str, asyncio.Task[None]] = {}
 
     @property
     def name(self) -> str:
@@ -137,6 +141,31 @@ class Trainings:
         pool = await self.service.pool(database)
         async with pool.acquire() as connection:
             return await reap(connection)
+
+    def watch(self, database: str) -> None:
+        """Reap ``database`` now and every :data:`REAP_SECONDS` from now on."""
+        if database not in self._watches:
+            task = asyncio.get_running_loop().create_task(self._watch(database))
+            self._watches[database] = task
+
+    async def _watch(self, database: str) -> None:
+        failing = False
+        while True:
+            try:
+                await self.reap(database)
+                failing = False
+            except Exception as exc:  # the server is away, the catalog dropped: try later
+                if not failing:
+                    log.warning("cannot look for trainings left behind in %s: %s", database, exc)
+                failing = True
+            await asyncio.sleep(REAP_SECONDS)
+
+    async def close(self) -> None:
+        """Stop watching (the trainings themselves end with their statements)."""
+        for task in self._watches.values():
+            task.cancel()
+        await asyncio.gather(*self._watches.values(), return_exceptions=True)
+        self._watches.clear()
 
 
 async def reap(connection: Any) -> int:

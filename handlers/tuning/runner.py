@@ -209,14 +209,15 @@ def _exit_error(code: int, who: str, detail: str | None) -> PgmlError:
 
 
 def _read_lines(path: Path) -> list[str]:
-    """The last lines of a worker's log (a missing log: none)."""
+    """The lines of the last 64 KiB of a worker's log (a missing log: none): all of them,
+    as a fatal signal's message comes before the stacks of every thread."""
     try:
         with path.open("rb") as handle:
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64 * 1024))
             text = handle.read().decode("utf-8", "replace")
     except OSError:
         return []
-    return text.splitlines()[-STDERR_LINES:]
+    return text.splitlines()
 
 
 STACK_LINES = re.compile(

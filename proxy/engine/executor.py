@@ -83,18 +83,28 @@ _SLICE = 32
 
 HOLD_AFTER = 0.05
 """Seconds of a handler's work after which the client's backend is held in a statement."""
-HOLD = "SELECT pg_sleep(0.005)"
-"""What the backend runs, again and again, while a handler works: PostgreSQL drops a
-cancel that reaches a backend waiting for its client's next message."""
-_HELD = 2
-"""Statements of :data:`HOLD` in flight: the backend goes from one to the next without
-waiting for the proxy, so a cancel finds it inside one."""
+HOLD_SECONDS = (0.005, 0.1)
+"""The shortest and longest ``pg_sleep`` of the statements the backend runs, one after
+another, while a handler works (PostgreSQL drops a cancel that reaches a backend waiting
+for its client's next message).  Each waits a fiftieth of the time the handler has
+worked so far, within these bounds: the backend's queue of them outlasts the proxy's own
+delays on a busy machine, and what they add once the handler is done stays a few percent
+of its time."""
+_HELD = 3
+"""Hold statements in flight: the backend goes from one to the next without waiting for
+the proxy, so a cancel finds it inside one."""
 _GRACE = 10.0
 """Seconds a handler has to stop by itself (recording why) once its statement is stopped."""
 _TICK = 0.05
 """Seconds between two looks at the statement's deadline while a handler works."""
 _TIMEOUT_SQL = "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
 STATEMENT_TIMEOUT = PgmlError("57014", "canceling statement due to statement timeout")
+
+
+def _hold(worked: float) -> str:
+    """The hold statement for a handler that has worked ``worked`` seconds."""
+    shortest, longest = HOLD_SECONDS
+    return f"SELECT pg_sleep({min(max(worked / 50, shortest), longest):.3f})"
 
 
 class Execution:
@@ -174,6 +184,7 @@ class Execution:
         ``statement_timeout`` is read then and kept by the proxy, with PostgreSQL's error.
         """
         work = asyncio.ensure_future(overload.handler(self.context, batch))
+        began = time.monotonic()
         held: list[Reply] = []
         holding = True
         failure: Exception | None = None
@@ -186,8 +197,9 @@ class Execution:
                     failure = STATEMENT_TIMEOUT
                     break
                 if holding and len(held) < _HELD and not self._copying:
-                    while len(held) < _HELD:  # the next one waits in the backend's socket
-                        held.append(self.request(HOLD, []))
+                    hold = _hold(time.monotonic() - began)
+                    while len(held) < _HELD:  # the next ones wait in the backend's socket
+                        held.append(self.request(hold, []))
                     self.upstream.flush()
                 waiting: list[asyncio.Future[Any]] = [work]
                 if held:

@@ -1,8 +1,8 @@
 """Two proxies in front of one database behave as one: a training started through either
 is listed with the proxy that runs it and cancelled through the other (the dashboard, or
 ``pg_cancel_backend`` from a session of the other), a NOTIFY alone cancels nothing, a
-training whose proxy is killed is marked failed, and every connection a proxy opens for
-itself names it in ``application_name``."""
+training whose proxy is killed is marked failed by the other proxy unasked, and every
+connection a proxy opens for itself names it in ``application_name``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from handlers.trainings import REAP_SECONDS
 from tests.integration.conftest import tuning_proxy
 from tests.integration.test_tune_errors import (
     LONG_ROWS,
@@ -167,6 +168,11 @@ def test_a_training_whose_proxy_is_gone_is_marked_failed(
         while "pgml-proxy training (doomed)" in application_names(direct):
             assert time.monotonic() < deadline, "the killed proxy's connection lingers"
             time.sleep(0.2)
+        # the other proxy notices by itself (no page asked), within its reaping period
+        deadline = time.monotonic() + REAP_SECONDS * 2 + 5
+        while models_of(direct, project)[-1][1] == "in_progress":
+            assert time.monotonic() < deadline, "the training of the killed proxy is still listed"
+            time.sleep(0.5)
         jobs = pair.beta_site.get("/jobs")
         assert jobs.status == 200 and f'id="cancel-{model_id}"' not in jobs.body
     finally:

@@ -339,6 +339,27 @@ def test_a_killed_process_is_the_cause_not_what_its_peers_then_said() -> None:
     assert error.message == "training process 0 of 2 was killed by signal 15 (SIGTERM)"
 
 
+def test_an_abort_is_told_however_long_the_stacks_after_it(tmp_path: Path) -> None:
+    """faulthandler writes the fatal error's line first, then every thread's stack: with
+    many threads that is far more than the last few dozen lines of the rank's log."""
+    from collections import deque
+
+    from handlers.tuning.launch import rank_log
+
+    job = tmp_path / "job.json"
+    stacks = []
+    for thread in range(12):
+        stacks += [f"Thread 0x{thread:016x} (most recent call first):"]
+        stacks += [f'  File "/x/m{n}.py", line {n} in f{n}' for n in range(20)]
+        stacks += [""]
+    lines = ["step 3 of 80", "Fatal Python error: Aborted", "", *stacks, "Extension modules: a, b"]
+    rank_log(job, 1).write_text("\n".join(lines) + "\n")
+    killed = {"kind": "RankFailed", "rank": 1, "exitcode": -6}
+    error = _worker_error(1, [killed], deque(), 2, job)
+    assert error.message == "training process 1 of 2 was killed by signal 6 (SIGABRT)"
+    assert error.detail == "step 3 of 80\nFatal Python error: Aborted"
+
+
 @pytest.mark.parametrize(
     ("code", "failure", "processes", "shown", "sqlstate"),
     [
