@@ -68,17 +68,23 @@ def _kwargs(value: Any) -> dict[str, Any]:
 async def _embed_groups(
     ctx: CallContext, keys: list[tuple[str, str]], texts: list[list[str]]
 ) -> list[list[list[float]]]:
-    """Embed each group of texts with its (model, kwargs); one model call per group."""
+    """Embed each group of texts with its (model, kwargs), a batch of them per model
+    call: a cancel stops the work between two."""
     services = ctx.services
+    size = services.batch_size
     out: list[list[list[float]]] = []
     for (name, kwargs), group in zip(keys, texts, strict=True):
         options = embed_options(_kwargs(kwargs))
         services.capacity.check_inputs("pgml.embed", group)
+        vectors: list[list[float]] = []
         async with services.lease(
             "embedding", name, SentenceEmbedder, rights=rights_of(ctx)
         ) as embedder:
-            embed = functools.partial(embedder.embed, group, **options)
-            out.append(await services.infer(ctx, embedder.model, embed))
+            for start in range(0, len(group), size):
+                ctx.check_cancel()
+                embed = functools.partial(embedder.embed, group[start : start + size], **options)
+                vectors += await services.infer(ctx, embedder.model, embed)
+        out.append(vectors)
     return out
 
 

@@ -23,6 +23,7 @@ from handlers.device import pick_device
 from handlers.errors import PgmlError
 from handlers.files import FileRights, with_rights
 from handlers.functions import CallContext
+from handlers.holds import Holds
 from handlers.modelcache import LoadedModel, MemorySetting, ModelCache, weights_bytes
 from handlers.models import ModelNotFound, ModelResolver, unreadable, unreadable_errors
 from handlers.projects import Catalog, Deployed
@@ -75,6 +76,8 @@ class Services:
         self.deployments = None if service is None else DeploymentCache(service)
         self.batcher = Batcher(self._run_batch, batch_size)
         self.trainings = None if service is None else Trainings(service)
+        self.holds = None if service is None else Holds(service)
+        """The locks a caller's backend waits on while a call works (see the executor)."""
 
     @property
     def device(self) -> str:
@@ -117,9 +120,15 @@ class Services:
         self, ctx: CallContext, model: Any, key: Hashable, work: Work, items: list[Any]
     ) -> list[Any]:
         """``work`` on ``model`` for ``items``, batched with the other calls waiting under
-        ``key`` (see :class:`Batcher`), within the caller's share of the threads."""
+        ``key`` (see :class:`Batcher`), within the caller's share of the threads.  More
+        items than a batch go a batch at a time: a cancel stops the call between two."""
+        results: list[Any] = []
         async with self.capacity.caller_share(ctx.caller):
-            return await self.batcher.submit(key, model, work, items, ctx.cancelled)
+            for start in range(0, len(items), self.batch_size):
+                ctx.check_cancel()
+                piece = items[start : start + self.batch_size]
+                results += await self.batcher.submit(key, model, work, piece, ctx.cancelled)
+        return results
 
     async def infer(self, ctx: CallContext, model: Any, fn: Callable[..., T], *args: Any) -> T:
         """One call's work on ``model``, unbatched (a ranking, a stream), within the
@@ -370,6 +379,8 @@ class Services:
         self.capacity.closing.set()
         if self.trainings is not None:
             await self.trainings.close()
+        if self.holds is not None:
+            await self.holds.close()
         if self.deployments is not None:
             await self.deployments.close()
         if self.service is not None:

@@ -23,6 +23,7 @@ from sqlglot import exp
 
 from handlers.errors import PgmlError, from_server
 from handlers.functions import Args, CallContext, Overload
+from handlers.holds import HOLD_CLASS
 from handlers.inference import result_type as project_result_type
 from handlers.serving import Services
 from proxy import logs, metrics
@@ -83,28 +84,36 @@ _SLICE = 32
 
 HOLD_AFTER = 0.05
 """Seconds of a handler's work after which the client's backend is held in a statement."""
+_HOLD_SQL = (
+    "SELECT set_config('lock_timeout', '0', true), "
+    f"pg_advisory_lock({HOLD_CLASS}, $1::int), pg_advisory_unlock({HOLD_CLASS}, $1::int), "
+    "set_config('lock_timeout', $2, true)"
+)
+"""The client's backend waits for a lock the proxy holds (see :mod:`handlers.holds`),
+whatever its ``lock_timeout``, which it has again afterwards."""
 HOLD_SECONDS = (0.005, 0.1)
-"""The shortest and longest ``pg_sleep`` of the statements the backend runs, one after
-another, while a handler works (PostgreSQL drops a cancel that reaches a backend waiting
-for its client's next message).  Each waits a fiftieth of the time the handler has
-worked so far, within these bounds: the backend's queue of them outlasts the proxy's own
-delays on a busy machine, and what they add once the handler is done stays a few percent
-of its time."""
-_HELD = 3
-"""Hold statements in flight: the backend goes from one to the next without waiting for
-the proxy, so a cancel finds it inside one."""
+"""Where the proxy cannot hold a lock: the shortest and longest ``pg_sleep`` the backend
+waits in instead, one after another, each a fiftieth of the time the handler has worked
+so far (a cancel that reaches the backend between two of them is dropped)."""
 _GRACE = 10.0
 """Seconds a handler has to stop by itself (recording why) once its statement is stopped."""
 _TICK = 0.05
 """Seconds between two looks at the statement's deadline while a handler works."""
-_TIMEOUT_SQL = "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
+_SETTINGS_SQL = (
+    "SELECT setting, current_setting('lock_timeout') FROM pg_settings "
+    "WHERE name = 'statement_timeout'"
+)
 STATEMENT_TIMEOUT = PgmlError("57014", "canceling statement due to statement timeout")
 
 
-def _hold(worked: float) -> str:
-    """The hold statement for a handler that has worked ``worked`` seconds."""
-    shortest, longest = HOLD_SECONDS
-    return f"SELECT pg_sleep({min(max(worked / 50, shortest), longest):.3f})"
+@dataclass
+class _Hold:
+    """A statement the client's backend waits in while a handler works."""
+
+    reply: Reply
+    ended: asyncio.Future[None]
+    key: int | None = None
+    """The proxy's lock it waits for, until let go of; ``None``: a sleep."""
 
 
 class Execution:
@@ -162,6 +171,10 @@ class Execution:
         self.started = time.monotonic()
         self.deadline: float | None = None
         """When ``statement_timeout`` ends the statement; read when first needed."""
+        self._lock_timeout: bytes | None = b"0"
+        """The session's ``lock_timeout``, read with the deadline."""
+        self._hold: _Hold | None = None
+        """The statement the backend waits in while a handler works."""
 
     @property
     def context(self) -> CallContext:
@@ -177,52 +190,49 @@ class Execution:
     async def invoke(self, overload: Overload, batch: Sequence[Args]) -> list[Any]:
         """The handler over ``batch``: the one way a call runs.
 
-        Past :data:`HOLD_AFTER` the client's backend waits inside short statements until
-        the handler is done, so ``pg_cancel_backend`` and a client's cancel stop the work
+        Past :data:`HOLD_AFTER` the client's backend waits in a statement until the
+        handler is done, so ``pg_cancel_backend`` and a client's cancel stop the work
         with PostgreSQL's own error, and ``pg_stat_activity`` shows the statement active.
-        PostgreSQL times each of those statements afresh, so the session's
+        PostgreSQL times each such statement afresh, so the session's
         ``statement_timeout`` is read then and kept by the proxy, with PostgreSQL's error.
         """
         work = asyncio.ensure_future(overload.handler(self.context, batch))
         began = time.monotonic()
-        held: list[Reply] = []
         holding = True
         failure: Exception | None = None
         try:
             await asyncio.wait([work], timeout=HOLD_AFTER)
             while not work.done() and failure is None:
                 if self.deadline is None and not self._copying:
-                    self.deadline = await self._deadline()
+                    self.deadline = await self._settings()
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     failure = STATEMENT_TIMEOUT
                     break
-                if holding and len(held) < _HELD and not self._copying:
-                    hold = _hold(time.monotonic() - began)
-                    while len(held) < _HELD:  # the next ones wait in the backend's socket
-                        held.append(self.request(hold, []))
-                    self.upstream.flush()
-                waiting: list[asyncio.Future[Any]] = [work]
-                if held:
-                    waiting.append(asyncio.ensure_future(_settled(held[0])))
+                if holding and self._hold is None and not self._copying and not work.done():
+                    await self._hold_backend(time.monotonic() - began)
+                hold = self._hold
+                waiting: list[asyncio.Future[Any]] = [work] if hold is None else [work, hold.ended]
                 await asyncio.wait(waiting, timeout=_TICK, return_when="FIRST_COMPLETED")
-                while held and held[0].done and failure is None:
+                if hold is not None and hold.reply.done:
+                    self._end_hold()
                     try:
-                        await held.pop(0)
+                        await hold.reply
                     except ServerError as error:  # a cancel, or the backend's own end
                         failure = error
                     except Skipped:  # a request of the handler's failed: it will say so
                         holding = False
-                        held.clear()
             if failure is None:
-                for reply in held:
+                hold = self._end_hold()
+                if hold is not None:
                     with contextlib.suppress(Skipped):
-                        await reply
+                        await hold.reply
                 return _result(work)
             self.stopped = failure  # the handler stops by itself, as for a client's cancel
             if not (isinstance(failure, ServerError) and ends_session(failure.message.raw)):
                 await asyncio.wait([work], timeout=_GRACE)
             raise failure
         finally:
+            self._end_hold()
             if not work.done():
                 work.cancel()
                 with contextlib.suppress(BaseException):
@@ -230,11 +240,43 @@ class Execution:
             elif not work.cancelled():
                 work.exception()  # retrieved: it failed as the statement was given up
 
-    async def _deadline(self) -> float:
-        """When the statement times out (``inf``: never), by its ``statement_timeout``."""
-        result = await self.select(_TIMEOUT_SQL, [])
+    async def _settings(self) -> float:
+        """When the statement times out (``inf``: never), by its ``statement_timeout``;
+        the session's ``lock_timeout`` is kept for the hold statements."""
+        result = await self.select(_SETTINGS_SQL, [])
         milliseconds = int(values.text(result.rows[0][0]))
+        self._lock_timeout = result.rows[0][1]
         return self.started + milliseconds / 1000 if milliseconds > 0 else math.inf
+
+    async def _hold_backend(self, worked: float) -> None:
+        """Send the statement the backend waits in: for a lock of the proxy's while it
+        can take one, else a sleep of a fiftieth of ``worked``."""
+        holds = self.services.holds
+        key = None if holds is None else await holds.take(self.database)
+        if self._copying:  # began meanwhile: nothing else may go until it ends
+            if holds is not None and key is not None:
+                holds.release(self.database, key)
+            return
+        if key is None:
+            shortest, longest = HOLD_SECONDS
+            seconds = min(max(worked / 50, shortest), longest)
+            reply = self._send(f"SELECT pg_sleep({seconds:.3f})", [])
+        else:
+            reply = self._send(_HOLD_SQL, [str(key).encode(), self._lock_timeout])
+        self.upstream.flush()
+        self._hold = _Hold(reply, reply.ended(), key)
+
+    def _end_hold(self) -> _Hold | None:
+        """The backend's hold ends (it goes on to what follows it); the hold, if any."""
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            self._let_go(hold)
+        return hold
+
+    def _let_go(self, hold: _Hold) -> None:
+        if hold.key is not None and self.services.holds is not None:
+            self.services.holds.release(self.database, hold.key)
+            hold.key = None
 
     # --- the statement's parameters --------------------------------------------------
 
@@ -256,7 +298,13 @@ class Execution:
 
     def request(self, sql: str, own: Sequence[bytes | None] | None = None) -> Reply:
         """Buffer one helper statement (sent with the next flush).  Its ``$n`` are the
-        statement's parameters, or ``own`` (text values) when given."""
+        statement's parameters, or ``own`` (text values) when given.  A hold the backend
+        waits in ends, so that the statement runs next."""
+        if self._hold is not None:
+            self._let_go(self._hold)
+        return self._send(sql, own)
+
+    def _send(self, sql: str, own: Sequence[bytes | None] | None) -> Reply:
         if own is None:
             params, oids, formats = self.param_values(), self.param_oids(), self.param_formats()
         else:
@@ -316,6 +364,8 @@ class Execution:
 
     @contextlib.contextmanager
     def _copy(self) -> Iterator[None]:
+        if self._hold is not None:
+            self._let_go(self._hold)
         self._copying = True
         try:
             yield
@@ -449,12 +499,6 @@ def _result(work: asyncio.Future[list[Any]]) -> list[Any]:
         if found is None:
             raise
         raise found from error
-
-
-async def _settled(reply: Reply) -> None:
-    """Until ``reply`` is answered, whichever way."""
-    with contextlib.suppress(ServerError, Skipped):
-        await reply
 
 
 def _replaced(text: str, span: Span, replacement: str) -> str:

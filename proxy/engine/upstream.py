@@ -130,6 +130,18 @@ class Reply:
     def done(self) -> bool:
         return self._future.done()
 
+    def ended(self) -> asyncio.Future[None]:
+        """A future done once the request is answered, whichever way: one to wait on
+        and give up waiting on (cancelling it leaves the request alone)."""
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def end(_: asyncio.Future[Result]) -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        self._future.add_done_callback(end)
+        return ended
+
     def on_failure(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` if the server answers the request with an error."""
 

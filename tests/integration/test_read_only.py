@@ -5,6 +5,7 @@ write get PostgreSQL's 25006 there."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +232,44 @@ def test_writes_on_a_hot_standby_get_postgresqls_error(
     direct = _answer(standby.dsn(), "CREATE TABLE t (a int)")
     got = _answer(standby_proxy.dsn(), sql.format(project=project))
     assert got[0] == direct[0] == "25006", standby_proxy.log()[-3000:]
+
+
+def test_a_long_read_on_a_hot_standby_is_held_there_and_cancelled(
+    standby_proxy: ProxyProcess, standby: PostgresCluster
+) -> None:
+    """While a call works, the standby's backend waits for a lock the proxy holds on the
+    standby (advisory locks are the standby's own): a ``pg_cancel_backend`` there stops
+    the statement with PostgreSQL's error."""
+    texts = "{" + ",".join(f'"sentence number {i} about replicas"' for i in range(8000)) + "}"
+    with (
+        psycopg.connect(standby_proxy.dsn(), autocommit=True) as conn,
+        psycopg.connect(standby.dsn(), autocommit=True) as direct,
+    ):
+        pid = conn.info.backend_pid
+        conn.execute(f"SELECT pgml.embed('{MODEL}', 'loaded')").fetchall()  # not the load
+        blockers: list[str] = []
+
+        def cancel() -> None:
+            deadline = time.monotonic() + 60
+            while not blockers and time.monotonic() < deadline:
+                blockers.extend(
+                    row[0]
+                    for row in direct.execute(
+                        "SELECT application_name FROM pg_stat_activity "
+                        "WHERE pid = ANY (pg_blocking_pids(%s))",
+                        [pid],
+                    )
+                )
+                time.sleep(0.02)
+            direct.execute("SELECT pg_cancel_backend(%s)", [pid])
+
+        canceller = threading.Thread(target=cancel)
+        canceller.start()
+        began = time.monotonic()
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(f"SELECT pgml.embed('{MODEL}', '{texts}'::text[])").fetchall()
+        canceller.join()
+        assert caught.value.sqlstate == "57014"
+        assert time.monotonic() - began < 5  # a batch of the texts at most, not all of them
+        assert [b.split(" (")[0] for b in blockers] == ["pgml-proxy holds"]
+        assert conn.execute("SELECT 1").fetchall() == [(1,)]

@@ -6,6 +6,7 @@ that PostgreSQL runs itself (pg_sleep)."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -163,3 +164,122 @@ def test_idle_in_transaction_timeout_waits_for_the_statement(
         assert time.monotonic() - began > 0.6  # twice the limit: it would have fired
         assert conn.execute("SELECT 1").fetchall() == [(1,)]
         conn.commit()
+
+
+def _holder(direct: psycopg.Connection[Any], pid: int) -> tuple[str, str] | None:
+    """What the backend ``pid`` waits for, and the application that holds it."""
+    row = direct.execute(
+        "SELECT w.wait_event, h.application_name FROM pg_stat_activity AS w "
+        "JOIN pg_stat_activity AS h ON h.pid = ANY (pg_blocking_pids(w.pid)) WHERE w.pid = %s",
+        [pid],
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def _until_held(direct: psycopg.Connection[Any], pid: int) -> tuple[str, str]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = _holder(direct, pid)
+        if found is not None:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("the backend never waited for the proxy")
+
+
+def test_a_cancel_reaches_the_statement_however_late_the_proxy_is(
+    proxy: ProxyProcess, cluster: PostgresCluster
+) -> None:
+    """The backend waits for a lock the proxy holds, not in sleeps the proxy must keep
+    sending: with the proxy stopped (SIGSTOP) for longer than any such sleep, a
+    ``pg_cancel_backend`` still finds the statement and stops it."""
+    with (
+        psycopg.connect(proxy.dsn(), autocommit=True) as conn,
+        psycopg.connect(cluster.dsn(), autocommit=True) as direct,
+    ):
+        pid = _backend_pid(conn)
+        held: list[tuple[str, str]] = []
+        gave_up = threading.Event()
+
+        def stop() -> None:
+            try:
+                held.append(_until_held(direct, pid))
+                proxy.signal(signal.SIGSTOP)
+                try:
+                    time.sleep(1.5)
+                    direct.execute("SELECT pg_cancel_backend(%s)", [pid])
+                    time.sleep(0.5)
+                finally:
+                    proxy.signal(signal.SIGCONT)
+            finally:
+                if not gave_up.wait(20):  # the cancel was lost: end the statement anyway
+                    gave_up.set()
+                    conn.cancel_safe()
+
+        stopper = threading.Thread(target=stop)
+        stopper.start()
+        error, _ = _failure(conn, ENDLESS)
+        finished = not gave_up.is_set()
+        gave_up.set()
+        stopper.join()
+        assert held, "the backend never waited for the proxy"
+        assert finished, "the cancel was lost"
+        assert (error.sqlstate, str(error)) == ("57014", "canceling statement due to user request")
+        assert held[0][0] == "advisory" and held[0][1].startswith("pgml-proxy holds (")
+        assert conn.execute("SELECT 1").fetchall() == [(1,)]
+
+
+def test_the_sessions_lock_timeout_neither_stops_the_call_nor_changes(
+    proxy: ProxyProcess,
+) -> None:
+    """The backend waits for the proxy whatever the session's ``lock_timeout``, which is
+    the same afterwards: in autocommit, in a transaction, and where SET LOCAL set it."""
+    steps = transform(LONG, '{"min_new_tokens": 2000, "max_new_tokens": 2000, "do_sample": false}')
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '10ms'")
+        assert len(conn.execute(steps).fetchall()) == 1
+        assert conn.execute("SHOW lock_timeout").fetchall() == [("10ms",)]
+        conn.execute("BEGIN")
+        assert len(conn.execute(steps).fetchall()) == 1
+        assert conn.execute("SHOW lock_timeout").fetchall() == [("10ms",)]
+        conn.execute("SET LOCAL lock_timeout = '20ms'")
+        assert len(conn.execute(steps).fetchall()) == 1
+        assert conn.execute("SHOW lock_timeout").fetchall() == [("20ms",)]
+        conn.execute("COMMIT")
+        assert conn.execute("SHOW lock_timeout").fetchall() == [("10ms",)]
+
+
+def test_a_call_outlasts_its_hold_connection(proxy: ProxyProcess, cluster: PostgresCluster) -> None:
+    """A DBA ends the proxy's hold connection while a call works: PostgreSQL lets the
+    backend go, the proxy holds it again on a new connection, and the call ends well."""
+    steps = transform(LONG, '{"min_new_tokens": 6000, "max_new_tokens": 6000, "do_sample": false}')
+    with (
+        psycopg.connect(proxy.dsn(), autocommit=True) as conn,
+        psycopg.connect(cluster.dsn(), autocommit=True) as direct,
+    ):
+        pid = _backend_pid(conn)
+        holders: list[int] = []
+
+        def terminate() -> None:
+            _until_held(direct, pid)
+            first = direct.execute(
+                "SELECT pid FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids(%s))", [pid]
+            ).fetchone()
+            assert first is not None
+            holders.append(first[0])
+            direct.execute("SELECT pg_terminate_backend(%s)", [first[0]])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                again = direct.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids(%s))",
+                    [pid],
+                ).fetchone()
+                if again is not None and again[0] != first[0]:
+                    holders.append(again[0])
+                    return
+                time.sleep(0.05)
+
+        terminator = threading.Thread(target=terminate)
+        terminator.start()
+        assert len(conn.execute(steps).fetchall()) == 1
+        terminator.join()
+        assert len(holders) == 2, "the backend was not held again"
