@@ -16,34 +16,25 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from tests.integration._transform import model_proxy
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 from tests.support.tiny_pipelines import (
     CROSS_ENCODER,
-    GENERATION,
+    LONG,
     SENTIMENT,
+    UNBOUNDED,
+    build_long_generator,
     build_pipeline_models,
 )
 
-LONG = "tiny/long-gpt2"
-"""A tiny GPT-2 with room for a million positions: a generation as long as one asks."""
-UNBOUNDED = 1_000_000
 ROLES = ("capacity_alice", "capacity_bob")
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = build_pipeline_models(tmp_path_factory.mktemp("capacity"))
-    tokenizer = AutoTokenizer.from_pretrained(root / GENERATION)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=UNBOUNDED + 64, n_embd=8, n_layer=1, n_head=2
-    )
-    GPT2LMHeadModel(config).save_pretrained(root / LONG)
-    tokenizer.save_pretrained(root / LONG)
-    return root
+    return build_long_generator(build_pipeline_models(tmp_path_factory.mktemp("capacity")))
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 ``build_pipeline_models(root)`` lays out the four models of :mod:`tests.support.tiny_models`
 and, next to them, heads on the tiny DistilBERT (its tokenizer, random weights) under
 ``tiny/<kind>``, and a chat model: the tiny GPT-2 with a chat template.
+``build_long_generator(root)`` adds a GPT-2 that generates as long as asked.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from transformers import (
     DistilBertForQuestionAnswering,
     DistilBertForSequenceClassification,
     DistilBertForTokenClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
 )
 
 from tests.support.tiny_models import HUB_NAMES, build_models_dir
@@ -31,6 +34,9 @@ TRANSLATION = HUB_NAMES["marian"]
 SUMMARIZATION = HUB_NAMES["bart"]
 GENERATION = HUB_NAMES["gpt2"]
 FILL_MASK = HUB_NAMES["distilbert"]
+LONG = "tiny/long-gpt2"
+"""A tiny GPT-2 with room for a million positions: a generation as long as one asks."""
+UNBOUNDED = 1_000_000
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n"
@@ -69,4 +75,15 @@ def build_pipeline_models(root: pathlib.Path) -> pathlib.Path:
     chat_tokenizer = AutoTokenizer.from_pretrained(chat)
     chat_tokenizer.chat_template = CHAT_TEMPLATE
     chat_tokenizer.save_pretrained(chat)
+    return root
+
+
+def build_long_generator(root: pathlib.Path) -> pathlib.Path:
+    """:data:`LONG` beside the pipeline models in ``root`` (built first)."""
+    tokenizer = AutoTokenizer.from_pretrained(root / GENERATION)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=UNBOUNDED + 64, n_embd=8, n_layer=1, n_head=2
+    )
+    GPT2LMHeadModel(config).save_pretrained(root / LONG)
+    tokenizer.save_pretrained(root / LONG)
     return root
