@@ -44,7 +44,9 @@ async def _serve(
         groups[(args[0], options)].append(index)
     results: list[Any] = [None] * len(batch)
     for (project, options), indexes in groups.items():
-        _, predictor = await ctx.services.deployed(ctx.database, project, rights=rights_of(ctx))
+        _, predictor = await ctx.services.deployed(
+            ctx.database, project, rights=rights_of(ctx), stopped=ctx.cancelled
+        )
         if isinstance(predictor, ClassicPredictor):
             raise PgmlError(
                 "0A000",

@@ -33,6 +33,8 @@ DEFAULT_GPU_SHARE = 0.8
 """Share of the GPU's memory that models may use by default (the rest is for activations)."""
 DEFAULT_RAM_SHARE = 0.5
 """Share of the machine's RAM that models may use by default on the CPU."""
+STOP_POLL = 0.05
+"""Seconds between two looks at whether a caller waiting for a load has stopped."""
 ROOM_WAIT = 60.0
 """Seconds a load waits for models in use to become idle before it is refused."""
 
@@ -329,30 +331,45 @@ class ModelCache:
         name: str | None = None,
         kind: str = "model",
         estimate: Callable[[], Awaitable[int]] | None = None,
+        stopped: Callable[[], bool] = lambda: False,
     ) -> Any:
         """The model under ``key``, loaded within the budget; concurrent first callers share
-        one load.  ``estimate`` gives its size before loading (to refuse or make room)."""
+        one load.  ``estimate`` gives its size before loading (to refuse or make room).
+
+        The load is the cache's own: a caller that stops waiting (``stopped()``, looked
+        at every :data:`STOP_POLL` seconds: its statement was cancelled) gets 57014 at
+        once, and the load goes on for the others and the next call."""
         found = self.touch(key)
         if found is not None:
             return found
         pending = self._loading.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        pending = asyncio.get_running_loop().create_future()
-        self._loading[key] = pending
-        label = name or _name(key)
-        try:
-            if self._budget is None:  # picking the device imports PyTorch: off the loop
-                await asyncio.to_thread(self.device)
-            loaded = await self._load(key, label, kind, load, estimate)
-        except BaseException as exc:
+        if pending is None:
+            pending = asyncio.ensure_future(self._first_load(key, name, kind, load, estimate))
+            self._loading[key] = pending
+            pending.add_done_callback(lambda done: self._loaded(key, done))
+        while not pending.done():
+            await asyncio.wait([pending], timeout=STOP_POLL)
+            if not pending.done() and stopped():
+                raise PgmlError("57014", "canceling statement due to user request")
+        return pending.result()
+
+    async def _first_load(
+        self,
+        key: Hashable,
+        name: str | None,
+        kind: str,
+        load: Callable[[], Awaitable[Any]],
+        estimate: Callable[[], Awaitable[int]] | None,
+    ) -> Any:
+        if self._budget is None:  # picking the device imports PyTorch: off the loop
+            await asyncio.to_thread(self.device)
+        return await self._load(key, name or _name(key), kind, load, estimate)
+
+    def _loaded(self, key: Hashable, done: asyncio.Future[Any]) -> None:
+        if self._loading.get(key) is done:
             del self._loading[key]
-            pending.set_exception(exc)
-            pending.exception()  # retrieved here: each waiter re-raises its own copy
-            raise
-        del self._loading[key]
-        pending.set_result(loaded)
-        return loaded
+        if not done.cancelled():
+            done.exception()  # retrieved: a load no one waits for any more may fail
 
     @contextlib.asynccontextmanager
     async def lease(
@@ -363,9 +380,10 @@ class ModelCache:
         name: str | None = None,
         kind: str = "model",
         estimate: Callable[[], Awaitable[int]] | None = None,
+        stopped: Callable[[], bool] = lambda: False,
     ) -> AsyncIterator[Any]:
         """The model under ``key``, held (never evicted) until the block ends."""
-        value = await self.get(key, load, name=name, kind=kind, estimate=estimate)
+        value = await self.get(key, load, name=name, kind=kind, estimate=estimate, stopped=stopped)
         with self.using(value):
             yield value
 

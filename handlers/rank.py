@@ -72,7 +72,11 @@ async def rank(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
         texts = [str(d) for d in documents]
         services.capacity.check_inputs("pgml.rank", [str(query), *texts])
         async with services.lease(
-            "cross-encoder", transformer, CrossEncoderRanker, rights=rights_of(ctx)
+            "cross-encoder",
+            transformer,
+            CrossEncoderRanker,
+            rights=rights_of(ctx),
+            stopped=ctx.cancelled,
         ) as ranker:
             results.append(
                 await services.infer(ctx, ranker.model, ranker.rank, str(query), texts, options)

@@ -78,7 +78,7 @@ async def _embed_groups(
         services.capacity.check_inputs("pgml.embed", group)
         vectors: list[list[float]] = []
         async with services.lease(
-            "embedding", name, SentenceEmbedder, rights=rights_of(ctx)
+            "embedding", name, SentenceEmbedder, rights=rights_of(ctx), stopped=ctx.cancelled
         ) as embedder:
             for start in range(0, len(group), size):
                 ctx.check_cancel()

@@ -160,9 +160,12 @@ class Services:
         *,
         rights: FileRights,
         remote_code: bool = False,
+        stopped: Callable[[], bool] = lambda: False,
     ) -> AsyncIterator[Any]:
         """:meth:`model`, held until the block ends."""
-        value = await self.model(kind, name, load, rights=rights, remote_code=remote_code)
+        value = await self.model(
+            kind, name, load, rights=rights, remote_code=remote_code, stopped=stopped
+        )
         with self.using(value):
             yield value
 
@@ -174,9 +177,11 @@ class Services:
         *,
         rights: FileRights,
         remote_code: bool = False,
+        stopped: Callable[[], bool] = lambda: False,
     ) -> Any:
         """The model ``name`` found by the resolver, loaded once within the budget; the
-        caller's rights over it are checked on every call, loaded or not."""
+        caller's rights over it are checked on every call, loaded or not.  A caller that
+        stops waiting for the load (``stopped()``) gets 57014; the load goes on."""
         self.check_model(name, rights=rights, remote_code=remote_code)
         key = (kind, name)
         found = self.models.touch(key)
@@ -195,7 +200,9 @@ class Services:
             log.info("loaded %s model %s on %s", kind, name, self.device)
             return loaded
 
-        return await self.models.get(key, load_it, name=name, kind=kind, estimate=estimate)
+        return await self.models.get(
+            key, load_it, name=name, kind=kind, estimate=estimate, stopped=stopped
+        )
 
     def check_model(self, name: str, *, rights: FileRights, remote_code: bool = False) -> None:
         """Refuse a model that ``--allow-models`` (and ``--trust-remote-code``) do not allow,
@@ -271,7 +278,12 @@ class Services:
         return await self.run(served_base, folder)
 
     async def deployed(
-        self, database: str, project: str, *, rights: FileRights
+        self,
+        database: str,
+        project: str,
+        *,
+        rights: FileRights,
+        stopped: Callable[[], bool] = lambda: False,
     ) -> tuple[Deployed, Any]:
         """The project's deployed model and its loaded predictor, switched on redeploys.
         The base model of an adapter is the caller's to have read (``rights``), checked on
@@ -300,7 +312,9 @@ class Services:
             return predictor
 
         name = LoadedModel.project_entry(project, deployed.model_id)
-        loaded = await self.models.get(key, load, name=name, kind="project", estimate=estimate)
+        loaded = await self.models.get(
+            key, load, name=name, kind="project", estimate=estimate, stopped=stopped
+        )
         base = getattr(loaded, "base_model", None)
         if base is not None:
             self.check_model(base, rights=rights)

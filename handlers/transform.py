@@ -13,7 +13,7 @@ import contextlib
 import json
 import threading
 from collections import defaultdict
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 from handlers.capacity import Stopped
@@ -55,7 +55,7 @@ async def authorize_transform(ctx: CallContext, args: Args) -> None:
 
 @contextlib.asynccontextmanager
 async def pipeline_lease(
-    services: Any, spec: TaskSpec, rights: FileRights
+    services: Any, spec: TaskSpec, rights: FileRights, stopped: Callable[[], bool]
 ) -> AsyncIterator[LoadedPipeline]:
     """The task's pipeline, loaded once per proxy within the model memory budget, held
     (never evicted) until the block ends.  Every call checks the caller's rights over the
@@ -88,7 +88,12 @@ async def pipeline_lease(
             return await services.run(LoadedPipeline, spec, folder, device, folders)  # type: ignore[no-any-return]
 
         loaded = await services.models.get(
-            key, load, name=f"{spec.model} ({spec.task})", kind="pipeline", estimate=estimate
+            key,
+            load,
+            name=f"{spec.model} ({spec.task})",
+            kind="pipeline",
+            estimate=estimate,
+            stopped=stopped,
         )
     if loaded.base_model is not None:
         services.check_model(loaded.base_model, rights=rights, remote_code=spec.remote_code)
@@ -146,7 +151,7 @@ async def _transform(ctx: CallContext, batch: Sequence[Args], messages: bool) ->
         options = json.loads(options_key)
         if spec.streams:
             services.capacity.check_generation("pgml.transform", options)
-        async with pipeline_lease(services, spec, rights_of(ctx)) as pipeline:
+        async with pipeline_lease(services, spec, rights_of(ctx), ctx.cancelled) as pipeline:
 
             def work(
                 chunk: list[Any],
@@ -215,7 +220,7 @@ async def stream_rows(ctx: CallContext, args: Args) -> AsyncGenerator[str, None]
     def emit(text: str) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, text)
 
-    async with pipeline_lease(services, spec, rights_of(ctx)) as pipeline:
+    async with pipeline_lease(services, spec, rights_of(ctx), ctx.cancelled) as pipeline:
         stops = capacity.generation_stops(capacity.stopped(stop.is_set, ctx.cancelled))
         generating = services.infer(
             ctx, pipeline.model, pipeline.stream, item, options, emit, stops

@@ -176,7 +176,9 @@ async def _serve(
         groups[project].append(index)
     results: list[Any] = [None] * len(batch)
     for project, indexes in groups.items():
-        _, predictor = await ctx.services.deployed(ctx.database, project, rights=rights_of(ctx))
+        _, predictor = await ctx.services.deployed(
+            ctx.database, project, rights=rights_of(ctx), stopped=ctx.cancelled
+        )
         if not isinstance(predictor, ClassicPredictor):
             raise PgmlError(
                 "0A000",

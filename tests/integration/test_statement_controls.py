@@ -283,3 +283,42 @@ def test_a_call_outlasts_its_hold_connection(proxy: ProxyProcess, cluster: Postg
         assert len(conn.execute(steps).fetchall()) == 1
         terminator.join()
         assert len(holders) == 2, "the backend was not held again"
+
+
+def test_a_cancel_stops_the_wait_for_a_models_first_load(
+    cluster: PostgresCluster, models: Path
+) -> None:
+    """A proxy's first call loads the model (and imports PyTorch: seconds).  A cancel
+    meanwhile answers at once; the load goes on, and the next call finds the model loaded."""
+    fresh = model_proxy(cluster, models)
+    try:
+        with (
+            psycopg.connect(fresh.dsn(), autocommit=True) as conn,
+            psycopg.connect(cluster.dsn(), autocommit=True) as direct,
+        ):
+            pid = _backend_pid(conn)
+            cancelled: list[float] = []
+
+            def cancel() -> None:
+                _until_held(direct, pid)
+                cancelled.append(time.monotonic())
+                direct.execute("SELECT pg_cancel_backend(%s)", [pid])
+
+            canceller = threading.Thread(target=cancel)
+            canceller.start()
+            short = transform(LONG, '{"max_new_tokens": 2, "do_sample": false}')
+            error, _ = _failure(conn, short)
+            answered = time.monotonic()
+            canceller.join()
+            assert (error.sqlstate, str(error)) == (
+                "57014",
+                "canceling statement due to user request",
+            )
+            assert answered - cancelled[0] < 2.0
+            loaded = f"loaded pipeline {LONG}"
+            still_loading = loaded not in fresh.log()
+            assert len(conn.execute(short).fetchall()) == 1
+        assert still_loading, "the cancel was answered only once the model was loaded"
+        assert fresh.log().count(loaded) == 1
+    finally:
+        fresh.stop()

@@ -4,6 +4,7 @@ and a CUDA out-of-memory failing one call."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,56 @@ def test_picking_the_device_leaves_the_event_loop_free() -> None:
         assert ticks >= 20  # the loop turned while the device was picked
 
     asyncio.run(scenario())
+
+
+def test_a_caller_that_stops_waiting_leaves_the_load_to_the_others() -> None:
+    """A cancelled statement stops waiting for a model's load at once (57014); the load
+    goes on, serves the caller that waits with it, and is cached for the next one."""
+
+    async def scenario() -> None:
+        cache = ModelCache(MemorySetting(bytes=bytes_of(250)))
+        release = asyncio.Event()
+        loads = 0
+
+        async def slow() -> Model:
+            nonlocal loads
+            loads += 1
+            await release.wait()
+            return Model(10)
+
+        stop = False
+        first = asyncio.ensure_future(cache.get("a", slow, stopped=lambda: stop))
+        second = asyncio.ensure_future(cache.get("a", slow))
+        await asyncio.sleep(0.1)
+        stop = True
+        began = time.monotonic()
+        with pytest.raises(PgmlError) as caught:
+            await first
+        assert caught.value.sqlstate == "57014"
+        assert time.monotonic() - began < 0.5 and not second.done()
+        release.set()
+        model = await second
+        assert await cache.get("a", slow) is model and loads == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_load_no_one_waits_for_may_fail_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """Its error is retrieved by the cache (no "exception was never retrieved"), and the
+    next caller loads again."""
+
+    async def scenario() -> None:
+        cache = ModelCache(MemorySetting(bytes=bytes_of(250)))
+
+        async def broken() -> Model:
+            await asyncio.sleep(0.1)
+            raise OSError("unreadable weights")
+
+        with pytest.raises(PgmlError):
+            await cache.get("a", broken, stopped=lambda: True)
+        await asyncio.sleep(0.2)
+        gc.collect()
+        assert isinstance(await cache.get("a", load(10)), Model)
+
+    asyncio.run(scenario())
+    assert "never retrieved" not in caplog.text
