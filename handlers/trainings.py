@@ -155,6 +155,9 @@ class Trainings:
                 await self.reap(database)
                 failing = False
             except Exception as exc:  # the server is away, the catalog dropped: try later
+                if getattr(exc, "sqlstate", None) == "3D000":  # the database is gone
+                    self._watches.pop(database, None)  # a call there again watches again
+                    return
                 if not failing:
                     log.warning("cannot look for trainings left behind in %s: %s", database, exc)
                 failing = True
