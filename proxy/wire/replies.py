@@ -417,13 +417,21 @@ class ReplyQueue:
             entry.sink.complete(error)
 
     def _skip_to_sync(self) -> None:
-        """After an extended-protocol error the server skips everything up to Sync."""
+        """After an extended-protocol error the server skips everything up to Sync.  When
+        the error was of a request of the proxy's own (the client was not told), the
+        proxy's answers queued meanwhile stay, in their turn, as :meth:`local` keeps
+        them: one of them is what the client is told."""
         entries = self._entries
+        kept: list[Expected] = []
         while entries and entries[0].request != Frontend.SYNC:
             entry = entries.popleft()
+            if entry.request == LOCAL and self._own_failure is not None:
+                kept.append(entry)
+                continue
             if not entry.passthrough:
                 self._routed -= 1
             if entry.sink is not None:
                 entry.sink.skip(self._own_failure)
         if not entries:
             self._ignoring = True
+        entries.extendleft(reversed(kept))

@@ -133,6 +133,22 @@ def test_the_proxys_own_failure_explains_what_is_skipped_after_it() -> None:
     assert queue.local(ERROR) == ERROR
 
 
+def test_the_proxys_answer_queued_before_its_own_request_fails_still_reaches_the_client() -> None:
+    """A statement stopped by the proxy (its answer queued behind a fetch of its own)
+    while a forwarded cancel fails that fetch: the client still gets the answer."""
+    queue = ReplyQueue()
+    fetch, after = Recorder(), Recorder()
+    queue.expect(mine(E, fetch))
+    assert queue.local(ERROR) == b""
+    queue.expect(mine(P, after))
+    cancelled = codec.PgError("ERROR", "57014", "canceling statement").encode()
+    assert queue.feed(cancelled) == ERROR
+    assert fetch.outcome == "error" and after.outcome == "skipped"
+    assert queue.ignoring and not queue.busy and not queue.routed
+    queue.expect(RELAYED[S])
+    assert queue.feed(IDLE) == IDLE
+
+
 def test_forwarded_errors_of_rewritten_sql_lose_their_position() -> None:
     queue = ReplyQueue()
     sink = Recorder()
