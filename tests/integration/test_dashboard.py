@@ -576,6 +576,27 @@ def waited(browser: Any, element_id: str) -> Any:
     return WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, element_id))
 
 
+def click_until_posted(browser: Any, page: str, button_id: str) -> float:
+    """Click a form's button on ``page`` until its POST is answered (the page the
+    browser shows came by the form's redirect), as a person clicks again a button that
+    the page's own refresh replaced under the pointer; when the answered click was made."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    redirected = "return performance.getEntriesByType('navigation')[0].redirectCount"
+    for _ in range(5):
+        browser.get(page)
+        button = waited(browser, button_id)
+        clicked = time.monotonic()
+        try:
+            button.click()
+            WebDriverWait(browser, 10).until(lambda b: b.execute_script(redirected) > 0)
+        except (StaleElementReferenceException, TimeoutException):
+            continue
+        return clicked
+    raise AssertionError(f"no click of {button_id} was answered")
+
+
 def browser_log_in(browser: Any, base: str, role: str = "postgres", password: str = "") -> None:
     """Log in through the form, as a person would."""
     from selenium.webdriver.common.by import By
@@ -687,8 +708,6 @@ def test_browser_projects_page(site: Site, browser: Any) -> None:
 def test_browser_cancel_from_the_jobs_page(
     site: Site, browser: Any, cluster: PostgresCluster, direct: psycopg.Connection[Any]
 ) -> None:
-    from selenium.webdriver.common.by import By
-
     browser_log_in(browser, site.base)
     table = f"dash_long_{uuid.uuid4().hex[:8]}"
     create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=LONG_ROWS)
@@ -696,9 +715,7 @@ def test_browser_cancel_from_the_jobs_page(
     call = Background(site.proxy.dsn(), long_tune(project, table))
     try:
         model_id = wait_until_training(direct, project, call.thread.is_alive)
-        browser.get(site.base + "/jobs")
-        clicked = time.monotonic()
-        browser.find_element(By.ID, f"cancel-{model_id}").click()
+        clicked = click_until_posted(browser, site.base + "/jobs", f"cancel-{model_id}")
         call.join(60)
         stopped_in = time.monotonic() - clicked
     finally:
