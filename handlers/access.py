@@ -4,8 +4,9 @@ The proxy writes the catalog through its service connection, so before it writes
 caller it asks, in the caller's own session (its current role after ``SET ROLE``, inside
 its transaction), whether that role could make the write itself: ``INSERT`` on the
 tables written, and for an existing project membership in the project's owner role.
-Serving asks ``pgml.authorize_serving`` (see :mod:`handlers.catalog`), so that the grants
-and row-level security policies on ``pgml.projects`` and ``pgml.models`` decide.  A project
+Serving asks ``pgml.authorize_serving`` (see :mod:`handlers.catalog`), or for a model named
+by its id reads the model's row, so that the grants and row-level security policies on
+``pgml.projects`` and ``pgml.models`` decide.  A project
 the caller cannot see is answered as one that does not exist; the catalog's own policies
 hold the same rules for SQL written straight to its tables.
 """
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 from handlers.errors import PgmlError
 from handlers.functions import Args, CallContext
-from handlers.projects import Project
+from handlers.projects import Project, missing_model
 
 PROJECTS = "pgml.projects"
 MODELS = "pgml.models"
@@ -183,3 +184,26 @@ async def authorize_serving(ctx: CallContext, args: Args) -> None:
     except PgmlError:  # the project's own refusal first, should it still ride with a statement
         await ctx.session.run_sql(SERVING, [project, model])
         raise
+
+
+SERVING_MODEL = (
+    "SELECT EXISTS (SELECT FROM pgml.models AS m JOIN pgml.projects AS p "
+    "ON p.id = m.project_id WHERE m.id = $1::bigint)::text"
+)
+
+
+async def authorize_serving_model(ctx: CallContext, args: Args) -> None:
+    """Serve a model named by its id (``predict(model_id, ...)``) only to a role that can
+    read its row and its project's in the catalog, as :func:`authorize_serving` does for a
+    project; a model the role cannot see is answered as one that does not exist."""
+    if not args or args[0] is None:
+        return
+    model_id = int(args[0])
+    ((visible,),) = await ctx.session.run_sql(SERVING_MODEL, [str(model_id)])
+    if visible != "true":
+        raise missing_model(model_id)
+    base = await ctx.services.served_base(
+        ctx.database, await ctx.services.served(ctx.database, model_id)
+    )
+    if base is not None:
+        await ctx.services.check_model_for(ctx, base)

@@ -36,7 +36,8 @@ class Project:
 
 @dataclass(frozen=True, slots=True)
 class Deployed:
-    """A project's deployed model and what serving needs to know about it."""
+    """A model to serve (a project's deployed one, or one named by its id) and what
+    serving needs to know about it."""
 
     project: Project
     model_id: int
@@ -72,6 +73,22 @@ def missing_model(model_id: int) -> PgmlError:
 
 def _project(row: Any) -> Project:
     return Project(int(row["id"]), row["name"], row["task"], int(row["owner_oid"]), row["owner"])
+
+
+_SERVED_COLUMNS = (
+    f"{PROJECT_COLUMNS}, m.id AS model_id, m.algorithm, "
+    "extract(epoch FROM m.created_at) AS created_at, s.analysis->>'label_type' AS label_type"
+)
+
+
+def _served(row: Any) -> Deployed:
+    return Deployed(
+        _project(row),
+        int(row["model_id"]),
+        row["algorithm"],
+        float(row["created_at"]),
+        row["label_type"] or "text",
+    )
 
 
 class Catalog:
@@ -270,10 +287,7 @@ class Catalog:
     async def deployed(self, name: str) -> Deployed:
         """The project's deployed model; a clear error when there is none."""
         row = await self.pool.fetchrow(
-            f"SELECT {PROJECT_COLUMNS}, m.id AS model_id, m.algorithm, "
-            "extract(epoch FROM m.created_at) AS created_at, "
-            "s.analysis->>'label_type' AS label_type "
-            "FROM pgml.projects AS p "
+            f"SELECT {_SERVED_COLUMNS} FROM pgml.projects AS p "
             "LEFT JOIN pgml.deployed_models AS d ON d.name = p.name "
             "LEFT JOIN pgml.models AS m ON m.id = d.id "
             "LEFT JOIN pgml.snapshots AS s ON s.id = m.snapshot_id WHERE p.name = $1",
@@ -287,13 +301,20 @@ class Catalog:
                 f'project "{name}" has no deployed model',
                 hint="Tune it with pgml.tune, or deploy a trained model with pgml.deploy.",
             )
-        return Deployed(
-            _project(row),
-            int(row["model_id"]),
-            row["algorithm"],
-            float(row["created_at"]),
-            row["label_type"] or "text",
+        return _served(row)
+
+    async def served(self, model_id: int) -> Deployed:
+        """Any model of any project, to be served by its id (deployed or not); 42704 when
+        there is no such model."""
+        row = await self.pool.fetchrow(
+            f"SELECT {_SERVED_COLUMNS} FROM pgml.models AS m "
+            "JOIN pgml.projects AS p ON p.id = m.project_id "
+            "LEFT JOIN pgml.snapshots AS s ON s.id = m.snapshot_id WHERE m.id = $1",
+            model_id,
         )
+        if row is None:
+            raise missing_model(model_id)
+        return _served(row)
 
     # --- deployment ----------------------------------------------------------------------
 

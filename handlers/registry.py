@@ -9,13 +9,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import proxy
-from handlers.access import authorize_serving
+from handlers.access import authorize_serving, authorize_serving_model
 from handlers.chunking import chunk
 from handlers.classic.predict import (
     decompose,
     predict_batch,
     predict_features,
     predict_joint,
+    predict_model_batch,
+    predict_model_features,
+    predict_model_joint,
+    predict_model_proba,
+    predict_model_row,
     predict_proba_features,
     predict_row,
 )
@@ -188,6 +193,8 @@ def _transform_stream_overloads() -> tuple[Overload, ...]:
 
 
 _PROJECT = Param("project_name", "text")
+_MODEL = Param("model_id", "bigint")
+_FEATURES = Param("features", "real[]")
 
 
 def _served(
@@ -196,8 +203,21 @@ def _served(
     handler: Handler,
     varies: Callable[[Sequence[Any]], bool] | None = None,
 ) -> Overload:
-    """A call that serves a project's deployed model: only to roles that can read it."""
-    return Overload(params, returns, handler, varies=varies, authorize=authorize_serving)
+    """A call that serves a project's deployed model, or a model named by its id: only
+    to roles that can read it."""
+    authorize = authorize_serving_model if params[0] is _MODEL else authorize_serving
+    return Overload(params, returns, handler, varies=varies, authorize=authorize)
+
+
+def _predict_batch(named: Param, handler: Handler) -> Overload:
+    return Overload(
+        (named, _FEATURES),
+        "real",
+        handler,
+        set_returning=True,
+        row_dependent_ok=False,
+        authorize=authorize_serving_model if named is _MODEL else authorize_serving,
+    )
 
 
 _TRAIN_COLUMNS = (
@@ -298,33 +318,30 @@ FUNCTIONS: dict[str, Function] = {
         (
             _served((_PROJECT, Param("input", "text")), LABEL, predict_text),
             _served((_PROJECT, Param("inputs", "text[]")), LABEL + "[]", predict_array),
-            _served((_PROJECT, Param("features", "real[]")), "real", predict_features),
+            _served((_PROJECT, _FEATURES), "real", predict_features),
             _served((_PROJECT, Param("row", "record")), "real", predict_row),
+            _served((_MODEL, _FEATURES), "real", predict_model_features),
+            _served((_MODEL, Param("row", "record")), "real", predict_model_row),
         ),
     ),
     "predict_joint": Function(
         "predict_joint",
-        (_served((_PROJECT, Param("features", "real[]")), "real[]", predict_joint),),
+        (
+            _served((_PROJECT, _FEATURES), "real[]", predict_joint),
+            _served((_MODEL, _FEATURES), "real[]", predict_model_joint),
+        ),
     ),
     "predict_batch": Function(
         "predict_batch",
-        (
-            Overload(
-                (_PROJECT, Param("features", "real[]")),
-                "real",
-                predict_batch,
-                set_returning=True,
-                row_dependent_ok=False,
-                authorize=authorize_serving,
-            ),
-        ),
+        (_predict_batch(_PROJECT, predict_batch), _predict_batch(_MODEL, predict_model_batch)),
     ),
     "predict_proba": Function(
         "predict_proba",
         (
             _served((_PROJECT, Param("input", "text")), "jsonb", predict_proba_text),
             _served((_PROJECT, Param("inputs", "text[]")), "jsonb", predict_proba_array),
-            _served((_PROJECT, Param("features", "real[]")), "jsonb", predict_proba_features),
+            _served((_PROJECT, _FEATURES), "jsonb", predict_proba_features),
+            _served((_MODEL, _FEATURES), "jsonb", predict_model_proba),
         ),
     ),
     "decompose": Function(

@@ -289,7 +289,6 @@ class Services:
         The base model of an adapter is the caller's to have read (``rights``), checked on
         every call, loaded or not."""
         deployed = await self.deployment(database, project)
-        catalog = await self.catalog(database)
         slot = (database, deployed.project.id)
         key = self._deployed_key(database, deployed)
         previous = self._deployed.get(slot)
@@ -297,6 +296,27 @@ class Services:
             self.models.discard(previous)  # callers keep their ref
             log.info("project %s switched to model %d", project, deployed.model_id)
         self._deployed[slot] = key
+        return deployed, await self.loaded(database, deployed, rights=rights, stopped=stopped)
+
+    async def served(self, database: str, model_id: int) -> Deployed:
+        """Model ``model_id`` of any project, deployed or not, to serve by its id."""
+        await self.ensure_catalog(database)
+        return await (await self.catalog(database)).served(model_id)
+
+    async def loaded(
+        self,
+        database: str,
+        deployed: Deployed,
+        *,
+        rights: FileRights,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> Any:
+        """The model's predictor, loaded once for every caller (restored from
+        ``pgml.files`` when this proxy has no copy yet).  The base model of an adapter is
+        the caller's to have read (``rights``), checked on every call, loaded or not."""
+        catalog = await self.catalog(database)
+        key = self._deployed_key(database, deployed)
+        project = deployed.project.name
         folder: list[Path] = []
 
         async def estimate() -> int:
@@ -318,7 +338,7 @@ class Services:
         base = getattr(loaded, "base_model", None)
         if base is not None:
             self.check_model(base, rights=rights)
-        return deployed, loaded
+        return loaded
 
     @staticmethod
     def _deployed_key(database: str, deployed: Deployed) -> tuple[Any, ...]:

@@ -16,7 +16,7 @@ from handlers.classic.algorithms import CLASSIFICATION, DECOMPOSITION
 from handlers.classic.fit import MANIFEST_FILE
 from handlers.errors import PgmlError, invalid_argument
 from handlers.files import rights_of
-from handlers.functions import Args, CallContext
+from handlers.functions import Args, CallContext, Handler
 
 
 def is_classic(folder: Path) -> bool:
@@ -167,18 +167,17 @@ def _one_row(predictor: ClassicPredictor, project: str, record: Any) -> list[lis
 
 
 async def _serve(
-    ctx: CallContext, batch: Sequence[Args], operation: str, rows_of: Rows
+    ctx: CallContext, batch: Sequence[Args], operation: str, rows_of: Rows, by_id: bool
 ) -> list[Any]:
-    """Each call's results, one per row it asks about; every call of a project in one
-    batch of the model's."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for index, (project, _) in enumerate(batch):
-        groups[project].append(index)
+    """Each call's results, one per row it asks about; every call of a model in one
+    batch of the model's.  The model is the project's deployed one, or (``by_id``) the
+    model whose id the call names."""
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for index, (named, _) in enumerate(batch):
+        groups[named].append(index)
     results: list[Any] = [None] * len(batch)
-    for project, indexes in groups.items():
-        _, predictor = await ctx.services.deployed(
-            ctx.database, project, rights=rights_of(ctx), stopped=ctx.cancelled
-        )
+    for named, indexes in groups.items():
+        project, predictor = await _predictor(ctx, named, by_id)
         if not isinstance(predictor, ClassicPredictor):
             raise PgmlError(
                 "0A000",
@@ -223,25 +222,39 @@ async def _serve(
     return results
 
 
-async def predict_features(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
-    return [r[0] for r in await _serve(ctx, batch, "predict", _one_array)]
+async def _predictor(ctx: CallContext, named: Any, by_id: bool) -> tuple[str, Any]:
+    """The project's name and the predictor a call names."""
+    if by_id:
+        served = await ctx.services.served(ctx.database, int(named))
+        loaded = await ctx.services.loaded(
+            ctx.database, served, rights=rights_of(ctx), stopped=ctx.cancelled
+        )
+        return served.project.name, loaded
+    _, loaded = await ctx.services.deployed(
+        ctx.database, str(named), rights=rights_of(ctx), stopped=ctx.cancelled
+    )
+    return str(named), loaded
 
 
-async def predict_joint(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
-    return [r[0] for r in await _serve(ctx, batch, "predict_joint", _one_array)]
+def _handler(operation: str, rows_of: Rows, *, by_id: bool = False, sets: bool = False) -> Handler:
+    """The handler of one of PostgresML's prediction functions: one result per call, or
+    (``sets``) one row per row asked about."""
+
+    async def handler(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
+        found = await _serve(ctx, batch, operation, rows_of, by_id)
+        return found if sets else [r[0] for r in found]
+
+    return handler
 
 
-async def predict_row(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
-    return [r[0] for r in await _serve(ctx, batch, "predict", _one_row)]
-
-
-async def predict_batch(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
-    return await _serve(ctx, batch, "predict", _flattened)
-
-
-async def decompose(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
-    return [r[0] for r in await _serve(ctx, batch, "decompose", _one_array)]
-
-
-async def predict_proba_features(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:
-    return [r[0] for r in await _serve(ctx, batch, "predict_proba", _one_array)]
+predict_features = _handler("predict", _one_array)
+predict_row = _handler("predict", _one_row)
+predict_joint = _handler("predict_joint", _one_array)
+predict_batch = _handler("predict", _flattened, sets=True)
+predict_proba_features = _handler("predict_proba", _one_array)
+decompose = _handler("decompose", _one_array)
+predict_model_features = _handler("predict", _one_array, by_id=True)
+predict_model_row = _handler("predict", _one_row, by_id=True)
+predict_model_joint = _handler("predict_joint", _one_array, by_id=True)
+predict_model_batch = _handler("predict", _flattened, by_id=True, sets=True)
+predict_model_proba = _handler("predict_proba", _one_array, by_id=True)

@@ -26,10 +26,13 @@ from handlers.inference import LABEL
 from handlers.projects import FEATURES
 from proxy.engine.calls import CallSite
 from proxy.engine.values import (
+    ANY_ARRAY_OID,
+    CAST_OIDS,
     REAL_ARRAY_OID,
     TEXT_ARRAY_OID,
     UNKNOWN_OID,
     json_value,
+    number_oid,
     type_name,
 )
 
@@ -61,6 +64,8 @@ def _accepts(kind: str, oid: int, strings_only: bool) -> bool:
         return True
     if oid == UNKNOWN_OID:
         return not (strings_only and kind.endswith("[]"))
+    if oid == ANY_ARRAY_OID:  # of text where some overload takes it, else of numbers
+        return kind == "text[]" if strings_only else kind.endswith("[]")
     return accepts_oid(kind, oid)
 
 
@@ -140,18 +145,24 @@ def parameter_type(call: CallSite, overload: Overload, argument: int) -> str:
 
 def syntax_oids(call: CallSite, parameter_oids: Sequence[int]) -> list[int]:
     """Argument types as far as the statement's syntax tells them (before PostgreSQL
-    has been asked): arrays, the client's typed ``$n`` parameters, literals."""
+    has been asked): arrays, the client's typed ``$n`` parameters, numbers, casts to a
+    scalar type; anything else is taken for an untyped literal."""
     found: list[int] = []
     for index, arg in enumerate(call.args):
         if isinstance(arg, exp.Array) or (
             isinstance(arg, exp.Cast) and arg.to.is_type(exp.DataType.Type.ARRAY)
         ):
-            numbers = _of_numbers(arg) or (
-                isinstance(arg, exp.Array)
-                and not all(isinstance(e, exp.Literal) for e in arg.expressions)
-                and not _takes_text_array(call, index)
+            untold = isinstance(arg, exp.Array) and not all(
+                isinstance(e, exp.Literal) for e in arg.expressions
             )
-            found.append(REAL_ARRAY_OID if numbers else TEXT_ARRAY_OID)
+            if _of_numbers(arg) or (untold and not _takes_text_array(call, index)):
+                found.append(REAL_ARRAY_OID)
+            else:
+                found.append(ANY_ARRAY_OID if untold else TEXT_ARRAY_OID)
+        elif isinstance(arg, exp.Literal) and not arg.is_string:
+            found.append(number_oid(arg.name))
+        elif isinstance(arg, exp.Cast) and arg.to.sql(dialect="postgres").lower() in CAST_OIDS:
+            found.append(CAST_OIDS[arg.to.sql(dialect="postgres").lower()])
         elif isinstance(arg, exp.Parameter) and arg.this.name.isdigit():
             number = int(arg.this.name)
             oid = parameter_oids[number - 1] if 0 < number <= len(parameter_oids) else 0
@@ -198,8 +209,11 @@ def project_literal(call: CallSite) -> str | None:
     return None
 
 
-def typed_by_project(call: CallSite) -> bool:
-    """Whether the call's result type is its project's (REAL or TEXT labels)."""
+def typed_by_project(call: CallSite, overload: Overload | None = None) -> bool:
+    """Whether the call's result type is its project's (REAL or TEXT labels); never
+    that of an ``overload`` that names a model by its id."""
+    if overload is not None and all(p.name != "project_name" for p in overload.params):
+        return False
     return any(LABEL in o.returns for o in call.function.overloads)
 
 

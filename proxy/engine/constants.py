@@ -173,10 +173,8 @@ def _constant_sql(
 def _literal(node: exp.Literal, source: str) -> Known | None:
     if not node.is_string:
         text = node.name
-        if not text.isdigit():
-            return Known(1700, float(text))
-        number = int(text)
-        return Known(23 if number < 2**31 else 20 if number < 2**63 else 1700, number)
+        oid = values.number_oid(text)
+        return Known(oid, float(text) if oid == 1700 else int(text))
     if not (source.startswith("'") and source.endswith("'")) or "\\" in source:
         return None  # E'...', U&'...', $$...$$ or backslashes: PostgreSQL reads them
     return Known(values.UNKNOWN_OID, source[1:-1].replace("''", "'"))

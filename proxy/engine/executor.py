@@ -468,7 +468,7 @@ class Execution:
 
     async def result_type(self, call: CallSite, overload: Overload, args: Args) -> str:
         """The call's SQL result type; a project-typed call's is its project's."""
-        if not binding.typed_by_project(call):
+        if not binding.typed_by_project(call, overload):
             return overload.returns
         project = args[0]
         if self.label_types is not None or project is None:

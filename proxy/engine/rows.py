@@ -172,7 +172,7 @@ async def _resolve(
             None if reads_columns(arg) else known_value(execution, arg, parsed.text[slice(*span)])
         )
         constants.append(None if found is None else found.value)
-    if binding.typed_by_project(call) and reads_columns(
+    if binding.typed_by_project(call, overload) and reads_columns(
         call.args[_project_argument(call, overload)]
     ):
         raise PgmlError(

@@ -18,6 +18,8 @@ TEXT_OID = 25
 UNKNOWN_OID = 705
 TEXT_ARRAY_OID = 1009
 REAL_ARRAY_OID = 1021
+ANY_ARRAY_OID = 2277
+"""An array whose element type the statement's syntax does not tell."""
 
 TYPE_NAMES = {
     25: "text",
@@ -56,7 +58,32 @@ TYPE_NAMES = {
     2950: "uuid",
     869: "inet",
     2249: "record",
+    2277: "anyarray",
 }
+
+
+CAST_OIDS = {
+    "int": 23,
+    "bigint": 20,
+    "smallint": 21,
+    "real": 700,
+    "double precision": 701,
+    "decimal": 1700,
+    "text": 25,
+    "varchar": 1043,
+    "boolean": 16,
+    "json": 114,
+    "jsonb": 3802,
+}
+"""Scalar types by their name in sqlglot's PostgreSQL rendering of a cast."""
+
+
+def number_oid(text: str) -> int:
+    """The type PostgreSQL gives a numeric constant written ``text``."""
+    if not text.isdigit():
+        return 1700
+    number = int(text)
+    return 23 if number < 2**31 else 20 if number < 2**63 else 1700
 
 
 def type_name(oid: int) -> str:

@@ -421,6 +421,42 @@ def test_predict_when_a_policy_hides_the_deployed_model(
     assert ok(tuner.dsn(), predict)[0][0] in (0.0, 1.0)
 
 
+def test_a_model_named_by_its_id_is_served_only_to_a_role_that_sees_it(
+    tuner: ProxyProcess,
+    cluster: PostgresCluster,
+    direct: psycopg.Connection[Any],
+    project: str,
+    roles: Roles,
+    grants: Callable[[str], None],
+    restore_catalog_grants: None,
+) -> None:
+    """``pgml.predict(model_id, ...)``: the model's row and its project's decide, as for a
+    project; a model the role cannot see is answered as one that does not exist."""
+    (model_id,) = direct.execute(
+        "SELECT m.id FROM pgml.models AS m JOIN pgml.projects AS p ON p.id = m.project_id "
+        "WHERE p.name = %s ORDER BY m.id LIMIT 1",
+        [project],
+    ).fetchone() or (None,)
+    by_id = f"SELECT pgml.predict({model_id}, ARRAY[1, 2])"
+    alice = tuner.dsn(roles.alice)
+    served = fail_with_psycopg(alice, by_id)  # let in; then a text model refuses numbers
+    assert served.sqlstate == "0A000" and "takes its input as text" in served.message
+    cluster.psql(
+        "ALTER TABLE pgml.projects ENABLE ROW LEVEL SECURITY; "
+        "CREATE POLICY team_only ON pgml.projects USING (pg_has_role(owner, 'MEMBER'))"
+    )
+    hidden = fail_with_psycopg(alice, by_id)
+    assert (hidden.sqlstate, hidden.message) == ("42704", f"model {model_id} does not exist")
+    assert hidden.usable_after
+    missing = fail_with_psycopg(alice, "SELECT pgml.predict(2000000000, ARRAY[1, 2])")
+    assert (missing.sqlstate, missing.message) == ("42704", "model 2000000000 does not exist")
+    grants(f"GRANT {roles.team} TO {roles.alice}")
+    assert fail_with_psycopg(alice, by_id).sqlstate == "0A000"
+    cluster.psql("REVOKE SELECT ON pgml.models FROM PUBLIC")
+    refused = fail_with_psycopg(alice, by_id)
+    assert refused.sqlstate == "42501" and "permission denied for table models" in refused.message
+
+
 def test_serving_follows_set_role(
     tuner: ProxyProcess,
     cluster: PostgresCluster,

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import errors
 from sklearn import cluster, decomposition, ensemble, linear_model, model_selection, svm
+from sklearn.tree import DecisionTreeClassifier
 
 from handlers.classic.algorithms import (
     CLASSIFICATION,
@@ -479,6 +480,91 @@ def test_predict_proba_per_row(db: psycopg.Connection[Any], iris_model: tuple[st
     np.testing.assert_allclose(
         [row[-1] for row in found], reference.predict_proba(inputs), rtol=1e-4, atol=1e-6
     )
+
+
+def test_a_model_is_served_by_its_id_deployed_or_not(db: psycopg.Connection[Any]) -> None:
+    """PostgresML's overloads that name a model by its id: that model answers, whichever
+    one its project has deployed, in every statement shape, with per-row ids too."""
+    project = unique("iris_by_id")
+    common = {"hyperparams": {"max_iter": 500}, "test_sampling": "last"}
+    train(
+        db, project, task="classification", relation_name=SHUFFLED, y_column_name="target", **common
+    )
+    tree_params = {"random_state": 0, "max_depth": 2}
+    assert train(
+        db,
+        project,
+        algorithm="decision_tree",
+        hyperparams=tree_params,
+        automatic_deploy=False,
+        test_sampling="last",
+    ) == (project, "classification", "decision_tree", False)
+    linear, tree = (
+        row[0]
+        for row in rows(
+            db,
+            "SELECT m.id FROM pgml.models AS m JOIN pgml.projects AS p ON p.id = m.project_id "
+            "WHERE p.name = %s ORDER BY m.id",
+            project,
+        )
+    )
+    x, y = features(db, SHUFFLED, IRIS, "target")
+    train_x, train_y, _ = _split(x, y)
+    fitted = {
+        linear: linear_model.LogisticRegression(max_iter=500).fit(train_x, train_y),
+        tree: DecisionTreeClassifier(**tree_params).fit(train_x, train_y),
+    }
+    array = ", ".join(IRIS)
+    for model_id, reference in fitted.items():
+        found = rows(
+            db, f"SELECT {array}, pgml.predict(%s, ARRAY[{array}]) FROM {SHUFFLED}", model_id
+        )
+        inputs = np.array([[float(v) for v in row[:-1]] for row in found])
+        assert [row[-1] for row in found] == list(reference.predict(inputs))
+        whole = rows(db, f"SELECT pgml.predict(%s::bigint, i) FROM {SHUFFLED} AS i", model_id)
+        assert [row[0] for row in whole] == [row[-1] for row in found]
+        (proba,) = db.execute(
+            "SELECT pgml.predict_proba(%s, ARRAY[5.9, 3.0, 5.1, 1.8])", [model_id]
+        ).fetchone() or (None,)
+        np.testing.assert_allclose(
+            proba, reference.predict_proba([[5.9, 3.0, 5.1, 1.8]])[0], rtol=1e-5
+        )
+        batch = rows(
+            db,
+            "SELECT * FROM pgml.predict_batch(%s, %s::real[])",
+            model_id,
+            inputs.ravel().tolist(),
+        )
+        assert [row[0] for row in batch] == list(
+            reference.predict(inputs.astype(np.float32).astype(float))
+        )
+    assert list(fitted[linear].predict(inputs)) != list(fitted[tree].predict(inputs))
+    # the project's name still means its deployed model; ids read from rows, each its own
+    assert rows(db, f"SELECT pgml.predict('{project}', ARRAY[{array}]) FROM {SHUFFLED}") == rows(
+        db, f"SELECT pgml.predict(%s, ARRAY[{array}]) FROM {SHUFFLED}", linear
+    )
+    mixed = rows(
+        db,
+        f"SELECT m, {array}, pgml.predict(m, ARRAY[{array}]) FROM {SHUFFLED} CROSS JOIN "
+        f"(VALUES ({linear}), ({tree})) AS v(m)",
+    )
+    assert len(mixed) == 2 * len(inputs)
+    for model_id, *point, label in mixed:
+        assert label == fitted[model_id].predict([[float(v) for v in point]])[0]
+    bound = rows(  # bound parameters (the extended protocol): the id's cast types the call
+        db,
+        f"SELECT m, {array}, pgml.predict(m::bigint, ARRAY[{array}]) FROM {SHUFFLED} "
+        "CROSS JOIN (VALUES (%s), (%s)) AS v(m)",
+        linear,
+        tree,
+    )
+    assert sorted(bound) == sorted(mixed)
+    with pytest.raises(errors.FeatureNotSupported, match=r"has one label: use pgml\.predict$"):
+        db.execute("SELECT pgml.predict_joint(%s, ARRAY[1, 2, 3, 4])", [tree])
+    missing = tree + 1000
+    with pytest.raises(errors.UndefinedObject) as raised:
+        db.execute(f"SELECT pgml.predict({missing}, ARRAY[1, 2, 3, 4])")
+    assert raised.value.diag.message_primary == f"model {missing} does not exist"
 
 
 def model_count(db: psycopg.Connection[Any]) -> tuple[int, int]:

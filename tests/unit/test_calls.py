@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.engine.binding import pick_overload, syntax_oids
 from proxy.engine.calls import mentions_call
 from proxy.engine.planner import parse_statement
 
@@ -50,3 +51,29 @@ def test_transform_in_from_keeps_its_arguments_in_order() -> None:
     assert call.function.name == "transform"
     assert call.names == [None, "inputs"]
     assert [a.sql() for a in call.args] == ["'text-classification'", "ARRAY('x')"]
+
+
+SMALLINT, INTEGER_ = 21, 23
+GUESSES = [
+    ("SELECT pgml.predict('p', ARRAY[a, b]) FROM t", [], "project_name", "text[]"),
+    ("SELECT pgml.predict('p', ARRAY[1.5, 2]) FROM t", [], "project_name", "real[]"),
+    ("SELECT pgml.predict(5, ARRAY[a, b]) FROM t", [], "model_id", "real[]"),
+    ("SELECT pgml.predict($1, ARRAY[a, b]) FROM t", [SMALLINT], "model_id", "real[]"),
+    ("SELECT pgml.predict(m::bigint, ARRAY[a, b]) FROM t", [], "model_id", "real[]"),
+    ("SELECT pgml.predict(CAST(m AS int), t) FROM t", [], "model_id", "record"),
+    ("SELECT pgml.predict($1, t) FROM t", [INTEGER_], "model_id", "record"),
+]
+
+
+@pytest.mark.parametrize(("sql", "oids", "first", "second"), GUESSES)
+def test_the_syntax_types_numbers_casts_and_parameters_as_postgresql_does(
+    sql: str, oids: list[int], first: str, second: str
+) -> None:
+    """Before PostgreSQL is asked, a number is an integer, a cast its type and a bound
+    parameter its declared type, so a model's id picks the overload that names a model;
+    an array of columns is one of text only where the rest fits a text overload."""
+    parsed = parse_statement(sql)
+    assert parsed is not None
+    (call,) = parsed.calls
+    overload = pick_overload(call, syntax_oids(call, oids))
+    assert (overload.params[0].name, overload.params[1].type) == (first, second)
