@@ -19,7 +19,7 @@ from handlers.classic.algorithms import (
     refusals,
 )
 from handlers.classic.features import ARRAY, BOOLEAN, TEXT, Table
-from handlers.classic.preprocess import ColumnSteps, transformer
+from handlers.classic.preprocess import IMPUTERS, ColumnSteps, transformer
 from handlers.errors import PgmlError, invalid_argument
 from handlers.tuning.split import split_rows
 
@@ -85,7 +85,7 @@ def matrix(table: Table, steps: dict[str, ColumnSteps]) -> tuple[Any, dict[str, 
         width += block.shape[1]
         blocks.append(block)
         missing = int(np.isnan(block).any(axis=1).sum())
-        if missing and step.impute is None:
+        if missing and IMPUTERS[step.impute or "error"] is None:
             raise PgmlError(
                 "22004",
                 f'feature column "{column.name}" has {missing} row(s) with NULL values',

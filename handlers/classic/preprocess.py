@@ -11,7 +11,18 @@ from typing import Any
 from handlers.errors import invalid_argument
 
 ENCODINGS = ("native", "ordinal", "one_hot", "target")
-IMPUTERS = {"mean": "mean", "median": "median", "mode": "most_frequent", "zero": "constant"}
+IMPUTERS = {
+    "error": None,
+    "mean": "mean",
+    "median": "median",
+    "mode": "most_frequent",
+    "zero": "constant",
+    "min": "nanmin",
+    "max": "nanmax",
+}
+"""PostgresML's imputations: scikit-learn's ``SimpleImputer`` strategy, or NumPy's function
+that gives a feature's value from its training values; ``error`` (as no ``impute``)
+refuses a NULL."""
 SCALERS = {
     "preserve": None,
     "standard": "StandardScaler",
@@ -68,6 +79,7 @@ def transformer(
     """A ColumnTransformer imputing, target-encoding (scikit-learn's ``TargetEncoder`` over
     the codes of the ``text`` columns) and scaling the named columns' features (the others
     pass through); None when no column asks for any."""
+    import numpy as np
     from sklearn import preprocessing
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
@@ -76,8 +88,10 @@ def transformer(
     parts: list[tuple[str, Any, list[int]]] = []
     for column, step in steps.items():
         chain: list[Any] = []
-        if step.impute is not None:
-            chain.append(SimpleImputer(strategy=IMPUTERS[step.impute], fill_value=0.0))
+        strategy = IMPUTERS[step.impute or "error"]
+        if strategy is not None:
+            chosen = getattr(np, strategy) if strategy.startswith("nan") else strategy
+            chain.append(SimpleImputer(strategy=chosen, fill_value=0.0))
         if step.encode == "target" and column in text:
             chain.append(preprocessing.TargetEncoder(random_state=0))
         scaler = SCALERS[step.scale]

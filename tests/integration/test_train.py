@@ -632,6 +632,46 @@ def test_null_labels_and_features(db: psycopg.Connection[Any]) -> None:
         db.execute(f"DROP TABLE {table}")
 
 
+def test_impute_min_and_max_take_the_training_extremes(db: psycopg.Connection[Any]) -> None:
+    """A NULL feature becomes the column's least (``min``) or greatest (``max``) training
+    value, each per feature; ``error`` refuses it, as no ``impute`` does."""
+    table = unique("extremes")
+    db.execute(
+        f"CREATE TABLE {table} AS SELECT f, 2 * coalesce(f, 0) AS y_min, "
+        "2 * coalesce(f, 10) AS y_max FROM (SELECT CASE g % 3 WHEN 0 THEN 0 WHEN 1 THEN 10 "
+        "END::real AS f FROM generate_series(1, 60) AS g) AS s"
+    )
+    try:
+        for impute, label in (("min", "y_min"), ("max", "y_max")):
+            project = unique(f"impute_{impute}")
+            db.execute(f"CREATE VIEW {table}_{impute} AS SELECT f, {label} FROM {table}")
+            found = train(
+                db,
+                project,
+                task="regression",
+                relation_name=f"{table}_{impute}",
+                y_column_name=label,
+                preprocess={"f": {"impute": impute}},
+            )
+            assert found == (project, "regression", "linear", True)
+            for point in (0, 10):
+                (value,) = db.execute(
+                    f"SELECT pgml.predict('{project}', ARRAY[{point}])"
+                ).fetchone() or (None,)
+                assert value == pytest.approx(2 * point, abs=1e-3), (impute, point)
+        with pytest.raises(errors.NullValueNotAllowed, match='feature column "f"'):
+            train(
+                db,
+                unique("impute_error"),
+                task="regression",
+                relation_name=table,
+                y_column_name="y_min",
+                preprocess={"f": {"impute": "error"}, "y_max": {"impute": "error"}},
+            )
+    finally:
+        db.execute(f"DROP TABLE {table} CASCADE")
+
+
 def test_wrong_feature_count_is_refused(
     db: psycopg.Connection[Any], iris_model: tuple[str, Any]
 ) -> None:
