@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import proxy
@@ -76,21 +76,26 @@ async def _embed_groups(
     """Embed each group of texts with its (model, kwargs), a batch of them per model
     call: a cancel stops the work between two."""
     services = ctx.services
-    size = services.batch_size
     out: list[list[list[float]]] = []
     for (name, kwargs), group in zip(keys, texts, strict=True):
         options = embed_options(_kwargs(kwargs))
         services.capacity.check_inputs("pgml.embed", group)
-        vectors: list[list[float]] = []
         async with services.lease(
             "embedding", name, SentenceEmbedder, rights=rights_of(ctx), stopped=ctx.cancelled
         ) as embedder:
-            for start in range(0, len(group), size):
-                ctx.check_cancel()
-                embed = functools.partial(embedder.embed, group[start : start + size], **options)
-                vectors += await services.infer(ctx, embedder.model, embed)
-        out.append(vectors)
+            out.append(await services.in_pieces(ctx, group, _embedding(ctx, embedder, options)))
     return out
+
+
+def _embedding(
+    ctx: CallContext, embedder: SentenceEmbedder, options: dict[str, Any]
+) -> Callable[[list[str]], Awaitable[list[Any]]]:
+    async def embed(piece: list[str]) -> list[Any]:
+        work = functools.partial(embedder.embed, piece, **options)
+        vectors: list[Any] = await ctx.services.infer(ctx, embedder.model, work)
+        return vectors
+
+    return embed
 
 
 async def embed_text(ctx: CallContext, batch: Sequence[Args]) -> list[Any]:

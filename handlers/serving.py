@@ -122,12 +122,25 @@ class Services:
         """``work`` on ``model`` for ``items``, batched with the other calls waiting under
         ``key`` (see :class:`Batcher`), within the caller's share of the threads.  More
         items than a batch go a batch at a time: a cancel stops the call between two."""
-        results: list[Any] = []
         async with self.capacity.caller_share(ctx.caller):
-            for start in range(0, len(items), self.batch_size):
-                ctx.check_cancel()
-                piece = items[start : start + self.batch_size]
-                results += await self.batcher.submit(key, model, work, piece, ctx.cancelled)
+            return await self.in_pieces(
+                ctx,
+                items,
+                lambda piece: self.batcher.submit(key, model, work, piece, ctx.cancelled),
+            )
+
+    async def in_pieces(
+        self,
+        ctx: CallContext,
+        items: list[Any],
+        each: Callable[[list[Any]], Awaitable[list[Any]]],
+    ) -> list[Any]:
+        """``each`` over ``items`` a batch at a time, the statement checked before each
+        batch: a cancel stops the call between two."""
+        results: list[Any] = []
+        for start in range(0, len(items), self.batch_size):
+            ctx.check_cancel()
+            results += await each(items[start : start + self.batch_size])
         return results
 
     async def infer(self, ctx: CallContext, model: Any, fn: Callable[..., T], *args: Any) -> T:
