@@ -89,6 +89,9 @@ class ScopeStep:
     """Late: the outer query keeps the inner query's order (it had ORDER BY)."""
     nested: bool = False
     """The scope is inside another query (its unknown columns may be an outer query's)."""
+    twins: list[tuple[CallSite, int]] = field(default_factory=list)
+    """Calls that take the value of the one of :attr:`calls` at that index (a grouping
+    key's calls spelled alike)."""
     _text: SqlText | None = None
     _items: list[exp.Expr] = field(default_factory=list)
     _item_spans: list[Span] = field(default_factory=list)
@@ -116,6 +119,8 @@ class ScopeStep:
                     text.replace(span, f"{M}.{by_export[index][0][0]}")
         for call, lookup in zip(self.calls, lookups, strict=True):
             text.replace(call.text.span, lookup)
+        for twin, index in self.twins:
+            text.replace(twin.text.span, lookups[index])
         if self.kind == "late":
             return self._late_outer(text, columns, lookups, source)
         return self._rest_outer(text, columns, lookups, source)

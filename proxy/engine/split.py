@@ -82,12 +82,57 @@ def _plan_select(sql: SqlText, select: exp.Select, calls: list[CallSite]) -> Sco
         levels[id(call)] = level
     items = list(select.expressions)
     call_items = {i for i, item in enumerate(items) if any(contains(item, c.node) for c in calls)}
+    keys: list[CallSite] = []
+    if grouped:  # a call that is (in) a grouping key runs for each row, before grouping
+        key_items = _key_items(select, items)
+        keys = [
+            c
+            for c in calls
+            if _clause(c.node, select) == "group"
+            or any(contains(items[i], c.node) for i in key_items)
+        ]
+        for call in keys:
+            levels[id(call)] = True
     rows_level = [c for c in calls if levels[id(c)]]
     if not rows_level and not grouped and not _late_fits(select, items, call_items):
         rows_level = calls
     if rows_level:
-        return _early(sql, select, layout, rows_level, items)
+        return _early(sql, select, layout, rows_level, items, _twins(keys))
     return _late(sql, select, layout, calls, items, call_items)
+
+
+def _key_items(select: exp.Select, items: list[exp.Expr]) -> set[int]:
+    """The select-list items GROUP BY names: by position, by alias, or by being the very
+    expression it groups by (PostgreSQL then selects the group's value)."""
+    group = select.args.get("group")
+    found: set[int] = set()
+    if group is None:
+        return found
+    aliases = {item.alias.lower(): i for i, item in enumerate(items) if isinstance(item, exp.Alias)}
+    for key in group.expressions:
+        if isinstance(key, exp.Literal) and key.is_int and 0 < int(key.name) <= len(items):
+            found.add(int(key.name) - 1)
+        elif isinstance(key, exp.Column) and not key.table and key.name.lower() in aliases:
+            found.add(aliases[key.name.lower()])
+        for i, item in enumerate(items):
+            if (item.this if isinstance(item, exp.Alias) else item) == key:
+                found.add(i)
+    return found
+
+
+def _twins(keys: list[CallSite]) -> list[tuple[CallSite, CallSite]]:
+    """Grouping-key calls spelled alike, each with the first of them: evaluated once per
+    row, as PostgreSQL evaluates a grouping expression and the select-list item that is
+    the same expression."""
+    first: dict[str, CallSite] = {}
+    found: list[tuple[CallSite, CallSite]] = []
+    for call in keys:
+        spelled = call.node.sql(dialect="postgres")
+        if spelled in first:
+            found.append((call, first[spelled]))
+        else:
+            first[spelled] = call
+    return found
 
 
 def _late_fits(select: exp.Select, items: list[exp.Expr], call_items: set[int]) -> bool:
@@ -175,6 +220,7 @@ def _early(
     layout: SelectLayout,
     calls: list[CallSite],
     items: list[exp.Expr],
+    twins: list[tuple[CallSite, CallSite]],
 ) -> ScopeStep:
     clauses = {name: sql.chars(*r) for name, r in layout.clauses.items() if r[0] <= r[1]}
     if "from" not in clauses:
@@ -187,16 +233,21 @@ def _early(
         else:
             _collect(sql, item, calls, exports, whole_aggregates=False)
     conditions = _conditions(sql, layout.clauses.get("where"), select.args.get("where"), calls)
+    aliases = {item.alias.lower() for item in items if isinstance(item, exp.Alias)}
     for key in ("distinct", "group", "having", "order", "windows", "qualify"):
         value = select.args.get(key)
-        if value is not None:
-            _collect(sql, value, calls, exports, whole_aggregates=False)
+        if value is None:
+            continue
+        for part in value.expressions if key in ("group", "order") else [value]:
+            if not _names_output(part, aliases):
+                _collect(sql, part, calls, exports, whole_aggregates=False)
     where = select.args.get("where")
     if where is not None:
         for conjunct in _conjunct_nodes(where.this):
             if any(contains(conjunct, c.node) for c in calls):
                 _collect(sql, conjunct, calls, exports, whole_aggregates=False)
-    slots, inner_list = _inner_list(sql, exports, calls)
+    evaluated = [c for c in calls if all(c is not twin for twin, _ in twins)]
+    slots, inner_list = _inner_list(sql, exports, evaluated)
     inner = _inner_text(sql, layout.clauses, clauses, inner_list, conditions)
     if "locking" in clauses:
         inner += " " + sql.text[slice(*clauses["locking"])]
@@ -207,8 +258,9 @@ def _early(
         sql.chars(layout.start, layout.end),
         inner,
         slots,
-        calls,
+        evaluated,
         exports,
+        twins=[(twin, evaluated.index(same)) for twin, same in twins],
         nested=select.parent is not None,
         _text=sql,
         _items=items,
@@ -216,6 +268,13 @@ def _early(
         _pieces=clauses,
         _conditions=conditions,
     )
+
+
+def _names_output(key: exp.Expr, aliases: set[str]) -> bool:
+    """Whether a GROUP BY or ORDER BY key is the bare name of a select-list item (it
+    reads that item's value, which the outer query computes, not a column of FROM)."""
+    target = key.this if isinstance(key, exp.Ordered) else key
+    return isinstance(target, exp.Column) and not target.table and target.name.lower() in aliases
 
 
 def _star_span(sql: SqlText, star: exp.Star) -> Span:

@@ -66,6 +66,17 @@ def _made(conn: psycopg.Connection[Any], table: str) -> list[tuple[Any, ...]]:
 SHAPES = [
     "SELECT count(*) FILTER (WHERE ({f}({m}, body))[1] > 0) AS n FROM {t}",
     "SELECT id, count(*) FILTER (WHERE {f}({m}, body) IS NOT NULL) FROM {t} GROUP BY id",
+    # grouped by a call: by position, alias or the same expression, beside other keys
+    # (a key true for every row, whichever function computes it: one group either way)
+    "SELECT ({f}({m}, body) IS NOT NULL OR body IS NULL) AS known, count(*) FROM {t} GROUP BY 1",
+    "SELECT ({f}({m}, body) IS NOT NULL OR body IS NULL) AS known, count(*) FROM {t} "
+    "GROUP BY known ORDER BY known",
+    "SELECT ({f}({m}, body) IS NOT NULL OR body IS NULL), count(*) FROM {t} "
+    "GROUP BY ({f}({m}, body) IS NOT NULL OR body IS NULL)",
+    "SELECT count(*) FROM {t} GROUP BY ({f}({m}, body) IS NOT NULL OR body IS NULL)",
+    "SELECT id % 3 AS k, ({f}({m}, body) IS NOT NULL OR body IS NULL) AS known, max(id) "
+    "FROM {t} WHERE id > 1 GROUP BY k, 2 HAVING count(*) > 0 ORDER BY k",
+    "SELECT ({f}({m}, body))[1] > 0, count(*) FROM {t} GROUP BY ({f}({m}, body))[1] < 0",
     "INSERT INTO {t} (id, body, e) SELECT id + 1000, body, {f}({m}, body) FROM {t} RETURNING id",
     "INSERT INTO {t} (id, body, e) SELECT id + 1000, body, {f}({m}, body) FROM {t} "
     "ON CONFLICT DO NOTHING",
