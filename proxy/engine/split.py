@@ -202,7 +202,7 @@ def _late(
         "late",
         select,
         span,
-        text.render(span),
+        _with_outer_ctes(sql, select, text.render(span)),
         slots,
         calls,
         exports,
@@ -251,6 +251,7 @@ def _early(
     inner = _inner_text(sql, layout.clauses, clauses, inner_list, conditions)
     if "locking" in clauses:
         inner += " " + sql.text[slice(*clauses["locking"])]
+    inner = _with_outer_ctes(sql, select, inner)
     _refuse_correlation(select)
     return ScopeStep(
         "early",
@@ -398,6 +399,72 @@ def _same_column(export: Export, other: Export) -> bool:
 def _export(sql: SqlText, node: exp.Expr) -> Export:
     span = sql.span(node)
     return Export(node, span, sql.text[span[0] : span[1]])
+
+
+def _with_outer_ctes(sql: SqlText, scope: exp.Select, inner: str) -> str:
+    """``inner`` preceded by the WITH clause of an enclosing query whose common table
+    expressions the scope reads, so that the scope's rows can be produced on their own.
+    Refused where something outside the scope reads those expressions too (PostgreSQL
+    reads such an expression once, and the statement that replaces the scope would read
+    it again) or one of them changes rows."""
+    above = scope.parent
+    while above is not None:
+        if isinstance(above, exp.Select) and above.args.get("with_") is not None:
+            break
+        above = above.parent
+    if above is None:
+        return inner
+    ctes = {cte.alias.lower(): cte for cte in above.args["with_"].expressions}
+    needed: set[str] = set()
+    pending = [_read_names(scope, ctes)]
+    while pending:
+        for name in pending.pop() - needed:
+            needed.add(name)
+            pending.append(_read_names(ctes[name].this, ctes))
+    if not needed:
+        return inner
+    for name in sorted(needed):
+        if not isinstance(ctes[name].this, exp.Query):
+            raise unsupported(
+                f'pgml functions cannot be evaluated over WITH query "{name}", which changes rows',
+                hint="Change the rows in a statement of their own, then evaluate the calls.",
+            )
+    readers = sorted(
+        t.name.lower()
+        for t in above.find_all(exp.Table)
+        if not t.db and t.name.lower() in needed and not _inside(t, scope, needed, ctes)
+    )
+    if readers:
+        raise unsupported(
+            f'pgml functions cannot be evaluated in a subquery over WITH query "{readers[0]}" '
+            "that the statement also reads elsewhere",
+            hint="Evaluate the calls in the WITH query itself, so that it is read once.",
+        )
+    first, last = sql.select_layout(above).clauses["with"]
+    clause = sql.source(first, last)
+    if inner.lstrip()[:4].upper() != "WITH":
+        return f"{clause} {inner}"
+    own = inner.lstrip()[4:].lstrip()
+    if own[:9].upper() == "RECURSIVE":
+        own = own[9:].lstrip()
+        if "RECURSIVE" not in clause[:20].upper():
+            clause = "WITH RECURSIVE" + clause.lstrip()[4:]
+    return f"{clause}, {own}"
+
+
+def _read_names(root: exp.Expr, ctes: dict[str, exp.CTE]) -> set[str]:
+    return {t.name.lower() for t in root.find_all(exp.Table) if not t.db and t.name.lower() in ctes}
+
+
+def _inside(table: exp.Table, scope: exp.Expr, needed: set[str], ctes: dict[str, exp.CTE]) -> bool:
+    """Whether a reference is read only through the scope: in it, or in the body of an
+    expression the scope needs."""
+    for above in ancestors(table):
+        if above is scope:
+            return True
+        if isinstance(above, exp.CTE) and above.alias.lower() in needed:
+            return True
+    return False
 
 
 def _refuse_correlation(scope: exp.Expr) -> None:

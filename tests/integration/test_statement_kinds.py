@@ -77,6 +77,17 @@ SHAPES = [
     "SELECT id % 3 AS k, ({f}({m}, body) IS NOT NULL OR body IS NULL) AS known, max(id) "
     "FROM {t} WHERE id > 1 GROUP BY k, 2 HAVING count(*) > 0 ORDER BY k",
     "SELECT ({f}({m}, body))[1] > 0, count(*) FROM {t} GROUP BY ({f}({m}, body))[1] < 0",
+    # a subquery over the statement's WITH queries
+    "WITH c AS (SELECT body FROM {t} WHERE id < 5) SELECT count(*) FROM (SELECT {f}({m}, body) "
+    "AS e FROM c) AS s",
+    "WITH c AS (SELECT id, body FROM {t} WHERE random() < 2), d AS (SELECT * FROM c WHERE "
+    "id < 8) SELECT count(e) FROM (SELECT id, {f}({m}, body) AS e FROM d ORDER BY id) AS s",
+    "WITH c AS (SELECT id, body FROM {t} WHERE id < 5) SELECT s.id FROM (WITH x AS (SELECT * "
+    "FROM c) SELECT id, {f}({m}, body) AS e FROM x WHERE ({f}({m}, body))[1] IS NOT NULL) AS s",
+    "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+    "SELECT count(*) FROM (SELECT {f}({m}, 'n' || n) AS e FROM r) AS s",
+    "WITH w AS (UPDATE {t} SET body = body WHERE id = 1 RETURNING id) "
+    "SELECT count(e) FROM (SELECT {f}({m}, body) AS e FROM {t}) AS s",
     "INSERT INTO {t} (id, body, e) SELECT id + 1000, body, {f}({m}, body) FROM {t} RETURNING id",
     "INSERT INTO {t} (id, body, e) SELECT id + 1000, body, {f}({m}, body) FROM {t} "
     "ON CONFLICT DO NOTHING",
@@ -115,6 +126,32 @@ def test_with_no_data_creates_the_table_and_runs_no_model(
             answer = _answer(conn, sql.format(f=function, m=MISSING, t=docs))
             answers.append((answer, _made(conn, f"{docs}_made")))
     assert answers[1] == answers[0]
+
+
+@pytest.mark.parametrize(
+    ("sql", "refusal"),
+    [
+        (
+            "WITH c AS (SELECT id, body FROM {t} WHERE id < 5) SELECT (SELECT count(*) FROM c), "
+            "count(*) FROM (SELECT pgml.embed({m}, body) AS e FROM c) AS s",
+            'over WITH query "c" that the statement also reads elsewhere',
+        ),
+        (
+            "WITH c AS (INSERT INTO {t} (id, body) VALUES (1000, 'x') RETURNING body) "
+            "SELECT count(*) FROM (SELECT pgml.embed({m}, body) AS e FROM c) AS s",
+            'over WITH query "c", which changes rows',
+        ),
+    ],
+)
+def test_a_subquery_over_a_with_query_read_twice_or_writing_is_refused(
+    proxy: ProxyProcess, docs: str, sql: str, refusal: str
+) -> None:
+    """Read once by PostgreSQL, such a WITH query would be read again where the calls'
+    rows are produced: refused before anything runs."""
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match=refusal):
+            conn.execute(sql.format(t=docs, m=f"'{MODEL}'"))
+        assert conn.execute(f"SELECT count(*) FROM {docs} WHERE id = 1000").fetchone() == (0,)
 
 
 def test_merge_actions_are_refused_with_the_way_that_works(proxy: ProxyProcess, docs: str) -> None:
