@@ -78,7 +78,7 @@ async def _embed_groups(
     services = ctx.services
     out: list[list[list[float]]] = []
     for (name, kwargs), group in zip(keys, texts, strict=True):
-        options = embed_options(_kwargs(kwargs))
+        options = embed_options(_kwargs(kwargs), services.device)
         services.capacity.check_inputs("pgml.embed", group)
         async with services.lease(
             "embedding", name, SentenceEmbedder, rights=rights_of(ctx), stopped=ctx.cancelled
