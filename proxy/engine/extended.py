@@ -14,13 +14,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from sqlglot import exp
 
 from handlers.errors import PgmlError
 from handlers.projects import Deployed
 from proxy.engine import binding, extension, planner, values
-from proxy.engine.calls import mentions_sql_function
+from proxy.engine.calls import mentions_sql_function, reads_columns
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.inline import result_formats
 from proxy.engine.inline import send as send_inline
@@ -28,7 +31,7 @@ from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
 from proxy.engine.query import INTERNAL_ERROR, ensure_catalog, error_response
 from proxy.engine.streams import send_rows, streamable
-from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
+from proxy.engine.upstream import ERRORS, ROWS, Reply, ServerError, Skipped
 from proxy.wire import codec, encoding
 from proxy.wire.codec import Backend, Frontend, Message, MessageFormatError
 
@@ -53,6 +56,18 @@ client's unnamed statement is the client's."""
 IN_FAILED_TRANSACTION = PgmlError(
     "25P02", "current transaction is aborted, commands ignored until end of transaction block"
 )
+
+
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+def _outermost(scope: exp.Select) -> bool:
+    """Whether a query reads nothing of an enclosing one: the statement itself, or the
+    query an INSERT or CREATE TABLE ... AS writes (without a WITH of its own)."""
+    parent = scope.parent
+    if parent is None:
+        return True
+    return isinstance(parent, exp.Insert | exp.Create) and parent.args.get("with_") is None
 
 
 @dataclass(eq=False)
@@ -190,7 +205,10 @@ class ExtendedState:
             self._relay(message)
             return
         labels = await self._label_types(parsed)
-        shape = await planner.by_size(len(parse.sql), skeleton, parsed, parse.param_oids, labels)
+        typed = await self._argument_types(parsed, parse.param_oids)
+        shape = await planner.by_size(
+            len(parse.sql), skeleton, parsed, parse.param_oids, labels, typed
+        )
         upstream.parse(_DESCRIBE_NAME, shape, parse.param_oids)
         described = upstream.describe(b"S", _DESCRIBE_NAME)
         upstream.close(b"S", _DESCRIBE_NAME)
@@ -200,6 +218,58 @@ class ExtendedState:
             parse.name, parsed, result.parameter_oids, result.row_description, labels
         )
         upstream.local(codec.PARSE_COMPLETE, held=True)
+
+    async def _argument_types(
+        self, parsed: Parsed, parameter_oids: list[int]
+    ) -> dict[int, list[int]]:
+        """The types of call arguments that read columns where the syntax does not tell
+        them (``ARRAY[a, b]``, a bare column), as PostgreSQL types them in the call's
+        query, by the call's id: the overload, and so the result type the statement is
+        described with, is then the one its rows will have.  Only for a query that reads
+        nothing of an enclosing one; an error is the statement's own (PostgreSQL's
+        answer to its Parse)."""
+        upstream = self.engine.upstream
+        asked: list[tuple[int, list[int], list[int], Reply]] = []
+        for call in parsed.calls:
+            oids = binding.syntax_oids(call, parameter_oids)
+            untold = [
+                i
+                for i, (arg, oid) in enumerate(zip(call.args, oids, strict=True))
+                if oid in (values.UNKNOWN_OID, values.ANY_ARRAY_OID) and reads_columns(arg)
+            ]
+            scope = call.scope
+            if not untold or not isinstance(scope, exp.Select) or not _outermost(scope):
+                continue
+            layout = parsed.sql.select_layout(scope)
+            clauses = layout.clauses
+            if "from" not in clauses:
+                continue
+            pieces = [parsed.sql.source(*clauses[k]) for k in ("with",) if k in clauses]
+            items = ", ".join(
+                "(" + parsed.text[slice(*call.text.arguments[i])] + ")" for i in untold
+            )
+            pieces += [f"SELECT {items}", parsed.sql.source(*clauses["from"])]
+            probe = " ".join(pieces)
+            used = {int(n) for n in _PARAMETER.findall(probe)}
+            oids_here = [  # an untyped parameter the probe leaves out would be refused
+                oid or (0 if n + 1 in used else values.TEXT_OID)
+                for n, oid in enumerate(parameter_oids)
+            ]
+            upstream.parse(_DESCRIBE_NAME, probe, oids_here)
+            reply = upstream.describe(b"S", _DESCRIBE_NAME)
+            upstream.close(b"S", _DESCRIBE_NAME)
+            asked.append((id(call), oids, untold, reply))
+        if not asked:
+            return {}
+        upstream.flush()
+        found: dict[int, list[int]] = {}
+        for key, oids, untold, reply in asked:
+            columns = (await reply).columns
+            typed = list(oids)
+            for i, column in zip(untold, columns, strict=True):
+                typed[i] = column.type_oid
+            found[key] = typed
+        return found
 
     def _relay(self, message: Message) -> None:
         """A Parse PostgreSQL answers itself (it replaces a statement of that name)."""

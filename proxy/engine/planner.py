@@ -436,7 +436,12 @@ def in_select_list(call: CallSite) -> bool:
     return isinstance(call.node.parent, exp.Select)
 
 
-def skeleton(parsed: Parsed, parameter_oids: Sequence[int], label_types: Mapping[str, str]) -> str:
+def skeleton(
+    parsed: Parsed,
+    parameter_oids: Sequence[int],
+    label_types: Mapping[str, str],
+    described: Mapping[int, list[int]] | None = None,
+) -> str:
     """The statement with each call replaced by a typed NULL of its result type.
 
     PostgreSQL describes it exactly as it will describe the rewritten statement: the same
@@ -446,10 +451,13 @@ def skeleton(parsed: Parsed, parameter_oids: Sequence[int], label_types: Mapping
 
     Under EXPLAIN the NULL is volatile and stands where the call stood (no subquery names
     it), so PostgreSQL plans the statement as it plans a VOLATILE function's call.
+    ``described`` gives the argument types PostgreSQL gave a call's arguments, by the
+    call's id, where the syntax alone does not tell them.
     """
     text = SourceText(parsed.text)
     for call in sorted(parsed.calls, key=lambda c: -nesting(c)):
-        overload = pick_overload(call, syntax_oids(call, parameter_oids))
+        oids = (described or {}).get(id(call)) or syntax_oids(call, parameter_oids)
+        overload = pick_overload(call, oids)
         found = positions(call, overload)
         assert found is not None
         typed = [

@@ -540,7 +540,7 @@ def test_a_model_is_served_by_its_id_deployed_or_not(db: psycopg.Connection[Any]
         )
     assert list(fitted[linear].predict(inputs)) != list(fitted[tree].predict(inputs))
     # the project's name still means its deployed model; ids read from rows, each its own
-    assert rows(db, f"SELECT pgml.predict('{project}', ARRAY[{array}]) FROM {SHUFFLED}") == rows(
+    assert rows(db, f"SELECT pgml.predict(%s, ARRAY[{array}]) FROM {SHUFFLED}", project) == rows(
         db, f"SELECT pgml.predict(%s, ARRAY[{array}]) FROM {SHUFFLED}", linear
     )
     mixed = rows(
@@ -551,9 +551,9 @@ def test_a_model_is_served_by_its_id_deployed_or_not(db: psycopg.Connection[Any]
     assert len(mixed) == 2 * len(inputs)
     for model_id, *point, label in mixed:
         assert label == fitted[model_id].predict([[float(v) for v in point]])[0]
-    bound = rows(  # bound parameters (the extended protocol): the id's cast types the call
+    bound = rows(  # bound parameters (the extended protocol): described as PostgreSQL types m
         db,
-        f"SELECT m, {array}, pgml.predict(m::bigint, ARRAY[{array}]) FROM {SHUFFLED} "
+        f"SELECT m, {array}, pgml.predict(m, ARRAY[{array}]) FROM {SHUFFLED} "
         "CROSS JOIN (VALUES (%s), (%s)) AS v(m)",
         linear,
         tree,
