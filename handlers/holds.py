@@ -35,13 +35,17 @@ _TRIES = 8
 """Keys tried before giving up (another proxy in front of the database holds them)."""
 RETRY_SECONDS = 5.0
 """How long after a failed connect the next one is tried (meanwhile there is no lock)."""
+IDLE_SECONDS = 60.0
+"""How long a connection that holds no lock is kept (a statement then opens it again)."""
 
 
 class Holds:
-    """This proxy's hold locks, on one connection per database."""
+    """This proxy's hold locks, on one connection per database, closed once it has held
+    none for ``idle_seconds`` (so that an idle proxy keeps no session in a database)."""
 
-    def __init__(self, service: ServiceConnections) -> None:
+    def __init__(self, service: ServiceConnections, idle_seconds: float = IDLE_SECONDS) -> None:
         self.service = service
+        self.idle_seconds = idle_seconds
         self._holders: dict[str, _Holder] = {}
 
     async def take(self, database: str) -> int | None:
@@ -49,7 +53,7 @@ class Holds:
         it cannot hold one (no connection to hold it on)."""
         holder = self._holders.get(database)
         if holder is None:
-            holder = self._holders[database] = _Holder(self.service, database)
+            holder = self._holders[database] = _Holder(self.service, database, self.idle_seconds)
         return await holder.take()
 
     def release(self, database: str, key: int) -> None:
@@ -67,9 +71,12 @@ class Holds:
 class _Holder:
     """The locks held in one database: taken one at a time, let go of in batches."""
 
-    def __init__(self, service: ServiceConnections, database: str) -> None:
+    def __init__(self, service: ServiceConnections, database: str, idle_seconds: float) -> None:
         self.service = service
         self.database = database
+        self.idle_seconds = idle_seconds
+        self.idle: asyncio.TimerHandle | None = None
+        self.closing: asyncio.Task[None] | None = None
         self.connection: Any = None
         self.held: set[int] = set()
         """Keys locked on :attr:`connection` and not yet let go of."""
@@ -81,6 +88,9 @@ class _Holder:
         self.drain: asyncio.Task[None] | None = None
 
     async def take(self) -> int | None:
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
         async with self.busy:
             connection = await self._connected()
             if connection is None:
@@ -124,6 +134,16 @@ class _Holder:
                 except Exception as error:  # closing the connection lets go of them all
                     log.warning("the hold connection to %s failed: %s", self.database, error)
                     self._drop()
+        if not self.held and self.connection is not None and self.idle is None:
+            self.idle = asyncio.get_running_loop().call_later(self.idle_seconds, self._idle)
+
+    def _idle(self) -> None:
+        """Nothing was held for a while: the connection goes (a later take opens one)."""
+        self.idle = None
+        if self.held or self.letting_go or self.busy.locked() or self.connection is None:
+            return
+        connection, self.connection = self.connection, None
+        self.closing = asyncio.get_running_loop().create_task(_close(connection))
 
     async def _connected(self) -> Any:
         if self.connection is not None and not self.connection.is_closed():
@@ -146,9 +166,17 @@ class _Holder:
             connection.terminate()
 
     async def close(self) -> None:
-        if self.drain is not None:
-            await asyncio.wait([self.drain], timeout=1.0)
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
+        for task in (self.drain, self.closing):
+            if task is not None:
+                await asyncio.wait([task], timeout=1.0)
         if self.connection is not None:
-            with contextlib.suppress(Exception):
-                await self.connection.close(timeout=1.0)
+            await _close(self.connection)
             self.connection = None
+
+
+async def _close(connection: Any) -> None:
+    with contextlib.suppress(Exception):
+        await connection.close(timeout=1.0)
