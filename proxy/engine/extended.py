@@ -31,7 +31,7 @@ from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
 from proxy.engine.query import INTERNAL_ERROR, ensure_catalog, error_response
 from proxy.engine.streams import send_rows, streamable
-from proxy.engine.upstream import ERRORS, ROWS, Reply, ServerError, Skipped
+from proxy.engine.upstream import ERRORS, ROWS, Reply, Result, ServerError, Skipped
 from proxy.wire import codec, encoding
 from proxy.wire.codec import Backend, Frontend, Message, MessageFormatError
 
@@ -59,6 +59,24 @@ IN_FAILED_TRANSACTION = PgmlError(
 
 
 _PARAMETER = re.compile(r"\$(\d+)")
+_Asked = tuple[int, list[int], list[int], Reply]
+"""A call's id, its arguments' syntax types, the untold ones' places, and the answer."""
+
+
+async def _argument_types(asked: list[_Asked]) -> dict[int, list[int]]:
+    """Each asked call's argument types, those PostgreSQL told in place of the syntax's
+    (none for a call whose question failed: the skeleton's description says why)."""
+    found: dict[int, list[int]] = {}
+    for key, oids, untold, reply in asked:
+        try:
+            columns = (await reply).columns
+        except (ServerError, Skipped):  # the statement's own error: its Parse's answer
+            continue
+        typed = list(oids)
+        for i, column in zip(untold, columns, strict=True):
+            typed[i] = column.type_oid
+        found[key] = typed
+    return found
 
 
 def _outermost(scope: exp.Select) -> bool:
@@ -205,31 +223,50 @@ class ExtendedState:
             self._relay(message)
             return
         labels = await self._label_types(parsed)
-        typed = await self._argument_types(parsed, parse.param_oids)
-        shape = await planner.by_size(
-            len(parse.sql), skeleton, parsed, parse.param_oids, labels, typed
-        )
-        upstream.parse(_DESCRIBE_NAME, shape, parse.param_oids)
-        described = upstream.describe(b"S", _DESCRIBE_NAME)
-        upstream.close(b"S", _DESCRIBE_NAME)
-        upstream.flush()
-        result = await described
+        asked = self._ask_argument_types(parsed, parse.param_oids)
+        try:
+            result = await self._describe_shape(parsed, parse.param_oids, labels, None)
+        finally:
+            typed = await _argument_types(asked)
+        if any(  # the syntax guessed another overload: described again, as typed
+            binding.pick_overload(c, typed[id(c)])
+            is not binding.pick_overload(c, binding.syntax_oids(c, parse.param_oids))
+            for c in parsed.calls
+            if id(c) in typed
+        ):
+            result = await self._describe_shape(parsed, parse.param_oids, labels, typed)
         self.statements[parse.name] = PgmlStatement(
             parse.name, parsed, result.parameter_oids, result.row_description, labels
         )
         upstream.local(codec.PARSE_COMPLETE, held=True)
 
-    async def _argument_types(
-        self, parsed: Parsed, parameter_oids: list[int]
-    ) -> dict[int, list[int]]:
-        """The types of call arguments that read columns where the syntax does not tell
-        them (``ARRAY[a, b]``, a bare column), as PostgreSQL types them in the call's
-        query, by the call's id: the overload, and so the result type the statement is
-        described with, is then the one its rows will have.  Only for a query that reads
-        nothing of an enclosing one; an error is the statement's own (PostgreSQL's
-        answer to its Parse)."""
+    async def _describe_shape(
+        self,
+        parsed: Parsed,
+        parameter_oids: list[int],
+        labels: dict[str, str],
+        typed: dict[int, list[int]] | None,
+    ) -> Result:
+        """PostgreSQL's description of the statement's skeleton (sent with what is
+        buffered before it)."""
         upstream = self.engine.upstream
-        asked: list[tuple[int, list[int], list[int], Reply]] = []
+        shape = await planner.by_size(
+            len(parsed.text), skeleton, parsed, parameter_oids, labels, typed
+        )
+        upstream.parse(_DESCRIBE_NAME, shape, parameter_oids)
+        described = upstream.describe(b"S", _DESCRIBE_NAME)
+        upstream.close(b"S", _DESCRIBE_NAME)
+        upstream.flush()
+        return await described
+
+    def _ask_argument_types(self, parsed: Parsed, parameter_oids: list[int]) -> list[_Asked]:
+        """Ask the types of call arguments that read columns where the syntax does not
+        tell them (``ARRAY[a, b]``, a bare column), as PostgreSQL types them in the
+        call's query (buffered: they go with the skeleton's description, so that a right
+        guess costs no round trip).  Only for a query that reads nothing of an enclosing
+        one; an error is the statement's own (PostgreSQL's answer to its Parse)."""
+        upstream = self.engine.upstream
+        asked: list[_Asked] = []
         for call in parsed.calls:
             oids = binding.syntax_oids(call, parameter_oids)
             untold = [
@@ -259,17 +296,7 @@ class ExtendedState:
             reply = upstream.describe(b"S", _DESCRIBE_NAME)
             upstream.close(b"S", _DESCRIBE_NAME)
             asked.append((id(call), oids, untold, reply))
-        if not asked:
-            return {}
-        upstream.flush()
-        found: dict[int, list[int]] = {}
-        for key, oids, untold, reply in asked:
-            columns = (await reply).columns
-            typed = list(oids)
-            for i, column in zip(untold, columns, strict=True):
-                typed[i] = column.type_oid
-            found[key] = typed
-        return found
+        return asked
 
     def _relay(self, message: Message) -> None:
         """A Parse PostgreSQL answers itself (it replaces a statement of that name)."""
