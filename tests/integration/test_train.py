@@ -970,8 +970,10 @@ def test_training_leaves_other_clients_served(
         deadline = time.monotonic() + 30
         while not rows(  # reading the relation, or held in a statement while it fits
             db,
-            "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT json%%' "
-            "OR query LIKE 'SELECT pg_sleep(%%'",
+            "SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND ("
+            "query LIKE 'COPY (SELECT json%%' OR query LIKE 'SELECT pg_sleep(%%' "
+            "OR query LIKE 'SELECT set_config(''lock_timeout'', ''0'', true), "
+            "pg_advisory_lock(%%')",
         ):
             assert time.monotonic() < deadline, "the training never read its relation"
             time.sleep(0.05)
