@@ -154,8 +154,7 @@ class SqlText:
 
     def select_start(self, select: exp.Select) -> int:
         """The token index of a SELECT's own keyword."""
-        items = [self.meta_range(e) for e in select.expressions]
-        starts = [r[0] for r in items if r is not None]
+        starts = [i for i in map(self._first_token, select.expressions) if i is not None]
         if not starts:
             raise ValueError("a select list without positions")
         i = min(starts) - 1
@@ -170,6 +169,20 @@ class SqlText:
                 return i
             i -= 1
         raise ValueError("no SELECT keyword")
+
+    def _first_token(self, node: exp.Expr) -> int | None:
+        """The first token of an expression, a query inside it counted from its opening
+        paren (its own tokens would lead :meth:`select_start` to its SELECT)."""
+        first: int | None = None
+        for sub in node.walk(prune=lambda n: isinstance(n, exp.Select)):
+            if isinstance(sub, exp.Select):
+                found: int | None = self.enclosing[self.select_start(sub)]
+            else:
+                meta = sub.meta
+                found = self.by_start.get(meta["start"]) if meta and "start" in meta else None
+            if found is not None and found >= 0:
+                first = found if first is None else min(first, found)
+        return first
 
     def select_layout(self, select: exp.Select) -> SelectLayout:
         """The clauses and select-list items of one SELECT, as token ranges."""

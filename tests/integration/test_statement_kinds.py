@@ -95,6 +95,12 @@ SHAPES = [
     "CREATE TABLE {t}_made AS SELECT id, {f}({m}, body) AS e FROM {t} WITH DATA",
     "SELECT id, {f}({m}, body) AS e INTO {t}_made FROM {t} WHERE id < 10",
     "SELECT id, {f}({m}, body) INTO UNLOGGED TABLE {t}_made FROM {t}",
+    # a select list that begins with a subquery or a call of constants (which runs once
+    # and is put in as a subquery of its value)
+    "SELECT (SELECT max(id) FROM {t}) AS top, {f}({m}, body) IS NOT NULL FROM {t} WHERE id < 4",
+    "SELECT {f}({m}, 'x') IS NOT NULL, {f}({m}, body) AS e FROM {t} WHERE id < 4",
+    "SELECT ARRAY(SELECT id FROM {t} WHERE id < 3), {f}({m}, 'x'), {f}({m}, s.b) "
+    "FROM (SELECT NULL::text AS b) AS s",
 ]
 
 
