@@ -326,5 +326,6 @@ def _write(
         "classes": classes,
         "encoded_labels": encoded,
         "one_hot": [c for c, step in job.preprocess.items() if step.encode == "one_hot"],
+        "imputed": [c for c, step in job.preprocess.items() if IMPUTERS[step.impute or "error"]],
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest), "utf-8")

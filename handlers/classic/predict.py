@@ -5,6 +5,7 @@ feature arrays, a batch of rows in one call of the estimator (the model file is 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -42,6 +43,12 @@ class ClassicPredictor:
         self.one_hot: list[str] = manifest.get("one_hot", [])
         self.joint: list[str] = manifest.get("joint", [])
         """A joint model's label columns (it predicts one value for each)."""
+        self.imputed = frozenset(
+            position
+            for name in manifest.get("imputed", [])
+            for position in self.positions.get(name, [])
+        )
+        """The feature positions whose NULLs the model imputes as it did in training."""
         self.lock = threading.Lock()
 
     def encode_row(self, project: str, record: Any) -> list[float]:
@@ -61,11 +68,13 @@ class ClassicPredictor:
             )
         features: list[float] = []
         for name, value in zip(self.columns, fields, strict=True):
-            if value is None:
-                raise PgmlError("22004", f'column "{name}" of the row is NULL')
             known = self.categories.get(name)
+            if value is None:
+                features.extend(self._missing(name, known))
+                continue
             if known is None:
-                features.extend(_features(value if isinstance(value, list) else [value]))
+                values = value if isinstance(value, list) else [value]
+                features.extend(self.features_of(values, start=len(features)))
                 continue
             if str(value) not in known:
                 raise invalid_argument(
@@ -77,6 +86,41 @@ class ClassicPredictor:
             else:
                 features.append(float(code))
         return features
+
+    def _missing(self, name: str, known: list[str] | None) -> list[float]:
+        """A NULL column's features: as training encoded it (a one-hot column as no
+        category; else NaN, for the model's imputer to fill), or 22004 where training
+        imputed nothing."""
+        positions = self.positions.get(name, [])
+        if known is not None and (len(positions) > 1 or name in self.one_hot):
+            return [0.0] * len(known)
+        if positions and all(p in self.imputed for p in positions):
+            return [math.nan] * len(positions)
+        raise PgmlError(
+            "22004",
+            f'column "{name}" of the row is NULL',
+            hint=f'Train with preprocess => \'{{"{name}": {{"impute": "mean"}}}}\' to impute it.',
+        )
+
+    def features_of(self, values: Sequence[Any], start: int = 0, wrap: bool = False) -> list[float]:
+        """A feature array's values in order (a multidimensional one flattened), the
+        first being feature ``start`` (``wrap``: many rows' features one after another);
+        a NULL is NaN where the model imputes that feature, else 22004."""
+        import numpy as np
+
+        flat = np.array(values, dtype=object).ravel().tolist()
+        if None not in flat:
+            return [float(v) for v in flat]
+        found: list[float] = []
+        for index, value in enumerate(flat):
+            position = index % max(self.features, 1) if wrap else start + index
+            if value is not None:
+                found.append(float(value))
+            elif position in self.imputed:
+                found.append(math.nan)
+            else:
+                raise PgmlError("22004", "features must not contain NULL")
+        return found
 
     def memory_bytes(self) -> int | None:
         return None
@@ -128,29 +172,19 @@ class ClassicPredictor:
             return [[float(p) for p in row] for row in found]
 
 
-def _features(values: Sequence[Any]) -> list[float]:
-    """A feature array's values in order, a multidimensional one flattened."""
-    import numpy as np
-
-    flat = np.array(values, dtype=object).ravel().tolist()
-    if any(v is None for v in flat):
-        raise PgmlError("22004", "features must not contain NULL")
-    return [float(v) for v in flat]
-
-
 Rows = Callable[[ClassicPredictor, str, Any], list[list[float]]]
 """One call's argument as the rows of features it asks about."""
 
 
 def _one_array(predictor: ClassicPredictor, project: str, values: Any) -> list[list[float]]:
-    row = _features(values)
+    row = predictor.features_of(values)
     predictor.check(project, row)
     return [row]
 
 
 def _flattened(predictor: ClassicPredictor, project: str, values: Any) -> list[list[float]]:
     """``pgml.predict_batch``'s array: the features of many rows one after another."""
-    flat = _features(values)
+    flat = predictor.features_of(values, wrap=True)
     width = predictor.features
     if len(flat) % width:
         raise invalid_argument(

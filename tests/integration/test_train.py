@@ -634,7 +634,7 @@ def test_null_labels_and_features(db: psycopg.Connection[Any]) -> None:
 
 def test_impute_min_and_max_take_the_training_extremes(db: psycopg.Connection[Any]) -> None:
     """A NULL feature becomes the column's least (``min``) or greatest (``max``) training
-    value, each per feature; ``error`` refuses it, as no ``impute`` does."""
+    value, each per feature, in training and at prediction."""
     table = unique("extremes")
     db.execute(
         f"CREATE TABLE {table} AS SELECT f, 2 * coalesce(f, 0) AS y_min, "
@@ -659,14 +659,44 @@ def test_impute_min_and_max_take_the_training_extremes(db: psycopg.Connection[An
                     f"SELECT pgml.predict('{project}', ARRAY[{point}])"
                 ).fetchone() or (None,)
                 assert value == pytest.approx(2 * point, abs=1e-3), (impute, point)
+            # A NULL at prediction is imputed as training imputed it, in an array, a
+            # batch and a row.
+            extreme = 0 if impute == "min" else 10
+            (array, row), *_ = db.execute(
+                f"SELECT pgml.predict('{project}', ARRAY[NULL]::real[]), "
+                f"pgml.predict('{project}', r) FROM (SELECT NULL::real AS f) AS r"
+            ).fetchall()
+            batch = db.execute(
+                f"SELECT * FROM pgml.predict_batch('{project}', ARRAY[NULL, 10, NULL]::real[])"
+            ).fetchall()
+            assert [array, row] == pytest.approx([2 * extreme] * 2, abs=1e-3), impute
+            assert [v for (v,) in batch] == pytest.approx([2 * extreme, 20, 2 * extreme], abs=1e-3)
+    finally:
+        db.execute(f"DROP TABLE {table} CASCADE")
+
+
+def test_a_null_feature_without_an_imputer_is_refused(db: psycopg.Connection[Any]) -> None:
+    """At prediction, and in training with ``impute => 'error'`` (PostgresML's default)."""
+    table = unique("no_imputer")
+    db.execute(
+        f"CREATE TABLE {table} AS SELECT g::real AS f, 2 * g AS y FROM generate_series(1, 30) AS g"
+    )
+    try:
+        project = unique("impute_none")
+        train(db, project, task="regression", relation_name=table, y_column_name="y")
+        with pytest.raises(errors.NullValueNotAllowed, match="features must not contain NULL"):
+            db.execute(f"SELECT pgml.predict('{project}', ARRAY[NULL]::real[])")
+        with pytest.raises(errors.NullValueNotAllowed, match='column "f" of the row is NULL'):
+            db.execute(f"SELECT pgml.predict('{project}', r) FROM (SELECT NULL::real AS f) AS r")
+        db.execute(f"INSERT INTO {table} VALUES (NULL, 0)")
         with pytest.raises(errors.NullValueNotAllowed, match='feature column "f"'):
             train(
                 db,
                 unique("impute_error"),
                 task="regression",
                 relation_name=table,
-                y_column_name="y_min",
-                preprocess={"f": {"impute": "error"}, "y_max": {"impute": "error"}},
+                y_column_name="y",
+                preprocess={"f": {"impute": "error"}},
             )
     finally:
         db.execute(f"DROP TABLE {table} CASCADE")
