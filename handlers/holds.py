@@ -88,6 +88,23 @@ class _Holder:
         self.drain: asyncio.Task[None] | None = None
 
     async def take(self) -> int | None:
+        """A key locked for the caller. A caller stopped meanwhile (a cancel) does not
+        stop the lock's query, whose answer alone says whether the lock was taken: a
+        lock taken for a caller that has gone is let go of."""
+        taking = asyncio.ensure_future(self._take())
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            taking.add_done_callback(self._abandoned)
+            raise
+
+    def _abandoned(self, taking: asyncio.Future[int | None]) -> None:
+        if not taking.cancelled() and taking.exception() is None:
+            key = taking.result()
+            if key is not None:
+                self.release(key)
+
+    async def _take(self) -> int | None:
         if self.idle is not None:
             self.idle.cancel()
             self.idle = None

@@ -15,10 +15,13 @@ class Connection:
     def __init__(self) -> None:
         self.locked: set[int] = set()
         self.closed = False
+        self.answer = asyncio.Event()
+        self.answer.set()
 
     async def fetchval(self, sql: str, _class: int, key: int) -> bool:
         assert "pg_try_advisory_lock" in sql
         self.locked.add(key)
+        await self.answer.wait()  # the lock is taken before the answer arrives
         return True
 
     async def execute(self, sql: str, _class: int, keys: list[int]) -> None:
@@ -67,5 +70,33 @@ def test_an_idle_hold_connection_is_closed_and_opened_again() -> None:
         assert not service.opened[1].locked
         await holds.close()
         assert service.opened[1].closed
+
+    asyncio.run(run())
+
+
+def test_a_lock_taken_for_a_caller_stopped_meanwhile_is_let_go_of() -> None:
+    """A statement stopped while its lock's query is out: the lock is taken all the same
+    (the query was sent) and let go of once its answer is in, so no key is left held."""
+
+    async def run() -> None:
+        service = Service()
+        holds = Holds(service, idle_seconds=60)  # type: ignore[arg-type]
+        first = await holds.take("db")
+        assert first is not None
+        connection = service.opened[0]
+        connection.answer.clear()
+        caller = asyncio.ensure_future(holds.take("db"))
+        await asyncio.sleep(0.01)
+        assert len(connection.locked) == 2
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+        assert caller.cancelled()
+        connection.answer.set()
+        await asyncio.sleep(0.01)
+        assert connection.locked == {first}
+        holds.release("db", first)
+        await asyncio.sleep(0.01)
+        assert not connection.locked
+        await holds.close()
 
     asyncio.run(run())
