@@ -23,6 +23,11 @@ class PgmlError(Exception):
         self.context = context
 
 
+def statement_cancelled() -> PgmlError:
+    """PostgreSQL's answer to a statement a cancel stopped."""
+    return PgmlError("57014", "canceling statement due to user request")
+
+
 def invalid_argument(message: str, **kwargs: str) -> PgmlError:
     return PgmlError("22023", message, **kwargs)
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequen
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from handlers.errors import PgmlError
+from handlers.errors import PgmlError, statement_cancelled
 
 TEXT_OIDS = frozenset({25, 1043, 1042, 19, 705})
 """text, varchar, bpchar, name, unknown."""
@@ -151,7 +151,7 @@ class CallContext:
 
     def check_cancel(self) -> None:
         if self.cancelled():
-            raise PgmlError("57014", "canceling statement due to user request")
+            raise statement_cancelled()
 
 
 def describe_call(name: str, type_names: Sequence[str]) -> str:

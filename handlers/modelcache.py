@@ -23,9 +23,9 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from handlers.errors import PgmlError
+from handlers.errors import PgmlError, statement_cancelled
 
 log = logging.getLogger("pgml_proxy.models")
 
@@ -33,6 +33,8 @@ DEFAULT_GPU_SHARE = 0.8
 """Share of the GPU's memory that models may use by default (the rest is for activations)."""
 DEFAULT_RAM_SHARE = 0.5
 """Share of the machine's RAM that models may use by default on the CPU."""
+T = TypeVar("T")
+
 STOP_POLL = 0.05
 """Seconds between two looks at whether a caller waiting for a load has stopped."""
 ROOM_WAIT = 60.0
@@ -255,6 +257,23 @@ class LoadedModel:
     calls: int
 
 
+async def until_stopped(work: asyncio.Future[T], stopped: Callable[[], bool]) -> T:
+    """``work``'s result, or 57014 as soon as ``stopped()`` (looked at every
+    :data:`STOP_POLL` seconds): ``work`` goes on, for others waiting on it or for the
+    next call (a download, a load), and a failure of it no one waits for is dropped."""
+    while not work.done():
+        await asyncio.wait([work], timeout=STOP_POLL)
+        if not work.done() and stopped():
+            work.add_done_callback(_retrieved)
+            raise statement_cancelled()
+    return work.result()
+
+
+def _retrieved(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 @dataclass
 class ModelCache:
     """Loaded models under one budget, evicted least recently used."""
@@ -347,11 +366,7 @@ class ModelCache:
             pending = asyncio.ensure_future(self._first_load(key, name, kind, load, estimate))
             self._loading[key] = pending
             pending.add_done_callback(lambda done: self._loaded(key, done))
-        while not pending.done():
-            await asyncio.wait([pending], timeout=STOP_POLL)
-            if not pending.done() and stopped():
-                raise PgmlError("57014", "canceling statement due to user request")
-        return pending.result()
+        return await until_stopped(pending, stopped)
 
     async def _first_load(
         self,
@@ -368,8 +383,7 @@ class ModelCache:
     def _loaded(self, key: Hashable, done: asyncio.Future[Any]) -> None:
         if self._loading.get(key) is done:
             del self._loading[key]
-        if not done.cancelled():
-            done.exception()  # retrieved: a load no one waits for any more may fail
+        _retrieved(done)  # a load no one waits for any more may fail
 
     @contextlib.asynccontextmanager
     async def lease(

@@ -24,7 +24,13 @@ from handlers.errors import PgmlError
 from handlers.files import FileRights, with_rights
 from handlers.functions import CallContext
 from handlers.holds import Holds
-from handlers.modelcache import LoadedModel, MemorySetting, ModelCache, weights_bytes
+from handlers.modelcache import (
+    LoadedModel,
+    MemorySetting,
+    ModelCache,
+    until_stopped,
+    weights_bytes,
+)
 from handlers.models import ModelNotFound, ModelResolver, unreadable, unreadable_errors
 from handlers.projects import Catalog, Deployed
 from handlers.service import ServiceConnections
@@ -200,7 +206,9 @@ class Services:
         found = self.models.touch(key)
         if found is not None:
             return found
-        folder = await self.resolve_model(name, rights=rights, remote_code=remote_code)
+        folder = await self.resolve_model(
+            name, rights=rights, remote_code=remote_code, stopped=stopped
+        )
 
         async def estimate() -> int:
             return await self.run(weights_bytes, folder)
@@ -229,12 +237,19 @@ class Services:
         await with_rights(ctx, lambda rights: self.check_model(name, rights=rights), thread=False)
 
     async def resolve_model(
-        self, name: str, *, rights: FileRights, remote_code: bool = False
+        self,
+        name: str,
+        *,
+        rights: FileRights,
+        remote_code: bool = False,
+        stopped: Callable[[], bool] = lambda: False,
     ) -> Path:
         """The folder of model ``name``, if ``--allow-models`` allows it and the caller may
-        read it."""
+        read it.  A caller that stops waiting (``stopped()``: a download can take minutes)
+        gets 57014; the download goes on for the next call."""
         self.policy.check(name, remote_code=remote_code)
-        return await self.run(self._resolve, name, rights)
+        resolving = asyncio.ensure_future(self.run(self._resolve, name, rights))
+        return await until_stopped(resolving, stopped)
 
     # --- the catalog and deployed models -----------------------------------------------
 

@@ -65,11 +65,11 @@ async def pipeline_lease(
     loaded = services.models.touch(key)
     if loaded is None:
         folder = await services.resolve_model(
-            spec.model, rights=rights, remote_code=spec.remote_code
+            spec.model, rights=rights, remote_code=spec.remote_code, stopped=stopped
         )
         folders = {
             name: await services.resolve_model(
-                spec.options[name], rights=rights, remote_code=spec.remote_code
+                spec.options[name], rights=rights, remote_code=spec.remote_code, stopped=stopped
             )
             for name in MODEL_KEYS
             if name in spec.options

@@ -98,7 +98,9 @@ async def _tune(
         ctx, lambda rights: _check_training_arguments(options, services.device, rights)
     )
     await services.check_model_for(ctx, model_name)
-    model_path = await services.resolve_model(model_name, rights=rights_of(ctx))
+    model_path = await services.resolve_model(
+        model_name, rights=rights_of(ctx), stopped=ctx.cancelled
+    )
     await services.run(check_model_files, model_name, model_path)
     base = await services.run(adapter_base, model_path)
     if base is not None:  # an adapter: transformers loads its base model by that name

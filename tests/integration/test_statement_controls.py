@@ -6,7 +6,9 @@ that PostgreSQL runs itself (pg_sleep)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -283,3 +285,47 @@ def test_a_call_outlasts_its_hold_connection(proxy: ProxyProcess, cluster: Postg
         assert len(conn.execute(steps).fetchall()) == 1
         terminator.join()
         assert len(holders) == 2, "the backend was not held again"
+
+
+@pytest.fixture
+def silent_hub() -> Iterator[str]:
+    """A hub address that accepts connections and never answers: a download that hangs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+    for connection in accepted:
+        connection.close()
+
+
+@pytest.mark.parametrize("control", ["statement_timeout", "cancel"])
+def test_a_control_stops_a_model_download(
+    cluster: PostgresCluster, silent_hub: str, control: str
+) -> None:
+    """A model not found locally is downloaded from the hub, which can take minutes: the
+    statement stops within a second all the same (the download goes on, for the next
+    call); here the hub never answers."""
+    hub = {"HF_ENDPOINT": silent_hub, "HF_HUB_OFFLINE": "0", "HF_HUB_ETAG_TIMEOUT": "120"}
+    process = ProxyProcess("--upstream", cluster.dsn(), env=hub).start()
+    try:
+        with psycopg.connect(process.dsn(), autocommit=True) as conn:
+            sql = "SELECT pgml.embed('slow-org/never-answers', 'x')"
+            if control == "statement_timeout":
+                conn.execute("SET statement_timeout = '1s'")
+            else:
+                threading.Timer(1.0, conn.cancel).start()
+            error, took = _failure(conn, sql)
+            assert isinstance(error, psycopg.errors.QueryCanceled), error
+            reason = "statement timeout" if control == "statement_timeout" else "user request"
+            assert str(error).strip() == f"canceling statement due to {reason}"
+            assert took < 3.0, took
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        process.stop()
