@@ -53,6 +53,8 @@ class CallSite:
     """The query whose rows the arguments read; ``None`` for a constant call."""
     alias: str | None = None
     """The name PostgreSQL gives a set-returning call's column in FROM."""
+    alias_node: exp.TableAlias | None = None
+    """A call in FROM: the table alias written after it."""
 
     @property
     def sql_name(self) -> str:
@@ -72,6 +74,7 @@ def find_calls(tree: exp.Expr, tokens: list[Token]) -> list[CallSite]:
         if isinstance(node, exp.Dot) and _is_pgml(node.this):
             anonymous = _as_anonymous(node.expression)
             start = node.this.meta["start"]
+            in_from = isinstance(node.parent, exp.Lateral)  # FROM ..., LATERAL pgml.f(...)
         elif isinstance(node, exp.Table) and _is_pgml(node.args.get("db")):
             anonymous = _as_anonymous(node.this)
             in_from = True
@@ -87,7 +90,9 @@ def find_calls(tree: exp.Expr, tokens: list[Token]) -> list[CallSite]:
         if len(text.arguments) != len(args):
             raise PgmlError("42601", f"could not read the arguments of {site.sql_name}")
         if in_from:
-            alias = node.args.get("alias")
+            holder = node.parent if isinstance(node.parent, exp.Lateral) else node
+            alias = holder.args.get("alias")
+            site.alias_node = alias
             site.alias = alias.name if alias is not None and alias.name else function.name
         _place(site)
         calls.append(site)
@@ -189,9 +194,12 @@ def _place(call: CallSite) -> None:
     if not any(reads_columns(arg) for arg in call.args):
         return
     if call.in_from:
+        if not any(_reads_outer_columns(arg) for arg in call.args):
+            return  # columns of its own subqueries only: evaluated first, as constants
         raise unsupported(
             f"{call.sql_name} in FROM cannot take column arguments",
-            hint="Pass constant arguments, or call it in the select list.",
+            hint="Pass constant arguments (a subquery of its own is one), or call it in the "
+            "select list.",
         )
     scope = next((a for a in above if isinstance(a, exp.Select | exp.Update | exp.Delete)), None)
     if scope is not None and isinstance(scope.parent, exp.When):  # MERGE's own UPDATE
@@ -206,6 +214,35 @@ def _place(call: CallSite) -> None:
             hint="Call it in a SELECT (INSERT ... SELECT pgml...(...) FROM ...).",
         )
     call.scope = scope
+
+
+def _reads_outer_columns(argument: exp.Expr) -> bool:
+    """Whether an argument reads a column other than of a subquery inside it: one
+    outside every subquery, or one qualified by a name that none of the subqueries it
+    is in names in its FROM (an unqualified one is taken for theirs, as PostgreSQL looks
+    there first)."""
+    for column in argument.find_all(exp.Column):
+        names: set[str] = set()
+        inside = False
+        node = column.parent
+        while node is not None and node is not argument.parent:
+            if isinstance(node, exp.Select):
+                inside = True
+                names.update(_source_names(node))
+            node = node.parent
+        if not inside or (column.table and column.table not in names):
+            return True
+    return False
+
+
+def _source_names(select: exp.Select) -> set[str]:
+    """The names a query's FROM and its WITH give its sources."""
+    sources = [select.args.get("from_"), *select.args.get("joins", [])]
+    names = {s.this.alias_or_name for s in sources if s is not None and s.this is not None}
+    with_ = select.args.get("with_")
+    if with_ is not None:
+        names.update(cte.alias for cte in with_.expressions)
+    return names
 
 
 def _in_conflict_clause(node: exp.Expr, above: list[exp.Expr]) -> bool:

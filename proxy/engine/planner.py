@@ -418,14 +418,14 @@ def derived_table(value_sql: str, call: CallSite) -> str:
     """
     name = call.alias or call.function.name
     table = f'(SELECT {value_sql} AS "{name}")'
-    return table if call.node.args.get("alias") is not None else f'{table} AS "{name}"'
+    return table if call.alias_node is not None else f'{table} AS "{name}"'
 
 
 def table_rows(call: CallSite, overload: Overload, column_arrays: Sequence[str]) -> str:
     """A ``TABLE(...)`` function's rows in FROM, one array expression per column."""
     names = ", ".join(f'"{name}"' for name, _ in overload.columns)
     table = f"(SELECT * FROM unnest({', '.join(column_arrays)}) AS __pgml_rows({names}))"
-    if call.node.args.get("alias") is not None:
+    if call.alias_node is not None:
         return table
     return f'{table} AS "{call.function.name}"'
 

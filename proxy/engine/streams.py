@@ -77,7 +77,7 @@ def streamable(parsed: Parsed) -> bool:
     source = tree.args.get("from_")
     if source is None:
         return item is call.node or (isinstance(item, exp.Alias) and item.this is call.node)
-    alias = call.node.args.get("alias")
+    alias = call.alias_node
     return (
         isinstance(item, exp.Star)
         and source.this is call.node

@@ -14,6 +14,7 @@ import pytest
 from psycopg import errors
 
 from handlers.chunking import SPLITTERS, splitter_class
+from tests.integration._pgml import unique
 from tests.support.proxyproc import ProxyProcess
 
 PROSE = " ".join(
@@ -137,3 +138,37 @@ def test_spacy(db: psycopg.Connection[Any]) -> None:
 
 def test_every_splitter_is_tested() -> None:
     assert set(SPLITTERS) == set(TEXTS) | {"nltk", "spacy"}
+
+
+def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
+    """A call in ``LATERAL``, and one whose text is a subquery of its own (evaluated
+    first, once, as PostgreSQL evaluates an uncorrelated subquery); one that reads the
+    columns of the rows beside it is refused with the reason."""
+    table = unique("chunk_docs")
+    db.execute(f"CREATE TABLE {table} (id int, body text)")
+    db.execute(f"INSERT INTO {table} VALUES (1, 'alpha beta gamma'), (2, 'delta epsilon')")
+    small = json.dumps({"chunk_size": 6, "chunk_overlap": 0, "separator": " "})
+    split = splitter_class("character")(chunk_size=6, chunk_overlap=0, separator=" ").split_text
+    try:
+        found = db.execute(
+            f"SELECT t.id, c.chunk_index, c.chunk FROM {table} AS t CROSS JOIN LATERAL "
+            "pgml.chunk('character', 'one two three', %s) AS c ORDER BY 1, 2",
+            [small],
+        ).fetchall()
+        pieces = list(enumerate(split("one two three"), start=1))
+        assert found == [(i, *piece) for i in (1, 2) for piece in pieces]
+        found = db.execute(
+            "SELECT * FROM pgml.chunk('character', "
+            f"(SELECT string_agg(d.body, ' ' ORDER BY d.id) FROM {table} AS d), %s)",
+            [small],
+        ).fetchall()
+        joined = "alpha beta gamma delta epsilon"
+        assert found == list(enumerate(split(joined), start=1))
+        for correlated in (
+            f"SELECT t.id, c.* FROM {table} AS t, LATERAL pgml.chunk('character', t.body) AS c",
+            f"SELECT t.id, c.* FROM {table} AS t, pgml.chunk('character', (SELECT t.body)) AS c",
+        ):
+            with pytest.raises(errors.FeatureNotSupported, match="cannot take column arguments"):
+                db.execute(correlated)
+    finally:
+        db.execute(f"DROP TABLE {table}")
