@@ -14,14 +14,16 @@ from handlers.errors import PgmlError, invalid_argument
 class SentenceEmbedder:
     """One loaded encoder; thread-safe, meant to be shared by every session."""
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
+    def __init__(self, path: Path, device: str = "cpu", trust_remote_code: bool = False) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.path = path
         self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.model = (
+            AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code).to(device).eval()
+        )
         self.dimensions = int(self.model.config.hidden_size)
         settings = _json(path / "config_sentence_transformers.json")
         self.prompts: dict[str, str] = dict(settings.get("prompts") or {})
@@ -77,6 +79,15 @@ class SentenceEmbedder:
         return result
 
 
+def trusted_code(kwargs: dict[str, Any]) -> bool:
+    """``trust_remote_code``: the model's own code runs in the proxy, which only
+    ``--trust-remote-code`` allows (JSON ``true`` alone asks it)."""
+    value = kwargs.get("trust_remote_code", False)
+    if not isinstance(value, bool):
+        raise invalid_argument("pgml.embed option trust_remote_code must be true or false")
+    return value
+
+
 def _json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -94,13 +105,22 @@ def _pooling(path: Path) -> dict[str, Any]:
     return {}
 
 
-_OPTIONS = ("normalize", "normalize_embeddings", "max_length", "prompt", "prompt_name", "device")
+_OPTIONS = (
+    "normalize",
+    "normalize_embeddings",
+    "max_length",
+    "prompt",
+    "prompt_name",
+    "device",
+    "trust_remote_code",
+)
 
 
 def embed_options(kwargs: dict[str, Any], device: str) -> dict[str, Any]:
     """Validate ``pgml.embed``'s kwargs, sentence-transformers' ``encode`` arguments:
     ``normalize`` (or ``normalize_embeddings``), ``max_length``, ``prompt``,
-    ``prompt_name``, and ``device``, which must be where the proxy runs its models."""
+    ``prompt_name``, and ``device``, which must be where the proxy runs its models
+    (``trust_remote_code`` is :func:`trusted_code`'s)."""
     if "instruction" in kwargs:
         raise PgmlError(
             "0A000",

@@ -25,7 +25,7 @@ from handlers.classic.predict import (
     predict_row,
 )
 from handlers.classic.train import train, train_joint
-from handlers.embedding import SentenceEmbedder, embed_options
+from handlers.embedding import SentenceEmbedder, embed_options, trusted_code
 from handlers.errors import invalid_argument
 from handlers.files import rights_of
 from handlers.functions import Args, CallContext, Function, Handler, Overload, Param
@@ -78,10 +78,17 @@ async def _embed_groups(
     services = ctx.services
     out: list[list[list[float]]] = []
     for (name, kwargs), group in zip(keys, texts, strict=True):
-        options = embed_options(_kwargs(kwargs), services.device)
+        given = _kwargs(kwargs)
+        options = embed_options(given, services.device)
+        remote_code = trusted_code(given)
         services.capacity.check_inputs("pgml.embed", group)
         async with services.lease(
-            "embedding", name, SentenceEmbedder, rights=rights_of(ctx), stopped=ctx.cancelled
+            "embedding-remote-code" if remote_code else "embedding",
+            name,
+            functools.partial(SentenceEmbedder, trust_remote_code=remote_code),
+            rights=rights_of(ctx),
+            remote_code=remote_code,
+            stopped=ctx.cancelled,
         ) as embedder:
             out.append(await services.in_pieces(ctx, group, _embedding(ctx, embedder, options)))
     return out

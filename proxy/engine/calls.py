@@ -195,6 +195,7 @@ def _place(call: CallSite) -> None:
         return
     if call.in_from:
         if not any(_reads_outer_columns(arg) for arg in call.args):
+            _check_no_outer_with(call, above)
             return  # columns of its own subqueries only: evaluated first, as constants
         raise unsupported(
             f"{call.sql_name} in FROM cannot take column arguments",
@@ -232,6 +233,38 @@ def _reads_outer_columns(argument: exp.Expr) -> bool:
             node = node.parent
         if not inside or (column.table and column.table not in names):
             return True
+    return False
+
+
+def _check_no_outer_with(call: CallSite, above: list[exp.Expr]) -> None:
+    """Refuse a constant call in FROM whose subquery reads a WITH query of the statement
+    around it: evaluated first, on its own, it would read that query a second time."""
+    outer = {
+        cte.alias.lower()
+        for a in above
+        if a.args.get("with_") is not None
+        for cte in a.args["with_"].expressions
+    }
+    for arg in call.args:
+        for table in arg.find_all(exp.Table):
+            name = table.name.lower()
+            if table.db or name not in outer or _defined_inside(table, arg, name):
+                continue
+            raise unsupported(
+                f'{call.sql_name} in FROM cannot read WITH query "{table.name}" of its '
+                "statement in an argument",
+                hint="Read the table in the argument itself, or call it in the select list.",
+            )
+
+
+def _defined_inside(table: exp.Table, argument: exp.Expr, name: str) -> bool:
+    """Whether a WITH inside ``argument`` around ``table`` defines ``name``."""
+    node = table.parent
+    while node is not None and node is not argument.parent:
+        with_ = node.args.get("with_")
+        if with_ is not None and any(c.alias.lower() == name for c in with_.expressions):
+            return True
+        node = node.parent
     return False
 
 

@@ -143,7 +143,8 @@ def test_every_splitter_is_tested() -> None:
 def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
     """A call in ``LATERAL``, and one whose text is a subquery of its own (evaluated
     first, once, as PostgreSQL evaluates an uncorrelated subquery); one that reads the
-    columns of the rows beside it is refused with the reason."""
+    columns of the rows beside it, or a WITH query of its statement, is refused with the
+    reason."""
     table = unique("chunk_docs")
     db.execute(f"CREATE TABLE {table} (id int, body text)")
     db.execute(f"INSERT INTO {table} VALUES (1, 'alpha beta gamma'), (2, 'delta epsilon')")
@@ -170,5 +171,17 @@ def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
         ):
             with pytest.raises(errors.FeatureNotSupported, match="cannot take column arguments"):
                 db.execute(correlated)
+        # evaluated on its own, the argument would read the statement's WITH query again
+        with pytest.raises(errors.FeatureNotSupported, match='cannot read WITH query "d"'):
+            db.execute(
+                f"WITH d AS (SELECT body FROM {table} WHERE id = 1) SELECT (SELECT body FROM d), "
+                "c.* FROM pgml.chunk('character', (SELECT body FROM d)) AS c"
+            )
+        found = db.execute(
+            "SELECT * FROM pgml.chunk('character', (WITH d AS (SELECT body FROM "
+            f"{table} WHERE id = 1) SELECT body FROM d), %s)",
+            [small],
+        ).fetchall()
+        assert found == list(enumerate(split("alpha beta gamma"), start=1))
     finally:
         db.execute(f"DROP TABLE {table}")

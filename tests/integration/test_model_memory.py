@@ -163,3 +163,10 @@ def test_remote_code_only_for_trusted_models(conn: psycopg.Connection[Any]) -> N
     assert SENTIMENT in str(caught.value) and "--trust-remote-code" in str(caught.value)
     assert conn.execute("SELECT 1").fetchone() == (1,)
     assert call(conn, NER, trust_remote_code=True) is not None
+    # pgml.embed's option, as PostgresML took it: the same vector as without it
+    trusting = json.dumps({"trust_remote_code": True})
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="--trust-remote-code"):
+        conn.execute("SELECT pgml.embed(%s, 'x', %s)", [SENTIMENT, trusting])
+    (trusted,) = conn.execute("SELECT pgml.embed(%s, 'x', %s)", [NER, trusting]).fetchone() or ()
+    (plain,) = conn.execute("SELECT pgml.embed(%s, 'x')", [NER]).fetchone() or ()
+    assert trusted == plain and len(plain) > 0

@@ -447,6 +447,8 @@ def test_trust_remote_code_is_json_true(
     nested = {"task": "text-classification", "model": SENTIMENT}
     nested["model_kwargs"] = {"trust_remote_code": value}
     refused(proxy, "postgres", transform_sql(nested), "22023")
+    embed = f"SELECT pgml.embed({lit(task['model'])}, 'x', {lit({'trust_remote_code': value})})"
+    refused(proxy, "postgres", embed, "22023")
     assert not (layout["root"] / MARKER).exists()
 
 
@@ -462,6 +464,10 @@ def test_trust_remote_code_needs_the_flag(proxy: ProxyProcess, layout: dict[str,
     ):
         sql = f"SELECT pgml.transform({generation}::jsonb, {lit(args)}, ARRAY['I love'])"
         refused(proxy, "postgres", sql, "22023")
+    trusting = lit({"trust_remote_code": True})
+    for name in (remote, SENTIMENT):
+        error = refused(proxy, "postgres", f"SELECT pgml.embed({lit(name)}, 'x', {trusting})")
+        assert "--trust-remote-code" in str(error)
     assert not (layout["root"] / MARKER).exists()
 
 
