@@ -352,8 +352,8 @@ FUNCTIONS: dict[str, Function] = {
         (
             _served((_PROJECT, Param("input", "text")), "jsonb", predict_proba_text),
             _served((_PROJECT, Param("inputs", "text[]")), "jsonb", predict_proba_array),
-            _served((_PROJECT, _FEATURES), "jsonb", predict_proba_features),
-            _served((_MODEL, _FEATURES), "jsonb", predict_model_proba),
+            _served((_PROJECT, _FEATURES), "real[]", predict_proba_features),
+            _served((_MODEL, _FEATURES), "real[]", predict_model_proba),
         ),
     ),
     "decompose": Function(

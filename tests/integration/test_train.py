@@ -58,6 +58,8 @@ BOOSTING = {
 }
 """The boosting libraries' algorithms, with quick settings."""
 
+FLOAT4_ARRAY_OID = 1021
+
 
 @pytest.fixture(scope="module")
 def db(proxy: ProxyProcess) -> Iterator[psycopg.Connection[Any]]:
@@ -297,9 +299,9 @@ def test_xgboost_takes_any_labels_and_preprocessing(db: psycopg.Connection[Any])
         inputs, predicted = per_row(db, project, view, IRIS)
         np.testing.assert_array_equal(predicted, reference.predict(inputs) * 2 + 1)
         assert set(predicted) == {1.0, 3.0, 5.0}
-        (proba,) = db.execute(
-            f"SELECT pgml.predict_proba('{project}', ARRAY[5.1, 3.5, 1.4, 0.2])"
-        ).fetchone() or (None,)
+        cursor = db.execute(f"SELECT pgml.predict_proba('{project}', ARRAY[5.1, 3.5, 1.4, 0.2])")
+        assert [c.type_code for c in cursor.description or []] == [FLOAT4_ARRAY_OID]  # REAL[]
+        (proba,) = cursor.fetchone() or (None,)
         point = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32).astype(float)
         np.testing.assert_allclose(proba, reference.predict_proba(point)[0], rtol=1e-5)
     finally:
