@@ -142,6 +142,7 @@ def main() -> None:
             literal = f"SELECT pgml.predict('{PROJECT}', 'I love SQL')"
             prepared = f"SELECT pgml.predict('{PROJECT}', %s)"
             per_row = f"SELECT id, pgml.predict('{PROJECT}', text) FROM t"
+            per_row_bound = "SELECT id, pgml.predict(%s, text) FROM t"
             cases: list[tuple[str, Callable[[], Any], int]] = [
                 ("`SELECT 1` (the floor)", lambda: conn.execute("SELECT 1").fetchall(), 0),
                 (
@@ -157,6 +158,12 @@ def main() -> None:
                 (
                     f"per-row call over {args.rows:,} distinct texts: `{per_row}`",
                     lambda: conn.execute(per_row).fetchall(),
+                    math.ceil(args.rows / args.batch_size),
+                ),
+                (
+                    "the same, extended protocol, the project bound (a first Parse each time: "
+                    "the column-reading argument's type is asked)",
+                    lambda: conn.execute(per_row_bound, [PROJECT]).fetchall(),
                     math.ceil(args.rows / args.batch_size),
                 ),
             ]

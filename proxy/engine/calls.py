@@ -91,6 +91,11 @@ def find_calls(tree: exp.Expr, tokens: list[Token]) -> list[CallSite]:
             raise PgmlError("42601", f"could not read the arguments of {site.sql_name}")
         if in_from:
             holder = node.parent if isinstance(node.parent, exp.Lateral) else node
+            if holder.args.get("ordinality"):
+                raise unsupported(
+                    f"{site.sql_name} cannot be called WITH ORDINALITY",
+                    hint="Number its rows in the select list: row_number() OVER ().",
+                )
             alias = holder.args.get("alias")
             site.alias_node = alias
             site.alias = alias.name if alias is not None and alias.name else function.name

@@ -171,6 +171,8 @@ def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
         ):
             with pytest.raises(errors.FeatureNotSupported, match="cannot take column arguments"):
                 db.execute(correlated)
+        with pytest.raises(errors.FeatureNotSupported, match="WITH ORDINALITY"):
+            db.execute("SELECT * FROM pgml.chunk('character', 'a b') WITH ORDINALITY")
         # evaluated on its own, the argument would read the statement's WITH query again
         with pytest.raises(errors.FeatureNotSupported, match='cannot read WITH query "d"'):
             db.execute(
