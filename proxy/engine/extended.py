@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from handlers.errors import PgmlError
-from handlers.projects import Deployed
 from proxy.engine import binding, extension, planner, values
 from proxy.engine.calls import mentions_sql_function, reads_columns
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.inline import result_formats
 from proxy.engine.inline import send as send_inline
+from proxy.engine.labels import label_types
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
 from proxy.engine.query import INTERNAL_ERROR, ensure_catalog, error_response
@@ -43,10 +43,6 @@ log = logging.getLogger("pgml_proxy.extended")
 _UPSTREAM_NAMES = itertools.count(1)
 _FINAL_ROWS = ROWS | {Backend.ERROR, Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
 _DESCRIBE_NAME = own("describe")
-_VISIBLE = (
-    "SELECT v.id::text FROM pgml.visible_projects(false) AS v (id) WHERE v.id = ANY ($1::bigint[])"
-)
-"""Which of the projects ``$1`` the session's role can see (none without SELECT)."""
 FINAL_NAME = own("final")
 HELPER_NAME = own("h")
 """The prepared statement the proxy's helper SQL uses in extended-protocol sessions: the
@@ -218,11 +214,12 @@ class ExtendedState:
                 self.statements[parse.name] = PgmlStatement(parse.name, command, [], None, {})
                 upstream.local(codec.PARSE_COMPLETE, held=True)
                 return
+            self.engine.prepared.refuse_extended(parse.sql)
             if mentions_sql_function(parse.sql):
                 await ensure_catalog(self.engine)
             self._relay(message)
             return
-        labels = await self._label_types(parsed)
+        labels = await label_types(self.engine, parsed, HELPER_NAME)
         asked = self._ask_argument_types(parsed, parse.param_oids)
         try:
             result = await self._describe_shape(parsed, parse.param_oids, labels, None)
@@ -303,26 +300,6 @@ class ExtendedState:
         self.statements.pop(codec.leading_name(message.body, encoding.current()), None)
         self.engine.upstream.relay(message.raw, Frontend.PARSE)
         self.engine.upstream.push()
-
-    async def _label_types(self, parsed: Parsed) -> dict[str, str]:
-        """Result types of the projects the statement names literally; a project that
-        does not exist (yet), or that the session's role cannot see in pgml.projects, is
-        left out (the same type either way), and its calls fail when they run."""
-        engine = self.engine
-        found: dict[str, Deployed] = {}
-        for call in parsed.calls:
-            project = binding.project_literal(call) if binding.typed_by_project(call) else None
-            if project is not None and project not in found:
-                with contextlib.suppress(PgmlError):
-                    found[project] = await engine.services.deployment(engine.database, project)
-        if not found:
-            return {}
-        ids = "{" + ",".join(str(d.project.id) for d in found.values()) + "}"
-        upstream = engine.upstream
-        reply = upstream.statement(_VISIBLE, [ids.encode()], [values.TEXT_OID], name=HELPER_NAME)
-        upstream.flush()
-        visible = {int(values.text(row[0])) for row in (await reply).rows}
-        return {name: d.result_type for name, d in found.items() if d.project.id in visible}
 
     def _check_bind(self, portal: str, name: str, count: int) -> None:
         """What PostgreSQL checks before it reads a Bind's values, in its order."""

@@ -134,11 +134,14 @@ class Parsed:
     """EXPLAIN runs the statement (ANALYZE): its calls are evaluated."""
     without_data: bool = False
     """``CREATE TABLE ... AS ... WITH NO DATA``: the query is planned, never run."""
+    prepares: str = ""
+    """``PREPARE name [(types)] AS`` before the statement, as the client wrote it: the
+    statement is kept under that name, not run (see :mod:`proxy.engine.prepared`)."""
 
     @property
     def runs(self) -> bool:
         """Whether PostgreSQL runs the statement's query (so its calls are evaluated)."""
-        return not self.without_data and (self.analyze or not self.explain)
+        return not self.without_data and not self.prepares and (self.analyze or not self.explain)
 
     @property
     def declares_cursor(self) -> bool:
@@ -217,6 +220,14 @@ _EXPLAIN = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _OFF = frozenset({"false", "off", "0", "no"})
+
+_NAME = r'"(?:[^"]|"")+"|[^\s("]+'
+PREPARE = re.compile(
+    rf"^(?:\s|--[^\n]*\n|/\*.*?\*/)*PREPARE\s+(?P<name>{_NAME})\s*"
+    r"(?P<types>\((?:[^()]|\([^()]*\))*\))?\s*AS\s+",
+    re.IGNORECASE | re.DOTALL,
+)
+"""SQL-level ``PREPARE name [(types)] AS`` before a statement."""
 _WITH_NO_DATA = re.compile(r"\bWITH\s+NO\s+DATA\s*;?\s*$", re.IGNORECASE)
 
 
@@ -277,6 +288,10 @@ def _parse(sql: str) -> Parsed | None:
     declare = _DECLARE_CURSOR.match(sql)
     if declare is not None:
         prefix, sql = declare.group(0), sql[declare.end() :]
+    prepares = ""
+    prepare = None if explain or prefix else PREPARE.match(sql)
+    if prepare is not None:
+        prepares, sql = prepare.group(0), sql[prepare.end() :]
     try:
         read = _read(sql)
     except (ParseError, TokenError) as exc:
@@ -321,6 +336,7 @@ def _parse(sql: str) -> Parsed | None:
         explain,
         _analyzes(explain),
         without_data,
+        prepares,
     )
 
 
@@ -486,4 +502,4 @@ def skeleton(
         else:
             replacement = named_scalar(value, call.function.name)
         text.replace(call.text.span, replacement)
-    return parsed.explain + parsed.prefix + text.render()
+    return parsed.explain + parsed.prepares + parsed.prefix + text.render()

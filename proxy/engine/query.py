@@ -9,14 +9,15 @@ themselves, and stop at the first error, as PostgreSQL runs them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from handlers.errors import PgmlError
+from handlers.errors import PgmlError, unsupported
 from proxy import metrics
 from proxy.engine import extension
 from proxy.engine.calls import mentions_sql_function
-from proxy.engine.executor import Execution
+from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.inline import send as send_inline
 from proxy.engine.planner import (
     Parsed,
@@ -28,6 +29,7 @@ from proxy.engine.planner import (
     off_loop,
     prepare_query,
 )
+from proxy.engine.prepared import Execute
 from proxy.engine.streams import send_rows, streamable
 from proxy.engine.upstream import ERRORS, RESULTS, Reply, ServerError, Skipped
 from proxy.wire import codec
@@ -72,10 +74,14 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await refuse(engine, error)
         return
     pieces = [piece for piece, _ in prepared]
-    parsed: list[Parsed | extension.ExtensionCommand | None] = [
-        extension.recognise(piece.text) if statement is None else statement
-        for piece, statement in prepared
-    ]
+    try:
+        parsed: list[Statement | None] = [
+            _recognise(engine, piece.text) if statement is None else statement
+            for piece, statement in prepared
+        ]
+    except PgmlError as error:
+        await refuse(engine, error)
+        return
     if upstream.status == b"E" and not any(controls_transaction(p.text) for p in pieces):
         _relay(engine, message)  # PostgreSQL refuses it (25P02) before anything runs
         return
@@ -93,6 +99,15 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await _one_statement(engine, parsed[0])
     else:
         await _statements(engine, pieces, parsed)
+
+
+Statement = Parsed | extension.ExtensionCommand | Execute
+"""A statement of a Query that the proxy runs (the others are PostgreSQL's)."""
+
+
+def _recognise(engine: Engine, text: str) -> extension.ExtensionCommand | Execute | None:
+    """A statement without pgml calls that is the proxy's all the same."""
+    return extension.recognise(text) or engine.prepared.recognise(text)
 
 
 async def ensure_catalog(engine: Engine) -> None:
@@ -128,8 +143,16 @@ def _relay(engine: Engine, message: Message) -> None:
     engine.upstream.push()
 
 
-async def _one_statement(engine: Engine, parsed: Parsed | extension.ExtensionCommand) -> None:
+async def _one_statement(
+    engine: Engine, parsed: Statement, params: BoundParams | None = None
+) -> None:
     upstream = engine.upstream
+    if isinstance(parsed, Execute):
+        await _execute(engine, parsed)
+        return
+    if isinstance(parsed, Parsed) and parsed.prepares:
+        await _prepare(engine, parsed)
+        return
     if isinstance(parsed, extension.ExtensionCommand):
         try:
             await extension.run(engine, parsed, helper="", held=False)
@@ -139,7 +162,7 @@ async def _one_statement(engine: Engine, parsed: Parsed | extension.ExtensionCom
             await report_error(engine, error)
         upstream.sync(EVERYTHING)
         return
-    execution = engine.execution()
+    execution = engine.execution(params=params)
     execution.may_stream = streamable(parsed)
     execution.may_inline = True
     try:
@@ -190,6 +213,47 @@ async def _one_statement(engine: Engine, parsed: Parsed | extension.ExtensionCom
     upstream.sync(EVERYTHING)
 
 
+async def _prepare(engine: Engine, parsed: Parsed) -> None:
+    """``PREPARE name AS`` a statement that calls pgml functions: PostgreSQL prepares its
+    skeleton, and the proxy keeps it (see :mod:`proxy.engine.prepared`)."""
+    upstream = engine.upstream
+    execution = engine.execution()
+    try:
+        name, sql = await engine.prepared.prepare_sql(engine, parsed)
+        done = await _send_final(execution, sql)
+        upstream.flush()
+        await done
+    except ConnectionError:
+        raise
+    except (ServerError, Skipped):  # PostgreSQL has told the client
+        pass
+    except Exception as error:
+        await report_error(engine, error)
+    else:
+        engine.prepared.keep(name, sql, parsed.text)
+    upstream.sync(EVERYTHING)
+
+
+async def _execute(engine: Engine, command: Execute) -> None:
+    """``EXECUTE`` of a kept statement: run with its arguments, or PostgreSQL's own
+    ``EXECUTE`` where PostgreSQL no longer holds the statement the proxy prepared."""
+    upstream = engine.upstream
+    try:
+        bound = await engine.prepared.bind(engine.execution(), command)
+    except ConnectionError:
+        raise
+    except Exception as error:
+        await report_error(engine, error)
+        upstream.sync(EVERYTHING)
+        return
+    if bound is not None:
+        await _one_statement(engine, *bound)
+        return
+    with contextlib.suppress(_Failed):
+        await _plain(engine, [Piece(command.text, 0)])
+    upstream.sync(EVERYTHING)
+
+
 async def _send_final(
     execution: Execution, sql: str, rows: frozenset[int] = FINAL_ROWS | ERRORS
 ) -> Reply:
@@ -234,9 +298,7 @@ async def _fail_transaction(engine: Engine, sync: bool = True) -> None:
         upstream.flush()
 
 
-async def _statements(
-    engine: Engine, pieces: list[Piece], parsed: list[Parsed | extension.ExtensionCommand | None]
-) -> None:
+async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Statement | None]) -> None:
     upstream = engine.upstream
     wrap = upstream.status == b"I" and not any(controls_transaction(p.text) for p in pieces)
     if wrap:
@@ -260,6 +322,14 @@ async def _statements(
                     await report_error(engine, error)
                     raise _Failed from error
                 continue
+            if isinstance(statement, Execute) or statement.prepares:
+                alone = unsupported(
+                    "PREPARE and EXECUTE of a statement that calls pgml functions run in a "
+                    "Query of their own",
+                    hint="Send them one statement at a time.",
+                )
+                await report_error(engine, alone)
+                raise _Failed from alone
             execution = engine.execution()
             try:
                 final = await execution.evaluate(statement)

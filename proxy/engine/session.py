@@ -10,6 +10,7 @@ from handlers.errors import unsupported
 from handlers.serving import Services
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.extended import ExtendedState
+from proxy.engine.prepared import PreparedStatements
 from proxy.engine.query import answer_query, refuse
 from proxy.engine.streams import Cursors
 from proxy.engine.upstream import Upstream
@@ -32,6 +33,8 @@ class Engine:
         self.session = session
         self.extended = ExtendedState(self)
         self.cursors = Cursors(self)
+        self.prepared = PreparedStatements()
+        """The SQL-level prepared statements that call pgml functions."""
         self._cancelled = False
         self.confirmed: set[Hashable] = set()
         """Checks of the session's that have passed (see :meth:`Execution.check`)."""
@@ -45,9 +48,11 @@ class Engine:
         pgml itself: it may name a pgml statement or portal)."""
         if message.type == Frontend.QUERY:
             self.extended.forget_unnamed()
-            ours = False
+            ours = self.prepared.named_in(message.body)
         else:
-            ours = self.extended.wants(message)
+            ours = self.extended.wants(message) or (
+                message.type == Frontend.PARSE and self.prepared.named_in(message.body)
+            )
         return self.cursors.concerns(message) or ours
 
     def text_codec(self) -> str:

@@ -174,3 +174,70 @@ def test_merge_actions_are_refused_with_the_way_that_works(proxy: ProxyProcess, 
         )
         (length,) = conn.execute(f"SELECT array_length(e, 1) FROM {docs} WHERE id = 2").fetchone()
         assert length == 384
+
+
+PREPARED = [
+    "PREPARE {p}(int) AS SELECT id, {f}({m}, body) AS e FROM {t} WHERE id < $1 ORDER BY id",
+    "SELECT name, parameter_types::text FROM pg_prepared_statements WHERE name = '{p}'",
+    "EXECUTE {p}(4)",
+    "EXECUTE {p} (2 + 1) -- a comment",
+    "execute {p}(4);",
+    "EXECUTE {p}",
+    "EXECUTE {p}(1, 2)",
+    "EXECUTE {p}('x')",
+    "EXECUTE {p}()",
+    "PREPARE {p} AS SELECT 1",
+    "PREPARE {p}_w(int, text) AS INSERT INTO {t} (id, body, e) "
+    "SELECT id + $1, body || $2, {f}({m}, body) FROM {t} WHERE id < 4",
+    "EXECUTE {p}_w(1000, 'x')",
+    "SELECT count(*) FROM {t} WHERE id >= 1000",
+    "DEALLOCATE {p}",
+    "EXECUTE {p}(4)",
+    "PREPARE {p}(int) AS SELECT $1 + 1",
+    "EXECUTE {p}(4)",
+    "DISCARD ALL",
+    "EXECUTE {p}_w(2000, 'y')",
+    "SELECT count(*) FROM pg_prepared_statements",
+]
+"""SQL-level PREPARE and EXECUTE, in this order in one session; the statement of a name
+deallocated and prepared again without a call is PostgreSQL's own."""
+
+
+def test_sql_prepare_and_execute_as_postgresql_runs_them(
+    proxy: ProxyProcess, cluster: PostgresCluster, docs: str
+) -> None:
+    answers = []
+    for dsn, function in ((cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DELETE FROM {docs} WHERE id >= 1000")
+            answer = []
+            for sql in PREPARED:
+                statement = sql.format(p="kinds_p", f=function, m=f"'{MODEL}'", t=docs)
+                answer.append((statement.split("(")[0], _answer(conn, statement)))
+                if statement.startswith("SELECT"):
+                    answer.append(("values", conn.execute(statement).fetchall()))
+            answers.append(answer)
+    assert answers[1] == answers[0]
+
+
+def test_an_execute_the_proxy_would_not_run_is_refused(proxy: ProxyProcess, docs: str) -> None:
+    """Inside another statement or bound through the extended protocol, PostgreSQL would
+    run the statement's skeleton (its calls as NULLs): refused, and nothing is written."""
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute(
+            f"PREPARE kinds_q(int) AS SELECT id, pgml.embed('{MODEL}', body) AS e "
+            f"FROM {docs} WHERE id < $1"
+        )
+        for sql in (
+            "CREATE TABLE kinds_made AS EXECUTE kinds_q(3)",
+            "EXPLAIN (ANALYZE) EXECUTE kinds_q(3)",
+            "EXECUTE kinds_q(3); SELECT 1",
+        ):
+            with pytest.raises(psycopg.errors.FeatureNotSupported):
+                conn.execute(sql)
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="simple Query"):
+            conn.execute("EXECUTE kinds_q(%s)", [3])
+        plan = conn.execute("EXPLAIN EXECUTE kinds_q(3)").fetchall()
+        assert plan and docs in str(plan)  # PostgreSQL's plan; nothing runs
+        assert conn.execute("SELECT to_regclass('kinds_made')").fetchone() == (None,)
+        assert len(conn.execute("EXECUTE kinds_q(3)").fetchall()) == 2
