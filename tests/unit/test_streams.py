@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from handlers.errors import PgmlError
 from proxy.engine.planner import parse_statement
 from proxy.engine.streams import streamable
 
@@ -29,7 +30,6 @@ CALL = "pgml.transform_stream('text-generation', '{}', 'x')"
         (f"SELECT * FROM {CALL} WHERE true", False),
         (f"SELECT * FROM {CALL} ORDER BY 1", False),
         (f"SELECT DISTINCT * FROM {CALL}", False),
-        (f"SELECT * FROM {CALL} WITH ORDINALITY", False),
         (f"SELECT upper(s) FROM {CALL} AS s", False),
         (f"SELECT s.* FROM {CALL} AS s", False),
         (f"SELECT *, 1 FROM {CALL}", False),
@@ -48,3 +48,9 @@ def test_streamable(sql: str, streams: bool) -> None:
     parsed = parse_statement(sql)
     assert parsed is not None
     assert streamable(parsed) is streams
+
+
+def test_a_call_with_ordinality_is_refused() -> None:
+    with pytest.raises(PgmlError, match="WITH ORDINALITY") as raised:
+        parse_statement(f"SELECT * FROM {CALL} WITH ORDINALITY")
+    assert raised.value.sqlstate == "0A000"
