@@ -36,6 +36,11 @@ _EXECUTE = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*EXECUTE\s+", re.IGNORECASE |
 _EXECUTE_BYTES = re.compile(rb"EXECUTE", re.IGNORECASE)
 _EXPLAIN = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*EXPLAIN\b", re.IGNORECASE | re.DOTALL)
 _EXECUTE_INSIDE = re.compile(r"\bEXECUTE\s+(\"(?:[^\"]|\"\")+\"|[^\s(\";]+)", re.IGNORECASE)
+_LITERALS = re.compile(
+    r"'(?:[^']|'')*'|\$(?P<tag>[A-Za-z_]\w*)?\$.*?\$(?P=tag)?\$|--[^\n]*|/\*.*?\*/",
+    re.DOTALL,
+)
+"""String constants and comments (where ``EXECUTE name`` is not a statement's)."""
 _HELD = (
     "SELECT statement, array_to_json(parameter_types::oid[])::text, "
     "array_to_json(parameter_types::text[])::text FROM pg_prepared_statements WHERE name = $1"
@@ -72,12 +77,22 @@ class PreparedStatements:
     def __init__(self) -> None:
         self._kept: dict[str, _Kept] = {}
 
-    async def prepare_sql(self, engine: Engine, parsed: Parsed) -> tuple[str, str]:
-        """The statement's name and the ``PREPARE`` of its skeleton to send PostgreSQL."""
+    async def prepare_sql(
+        self, engine: Engine, execution: Execution, parsed: Parsed
+    ) -> tuple[str, str]:
+        """The statement's name and the ``PREPARE`` of its skeleton to send PostgreSQL,
+        the calls' overloads picked with the declared parameter types."""
         match = PREPARE.match(parsed.prepares)
         assert match is not None
+        oids: list[int] = []
+        if match["types"]:
+            declared = _split_types(match["types"][1:-1])
+            asked = ", ".join(f"to_regtype(${i})::oid" for i in range(1, len(declared) + 1))
+            (found,) = await execution.run_sql(f"SELECT {asked}", declared)
+            oids = [int(oid or 0) for oid in found]
         labels = await label_types(engine, parsed, "")
-        return folded(match["name"]), await by_size(len(parsed.text), skeleton, parsed, [], labels)
+        sql = await by_size(len(parsed.text), skeleton, parsed, oids, labels)
+        return folded(match["name"]), sql
 
     def named_in(self, message: bytes) -> bool:
         """Whether a client message may ``EXECUTE`` a statement the proxy keeps (then the
@@ -98,7 +113,7 @@ class PreparedStatements:
             return None
         head = _EXECUTE.match(text)
         if head is None:
-            inside = _EXECUTE_INSIDE.search(text)
+            inside = _EXECUTE_INSIDE.search(_LITERALS.sub(" ", text))
             if inside is None or folded(inside[1]) not in self._kept:
                 return None
             if _EXPLAIN.match(text) and not re.search(r"\bANALY[SZ]E\b", text, re.IGNORECASE):
@@ -185,6 +200,21 @@ class PreparedStatements:
             [None if v is None else values.client_bytes(v) for v in given], [0] * len(oids), oids
         )
         return parsed, params
+
+
+def _split_types(listed: str) -> list[str]:
+    """``PREPARE``'s type list, one type each (``numeric(10, 2)`` is one)."""
+    types: list[str] = []
+    depth = 0
+    current = ""
+    for char in listed:
+        if char == "," and depth == 0:
+            types.append(current.strip())
+            current = ""
+            continue
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        current += char
+    return [*types, current.strip()]
 
 
 def _spelled(text: str, start: int, token: Token) -> str:

@@ -219,7 +219,7 @@ async def _prepare(engine: Engine, parsed: Parsed) -> None:
     upstream = engine.upstream
     execution = engine.execution()
     try:
-        name, sql = await engine.prepared.prepare_sql(engine, parsed)
+        name, sql = await engine.prepared.prepare_sql(engine, execution, parsed)
         done = await _send_final(execution, sql)
         upstream.flush()
         await done

@@ -241,3 +241,25 @@ def test_an_execute_the_proxy_would_not_run_is_refused(proxy: ProxyProcess, docs
         assert plan and docs in str(plan)  # PostgreSQL's plan; nothing runs
         assert conn.execute("SELECT to_regclass('kinds_made')").fetchone() == (None,)
         assert len(conn.execute("EXECUTE kinds_q(3)").fetchall()) == 2
+        # the words inside a string or a comment are not a statement
+        found = conn.execute("SELECT 'EXECUTE kinds_q(3)' /* EXECUTE kinds_q(3) */").fetchall()
+        assert found == [("EXECUTE kinds_q(3)",)]
+
+
+def test_a_prepared_call_takes_the_overload_of_its_declared_types(proxy: ProxyProcess) -> None:
+    """``$1`` declared ``text[]``: EXECUTE runs the array overload, with the rows of the
+    same statement written out, and PREPARE gave PostgreSQL the result type EXECUTE
+    describes."""
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute(f"PREPARE kinds_a(text[]) AS SELECT pgml.embed('{MODEL}', $1) AS e")
+        (declared,) = conn.execute(
+            "SELECT result_types::text FROM pg_prepared_statements WHERE name = 'kinds_a'"
+        ).fetchone() or (None,)
+        cursor = conn.execute("EXECUTE kinds_a(ARRAY['one', 'two'])")
+        executed = cursor.fetchall()
+        direct = conn.execute(f"SELECT pgml.embed('{MODEL}', ARRAY['one', 'two']) AS e").fetchall()
+        assert executed == direct and len(executed) == 2  # a row per text
+        (described,) = conn.execute(
+            "SELECT format_type(%s, NULL)", [(cursor.description or [])[0].type_code]
+        ).fetchone() or (None,)
+        assert declared == "{" + str(described) + "}"
