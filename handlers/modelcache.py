@@ -260,12 +260,16 @@ class LoadedModel:
 async def until_stopped(work: asyncio.Future[T], stopped: Callable[[], bool]) -> T:
     """``work``'s result, or 57014 as soon as ``stopped()`` (looked at every
     :data:`STOP_POLL` seconds): ``work`` goes on, for others waiting on it or for the
-    next call (a download, a load), and a failure of it no one waits for is dropped."""
-    while not work.done():
-        await asyncio.wait([work], timeout=STOP_POLL)
-        if not work.done() and stopped():
-            work.add_done_callback(_retrieved)
-            raise statement_cancelled()
+    next call (a download, a load), and a failure of it no one waits for any more (the
+    caller stopped, or its task was cancelled) is dropped."""
+    try:
+        while not work.done():
+            await asyncio.wait([work], timeout=STOP_POLL)
+            if not work.done() and stopped():
+                raise statement_cancelled()
+    except BaseException:  # stopped, or the caller's task cancelled (its client left)
+        work.add_done_callback(_retrieved)
+        raise
     return work.result()
 
 

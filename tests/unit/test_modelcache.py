@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from handlers.errors import PgmlError
-from handlers.modelcache import MemorySetting, ModelCache, measure, parse_memory, weights_bytes
+from handlers.modelcache import (
+    MemorySetting,
+    ModelCache,
+    measure,
+    parse_memory,
+    until_stopped,
+    weights_bytes,
+)
 from handlers.serving import Services
 
 
@@ -287,3 +294,33 @@ def test_a_load_no_one_waits_for_may_fail_quietly(caplog: pytest.LogCaptureFixtu
 
     asyncio.run(scenario())
     assert "never retrieved" not in caplog.text
+
+
+def test_a_failure_after_its_caller_left_is_not_reported_as_unretrieved() -> None:
+    """A download or load whose caller's task is cancelled (its client left) goes on; if
+    it then fails, no one waits for it, and the failure is not a "Task exception was
+    never retrieved" in the log."""
+
+    async def run() -> None:
+        reported: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, found: reported.append(found))
+        gate = asyncio.Event()
+
+        async def work() -> None:
+            await gate.wait()
+            raise PgmlError("42704", 'model "gone" was not found')
+
+        task = asyncio.ensure_future(work())
+        waiter = asyncio.ensure_future(until_stopped(task, lambda: False))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert task.done()
+        del task, waiter
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not reported, reported
+
+    asyncio.run(run())
