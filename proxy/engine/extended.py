@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
-from handlers.errors import PgmlError
+from handlers.errors import PgmlError, unsupported
 from proxy.engine import binding, extension, planner, values
 from proxy.engine.calls import mentions_sql_function, reads_columns
 from proxy.engine.executor import BoundParams, Execution
@@ -219,6 +219,12 @@ class ExtendedState:
                 await ensure_catalog(self.engine)
             self._relay(message)
             return
+        if parsed.prepares:
+            raise unsupported(
+                "PREPARE of a statement that calls pgml functions is run in a simple Query",
+                hint="Prepare it through the extended protocol itself (a named Parse of the "
+                "statement), or send the PREPARE as a simple Query.",
+            )
         labels = await label_types(self.engine, parsed, HELPER_NAME)
         asked = self._ask_argument_types(parsed, parse.param_oids)
         try:

@@ -237,6 +237,8 @@ def test_an_execute_the_proxy_would_not_run_is_refused(proxy: ProxyProcess, docs
                 conn.execute(sql)
         with pytest.raises(psycopg.errors.FeatureNotSupported, match="simple Query"):
             conn.execute("EXECUTE kinds_q(%s)", [3])
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="simple Query"):
+            conn.execute(f"PREPARE kinds_x AS SELECT pgml.embed('{MODEL}', 'a')", prepare=True)
         plan = conn.execute("EXPLAIN EXECUTE kinds_q(3)").fetchall()
         assert plan and docs in str(plan)  # PostgreSQL's plan; nothing runs
         assert conn.execute("SELECT to_regclass('kinds_made')").fetchone() == (None,)
