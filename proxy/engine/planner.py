@@ -231,6 +231,12 @@ PREPARE = re.compile(
 _WITH_NO_DATA = re.compile(r"\bWITH\s+NO\s+DATA\s*;?\s*$", re.IGNORECASE)
 
 
+def only_explains(sql: str) -> bool:
+    """Whether the statement is an EXPLAIN that plans without running (no ANALYZE)."""
+    explained = _EXPLAIN.match(sql)
+    return explained is not None and not _analyzes(explained.group(0))
+
+
 def _analyzes(explain: str) -> bool:
     """Whether ``EXPLAIN ...`` runs the statement: ANALYZE given, and not turned off."""
     words = explain.strip()[len("EXPLAIN") :].strip()

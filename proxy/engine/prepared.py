@@ -26,7 +26,15 @@ from handlers.errors import PgmlError, unsupported
 from proxy.engine import values
 from proxy.engine.executor import BoundParams
 from proxy.engine.labels import label_types
-from proxy.engine.planner import PREPARE, Parsed, by_size, off_loop, parse_statement, skeleton
+from proxy.engine.planner import (
+    PREPARE,
+    Parsed,
+    by_size,
+    off_loop,
+    only_explains,
+    parse_statement,
+    skeleton,
+)
 
 if TYPE_CHECKING:
     from proxy.engine.executor import Execution
@@ -34,7 +42,6 @@ if TYPE_CHECKING:
 
 _EXECUTE = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*EXECUTE\s+", re.IGNORECASE | re.DOTALL)
 _EXECUTE_BYTES = re.compile(rb"EXECUTE", re.IGNORECASE)
-_EXPLAIN = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*EXPLAIN\b", re.IGNORECASE | re.DOTALL)
 _EXECUTE_INSIDE = re.compile(r"\bEXECUTE\s+(\"(?:[^\"]|\"\")+\"|[^\s(\";]+)", re.IGNORECASE)
 _LITERALS = re.compile(
     r"'(?:[^']|'')*'|\$(?P<tag>[A-Za-z_]\w*)?\$.*?\$(?P=tag)?\$|--[^\n]*|/\*.*?\*/",
@@ -116,7 +123,7 @@ class PreparedStatements:
             inside = _EXECUTE_INSIDE.search(_LITERALS.sub(" ", text))
             if inside is None or folded(inside[1]) not in self._kept:
                 return None
-            if _EXPLAIN.match(text) and not re.search(r"\bANALY[SZ]E\b", text, re.IGNORECASE):
+            if only_explains(text):
                 return None
             raise unsupported(
                 f'prepared statement "{folded(inside[1])}" calls pgml functions: EXECUTE it '
@@ -141,9 +148,9 @@ class PreparedStatements:
             tokens = Postgres().tokenize(text[start:])
         except TokenError:
             return None
-        if not tokens or folded(_spelled(text, start, tokens[0])) not in self._kept:
+        name = folded(_spelled(text, start, tokens[0])) if tokens else ""
+        if name not in self._kept:
             return None
-        name = folded(_spelled(text, start, tokens[0]))
         rest = [t for t in tokens[1:] if t.token_type != TokenType.SEMICOLON]
         if not rest:
             return Execute(name, [], text)
