@@ -154,12 +154,12 @@ class PreparedStatements:
         rest = [t for t in tokens[1:] if t.token_type != TokenType.SEMICOLON]
         if not rest:
             return Execute(name, [], text)
-        if rest[0].token_type != TokenType.L_PAREN or rest[-1].token_type != TokenType.R_PAREN:
-            raise _syntax_error(rest[0] if rest[0].token_type != TokenType.L_PAREN else rest[-1])
+        if rest[0].token_type != TokenType.L_PAREN:
+            raise _syntax_error(rest[0])
         arguments: list[str] = []
         depth = 0
         first = rest[0].end + 1
-        for token in rest[1:]:
+        for index, token in enumerate(rest[1:], start=1):
             kind = token.token_type
             if kind in (TokenType.L_PAREN, TokenType.L_BRACKET):
                 depth += 1
@@ -171,9 +171,11 @@ class PreparedStatements:
                     raise _syntax_error(token)
                 arguments.append(argument)
                 first = token.end + 1
-            if depth < 0 and token is not rest[-1]:
-                raise _syntax_error(token)
-        return Execute(name, arguments, text)
+            if depth < 0:  # the list's closing parenthesis: the statement ends there
+                if index + 1 < len(rest):
+                    raise _syntax_error(rest[index + 1])
+                return Execute(name, arguments, text)
+        raise PgmlError("42601", "syntax error at end of input")
 
     async def bind(
         self, execution: Execution, command: Execute

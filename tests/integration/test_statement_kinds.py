@@ -186,6 +186,8 @@ PREPARED = [
     "EXECUTE {p}(1, 2)",
     "EXECUTE {p}('x')",
     "EXECUTE {p}()",
+    "EXECUTE {p}(1) AS int",
+    "EXECUTE {p}(1",
     "PREPARE {p} AS SELECT 1",
     "PREPARE {p}_w(int, text) AS INSERT INTO {t} (id, body, e) "
     "SELECT id + $1, body || $2, {f}({m}, body) FROM {t} WHERE id < 4",
