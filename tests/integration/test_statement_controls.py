@@ -169,10 +169,15 @@ def test_idle_in_transaction_timeout_waits_for_the_statement(
 
 
 def _holder(direct: psycopg.Connection[Any], pid: int) -> tuple[str, str] | None:
-    """What the backend ``pid`` waits for, and the application that holds it."""
+    """What lock the backend ``pid`` waits for, and the application that holds it.
+
+    ``pg_stat_activity`` is a snapshot taken once per statement while
+    ``pg_blocking_pids`` is read live, so a row counts only where the snapshot
+    already shows the backend waiting for a lock."""
     row = direct.execute(
         "SELECT w.wait_event, h.application_name FROM pg_stat_activity AS w "
-        "JOIN pg_stat_activity AS h ON h.pid = ANY (pg_blocking_pids(w.pid)) WHERE w.pid = %s",
+        "JOIN pg_stat_activity AS h ON h.pid = ANY (pg_blocking_pids(w.pid)) "
+        "WHERE w.pid = %s AND w.wait_event_type = 'Lock'",
         [pid],
     ).fetchone()
     return None if row is None else (row[0], row[1])
