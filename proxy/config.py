@@ -27,6 +27,7 @@ LIMIT_FLAGS = {
     "one of them",
 }
 """The flags of :class:`handlers.capacity.Limits`, one per field."""
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,8 @@ class Settings:
     dashboard_connection_wait: float = 5.0
     dashboard_login_delay: float = 1.0
     dashboard_login_max_delay: float = 300.0
+    workers: int = 1
+    """Relay processes accepting on ``port`` (``SO_REUSEPORT``)."""
     name: str = ""
     """How this proxy is named to the others and to the DBA (``trained_by``,
     ``application_name``); :func:`parse_settings` fills in host and port."""
@@ -91,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("host", "address to listen on (default %(default)s)", "127.0.0.1")
     add("port", "port to listen on (default %(default)s)", "6432", type=int)
+    add(
+        "workers",
+        "relay processes accepting clients on --port, the kernel spreading connections "
+        "over them; each runs the models of its own statements (default %(default)s)",
+        "1",
+        type=int,
+        metavar="N",
+    )
     add(
         "name",
         "this proxy's name, in the application_name of its own connections and in the "
@@ -273,6 +284,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     for flag in ("batch-size", *LIMIT_FLAGS):
         if int(getattr(args, flag.replace("-", "_"))) < 1:
             parser.error(f"--{flag} must be at least 1")
+    if not 1 <= int(args.workers) <= MAX_WORKERS:
+        parser.error(f"--workers must be between 1 and {MAX_WORKERS}")
     if args.train_processes is not None and int(args.train_processes) < 1:
         parser.error("--train-processes must be at least 1")
     if not 0 <= int(args.dashboard_port) <= 65535:
@@ -325,5 +338,6 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         dashboard_connection_wait=float(args.dashboard_connection_wait),
         dashboard_login_delay=float(args.dashboard_login_delay),
         dashboard_login_max_delay=float(args.dashboard_login_max_delay),
+        workers=int(args.workers),
         name=args.name or f"{socket.gethostname()}:{int(args.port)}",
     )

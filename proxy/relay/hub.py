@@ -33,17 +33,29 @@ class Hub:
     connect_timeout: float = 10.0
     make_engine: EngineFactory | None = None
     """Starts the statement engine of a session (on its first pgml statement)."""
+    elsewhere: Callable[[CancelRequest], None] | None = None
+    """Hands a cancel whose key this process did not issue to the proxy's other relay
+    processes (``--workers``)."""
     sessions: set[ClientSession] = field(default_factory=set)
     cancel_keys: dict[tuple[int, bytes], ClientSession] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def forward_cancel(self, request: CancelRequest) -> None:
         """Relay a client's CancelRequest to the session its key was issued for."""
+        if self.cancel_here(request):
+            return
+        if self.elsewhere is not None:
+            self.elsewhere(request)
+        else:
+            log.info("cancel request with an unknown key ignored")
+
+    def cancel_here(self, request: CancelRequest) -> bool:
+        """Cancel the session of this process the key was issued for, if there is one."""
         session = self.cancel_keys.get((request.pid, request.secret))
         if session is None:
-            log.info("cancel request with an unknown key ignored")
-            return
+            return False
         session.request_cancel()
+        return True
 
     def send_cancel(self, pid: int, secret: bytes) -> None:
         """Ask the server to cancel what backend ``pid`` runs (on a connection of its own)."""

@@ -7,10 +7,13 @@ import itertools
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from proxy import metrics
 from proxy.relay.address import UpstreamAddress
 from proxy.relay.hub import Hub
+from proxy.relay.peers import Peers
 from proxy.relay.session import ClientSession
 from proxy.wire.codec import PgError
 
@@ -40,6 +43,7 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._make_services = services
         self._services: Services | None = None
+        self._peers: Peers | None = None
 
     @property
     def services(self) -> Services:
@@ -58,16 +62,35 @@ class Proxy:
 
         return Engine(upstream, self.services, session)
 
-    async def listen(self, host: str, port: int) -> asyncio.Server:
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> asyncio.Server:
+        """Accept clients; with ``reuse_port`` beside the proxy's other relay processes,
+        the kernel spreading the connections over them."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ClientSession(self.hub, next(self._ids)),
             host,
             port,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             backlog=1024,
         )
         return self._server
+
+    async def join(self, folder: Path, index: int, count: int) -> None:
+        """Become relay process ``index`` of ``count``: cancels and counters cross over
+        the Unix sockets in ``folder``."""
+        self._peers = Peers(folder, index, count, self.hub.cancel_here, self._counters)
+        await self._peers.start()
+        self.hub.elsewhere = self._peers.cancel
+
+    def _counters(self) -> metrics.Counters:
+        return metrics.snapshot(len(self.hub.sessions))
+
+    async def counters(self) -> metrics.Counters:
+        """The counters of every relay process of this proxy, added up."""
+        if self._peers is None:
+            return self._counters()
+        return await self._peers.counters()
 
     @property
     def port(self) -> int:
@@ -102,5 +125,7 @@ class Proxy:
             await asyncio.sleep(0.05)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._peers is not None:
+            await self._peers.close()
         if self._services is not None:
             await self._services.close()
