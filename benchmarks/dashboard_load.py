@@ -110,11 +110,11 @@ def main() -> None:
             order = ("alone", "watched") if round_number % 2 == 0 else ("watched", "alone")
             for kind in order:
                 if kind == "alone":
-                    alone.append(pgbench(proxy.port, args.mode, args.clients, args.seconds))
+                    alone.append(pgbench(proxy.port, args.mode, args.clients, args.seconds)[0])
                     continue
                 refresher = Refresher(base, ids, args.interval)
                 refresher.start()
-                watched.append(pgbench(proxy.port, args.mode, args.clients, args.seconds))
+                watched.append(pgbench(proxy.port, args.mode, args.clients, args.seconds)[0])
                 refresher.stopped.set()
                 refresher.join()
                 fetched += refresher.fetched

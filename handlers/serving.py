@@ -59,6 +59,7 @@ class Services:
         model_memory: MemorySetting | None = None,
         policy: ModelPolicy | None = None,
         train_processes: int | None = None,
+        ray_address: str | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.resolver = ModelResolver(models_dir=models_dir)
@@ -73,6 +74,8 @@ class Services:
         self.device_setting = device
         self._device: str | None = None
         self.train_processes_setting = train_processes
+        self.ray_address = ray_address
+        """The Ray cluster that trains (``--ray-address``); None: local processes."""
         self.capacity = Capacity(limits or Limits())
         self._pool = ThreadPoolExecutor(
             max_workers=self.capacity.limits.inference_threads, thread_name_prefix=INFERENCE_THREADS
@@ -93,10 +96,11 @@ class Services:
 
     @property
     def train_processes(self) -> int:
-        """Training processes per tune: as set, else one per GPU (1 on a CPU or one GPU)."""
+        """Training processes per tune: as set, else one per GPU of this machine (1 on a
+        CPU or one GPU, and on a Ray cluster)."""
         if self.train_processes_setting is not None:
             return self.train_processes_setting
-        if self.device == "cuda":
+        if self.device == "cuda" and self.ray_address is None:
             import torch
 
             return max(1, torch.cuda.device_count())

@@ -141,6 +141,7 @@ def _services(settings: Settings, upstream: UpstreamAddress) -> Services:
         model_memory=parse_memory(settings.model_memory),
         policy=ModelPolicy.from_patterns(settings.allow_models, settings.trust_remote_code),
         train_processes=settings.train_processes,
+        ray_address=settings.ray_address,
         limits=settings.limits,
     )
 

@@ -49,6 +49,7 @@ class Settings:
     batch_size: int
     limits: Limits
     train_processes: int | None = None
+    ray_address: str | None = None
     dashboard_port: int = 0
     dashboard_database: str | None = None
     model_memory: str | None = None
@@ -184,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         None,
         type=int,
         metavar="N",
+    )
+    add(
+        "ray-address",
+        "the Ray cluster pgml.tune trains on (ray://host:10001, host:6379, auto), with "
+        "--train-processes workers; default: local processes",
+        None,
+        metavar="ADDRESS",
     )
     add(
         "dashboard-port",
@@ -326,6 +334,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         batch_size=int(args.batch_size),
         limits=Limits(**{f.name: int(getattr(args, f.name)) for f in dataclasses.fields(Limits)}),
         train_processes=None if args.train_processes is None else int(args.train_processes),
+        ray_address=args.ray_address or None,
         dashboard_port=int(args.dashboard_port),
         dashboard_database=args.dashboard_database,
         model_memory=args.model_memory,

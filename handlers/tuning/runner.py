@@ -1,5 +1,5 @@
-"""Running the training worker processes through PyTorch's launcher and relaying what
-they report."""
+"""Running the training worker processes through PyTorch's launcher, or on a Ray
+cluster (:mod:`handlers.tuning.on_ray`), and relaying what they report."""
 
 from __future__ import annotations
 
@@ -50,6 +50,24 @@ def launch_command(job_file: Path, processes: int) -> list[str]:
     ]
 
 
+def ray_command(job_file: Path, processes: int, address: str, device: str) -> list[str]:
+    """The Ray driver running ``processes`` training workers on the cluster at
+    ``address``, each with a GPU when the proxy's device is CUDA."""
+    gpus = "1" if device.startswith("cuda") else "0"
+    return [
+        sys.executable,
+        "-m",
+        "handlers.tuning.on_ray",
+        "--address",
+        address,
+        "--workers",
+        str(processes),
+        "--gpus-per-worker",
+        gpus,
+        str(job_file),
+    ]
+
+
 def launch_environment(device: str) -> dict[str, str]:
     """The workers' environment: ``cuda:N`` becomes the one GPU they see."""
     env = dict(os.environ) | {"TOKENIZERS_PARALLELISM": "false"}
@@ -64,8 +82,10 @@ async def run_training(
     on_event: OnEvent,
     cancelled: Callable[[], bool],
     processes: int = 1,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Train in ``processes`` worker processes; return rank 0's ``done`` event.
+    """Train in ``processes`` worker processes, on the Ray cluster at ``ray_address``
+    when there is one; return rank 0's ``done`` event.
 
     A cancel, or the caller's task being cancelled (client gone), stops the launcher,
     which stops every worker; a launcher that does not stop in time is killed, and its
@@ -75,18 +95,23 @@ async def run_training(
     descriptor = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         json.dump(job, handle)  # may hold tokens: readable by this user only
+    if ray_address is None:
+        command = launch_command(job_file, processes)
+    else:
+        command = ray_command(job_file, processes, ray_address, job["device"])
     process = await asyncio.create_subprocess_exec(
-        *launch_command(job_file, processes),
+        *command,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
         env=launch_environment(job["device"]),
     )
     log.info(
-        "training launcher %d started %d worker(s) for %s",
+        "training launcher %d started %d worker(s) for %s%s",
         process.pid,
         processes,
         job["model_path"],
+        "" if ray_address is None else f" on the Ray cluster at {ray_address}",
     )
     stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
     events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()

@@ -213,6 +213,7 @@ async def _train_and_record(
             relay,
             lambda: ctx.cancelled() or stop.is_set(),
             services.train_processes,
+            services.ray_address,
         )
         metrics = dict(outcome["after"]) | {"before_tuning": outcome["before"]}
         folder = workdir / "model"

@@ -1,0 +1,246 @@
+"""``pgml.tune`` on a Ray cluster: a local cluster started by the test (``ray start --head
+--num-cpus 2``) and a proxy with ``--ray-address`` and ``--train-processes 2`` train
+through Ray Train's ``TorchTrainer`` (two CPU workers).  It trains, reports progress and
+deploys; a cancel ends the Ray workers; a killed worker fails the call cleanly; a
+cluster that is not there fails it with 58000 and nothing trained."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.integration.conftest import dropped_afterwards, tuning_proxy
+from tests.integration.test_tune_errors import (
+    TWO_CLASSES,
+    Background,
+    create_table,
+    lit,
+    models_of,
+    tune_sql,
+    wait_until_training,
+)
+from tests.support.pgserver import PostgresCluster, free_port
+from tests.support.proxyproc import ProxyProcess
+
+RAY = Path(sys.executable).parent / "ray"
+WORKER = b"ray::RayTrainWorker"
+LONG_RUN = '{"num_train_epochs": 20, "per_device_train_batch_size": 2}'
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Ray cluster of this machine's two CPUs; its GCS address."""
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run(
+        [
+            str(RAY),
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            "--port",
+            str(port),
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=env)
+
+
+@pytest.fixture(scope="module")
+def on_ray(
+    cluster: PostgresCluster,
+    models_dir: Path,
+    guide_datasets_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    ray_cluster: str,
+) -> Iterator[ProxyProcess]:
+    proxy = tuning_proxy(
+        cluster,
+        models_dir,
+        guide_datasets_dir,
+        tmp_path_factory.mktemp("ray-cache"),
+        "--ray-address",
+        ray_cluster,
+        "--train-processes",
+        "2",
+    )
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def direct(cluster: PostgresCluster) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def tables(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
+    yield from dropped_afterwards(cluster)
+
+
+def ray_workers() -> list[int]:
+    """The live processes of Ray Train's training workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if command.startswith(WORKER) and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for_workers(count: int, timeout: float = 180) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(found := ray_workers()) < count:
+        assert time.monotonic() < deadline, f"expected {count} Ray workers, found {found}"
+        time.sleep(0.2)
+    return found
+
+
+def wait_for_no_workers(timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (found := ray_workers()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+def test_trains_on_the_cluster_reports_progress_and_deploys(
+    on_ray: ProxyProcess,
+    direct: psycopg.Connection[Any],
+    tables: Callable[[str], str],
+    cluster: PostgresCluster,
+) -> None:
+    table = tables("ray")
+    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=40)
+    project = f"{table}_p"
+    sql = tune_sql(
+        project, table, hyperparams=lit('{"num_train_epochs": 2, "per_device_train_batch_size": 3}')
+    )
+    notices: list[str] = []
+    with psycopg.connect(on_ray.dsn(), autocommit=True) as conn:
+        conn.add_notice_handler(lambda n: notices.append(n.message_primary or ""))
+        row = conn.execute(sql).fetchone()
+        assert row == (project, "text-classification", "distilbert-base-uncased", True)
+        label = conn.execute(f"SELECT pgml.predict({lit(project)}, 'great fun')").fetchone()
+    assert label is not None and label[0] in (0.0, 1.0)
+    [(model_id, status, _)] = models_of(direct, project)
+    assert status == "successful"
+    # 30 training rows, 3 a worker and step, 2 workers: 5 steps an epoch
+    assert "training 10 steps over 2 epochs" in notices
+    assert sum(1 for n in notices if n.startswith("before tuning:")) == 1
+    logged = direct.execute(
+        "SELECT count(*) FROM pgml.logs WHERE model_id = %s AND logs ? 'loss'", [model_id]
+    ).fetchone()
+    assert logged is not None and logged[0] > 0
+    files = direct.execute(
+        "SELECT count(*) FROM pgml.files WHERE model_id = %s", [model_id]
+    ).fetchone()
+    assert files is not None and files[0] > 0
+    assert "on the Ray cluster at" in on_ray.log()
+    assert wait_for_no_workers() == []
+
+
+def test_a_cancel_ends_the_ray_workers(
+    on_ray: ProxyProcess,
+    direct: psycopg.Connection[Any],
+    tables: Callable[[str], str],
+    cluster: PostgresCluster,
+) -> None:
+    table = tables("ray_cancel")
+    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=400)
+    project = f"{table}_p"
+    call = Background(on_ray.dsn(), tune_sql(project, table, hyperparams=lit(LONG_RUN)))
+    try:
+        model_id = wait_until_training(direct, project, call.thread.is_alive)
+        assert len(wait_for_workers(2)) == 2
+        cancelled_at = time.monotonic()
+        call.conn.cancel_safe()
+        call.join(60)
+        assert isinstance(call.error, errors.QueryCanceled), call.error
+        assert call.finished_at - cancelled_at < 5.0
+    finally:
+        call.close()
+    assert wait_for_no_workers() == []
+    assert models_of(direct, project) == [(model_id, "cancelled", "cancelled by the client")]
+
+
+def test_a_killed_worker_fails_the_call_cleanly(
+    on_ray: ProxyProcess,
+    direct: psycopg.Connection[Any],
+    tables: Callable[[str], str],
+    cluster: PostgresCluster,
+) -> None:
+    table = tables("ray_killed")
+    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=400)
+    project = f"{table}_p"
+    call = Background(on_ray.dsn(), tune_sql(project, table, hyperparams=lit(LONG_RUN)))
+    try:
+        model_id = wait_until_training(direct, project, call.thread.is_alive)
+        os.kill(max(wait_for_workers(2)), signal.SIGKILL)
+        call.join(120)
+        assert isinstance(call.error, psycopg.Error), call.error
+        assert call.error.sqlstate == "58000", (call.error.sqlstate, str(call.error))
+        assert call.conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        call.close()
+    assert wait_for_no_workers() == []
+    [(found, status, _)] = models_of(direct, project)
+    assert (found, status) == (model_id, "failed")
+
+
+def test_a_cluster_that_is_not_there_fails_the_call(
+    cluster: PostgresCluster,
+    models_dir: Path,
+    guide_datasets_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    direct: psycopg.Connection[Any],
+    tables: Callable[[str], str],
+) -> None:
+    proxy = tuning_proxy(
+        cluster,
+        models_dir,
+        guide_datasets_dir,
+        tmp_path_factory.mktemp("no-ray"),
+        "--ray-address",
+        f"127.0.0.1:{free_port()}",
+    )
+    try:
+        table = tables("ray_missing")
+        create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=40)
+        project = f"{table}_p"
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            with pytest.raises(psycopg.Error) as raised:
+                conn.execute(tune_sql(project, table))
+            assert raised.value.sqlstate == "58000"
+            assert "could not reach the Ray cluster at" in str(raised.value)
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        [(_, status, _)] = models_of(direct, project)
+        assert status == "failed"
+    finally:
+        proxy.stop()
