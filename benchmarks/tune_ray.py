@@ -9,7 +9,7 @@ the figure is the ``train_samples_per_second`` each records (the Trainer's own,
 training loop only), and the wall time of each whole call (process start, Ray's
 scheduling and the model's transfer included).
 
-    .venv/bin/python benchmarks/tune_ray.py --processes 2 --rows 2000 --rounds 3
+    .venv/bin/python benchmarks/tune_ray.py --processes 2 --rows 2000 --epochs 5 --rounds 3
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ def ray_daemons_cpu() -> float:
     return total
 
 
-def tune(proxy: ProxyProcess, project: str, epochs: int) -> tuple[float, float]:
+def tune(proxy: ProxyProcess, project: str, epochs: int, batch: int) -> tuple[float, float]:
     """One ``pgml.tune``: the samples per second it records, and its wall time."""
-    hyperparams = json.dumps({"num_train_epochs": epochs, "per_device_train_batch_size": 16})
+    hyperparams = json.dumps({"num_train_epochs": epochs, "per_device_train_batch_size": batch})
     sql = (
         f"SELECT * FROM pgml.tune('{project}', task => 'text-classification', "
         "relation_name => 'bench_reviews', y_column_name => 'label', "
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16, help="per process and step")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="pgml-bench-ray-"))
@@ -127,7 +128,7 @@ def main() -> None:
         for round_no in range(args.rounds):
             for name, proxy in (("torchrun", local), ("ray", on_ray)):
                 daemons = ray_daemons_cpu()
-                samples, wall = tune(proxy, f"bench_{name}", args.epochs)
+                samples, wall = tune(proxy, f"bench_{name}", args.epochs, args.batch_size)
                 figures[name].append((samples, wall))
                 print(
                     f"round {round_no + 1} {name:8} {samples:8.1f} samples/s "

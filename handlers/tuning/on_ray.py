@@ -85,9 +85,15 @@ def worker_loop(config: dict[str, Any]) -> None:
             }
         )
 
+        sent: list[Any] = []
+
         def emit(**event: Any) -> None:
+            """Queued without waiting (a round trip a step would slow every rank down, as
+            they wait for rank 0 at each step); the queue keeps one sender's order."""
             if rank == 0 or event.get("event") == "error":
-                events.put(json.loads(json.dumps(event, default=str)))
+                sent.append(
+                    events.actor.put_nowait.remote(json.loads(json.dumps(event, default=str)))
+                )
 
         try:
             outcome = train(job, emit)
@@ -96,7 +102,9 @@ def worker_loop(config: dict[str, Any]) -> None:
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
             kind = type(exc).__name__
             emit(event="error", kind=kind, message=lines[0], sqlstate=sqlstate_of(exc), rank=rank)
+            ray.get(sent)
             raise
+        ray.get(sent)
         if rank == 0:  # the driver takes the files before this worker (their owner) ends
             events.put({"event": "files", "files": ray.put(pack(local / "out" / "model"))})
             taken.get(timeout=FILES_WAIT_SECONDS)
