@@ -105,21 +105,21 @@ def wait_for_none(cache: Path, timeout: float = 10) -> dict[int, str]:
     return left
 
 
-def test_two_processes_train_record_and_deploy(
-    parallel: ProxyProcess,
+def train_on_two_processes(
+    proxy: ProxyProcess,
     direct: psycopg.Connection[Any],
-    tables: Callable[[str], str],
+    table: str,
     cluster: PostgresCluster,
-    cache: Path,
 ) -> None:
-    table = tables("parallel")
+    """A short tune through ``proxy`` (two training processes) trains, records, deploys
+    and serves, with progress from rank 0 only."""
     create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=40)
     project = f"{table}_p"
     sql = tune_sql(
         project, table, hyperparams=lit('{"num_train_epochs": 2, "per_device_train_batch_size": 3}')
     )
     notices: list[str] = []
-    with psycopg.connect(parallel.dsn(), autocommit=True) as conn:
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.add_notice_handler(lambda n: notices.append(n.message_primary or ""))
         row = conn.execute(sql).fetchone()
         assert row == (project, "text-classification", "distilbert-base-uncased", True)
@@ -145,9 +145,21 @@ def test_two_processes_train_record_and_deploy(
     assert sum(1 for entry in logged if "before_tuning" in entry) == 1
     steps = [entry["step"] for entry in logged if "loss" in entry]
     assert steps == sorted(set(steps)), steps
+    files = direct.execute("SELECT count(*) FROM pgml.files WHERE model_id = %s", [model_id])
+    assert (files.fetchone() or (0,))[0] > 0
+    assert json.dumps(logged)
+
+
+def test_two_processes_train_record_and_deploy(
+    parallel: ProxyProcess,
+    direct: psycopg.Connection[Any],
+    tables: Callable[[str], str],
+    cluster: PostgresCluster,
+    cache: Path,
+) -> None:
+    train_on_two_processes(parallel, direct, tables("parallel"), cluster)
     assert "started 2 worker(s)" in parallel.log()
     assert wait_for_none(cache) == {}
-    assert json.dumps(logged)
 
 
 def test_a_cancel_ends_every_process(

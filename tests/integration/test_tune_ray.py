@@ -20,6 +20,7 @@ import pytest
 from psycopg import errors
 
 from tests.integration.conftest import dropped_afterwards, tuning_proxy
+from tests.integration.test_tune_distributed import train_on_two_processes
 from tests.integration.test_tune_errors import (
     TWO_CLASSES,
     Background,
@@ -136,34 +137,28 @@ def test_trains_on_the_cluster_reports_progress_and_deploys(
     tables: Callable[[str], str],
     cluster: PostgresCluster,
 ) -> None:
-    table = tables("ray")
-    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=40)
-    project = f"{table}_p"
-    sql = tune_sql(
-        project, table, hyperparams=lit('{"num_train_epochs": 2, "per_device_train_batch_size": 3}')
-    )
-    notices: list[str] = []
-    with psycopg.connect(on_ray.dsn(), autocommit=True) as conn:
-        conn.add_notice_handler(lambda n: notices.append(n.message_primary or ""))
-        row = conn.execute(sql).fetchone()
-        assert row == (project, "text-classification", "distilbert-base-uncased", True)
-        label = conn.execute(f"SELECT pgml.predict({lit(project)}, 'great fun')").fetchone()
-    assert label is not None and label[0] in (0.0, 1.0)
-    [(model_id, status, _)] = models_of(direct, project)
-    assert status == "successful"
-    # 30 training rows, 3 a worker and step, 2 workers: 5 steps an epoch
-    assert "training 10 steps over 2 epochs" in notices
-    assert sum(1 for n in notices if n.startswith("before tuning:")) == 1
-    logged = direct.execute(
-        "SELECT count(*) FROM pgml.logs WHERE model_id = %s AND logs ? 'loss'", [model_id]
-    ).fetchone()
-    assert logged is not None and logged[0] > 0
-    files = direct.execute(
-        "SELECT count(*) FROM pgml.files WHERE model_id = %s", [model_id]
-    ).fetchone()
-    assert files is not None and files[0] > 0
+    train_on_two_processes(on_ray, direct, tables("ray"), cluster)
     assert "on the Ray cluster at" in on_ray.log()
     assert wait_for_no_workers() == []
+
+
+def _long_tune(
+    on_ray: ProxyProcess,
+    direct: psycopg.Connection[Any],
+    table: str,
+    cluster: PostgresCluster,
+) -> tuple[Background, str, int]:
+    """A long tune under way on both Ray workers: the call, its project and model id."""
+    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=400)
+    project = f"{table}_p"
+    call = Background(on_ray.dsn(), tune_sql(project, table, hyperparams=lit(LONG_RUN)))
+    try:
+        model_id = wait_until_training(direct, project, call.thread.is_alive)
+        assert len(wait_for_workers(2)) == 2
+    except BaseException:
+        call.close()
+        raise
+    return call, project, model_id
 
 
 def test_a_cancel_ends_the_ray_workers(
@@ -172,13 +167,8 @@ def test_a_cancel_ends_the_ray_workers(
     tables: Callable[[str], str],
     cluster: PostgresCluster,
 ) -> None:
-    table = tables("ray_cancel")
-    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=400)
-    project = f"{table}_p"
-    call = Background(on_ray.dsn(), tune_sql(project, table, hyperparams=lit(LONG_RUN)))
+    call, project, model_id = _long_tune(on_ray, direct, tables("ray_cancel"), cluster)
     try:
-        model_id = wait_until_training(direct, project, call.thread.is_alive)
-        assert len(wait_for_workers(2)) == 2
         cancelled_at = time.monotonic()
         call.conn.cancel_safe()
         call.join(60)
@@ -196,13 +186,9 @@ def test_a_killed_worker_fails_the_call_cleanly(
     tables: Callable[[str], str],
     cluster: PostgresCluster,
 ) -> None:
-    table = tables("ray_killed")
-    create_table(cluster, table, "(text text, label int)", TWO_CLASSES, count=400)
-    project = f"{table}_p"
-    call = Background(on_ray.dsn(), tune_sql(project, table, hyperparams=lit(LONG_RUN)))
+    call, project, model_id = _long_tune(on_ray, direct, tables("ray_killed"), cluster)
     try:
-        model_id = wait_until_training(direct, project, call.thread.is_alive)
-        os.kill(max(wait_for_workers(2)), signal.SIGKILL)
+        os.kill(max(ray_workers()), signal.SIGKILL)
         call.join(120)
         assert isinstance(call.error, psycopg.Error), call.error
         assert call.error.sqlstate == "58000", (call.error.sqlstate, str(call.error))
