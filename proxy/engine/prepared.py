@@ -35,6 +35,7 @@ from proxy.engine.planner import (
     parse_statement,
     skeleton,
 )
+from proxy.engine.sourcetext import without_literals
 
 if TYPE_CHECKING:
     from proxy.engine.executor import Execution
@@ -43,11 +44,6 @@ if TYPE_CHECKING:
 _EXECUTE = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*EXECUTE\s+", re.IGNORECASE | re.DOTALL)
 _EXECUTE_BYTES = re.compile(rb"EXECUTE", re.IGNORECASE)
 _EXECUTE_INSIDE = re.compile(r"\bEXECUTE\s+(\"(?:[^\"]|\"\")+\"|[^\s(\";]+)", re.IGNORECASE)
-_LITERALS = re.compile(
-    r"'(?:[^']|'')*'|\$(?P<tag>[A-Za-z_]\w*)?\$.*?\$(?P=tag)?\$|--[^\n]*|/\*.*?\*/",
-    re.DOTALL,
-)
-"""String constants and comments (where ``EXECUTE name`` is not a statement's)."""
 _HELD = (
     "SELECT statement, array_to_json(parameter_types::oid[])::text, "
     "array_to_json(parameter_types::text[])::text FROM pg_prepared_statements WHERE name = $1"
@@ -120,7 +116,7 @@ class PreparedStatements:
             return None
         head = _EXECUTE.match(text)
         if head is None:
-            inside = _EXECUTE_INSIDE.search(_LITERALS.sub(" ", text))
+            inside = _EXECUTE_INSIDE.search(without_literals(text))
             if inside is None or folded(inside[1]) not in self._kept:
                 return None
             if only_explains(text):

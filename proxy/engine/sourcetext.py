@@ -144,28 +144,54 @@ _MARK = re.compile(r"""['"$()]|--|/\*""")
 def _code_marks(sql: str) -> Iterator[tuple[int, str]]:
     """Each ``$``, ``(`` and ``)`` that stands in the code, not in a literal, a quoted
     name, a dollar-quoted string or a comment."""
+    for start, _, mark in _scan(sql):
+        if mark in "$()":
+            yield start, mark
+
+
+def without_literals(sql: str) -> str:
+    """``sql`` with each string constant (dollar-quoted too) and comment blanked to one
+    space; quoted names and the code stay."""
+    out: list[str] = []
+    done = 0
+    for start, end, mark in _scan(sql):
+        if mark in ("'", "--", "/*", "$$"):
+            out.append(sql[done:start])
+            out.append(" ")
+            done = end
+    out.append(sql[done:])
+    return "".join(out)
+
+
+def _scan(sql: str) -> Iterator[tuple[int, int, str]]:
+    """The statement's marks, each with its span: a code ``$``, ``(`` or ``)``; a string
+    constant (``'``), a quoted name (``"``), a dollar-quoted string (``$$``, whatever
+    its tag) or a comment (``--``, ``/*``)."""
     i, n = 0, len(sql)
     while (found := _MARK.search(sql, i)) is not None:
-        i = found.start()
+        start = found.start()
         mark = found.group()
         if mark == "'" or mark == '"':
-            i = _closing_quote(sql, i, mark, escapes=mark == "'" and _is_escape_string(sql, i))
+            escapes = mark == "'" and _is_escape_string(sql, start)
+            i = _closing_quote(sql, start, mark, escapes=escapes)
         elif mark == "--":
-            end = sql.find("\n", i)
+            end = sql.find("\n", start)
             i = n if end < 0 else end
         elif mark == "/*":
-            i = _closing_comment(sql, i)
+            i = _closing_comment(sql, start)
         elif mark == "$":
-            tag = _DOLLAR_TAG.match(sql, i)
-            if tag is not None and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_")):
+            tag = _DOLLAR_TAG.match(sql, start)
+            if tag is not None and not (
+                start > 0 and (sql[start - 1].isalnum() or sql[start - 1] == "_")
+            ):
                 close = sql.find(tag.group(0), tag.end())
                 i = n if close < 0 else close + len(tag.group(0))
+                mark = "$$"
             else:
-                yield i, mark
-                i += 1
+                i = start + 1
         else:
-            yield i, mark
-            i += 1
+            i = start + 1
+        yield start, i, mark
 
 
 def _is_escape_string(sql: str, quote: int) -> bool:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from proxy.engine.planner import DIALECT
-from proxy.engine.sourcetext import SourceText, call_text, nesting_depth, space_parameters
+from proxy.engine.sourcetext import (
+    SourceText,
+    call_text,
+    nesting_depth,
+    space_parameters,
+    without_literals,
+)
 
 
 @pytest.mark.parametrize(
@@ -53,3 +59,11 @@ def test_nested_edits_render_outermost() -> None:
 )
 def test_nesting_depth_counts_parentheses_in_code_only(sql: str, depth: int) -> None:
     assert nesting_depth(sql) == depth
+
+
+def test_without_literals_blanks_strings_and_comments_but_keeps_names() -> None:
+    sql = (
+        "SELECT 'EXECUTE a', $t$ EXECUTE b $t$, E'\\' EXECUTE c' -- EXECUTE d\n"
+        '/* EXECUTE e /* nested */ */ EXECUTE "F"(1), x$1'
+    )
+    assert without_literals(sql) == 'SELECT  ,  , E   \n  EXECUTE "F"(1), x$1'
