@@ -37,6 +37,8 @@ from handlers.tuning.launch import end_with_parent
 SYSTEM_ERROR = "58000"
 CONNECT_SECONDS = 20.0
 """How long the driver waits for the cluster to answer before the call fails."""
+LOST_SECONDS = 10
+"""How long the driver tries to reach a cluster that stopped answering mid-training."""
 FILES_WAIT_SECONDS = 600.0
 """How long rank 0 waits for the driver to take the trained files."""
 HANDLERS = Path(__file__).resolve().parents[1]
@@ -133,6 +135,8 @@ class Relay:
                 if self.stop.is_set():
                     return
                 continue
+            except Exception:  # the queue is gone with the cluster: fit() says how
+                return
             if event.get("event") == "files":
                 import ray
 
@@ -157,6 +161,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("job_file", type=Path)
     args = parser.parse_args(argv)
     job = json.loads(args.job_file.read_text("utf-8"))
+    # a cluster lost mid-training ends this driver (and so the call) after this long
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(LOST_SECONDS))
 
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -216,7 +222,8 @@ def main(argv: list[str]) -> int:
         relay.finish()
         if relay.errors == 0:  # not a worker's own exception, already reported: a lost one
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
-            print(json.dumps(_error(type(exc).__name__, lines[0])), flush=True)
+            message = f"on the Ray cluster at {args.address}: {lines[0]}"
+            print(json.dumps(_error(type(exc).__name__, message)), flush=True)
         traceback.print_exc()
         return 1
     finally:
