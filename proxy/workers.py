@@ -8,7 +8,6 @@ their clients go on), and on SIGINT or SIGTERM asks each to drain and waits for 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import shutil
@@ -99,17 +98,24 @@ class Supervisor:
         while pending and not self._stopping:
             sentinels = {self._processes[i].sentinel: i for i in pending.values()}
             for event in wait([*pending, *sentinels], timeout=0.5):
-                if isinstance(event, int):  # a process ended before it was ready
-                    exitcode = self._processes[sentinels[event]].exitcode
-                    return exitcode if exitcode else 1
+                if isinstance(event, int):
+                    return self._failed(sentinels[event])
                 assert isinstance(event, Connection)
-                with contextlib.suppress(EOFError):
+                try:
                     port = event.recv()
+                except EOFError:  # it ended before it listened
+                    return self._failed(pending[event])
                 pending.pop(event)
                 event.close()
         if not self._stopping:
             ready(port)
         return 0
+
+    def _failed(self, index: int) -> int:
+        """The exit status of relay process ``index``, which ended before it was ready."""
+        ended = self._processes[index]
+        ended.join()  # its sentinel closes a moment before it can be reaped
+        return ended.exitcode if ended.exitcode else 1
 
     def _watch(self) -> None:
         while not self._stopping:
@@ -119,10 +125,12 @@ class Supervisor:
                     break
                 assert isinstance(sentinel, int)
                 index = by_sentinel[sentinel]
+                ended = self._processes[index]
+                ended.join()  # as in _failed
                 log.error(
                     "relay process %d ended (exit code %s): starting it again",
                     index,
-                    self._processes[index].exitcode,
+                    ended.exitcode,
                 )
                 time.sleep(max(0.0, self._started[index] + RESTART_PAUSE - time.monotonic()))
                 self._start(index).close()

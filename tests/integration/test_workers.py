@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -221,3 +222,25 @@ def test_the_client_suites_pass_through_two_relay_processes() -> None:
     )
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-4000:]
     assert re.search(r"\d+ passed", done.stdout)
+
+
+def test_a_relay_process_that_cannot_listen_fails_the_start(cluster: PostgresCluster) -> None:
+    """No ready line, the relay process's reason and exit status 1, as one process gives."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "proxy", "--workers", "2"),
+                *("--port", str(port), "--upstream", cluster.dsn()),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert "pgml-proxy ready" not in done.stdout
+    assert "cannot start" in done.stderr and "address already in use" in done.stderr
