@@ -93,15 +93,31 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    orphaned = None if slot is None else asyncio.ensure_future(_until_orphaned(stop))
     (ready or _announce(settings, upstream))(proxy.port)
     await stop.wait()
     housekeeping.cancel()
+    if orphaned is not None:
+        orphaned.cancel()
     log.info("shutting down: %d session(s) open", len(proxy.hub.sessions))
     try:
         if dashboard is not None:
             await dashboard.stop()
     finally:
         await proxy.shutdown(settings.shutdown_grace)
+
+
+ORPHAN_POLL_SECONDS = 1.0
+
+
+async def _until_orphaned(stop: asyncio.Event) -> None:
+    """A relay process whose supervisor is gone (killed) drains and ends as on SIGTERM,
+    rather than keep the port beside the relay processes of a proxy started again."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(ORPHAN_POLL_SECONDS)
+    log.warning("the supervisor is gone: shutting down")
+    stop.set()
 
 
 async def _housekeeping() -> None:

@@ -244,3 +244,18 @@ def test_a_relay_process_that_cannot_listen_fails_the_start(cluster: PostgresClu
     assert done.returncode == 1
     assert "pgml-proxy ready" not in done.stdout
     assert "cannot start" in done.stderr and "address already in use" in done.stderr
+
+
+def test_relay_processes_end_when_the_supervisor_is_killed(
+    relays: ProxyProcess, cluster: PostgresCluster
+) -> None:
+    """Orphaned relay processes drain and exit: none keeps the port beside a proxy started
+    again."""
+    pids = _relay_pids(relays)
+    relays.signal(signal.SIGKILL)
+    relays.wait(10)
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, "a relay process outlived its supervisor"
+        time.sleep(0.1)
+    assert "the supervisor is gone: shutting down" in relays.log()
