@@ -196,8 +196,7 @@ class Dashboard:
     # --- helpers -------------------------------------------------------------------
 
     def _models(self) -> ModelCache | None:
-        models: ModelCache | None = self.proxy.status()["models"]
-        return models
+        return self.proxy.models
 
     def _database(self, request: web.Request) -> str:
         return request.query.get("database") or self.database

@@ -8,7 +8,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from proxy import metrics
 from proxy.relay.address import UpstreamAddress
@@ -18,6 +18,7 @@ from proxy.relay.session import ClientSession
 from proxy.wire.codec import PgError
 
 if TYPE_CHECKING:
+    from handlers.modelcache import ModelCache
     from handlers.serving import Services
     from proxy.engine.session import Engine
     from proxy.engine.upstream import Upstream
@@ -99,14 +100,11 @@ class Proxy:
 
     # --- what the dashboard reads --------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Open sessions and loaded models, for the dashboard and ``/metrics``."""
-        services = self._services
-        return {
-            "connections_open": len(self.hub.sessions),
-            "models": None if services is None else services.models,
-            "services": services,
-        }
+    @property
+    def models(self) -> ModelCache | None:
+        """This process's loaded models, for ``/metrics`` (None before the first pgml
+        statement)."""
+        return None if self._services is None else self._services.models
 
     # --- shutdown ------------------------------------------------------------------------
 
