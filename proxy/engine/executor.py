@@ -27,10 +27,11 @@ from handlers.holds import HOLD_CLASS
 from handlers.inference import result_type as project_result_type
 from handlers.serving import Services
 from proxy import logs, metrics
-from proxy.engine import binding, inline, values
+from proxy.engine import analysis, binding, inline, values
 from proxy.engine.calls import CallSite
 from proxy.engine.constants import Known, evaluate_constant
 from proxy.engine.inline import Inline
+from proxy.engine.labels import label_types
 from proxy.engine.planner import (
     Parsed,
     by_size,
@@ -443,12 +444,19 @@ class Execution:
         current: Parsed | None = parsed
         if constants:  # nothing is left to evaluate unless some call reads columns
             current = await parse(statement) if len(constants) < len(parsed.calls) else None
+        analysed = False
         while current is not None and current.calls:
             step = await off_loop(_next_step, current)
             if self.may_inline and inline.fits(current, step):
                 self.inline = await inline.plan(self, current, step)
                 if self.inline is not None:
                     return self.inline.statement
+            if not analysed:  # before any scope is materialised: PostgreSQL's refusals
+                labels = self.label_types
+                if labels is None:
+                    labels = await label_types(self, parsed, self.helper)
+                await analysis.describe(self.upstream, parsed, self.user.oids, labels)
+                analysed = True
             outer = await self._timed(step.calls[0], run_step(self, current, step))
             statement = await by_size(len(statement), _replaced, statement, step.span, outer)
             current = await parse(statement)

@@ -14,24 +14,21 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlglot import exp
-
 from handlers.errors import PgmlError, unsupported
-from proxy.engine import binding, extension, planner, values
-from proxy.engine.calls import mentions_sql_function, reads_columns
+from proxy.engine import analysis, extension, planner
+from proxy.engine.calls import mentions_sql_function
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.inline import result_formats
 from proxy.engine.inline import send as send_inline
 from proxy.engine.labels import label_types
 from proxy.engine.names import own
-from proxy.engine.planner import Parsed, TooDeep, depth_verdict, skeleton
+from proxy.engine.planner import Parsed, TooDeep, depth_verdict
 from proxy.engine.query import INTERNAL_ERROR, ensure_catalog, error_response
 from proxy.engine.streams import send_rows, streamable
-from proxy.engine.upstream import ERRORS, ROWS, Reply, Result, ServerError, Skipped
+from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
 from proxy.wire import codec, encoding
 from proxy.wire.codec import Backend, Frontend, Message, MessageFormatError
 
@@ -42,7 +39,6 @@ log = logging.getLogger("pgml_proxy.extended")
 
 _UPSTREAM_NAMES = itertools.count(1)
 _FINAL_ROWS = ROWS | {Backend.ERROR, Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
-_DESCRIBE_NAME = own("describe")
 FINAL_NAME = own("final")
 HELPER_NAME = own("h")
 """The prepared statement the proxy's helper SQL uses in extended-protocol sessions: the
@@ -52,36 +48,6 @@ client's unnamed statement is the client's."""
 IN_FAILED_TRANSACTION = PgmlError(
     "25P02", "current transaction is aborted, commands ignored until end of transaction block"
 )
-
-
-_PARAMETER = re.compile(r"\$(\d+)")
-_Asked = tuple[int, list[int], list[int], Reply]
-"""A call's id, its arguments' syntax types, the untold ones' places, and the answer."""
-
-
-async def _argument_types(asked: list[_Asked]) -> dict[int, list[int]]:
-    """Each asked call's argument types, those PostgreSQL told in place of the syntax's
-    (none for a call whose question failed: the skeleton's description says why)."""
-    found: dict[int, list[int]] = {}
-    for key, oids, untold, reply in asked:
-        try:
-            columns = (await reply).columns
-        except (ServerError, Skipped):  # the statement's own error: its Parse's answer
-            continue
-        typed = list(oids)
-        for i, column in zip(untold, columns, strict=True):
-            typed[i] = column.type_oid
-        found[key] = typed
-    return found
-
-
-def _outermost(scope: exp.Select) -> bool:
-    """Whether a query reads nothing of an enclosing one: the statement itself, or the
-    query an INSERT or CREATE TABLE ... AS writes (without a WITH of its own)."""
-    parent = scope.parent
-    if parent is None:
-        return True
-    return isinstance(parent, exp.Insert | exp.Create) and parent.args.get("with_") is None
 
 
 @dataclass(eq=False)
@@ -226,80 +192,11 @@ class ExtendedState:
                 "statement), or send the PREPARE as a simple Query.",
             )
         labels = await label_types(self.engine, parsed, HELPER_NAME)
-        asked = self._ask_argument_types(parsed, parse.param_oids)
-        try:
-            result = await self._describe_shape(parsed, parse.param_oids, labels, None)
-        finally:
-            typed = await _argument_types(asked)
-        if any(  # the syntax guessed another overload: described again, as typed
-            binding.pick_overload(c, typed[id(c)])
-            is not binding.pick_overload(c, binding.syntax_oids(c, parse.param_oids))
-            for c in parsed.calls
-            if id(c) in typed
-        ):
-            result = await self._describe_shape(parsed, parse.param_oids, labels, typed)
+        result = await analysis.describe(upstream, parsed, parse.param_oids, labels)
         self.statements[parse.name] = PgmlStatement(
             parse.name, parsed, result.parameter_oids, result.row_description, labels
         )
         upstream.local(codec.PARSE_COMPLETE, held=True)
-
-    async def _describe_shape(
-        self,
-        parsed: Parsed,
-        parameter_oids: list[int],
-        labels: dict[str, str],
-        typed: dict[int, list[int]] | None,
-    ) -> Result:
-        """PostgreSQL's description of the statement's skeleton (sent with what is
-        buffered before it)."""
-        upstream = self.engine.upstream
-        shape = await planner.by_size(
-            len(parsed.text), skeleton, parsed, parameter_oids, labels, typed
-        )
-        upstream.parse(_DESCRIBE_NAME, shape, parameter_oids)
-        described = upstream.describe(b"S", _DESCRIBE_NAME)
-        upstream.close(b"S", _DESCRIBE_NAME)
-        upstream.flush()
-        return await described
-
-    def _ask_argument_types(self, parsed: Parsed, parameter_oids: list[int]) -> list[_Asked]:
-        """Ask the types of call arguments that read columns where the syntax does not
-        tell them (``ARRAY[a, b]``, a bare column), as PostgreSQL types them in the
-        call's query (buffered: they go with the skeleton's description, so that a right
-        guess costs no round trip).  Only for a query that reads nothing of an enclosing
-        one; an error is the statement's own (PostgreSQL's answer to its Parse)."""
-        upstream = self.engine.upstream
-        asked: list[_Asked] = []
-        for call in parsed.calls:
-            oids = binding.syntax_oids(call, parameter_oids)
-            untold = [
-                i
-                for i, (arg, oid) in enumerate(zip(call.args, oids, strict=True))
-                if oid in (values.UNKNOWN_OID, values.ANY_ARRAY_OID) and reads_columns(arg)
-            ]
-            scope = call.scope
-            if not untold or not isinstance(scope, exp.Select) or not _outermost(scope):
-                continue
-            layout = parsed.sql.select_layout(scope)
-            clauses = layout.clauses
-            if "from" not in clauses:
-                continue
-            pieces = [parsed.sql.source(*clauses[k]) for k in ("with",) if k in clauses]
-            items = ", ".join(
-                "(" + parsed.text[slice(*call.text.arguments[i])] + ")" for i in untold
-            )
-            pieces += [f"SELECT {items}", parsed.sql.source(*clauses["from"])]
-            probe = " ".join(pieces)
-            used = {int(n) for n in _PARAMETER.findall(probe)}
-            oids_here = [  # an untyped parameter the probe leaves out would be refused
-                oid or (0 if n + 1 in used else values.TEXT_OID)
-                for n, oid in enumerate(parameter_oids)
-            ]
-            upstream.parse(_DESCRIBE_NAME, probe, oids_here)
-            reply = upstream.describe(b"S", _DESCRIBE_NAME)
-            upstream.close(b"S", _DESCRIBE_NAME)
-            asked.append((id(call), oids, untold, reply))
-        return asked
 
     def _relay(self, message: Message) -> None:
         """A Parse PostgreSQL answers itself (it replaces a statement of that name)."""

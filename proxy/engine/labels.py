@@ -4,7 +4,7 @@ known before the statement runs: for describing a statement that is not run yet.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from handlers.errors import PgmlError
 from handlers.projects import Deployed
@@ -12,7 +12,20 @@ from proxy.engine import binding, values
 from proxy.engine.planner import Parsed
 
 if TYPE_CHECKING:
-    from proxy.engine.session import Engine
+    from handlers.serving import Services
+    from proxy.engine.upstream import Upstream
+
+
+class Session(Protocol):
+    """Where the question is asked: a session's engine, or a statement's evaluation."""
+
+    @property
+    def services(self) -> Services: ...
+    @property
+    def database(self) -> str: ...
+    @property
+    def upstream(self) -> Upstream: ...
+
 
 _VISIBLE = (
     "SELECT v.id::text FROM pgml.visible_projects(false) AS v (id) WHERE v.id = ANY ($1::bigint[])"
@@ -20,7 +33,7 @@ _VISIBLE = (
 """Which of the projects ``$1`` the session's role can see (none without SELECT)."""
 
 
-async def label_types(engine: Engine, parsed: Parsed, helper: str) -> dict[str, str]:
+async def label_types(engine: Session, parsed: Parsed, helper: str) -> dict[str, str]:
     """Result types of the projects the statement names literally; a project that does
     not exist (yet), or that the session's role cannot see in pgml.projects, is left out
     (the same type either way), and its calls fail when they run.  ``helper`` names the

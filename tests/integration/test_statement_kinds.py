@@ -121,6 +121,32 @@ def test_as_postgresql_runs_it(
     assert answers[1] == answers[0]
 
 
+REFUSED = [
+    "SELECT id, body, count(*) FROM {t} GROUP BY ({f}({m}, body))[1] > 0",
+    "SELECT body FROM {t} GROUP BY ({f}({m}, body))[1] > 0",
+    "SELECT ({f}({m}, body))[1] > 0, id FROM {t} GROUP BY 1",
+    "SELECT id, count(*) FROM {t} WHERE ({f}({m}, body))[1] > 0 GROUP BY body",
+    "SELECT DISTINCT ON (id) id, {f}({m}, body) FROM {t} ORDER BY body",
+    "SELECT id FROM {t} WHERE ({f}({m}, body))[1] > 0 ORDER BY nosuch",
+]
+
+
+@pytest.mark.parametrize("shape", REFUSED)
+def test_refused_as_postgresql_refuses_it(
+    proxy: ProxyProcess, cluster: PostgresCluster, docs: str, shape: str
+) -> None:
+    """What PostgreSQL refuses before it runs a statement is refused with its own
+    SQLSTATE, message and position, naming the client's columns (not the proxy's)."""
+    answers = []
+    for dsn, function in ((cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute(shape.format(f=function, m=f"'{MODEL}'", t=docs))
+            diagnostic = refused.value.diag
+            answers.append((refused.value.sqlstate, diagnostic.message_primary))
+    assert answers[1] == answers[0]
+
+
 def test_with_no_data_creates_the_table_and_runs_no_model(
     proxy: ProxyProcess, cluster: PostgresCluster, docs: str
 ) -> None:
