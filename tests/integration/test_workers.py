@@ -259,3 +259,21 @@ def test_relay_processes_end_when_the_supervisor_is_killed(
         assert time.monotonic() < deadline, "a relay process outlived its supervisor"
         time.sleep(0.1)
     assert "the supervisor is gone: shutting down" in relays.log()
+
+
+def test_port_zero_gives_every_relay_process_the_same_port(cluster: PostgresCluster) -> None:
+    """``--port 0``: the supervisor picks one port for all and the ready line names it."""
+    process = ProxyProcess("--upstream", cluster.dsn(), "--workers", "2", "--port", "0").start()
+    try:
+        named = re.search(r":(\d+)/", process.ready_line)
+        assert named is not None, process.ready_line
+        port = int(named.group(1))
+        assert port != process.port
+        process.port = port
+        sessions, holders = _spread(process, cluster, 4)
+        assert len(set(holders.values())) == 2
+        for conn in sessions:
+            assert conn.execute("SELECT 1").fetchall() == [(1,)]
+            conn.close()
+    finally:
+        process.stop()
