@@ -3,7 +3,7 @@
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]
 #
-# PGML_GPU_CHECKS picks the sections (default "tune_serve tune_lora"):
+# PGML_GPU_CHECKS picks the sections (default "tune_serve tune_lora passthrough"):
 #   tune_serve  benchmarks/tune_serve.py: tune and serve the text-classification project
 #               (quality, training speed, serving batch, latency, concurrency, memory);
 #   tune_lora   benchmarks/tune_lora.py: full tuning against LoRA and QLoRA (load_in_4bit)
@@ -11,7 +11,11 @@
 #               GPU memory, samples/s), one training process against one per GPU where
 #               there are several, and LoRA against full tuning of all-MiniLM-L6-v2.
 #               Needs peft and bitsandbytes (QLoRA is skipped without bitsandbytes).
-# Extra arguments: PGML_GPU_CHECK_ARGS (tune_serve), PGML_GPU_LORA_ARGS (tune_lora).
+#   passthrough benchmarks/passthrough.py on the machine's cores: pgbench -S through the
+#               proxy with --workers 1, 4 and 8 against PgBouncer (against PostgreSQL
+#               only where PgBouncer is not installed), 8, 32 and 64 clients.
+# Extra arguments: PGML_GPU_CHECK_ARGS (tune_serve), PGML_GPU_LORA_ARGS (tune_lora),
+# PGML_PASSTHROUGH_ARGS (passthrough).
 # Uses .venv/bin/python when there is one, else python3.
 #
 # Offline machines: when a bundle folder (PGML_GPU_BUNDLE, default .gpu/) holds
@@ -54,7 +58,14 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     "$python" -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
 } 2>&1 | tee "$out/machine.txt"
-checks=${PGML_GPU_CHECKS:-tune_serve tune_lora}
+checks=${PGML_GPU_CHECKS:-tune_serve tune_lora passthrough}
+if [[ " $checks " == *" passthrough "* ]]; then
+    nproc | sed 's/^/cores: /' | tee -a "$out/machine.txt"
+    bouncer=()
+    command -v pgbouncer >/dev/null || bouncer=(--no-pgbouncer)
+    "$python" benchmarks/passthrough.py --workers 1,4,8 --clients 8,32,64 --seconds 5 \
+        --rounds 3 "${bouncer[@]}" ${PGML_PASSTHROUGH_ARGS:-} 2>&1 | tee "$out/passthrough.txt"
+fi
 if [[ " $checks " == *" tune_serve "* ]]; then
     "$python" benchmarks/tune_serve.py "${args[@]}" ${PGML_GPU_CHECK_ARGS:-} 2>&1 | tee "$out/tune_serve.txt"
 fi
