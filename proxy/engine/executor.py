@@ -451,12 +451,13 @@ class Execution:
                 self.inline = await inline.plan(self, current, step)
                 if self.inline is not None:
                     return self.inline.statement
-            if not analysed:  # before any scope is materialised: PostgreSQL's refusals
+            if not analysed and _evaluable_per_row(parsed):
+                # before any scope is materialised: PostgreSQL's refusals, in its words
                 labels = self.label_types
                 if labels is None:
                     labels = await label_types(self, parsed, self.helper)
                 await analysis.describe(self.upstream, parsed, self.user.oids, labels)
-                analysed = True
+            analysed = True
             outer = await self._timed(step.calls[0], run_step(self, current, step))
             statement = await by_size(len(statement), _replaced, statement, step.span, outer)
             current = await parse(statement)
@@ -493,6 +494,16 @@ class Execution:
         reply = self.request("DROP TABLE " + ", ".join(self.temp_tables), [])
         self.temp_tables = []
         return reply
+
+
+def _evaluable_per_row(parsed: Parsed) -> bool:
+    """Whether every call that reads columns has an overload that may (a set-returning
+    one is refused with the reason when its scope is resolved, not analysed first)."""
+    return all(
+        any(o.row_dependent_ok for o in call.function.overloads)
+        for call in parsed.calls
+        if call.per_row
+    )
 
 
 def _result(work: asyncio.Future[list[Any]]) -> list[Any]:

@@ -171,6 +171,13 @@ def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
         ):
             with pytest.raises(errors.FeatureNotSupported, match="cannot take column arguments"):
                 db.execute(correlated)
+        for per_row in (  # in the select list, over a column: refused with the reason
+            f"SELECT id, pgml.chunk('character', body) FROM {table}",
+            f"SELECT id, (pgml.chunk('character', body)).* FROM {table}",
+            f"SELECT id FROM {table} GROUP BY id, (pgml.chunk('character', body)).chunk",
+        ):
+            with pytest.raises(errors.FeatureNotSupported, match="returns a set and cannot read"):
+                db.execute(per_row)
         with pytest.raises(errors.FeatureNotSupported, match="WITH ORDINALITY"):
             db.execute("SELECT * FROM pgml.chunk('character', 'a b') WITH ORDINALITY")
         # evaluated on its own, the argument would read the statement's WITH query again
