@@ -35,6 +35,7 @@ from typing import Any
 from handlers.tuning.launch import end_with_parent
 
 SYSTEM_ERROR = "58000"
+NOT_SUPPORTED = "0A000"
 CONNECT_SECONDS = 20.0
 """How long the driver waits for the cluster to answer before the call fails."""
 LOST_SECONDS = 10
@@ -164,10 +165,15 @@ def main(argv: list[str]) -> int:
     # a cluster lost mid-training ends this driver (and so the call) after this long
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(LOST_SECONDS))
 
-    import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.util.queue import Queue
+    try:
+        import ray
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+        from ray.util.queue import Queue
+    except ImportError as exc:  # --ray-address without the extra
+        message = f"Ray is not installed here ({exc}): pip install 'pgml-proxy[ray]'"
+        print(json.dumps(_error(type(exc).__name__, message, NOT_SUPPORTED)), flush=True)
+        return 1
 
     def unreachable(why: object) -> None:
         message = f"could not reach the Ray cluster at {args.address}: {why}"

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from tests.conftest import missing_tool
 from tests.integration.conftest import dropped_afterwards, tuning_proxy
 from tests.integration.test_tune_distributed import train_on_two_processes
 from tests.integration.test_tune_errors import (
@@ -41,6 +42,8 @@ LONG_RUN = '{"num_train_epochs": 20, "per_device_train_batch_size": 2}'
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local Ray cluster of this machine's two CPUs; its GCS address."""
+    if not RAY.exists():
+        missing_tool("Ray is not installed (pip install '.[ray]')")
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run(
@@ -208,6 +211,8 @@ def test_a_cluster_that_is_not_there_fails_the_call(
     direct: psycopg.Connection[Any],
     tables: Callable[[str], str],
 ) -> None:
+    if not RAY.exists():
+        missing_tool("Ray is not installed (pip install '.[ray]')")
     proxy = tuning_proxy(
         cluster,
         models_dir,
