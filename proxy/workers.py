@@ -115,7 +115,7 @@ class Supervisor:
         """The exit status of relay process ``index``, which ended before it was ready."""
         ended = self._processes[index]
         ended.join()  # its sentinel closes a moment before it can be reaped
-        return ended.exitcode if ended.exitcode else 1
+        return ended.exitcode if ended.exitcode and ended.exitcode > 0 else 1  # killed: 1
 
     def _watch(self) -> None:
         while not self._stopping:
