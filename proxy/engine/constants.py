@@ -147,6 +147,16 @@ def _constant_sql(
         if call.in_from:
             typed = [f"{p}::{k}[]" for p, k in zip(params, kinds, strict=True)]
             return table_rows(call, overload, typed)
+        item = call.node.parent
+        aliased = isinstance(item, exp.Alias) and isinstance(item.parent, exp.Select)
+        if in_select_list(call) or aliased:  # a record a row, as PostgreSQL returns them
+            arrays = ", ".join(f"CAST({p} AS {k}[])" for p, k in zip(params, kinds, strict=True))
+            names = ", ".join(f"c{i}" for i in range(len(kinds)))
+            records = (
+                f"unnest(ARRAY(SELECT ROW({names}) FROM unnest({arrays}) WITH ORDINALITY "
+                f"AS __pgml_rows({names}, n) ORDER BY n))"
+            )
+            return records if aliased else f'{records} AS "{call.function.name}"'
         if len(rows) != 1:
             raise PgmlError(
                 "0A000",

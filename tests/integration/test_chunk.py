@@ -15,6 +15,7 @@ from psycopg import errors
 
 from handlers.chunking import SPLITTERS, splitter_class
 from tests.integration._pgml import unique
+from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
 PROSE = " ".join(
@@ -194,3 +195,40 @@ def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
         assert found == list(enumerate(split("alpha beta gamma"), start=1))
     finally:
         db.execute(f"DROP TABLE {table}")
+
+
+def test_in_the_select_list_a_record_a_chunk_as_postgresql_returns_them(
+    db: psycopg.Connection[Any], cluster: PostgresCluster
+) -> None:
+    """``SELECT pgml.chunk(...)`` (PostgresML's own examples) gives a record a chunk, as a
+    function ``RETURNS TABLE`` does in PostgreSQL: compared with a stand-in of the same
+    name that returns LangChain's chunks, for the columns' names and types and the rows."""
+    options = {"chunk_size": 6, "chunk_overlap": 0, "separator": " "}
+    text = "alpha beta gamma delta"
+    pieces = splitter_class("character")(**options).split_text(text)
+    schema = unique("chunk_ref")
+    indexes = ", ".join(str(i) for i in range(1, len(pieces) + 1))
+    texts = ", ".join("'" + p.replace("'", "''") + "'" for p in pieces)
+    cluster.psql(
+        f"CREATE SCHEMA {schema}; CREATE FUNCTION {schema}.chunk(text, text, jsonb) RETURNS "
+        "TABLE (chunk_index bigint, chunk text) LANGUAGE sql VOLATILE AS $$ SELECT * FROM "
+        f"unnest(ARRAY[{indexes}]::bigint[], ARRAY[{texts}]::text[]) $$"
+    )
+    shapes = [
+        "SELECT {f}('character', %s, %s)",
+        "SELECT {f}('character', %s, %s) AS c",
+        "SELECT v.k, {f}('character', %s, %s) FROM (VALUES (1), (2)) AS v(k) ORDER BY 1",
+    ]
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as direct:
+            for shape in shapes:
+                answers = []
+                for conn, function in ((direct, f"{schema}.chunk"), (db, "pgml.chunk")):
+                    cur = conn.execute(shape.format(f=function), [text, json.dumps(options)])
+                    described = [(d.name, d.type_code) for d in cur.description or []]
+                    answers.append((described, cur.fetchall()))
+                assert answers[1] == answers[0]
+                rows = answers[0][1]
+                assert len(rows) == len(pieces) * (2 if "VALUES" in shape else 1)
+    finally:
+        cluster.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
