@@ -100,6 +100,11 @@ class ScopeStep:
     """WHERE's conjuncts and whether each holds a call of this step."""
     _target: str = ""
     _target_text: str = ""
+    _locked: list[tuple[str, str]] = field(default_factory=list)
+    """Early: the tables a locking clause locks (FROM item, name), found again by the
+    ``row`` slots' ``tableoid`` and ``ctid``, two slots a table, in order."""
+    _locking: str = ""
+    """Early: the locking clause, naming each table it locks."""
 
     def outer(self, columns: list[list[tuple[str, str]]], lookups: list[str], source: str) -> str:
         """The query (or statement) that takes the scope's place.
@@ -202,24 +207,22 @@ class ScopeStep:
             if alias:
                 text.replace((span[1], span[1]), alias)
         calls = [text.render(span) for span, has_call in self._conditions if has_call]
-        row_match = ""
-        if self.kind in ("update", "delete"):
-            target = self._target
-            row_match = (
-                f"{target}.tableoid = {M}.{columns[0][0][0]} "
-                f"AND {target}.ctid = {M}.{columns[1][0][0]}"
-            )
-            calls.insert(0, row_match)
-        where = (
-            ("WHERE " + " AND ".join(f"({c})" if c != row_match else c for c in calls))
-            if calls
-            else ""
-        )
+        targets = [self._target] if self.kind in ("update", "delete") else []
+        targets += [name for _, name in self._locked]
+        row_matches = [
+            f"{target}.tableoid = {M}.{columns[2 * i][0][0]} "
+            f"AND {target}.ctid = {M}.{columns[2 * i + 1][0][0]}"
+            for i, target in enumerate(targets)
+        ]
+        where = " AND ".join([*row_matches, *(f"({c})" for c in calls)])
+        where = "WHERE " + where if where else ""
         if self.kind == "early":
-            for name in ("with", "locking"):
-                if name in self._pieces:
-                    text.replace(self._pieces[name], "")
-            text.replace(self._pieces["from"], f"FROM {source}")
+            if "with" in self._pieces:
+                text.replace(self._pieces["with"], "")
+            if "locking" in self._pieces:
+                text.replace(self._pieces["locking"], self._locking)
+            relock = "".join(f", {item}" for item, _ in self._locked)
+            text.replace(self._pieces["from"], f"FROM {source}{relock}")
             if "where" in self._pieces:
                 text.replace(self._pieces["where"], where)
             elif where:

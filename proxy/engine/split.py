@@ -247,10 +247,10 @@ def _early(
             if any(contains(conjunct, c.node) for c in calls):
                 _collect(sql, conjunct, calls, exports, whole_aggregates=False)
     evaluated = [c for c in calls if all(c is not twin for twin, _ in twins)]
-    slots, inner_list = _inner_list(sql, exports, evaluated)
+    locked, locking = _locks(select)
+    head = [f"{name}.{column}" for _, name in locked for column in ("tableoid", "ctid")]
+    slots, inner_list = _inner_list(sql, exports, evaluated, head)
     inner = _inner_text(sql, layout.clauses, clauses, inner_list, conditions)
-    if "locking" in clauses:
-        inner += " " + sql.text[slice(*clauses["locking"])]
     inner = _with_outer_ctes(sql, select, inner)
     _refuse_correlation(select)
     return ScopeStep(
@@ -268,7 +268,90 @@ def _early(
         _item_spans=[sql.chars(*r) for r in layout.items],
         _pieces=clauses,
         _conditions=conditions,
+        _locked=locked,
+        _locking=locking,
     )
+
+
+def _locks(select: exp.Select) -> tuple[list[tuple[str, str]], str]:
+    """The tables a locking clause locks, each as (its FROM item without sampling, the
+    name that refers to it), and the clause naming them with ``OF``.
+
+    The rows are read without locks and the calls evaluated; the outer query then locks,
+    by ``tableoid`` and ``ctid``, only the rows that pass its conditions, in its order and
+    up to its LIMIT (with SKIP LOCKED, the next free ones), as PostgreSQL's LockRows does
+    above the conditions.  A row changed since it was read drops out (PostgreSQL would
+    evaluate the call again on its new version)."""
+    clauses = select.args.get("locks") or []
+    if not clauses:
+        return [], ""
+    items: dict[str, exp.Expr] = {}
+    for part in [select.args.get("from_"), *(select.args.get("joins") or [])]:
+        if part is not None:
+            items[part.this.alias_or_name.lower()] = part.this
+    ctes = _cte_names(select)
+
+    def table(item: exp.Expr | None) -> bool:
+        """A table (or view) of the database, not a WITH query or a function."""
+        return (
+            isinstance(item, exp.Table)
+            and isinstance(item.this, exp.Identifier)
+            and not (not item.db and item.name.lower() in ctes)
+        )
+
+    locked: dict[str, tuple[str, str]] = {}
+    written: list[str] = []
+    for clause in clauses:
+        # without OF, PostgreSQL locks the tables (a subquery's too) and passes over
+        # WITH queries, functions and VALUES
+        named = [t.name.lower() for t in clause.expressions] or [
+            name for name, item in items.items() if table(item) or isinstance(item, exp.Subquery)
+        ]
+        for name in named:
+            item = items.get(name)
+            if not table(item):
+                raise unsupported(
+                    "a locking clause with a pgml call in WHERE, ORDER BY or DISTINCT can lock "
+                    "only tables named in FROM",
+                    hint="Name the tables to lock with FOR UPDATE OF, or lock in a statement "
+                    "of its own.",
+                )
+            assert isinstance(item, exp.Table)
+            locked.setdefault(name, _lockable(item))
+        strength = (
+            ("NO KEY UPDATE" if clause.args.get("key") else "UPDATE")
+            if clause.args.get("update")
+            else ("KEY SHARE" if clause.args.get("key") else "SHARE")
+        )
+        wait = {True: " NOWAIT", False: " SKIP LOCKED"}.get(clause.args.get("wait"), "")
+        written.append(f"FOR {strength} OF {', '.join(locked[n][1] for n in named)}{wait}")
+    return list(locked.values()), " ".join(written)
+
+
+def _lockable(table: exp.Table) -> tuple[str, str]:
+    """A FROM table as the outer query names it again: its name and alias alone (no
+    TABLESAMPLE: the rows are found by ``ctid``), and the name that refers to it."""
+    bare = exp.Table(
+        this=table.this.copy(),
+        db=table.args["db"].copy() if table.args.get("db") else None,
+        catalog=table.args["catalog"].copy() if table.args.get("catalog") else None,
+    )
+    alias = table.args.get("alias")
+    reference = alias.this if alias is not None and alias.this else table.this
+    refers = reference.sql(dialect="postgres")
+    if alias is not None and alias.this:
+        return f"{bare.sql(dialect='postgres')} AS {refers}", refers
+    return bare.sql(dialect="postgres"), refers
+
+
+def _cte_names(select: exp.Select) -> set[str]:
+    """The WITH queries a query may read by name: its own and its enclosing queries'."""
+    names: set[str] = set()
+    for node in [select, *ancestors(select)]:
+        with_ = node.args.get("with_") if isinstance(node, exp.Expr) else None
+        if with_ is not None:
+            names |= {cte.alias.lower() for cte in with_.expressions}
+    return names
 
 
 def _names_output(key: exp.Expr, aliases: set[str]) -> bool:

@@ -218,7 +218,9 @@ class SqlText:
                 if branch and kind in _BRANCH_ENDS:
                     break
                 name = _SELECT_CLAUSES.get(kind)
-                if name is not None and not self._inside_expression(i, kind):
+                if name is not None and name == current == "locking":
+                    pass  # FOR UPDATE OF a FOR SHARE OF b: one locking clause
+                elif name is not None and not self._inside_expression(i, kind):
                     layout.clauses[current] = (clause_start, i - 1)
                     current, clause_start = name, i
                 elif current == "items" and kind == TokenType.COMMA:

@@ -294,3 +294,46 @@ def test_a_prepared_call_takes_the_overload_of_its_declared_types(proxy: ProxyPr
             "SELECT format_type(%s, NULL)", [(cursor.description or [])[0].type_code]
         ).fetchone() or (None,)
         assert declared == "{" + str(described) + "}"
+
+
+LOCKING = [
+    # the queue pattern: each worker takes the next rows that pass, skipping taken ones
+    "SELECT id FROM {t} WHERE ({f}({m}, body))[1] IS NOT NULL AND id >= 8 ORDER BY id "
+    "LIMIT 3 FOR UPDATE SKIP LOCKED",
+    # a call in ORDER BY, the locking clause before LIMIT
+    "SELECT id FROM {t} WHERE id < 30 ORDER BY ({f}({m}, body))[1] IS NULL, id "
+    "FOR NO KEY UPDATE SKIP LOCKED LIMIT 4",
+    # shared locks on one table of a join; the other's rows stay free
+    "SELECT d.id, n.id FROM {t} d JOIN {t} n ON n.id = d.id + 1 "
+    "WHERE ({f}({m}, d.body))[1] IS NOT NULL AND d.id BETWEEN 5 AND 12 ORDER BY d.id "
+    "FOR SHARE OF d",
+]
+
+
+@pytest.mark.parametrize("shape", LOCKING)
+def test_locks_the_rows_postgresql_locks(
+    proxy: ProxyProcess, cluster: PostgresCluster, docs: str, shape: str
+) -> None:
+    """Two workers run the statement in turn, each in its own open transaction: the rows
+    each gets, which rows are locked then, and a third worker's NOWAIT are PostgreSQL's
+    (the calls' conditions decide which rows are locked, not only the rest of WHERE)."""
+    answers = []
+    for dsn, function in ((cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")):
+        sql = shape.format(f=function, m=f"'{MODEL}'", t=docs)
+        with (
+            psycopg.connect(dsn) as first,
+            psycopg.connect(dsn) as second,
+            psycopg.connect(dsn, autocommit=True) as third,
+            psycopg.connect(cluster.dsn(), autocommit=True) as probe,
+        ):
+            taken = [conn.execute(sql).fetchall() for conn in (first, second)]
+            free = probe.execute(f"SELECT id FROM {docs} FOR UPDATE SKIP LOCKED").fetchall()
+            try:
+                third.execute(sql.replace("SKIP LOCKED", "NOWAIT")).fetchall()
+                waited = "ok"
+            except psycopg.Error as error:
+                waited = str(error.sqlstate)
+            locked = sorted(set(range(1, 61)) - {row[0] for row in free})
+            answers.append((taken, locked, waited))
+    assert answers[1] == answers[0]
+    assert answers[0][1], "the statement locked no row"

@@ -76,8 +76,31 @@ def outer(step: ScopeStep) -> str:
             "DELETE FROM docs USING SRC WHERE docs.tableoid = __pgml_m.c1 "
             "AND docs.ctid = __pgml_m.c2 AND (L0 = 'x')",
         ),
+        (
+            "SELECT d.id FROM public.docs AS d TABLESAMPLE SYSTEM (50) JOIN n ON n.id = d.id, "
+            "generate_series(1, 2) g WHERE (pgml.embed('m', d.body))[1] > 0 AND d.id > g "
+            "ORDER BY d.id LIMIT 2 FOR NO KEY UPDATE NOWAIT FOR KEY SHARE OF n",
+            "early",
+            "SELECT d.tableoid, d.ctid, n.tableoid, n.ctid, d.id, 'm', d.body "
+            "FROM public.docs AS d TABLESAMPLE SYSTEM (50) JOIN n ON n.id = d.id, "
+            "generate_series(1, 2) g WHERE (d.id > g)",
+            'SELECT __pgml_m.c5 AS "n5" FROM SRC, public.docs AS d, n '
+            "WHERE d.tableoid = __pgml_m.c1 AND d.ctid = __pgml_m.c2 "
+            "AND n.tableoid = __pgml_m.c3 AND n.ctid = __pgml_m.c4 AND ((L0)[1] > 0) "
+            "ORDER BY __pgml_m.c5 LIMIT 2 "
+            "FOR NO KEY UPDATE OF d, n NOWAIT FOR KEY SHARE OF n",
+        ),
     ],
-    ids=["late", "late-grouped", "early-where", "early-aggregate", "distinct", "update", "delete"],
+    ids=[
+        "late",
+        "late-grouped",
+        "early-where",
+        "early-aggregate",
+        "distinct",
+        "update",
+        "delete",
+        "early-locking",
+    ],
 )
 def test_rewrites(sql: str, kind: str, inner: str, rest: str) -> None:
     step = step_of(sql)
@@ -145,3 +168,17 @@ def test_places_not_evaluated_are_refused_naming_them(sql: str, message: str) ->
         step_of(sql)
     assert raised.value.sqlstate == "0A000"
     assert message in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id FROM t, (SELECT 1) s WHERE pgml.embed('m', body) IS NOT NULL FOR UPDATE",
+        "WITH c AS (SELECT 1) SELECT id FROM t, c WHERE pgml.embed('m', body) IS NOT NULL "
+        "FOR UPDATE OF t, c",
+    ],
+)
+def test_a_lock_on_what_is_not_a_table_beside_a_where_call_is_refused(sql: str) -> None:
+    """The rows are locked again by ``ctid`` after the calls ran: only tables have one."""
+    with pytest.raises(PgmlError, match="can lock only tables named in FROM"):
+        step_of(sql)
