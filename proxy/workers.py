@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import shutil
 import signal
 import socket
@@ -35,6 +36,8 @@ RESTART_PAUSE = 1.0
 is not started again in a tight loop)."""
 STOP_MARGIN = 10.0
 """Seconds a relay process gets beyond ``--shutdown-grace`` to exit before it is killed."""
+SOCKET_PATH_MAX = 107
+"""The longest path a Unix socket may have (``sun_path`` is 108 bytes with its NUL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +53,31 @@ RelayMain = Callable[["Settings", "UpstreamAddress", Slot, Connection], None]
 """A relay process's body: serve until told to stop, ``send`` the port once listening."""
 
 
+def peer_folder(count: int) -> Path:
+    """A new folder, only this user's, for the relay processes' sockets: in the temporary
+    folder (``TMPDIR``), or in ``/tmp`` where the sockets' paths would be too long there."""
+    longest = len(f"/{count - 1}.sock")
+    for base in dict.fromkeys((tempfile.gettempdir(), "/tmp")):
+        try:
+            folder = tempfile.mkdtemp(prefix="pgml-proxy-", dir=base)
+        except OSError:
+            continue
+        if len(os.fsencode(folder)) + longest <= SOCKET_PATH_MAX:
+            return Path(folder)
+        os.rmdir(folder)
+    raise OSError(
+        f"no folder for the relay processes' sockets: {tempfile.gettempdir()} (TMPDIR) gives "
+        f"paths longer than {SOCKET_PATH_MAX} bytes and /tmp cannot be written"
+    )
+
+
 class Supervisor:
     def __init__(self, settings: Settings, upstream: UpstreamAddress, relay: RelayMain) -> None:
         self.settings = settings
         self.upstream = upstream
         self.relay = relay
         self._context = multiprocessing.get_context("spawn")
-        self._folder = Path(tempfile.mkdtemp(prefix="pgml-proxy-"))
+        self._folder = peer_folder(settings.workers)
         self._processes: dict[int, BaseProcess] = {}
         self._started: dict[int, float] = {}
         self._stopping = False

@@ -106,9 +106,9 @@ def _relay_of(
     raise AssertionError(f"no relay process holds the upstream port {row[0]}")
 
 
-def _metric(name: str) -> float:
+def _metric(name: str, timeout: float = 10) -> float:
     url = f"http://127.0.0.1:{DASHBOARD}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    text = urllib.request.urlopen(url, timeout=timeout).read().decode()
     found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     assert found is not None, text
     return float(found.group(1))
@@ -295,3 +295,57 @@ def test_port_zero_gives_every_relay_process_the_same_port(cluster: PostgresClus
             conn.close()
     finally:
         process.stop()
+
+
+def test_a_temporary_folder_too_deep_for_unix_sockets(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """Under a ``TMPDIR`` whose paths are too long for a Unix socket, the relay processes
+    talk through a folder in ``/tmp``: ``/metrics`` still adds up both."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    process = ProxyProcess(
+        "--upstream",
+        cluster.dsn(),
+        "--workers",
+        "2",
+        "--dashboard-port",
+        str(DASHBOARD),
+        env={"TMPDIR": str(deep)},
+    ).start()
+    try:
+        sessions, _ = _spread(process, cluster, 2)
+        assert _metric("pgml_proxy_connections_open") == len(sessions)
+        for conn in sessions:
+            conn.close()
+    finally:
+        process.stop()
+
+
+def test_metrics_leave_out_a_relay_process_that_does_not_answer(
+    relays: ProxyProcess, cluster: PostgresCluster
+) -> None:
+    """With the other relay process stopped (SIGSTOP), ``/metrics`` answers after its
+    wait of 2 s with this process's counters alone; with the dashboard's own process
+    stopped nothing answers, as with any stopped server."""
+    sessions, holders = _spread(relays, cluster, 4)
+    answered = []
+    try:
+        for pid in _relay_pids(relays):
+            os.kill(pid, signal.SIGSTOP)
+            began = time.monotonic()
+            try:
+                open_now = _metric("pgml_proxy_connections_open", timeout=5)
+                answered.append((pid, open_now, time.monotonic() - began))
+            except OSError:
+                pass
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        assert len(answered) == 1, answered
+        stopped, open_now, took = answered[0]
+        assert open_now == sum(1 for pid in holders.values() if pid != stopped)
+        assert 1.5 < took < 4.5
+        assert _metric("pgml_proxy_connections_open") == len(sessions)
+    finally:
+        for conn in sessions:
+            conn.close()
