@@ -497,10 +497,11 @@ class Execution:
 
 
 def _evaluable_per_row(parsed: Parsed) -> bool:
-    """Whether every call that reads columns has an overload that may (a set-returning
-    one is refused with the reason when its scope is resolved, not analysed first)."""
+    """Whether every call that reads columns has an overload that may and returns one
+    value (a set-returning one is refused with the reason, or its rows' record typed,
+    when its scope is resolved, not analysed first)."""
     return all(
-        any(o.row_dependent_ok for o in call.function.overloads)
+        any(o.row_dependent_ok and not o.set_returning for o in call.function.overloads)
         for call in parsed.calls
         if call.per_row
     )

@@ -29,7 +29,7 @@ from handlers.errors import PgmlError, unsupported
 from handlers.functions import Overload
 from handlers.registry import FUNCTIONS
 from proxy.engine.binding import pick_overload, positions, project_literal, result_type, syntax_oids
-from proxy.engine.calls import CallSite, ancestors, find_calls, mentions_call
+from proxy.engine.calls import CallSite, ancestors, contains, find_calls, mentions_call
 from proxy.engine.names import own
 from proxy.engine.parsecache import ParseCache
 from proxy.engine.sourcetext import SourceText, nesting_depth, space_parameters, spaced
@@ -452,6 +452,23 @@ def table_rows(call: CallSite, overload: Overload, column_arrays: Sequence[str])
     return f'{table} AS "{call.function.name}"'
 
 
+def _lateral_from(parsed: Parsed, call: CallSite) -> int | None:
+    """Where a ``LATERAL`` subquery may join the FROM list of the select list that holds
+    a per-row call returning a table (its end), where the call's arguments may be read
+    there (no aggregate or window function in them); else None."""
+    scope = call.scope
+    if not isinstance(scope, exp.Select) or not any(
+        contains(item, call.node) for item in scope.expressions
+    ):
+        return None
+    if any(isinstance(n, exp.AggFunc | exp.Window) for a in call.args for n in a.walk()):
+        return None
+    layout = parsed.sql.select_layout(scope)
+    if "from" not in layout.clauses:
+        return None
+    return parsed.sql.chars(*layout.clauses["from"])[1]
+
+
 def in_select_list(call: CallSite) -> bool:
     """Whether the call is itself an item of a select list (then a set-returning call
     names its column after itself)."""
@@ -496,8 +513,18 @@ def skeleton(
         value = f"CAST({null} AS {returns})"
         if overload.columns:
             arrays = [f"CAST(ARRAY[{null}] AS {kind}[])" for _, kind in overload.columns]
+            lateral = _lateral_from(parsed, call)
             if call.in_from:
                 replacement = table_rows(call, overload, arrays)
+            elif lateral is not None:  # its record's fields named, as the rewrite gives them
+                name = own(f"s{len(text.text)}_{call.text.span[0]}")
+                fields = ", ".join(
+                    f'({a})[1] AS "{column}"'
+                    for a, (column, _) in zip(arrays, overload.columns, strict=True)
+                )
+                text.replace((lateral, lateral), f", LATERAL (SELECT {fields}) AS {name}")
+                named = in_select_list(call)  # an item of its own: named after the call
+                replacement = f'{name} AS "{call.function.name}"' if named else name
             else:
                 fields = ", ".join(f"({a})[1]" for a in arrays)
                 replacement = named_scalar(f"ROW({fields})", call.function.name)

@@ -16,14 +16,15 @@ from proxy.engine.calls import CallSite, reads_columns
 from proxy.engine.constants import known_value
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, off_loop
-from proxy.engine.scopes import MARK, ROW_KEY, M, ScopeStep, Slot
+from proxy.engine.scopes import MARK, ROW_KEY, M, ScopeStep, Slot, quote_ident
 from proxy.engine.upstream import Reply, Result, ServerError, Skipped
-from proxy.wire import encoding
 from proxy.wire.codec import Column
 
 if TYPE_CHECKING:
     from proxy.engine.executor import Execution
 
+_SET = "__pgml_r"
+"""The alias of a set-returning call's result rows in outer queries (``_r0``, ...)."""
 _NAMES = itertools.count(1)
 """Temporary tables and portals are numbered process-wide: a session may hold several
 statements' at once (open cursors and portals)."""
@@ -71,6 +72,13 @@ async def resolve_step(execution: Execution, parsed: Parsed, step: ScopeStep) ->
         await _resolve(execution, parsed, step, i, call, groups, by_slot)
         for i, call in enumerate(step.calls)
     ]
+    if sum(1 for r in rows if r.overload.set_returning) > 1:
+        raise PgmlError(
+            "0A000",
+            "only one pgml function that returns a set can be called over columns in one "
+            "select list",
+            hint="Call each in a subquery of its own and join them.",
+        )
     return Resolved(described.columns, names, by_slot, rows)
 
 
@@ -118,7 +126,12 @@ async def run_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> str
     for i, (row, (_, arguments)) in enumerate(zip(rows, prepared, strict=True)):
         await _fill(execution, f"{table}_{i}_v", own(f"p{number}_{i}"), arguments, row)
     source = f"{table}_m AS {M}" + "".join(join for join, _ in prepared)
-    return step.outer(by_slot, [f"__pgml_v{i}.__pgml_v" for i in range(len(rows))], source)
+    lookups = [
+        f"__pgml_v{i}" if row.overload.set_returning else f"__pgml_v{i}.__pgml_v"
+        for i, row in enumerate(rows)
+    ]
+    ordinals = [f"{_SET}{i}.__pgml_n" for i, row in enumerate(rows) if row.overload.set_returning]
+    return step.outer(by_slot, lookups, source, ordinals)
 
 
 async def _describe(execution: Execution, step: ScopeStep) -> Result:
@@ -165,6 +178,14 @@ async def _resolve(
             "set and cannot read columns",
             hint="Call it with an array literal, or with one row's value per call.",
         )
+    if overload.set_returning and step.kind != "late":
+        raise PgmlError(
+            "0A000",
+            f"{call.sql_name} returns a set: over columns it can be called only in the select "
+            "list, where its rows multiply the row that reads them",
+            hint="Call it in the select list of a subquery in FROM, and filter or order its "
+            "columns in the query around it.",
+        )
     kinds = [binding.parameter_type(call, overload, a) for a in range(len(call.args))]
     constants: list[Any] = []
     for arg, span in zip(call.args, call.text.arguments, strict=True):
@@ -202,19 +223,43 @@ def _prepare(
     casts = [_cast(f"{M}.{c}", k) for c, k in zip(row.columns, row.kinds, strict=True)]
     strict = " AND ".join(f"{c} IS NOT NULL" for c in casts) if row.overload.strict else ""
     where = f" WHERE {strict}" if strict else ""
-    replies.append(
-        execution.request(
-            f"CREATE TEMP TABLE {name}_v (__pgml_id bigint, __pgml_v {row.returns}){on_commit}"
+    table = f"{name}_v"
+    if row.overload.set_returning:  # a row per result row, numbered in order
+        fields = ", ".join(f"{quote_ident(n)} {k}" for n, k in row.overload.columns)
+        replies.append(
+            execution.request(
+                f"CREATE TEMP TABLE {table} (__pgml_id bigint, __pgml_n bigint, {fields})"
+                f"{on_commit}"
+            )
         )
-    )
-    execution.temp_tables.append(f"{name}_v")
-    results = f"__pgml_v{index}"
+    else:
+        replies.append(
+            execution.request(
+                f"CREATE TEMP TABLE {table} (__pgml_id bigint, __pgml_v {row.returns}){on_commit}"
+            )
+        )
+    execution.temp_tables.append(table)
+
+    def results(key: str) -> str:
+        """The join of the results to the row whose result id is ``key``."""
+        alias = f"__pgml_v{index}"
+        if not row.overload.set_returning:
+            return f" LEFT JOIN {table} AS {alias} ON {alias}.__pgml_id = {key}"
+        # no result row, no row (PostgreSQL's ProjectSet); the subquery's whole row is the
+        # call's value, a record whose fields PostgreSQL knows by name
+        found = f"{_SET}{index}"
+        fields = ", ".join(f"{found}.{quote_ident(n)}" for n, _ in row.overload.columns)
+        return (
+            f" JOIN {table} AS {found} ON {found}.__pgml_id = {key}"
+            f" CROSS JOIN LATERAL (SELECT {fields}) AS {alias}"
+        )
+
     if row.varies:  # every row gets a value of its own
         fetch = ", ".join(
             values.fetch_expression(k, c) for k, c in zip(row.kinds, casts, strict=True)
         )
         return (
-            f" LEFT JOIN {name}_v AS {results} ON {results}.__pgml_id = {M}.{ROW_KEY}",
+            results(f"{M}.{ROW_KEY}"),
             f"SELECT {M}.{ROW_KEY}, {fetch} FROM {materialised} AS {M}{where}",
         )
     distinct = f"__pgml_a{index}"
@@ -230,8 +275,7 @@ def _prepare(
     fetch = ", ".join(values.fetch_expression(k, a) for k, a in zip(row.kinds, labels, strict=True))
     match = " AND ".join(f"{distinct}.{a} = {c}" for a, c in zip(labels, casts, strict=True))
     return (
-        f" LEFT JOIN {name}_a AS {distinct} ON {match}"
-        f" LEFT JOIN {name}_v AS {results} ON {results}.__pgml_id = {distinct}.__pgml_id",
+        f" LEFT JOIN {name}_a AS {distinct} ON {match}" + results(f"{distinct}.__pgml_id"),
         f"SELECT __pgml_id, {fetch} FROM {name}_a",
     )
 
@@ -266,17 +310,7 @@ async def _fill(
         execution.check_cancel()
         metrics.record_rows(row.call.sql_name, len(tuples), len(results_now))
         if results_now:  # a batch of vectors is megabytes of text: written off the loop
-            encoded = await off_loop(values.encode_all, row.returns, results_now)
-            written.append(
-                execution.request(
-                    f"INSERT INTO {results} SELECT u.i, CAST(u.v AS {row.returns}) FROM "
-                    "unnest(CAST($1 AS bigint[]), CAST($2 AS text[])) AS u(i, v)",
-                    [
-                        values.text_array_literal(ids).encode(encoding.current()),
-                        values.client_bytes(values.text_array_literal(encoded)),
-                    ],
-                )
-            )
+            written.append(await _write(execution, results, row, ids, results_now))
         if upcoming is None:
             break
         try:
@@ -287,6 +321,35 @@ async def _fill(
     upstream.close(b"P", portal)
     upstream.flush()
     await _all(written)
+
+
+async def _write(
+    execution: Execution, table: str, row: RowCall, ids: list[str], results: list[Any]
+) -> Reply:
+    """Insert a batch's results: one row each, or for a set-returning call one row per
+    row of each result, numbered in order."""
+    columns: list[list[Any]]
+    if row.overload.set_returning:
+        kinds = ["bigint", "bigint", *(kind for _, kind in row.overload.columns)]
+        columns = [
+            [key for key, rows in zip(ids, results, strict=True) for _ in rows],
+            [n for rows in results for n in range(1, len(rows) + 1)],
+            *([r[j] for rows in results for r in rows] for j in range(len(kinds) - 2)),
+        ]
+    else:
+        kinds = ["bigint", row.returns]
+        columns = [ids, results]
+    encoded = [
+        await off_loop(values.encode_all, kind, column)
+        for kind, column in zip(kinds, columns, strict=True)
+    ]
+    labels = [f"v{j}" for j in range(len(kinds))]
+    arrays = ", ".join(f"CAST(${j + 1} AS text[])" for j in range(len(kinds)))
+    casts = ", ".join(f"CAST(u.{v} AS {k})" for v, k in zip(labels, kinds, strict=True))
+    return execution.request(
+        f"INSERT INTO {table} SELECT {casts} FROM unnest({arrays}) AS u({', '.join(labels)})",
+        [values.client_bytes(values.text_array_literal(e)) for e in encoded],
+    )
 
 
 async def authorize_rows(execution: Execution, row: RowCall, tuples: list[Args]) -> None:

@@ -30,6 +30,7 @@ tokens where they are (:mod:`proxy.engine.sqltext`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -106,12 +107,19 @@ class ScopeStep:
     _locking: str = ""
     """Early: the locking clause, naming each table it locks."""
 
-    def outer(self, columns: list[list[tuple[str, str]]], lookups: list[str], source: str) -> str:
+    def outer(
+        self,
+        columns: list[list[tuple[str, str]]],
+        lookups: list[str],
+        source: str,
+        ordinals: Sequence[str] = (),
+    ) -> str:
         """The query (or statement) that takes the scope's place.
 
         ``columns`` gives, for each slot, its ``M`` columns as (column, name PostgreSQL
         gave it); ``lookups`` each call's result expression; ``source`` the FROM list
-        that reads ``M`` (as ``__pgml_m``) with the calls' results joined.
+        that reads ``M`` (as ``__pgml_m``) with the calls' results joined; ``ordinals``
+        (late) the numbers of a set-returning call's rows, which follow each row in order.
         """
         assert self._text is not None
         text = SourceText(self._text.text)
@@ -127,7 +135,7 @@ class ScopeStep:
         for twin, index in self.twins:
             text.replace(twin.text.span, lookups[index])
         if self.kind == "late":
-            return self._late_outer(text, columns, lookups, source)
+            return self._late_outer(text, columns, source, ordinals)
         return self._rest_outer(text, columns, lookups, source)
 
     def inline_text(self, stand_ins: list[str], read: list[str]) -> str:
@@ -177,8 +185,8 @@ class ScopeStep:
         self,
         text: SourceText,
         columns: list[list[tuple[str, str]]],
-        lookups: list[str],
         source: str,
+        ordinals: Sequence[str],
     ) -> str:
         out: list[str] = []
         for i, slot in enumerate(self.slots):
@@ -187,7 +195,8 @@ class ScopeStep:
             elif slot.kind == "null":
                 item = self._items[slot.index]
                 out.append(text.render(self._item_spans[slot.index]) + self._alias(item, columns))
-        order = f" ORDER BY {M}.{ROW_KEY}" if self.ordered else ""
+        keys = [f"{M}.{ROW_KEY}", *ordinals] if self.ordered or ordinals else []
+        order = f" ORDER BY {', '.join(keys)}" if keys else ""
         return f"SELECT {', '.join(out)} FROM {source}{order}"
 
     def _rest_outer(

@@ -609,6 +609,33 @@ def test_rank_orders_documents_by_cross_encoder_score(
     ]
 
 
+def test_rank_over_columns_gives_each_row_its_ranking(
+    tproxy: ProxyProcess, conn: psycopg.Connection[Any], cluster: PostgresCluster, bare: Bare
+) -> None:
+    """Each row's query ranks the documents: a row per document, in the order of its
+    scores, as a ``RETURNS TABLE`` function in the select list multiplies rows."""
+    documents = ["I love SQL.", "Cats sleep on the sofa.", "Postgres is a database."]
+    queries = ["databases", "pets"]
+    cluster.psql(
+        "CREATE TABLE rank_queries (id int, q text); "
+        "INSERT INTO rank_queries VALUES (1, 'databases'), (2, NULL), (3, 'pets')"
+    )
+    try:
+        rows = conn.execute(
+            "SELECT id, (pgml.rank(%s, q, %s)).* FROM rank_queries ORDER BY id",
+            [CROSS_ENCODER, documents],
+        ).fetchall()
+    finally:
+        cluster.psql("DROP TABLE rank_queries")
+    expected = [
+        (key, *ranked)
+        for key, query in zip((1, 3), queries, strict=True)
+        for ranked in bare.rank(CROSS_ENCODER, query, documents)
+    ]
+    assert [(r[0], r[1]) for r in rows] == [(e[0], e[1]) for e in expected]
+    same([tuple(r[1:]) for r in rows], [tuple(e[1:]) for e in expected])
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 SPEC = literal({"task": "text-classification", "model": SENTIMENT})
