@@ -29,6 +29,7 @@ from handlers.serving import Services
 from proxy import logs, metrics
 from proxy.engine import analysis, binding, inline, values
 from proxy.engine.calls import CallSite
+from proxy.engine.carried import may_create_temp_tables, run_carried
 from proxy.engine.constants import Known, evaluate_constant
 from proxy.engine.inline import Inline
 from proxy.engine.labels import label_types
@@ -176,6 +177,9 @@ class Execution:
         """The session's ``lock_timeout``, read with the deadline."""
         self._hold: _Hold | None = None
         """The statement the backend waits in while a handler works."""
+        self.may_write: bool | None = None
+        """Whether the session may create temporary tables (read when first needed): else
+        a materialised scope's rows are carried through the proxy (:mod:`.carried`)."""
 
     @property
     def context(self) -> CallContext:
@@ -458,7 +462,10 @@ class Execution:
                     labels = await label_types(self, parsed, self.helper)
                 await analysis.describe(self.upstream, parsed, self.user.oids, labels)
             analysed = True
-            outer = await self._timed(step.calls[0], run_step(self, current, step))
+            if self.may_write is None:
+                self.may_write = await may_create_temp_tables(self, parsed)
+            run = run_step if self.may_write else run_carried
+            outer = await self._timed(step.calls[0], run(self, current, step))
             statement = await by_size(len(statement), _replaced, statement, step.span, outer)
             current = await parse(statement)
         return await by_size(len(statement), str.__add__, parsed.explain + parsed.prefix, statement)

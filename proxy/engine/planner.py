@@ -18,7 +18,7 @@ import contextvars
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from sqlglot import Token, TokenType, exp
@@ -137,6 +137,9 @@ class Parsed:
     prepares: str = ""
     """``PREPARE name [(types)] AS`` before the statement, as the client wrote it: the
     statement is kept under that name, not run (see :mod:`proxy.engine.prepared`)."""
+    command: str = ""
+    """The command the client wrote where the statement is another (``SELECT INTO``,
+    run as ``CREATE TABLE AS``)."""
 
     @property
     def runs(self) -> bool:
@@ -325,7 +328,8 @@ def _parse(sql: str) -> Parsed | None:
     if not calls:
         return None
     if isinstance(tree, exp.Select) and isinstance(tree.args.get("into"), exp.Into):
-        return _parse(explain + _as_create_table(SqlText(sql, tokens), tree, tree.args["into"]))
+        created = _parse(explain + _as_create_table(SqlText(sql, tokens), tree, tree.args["into"]))
+        return None if created is None else replace(created, command="SELECT INTO")
     if isinstance(tree, exp.Create) and str(tree.args.get("kind", "")).upper() == "VIEW":
         raise unsupported(
             "pgml functions cannot be called in a view definition",

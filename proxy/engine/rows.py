@@ -82,7 +82,7 @@ async def resolve_step(execution: Execution, parsed: Parsed, step: ScopeStep) ->
     return Resolved(described.columns, names, by_slot, rows)
 
 
-def _anonymous(step: ScopeStep, resolved: Resolved) -> set[str]:
+def anonymous_columns(step: ScopeStep, resolved: Resolved) -> set[str]:
     """The ``M`` columns of arguments that are anonymous rows: kept as JSON, as a table
     cannot hold them."""
     found: set[str] = set()
@@ -103,7 +103,7 @@ async def run_step(execution: Execution, parsed: Parsed, step: ScopeStep) -> str
     query (or statement) that takes the scope's place."""
     resolved = await resolve_step(execution, parsed, step)
     names, by_slot, rows = resolved.names, resolved.by_slot, resolved.rows
-    anonymous = _anonymous(step, resolved)
+    anonymous = anonymous_columns(step, resolved)
     fields = ", ".join(f"to_json(s.{n}) AS {n}" if n in anonymous else f"s.{n}" for n in names)
     number = next(_NAMES)
     table = f"pg_temp.{own(str(number))}"
@@ -220,7 +220,7 @@ def _prepare(
 ) -> tuple[str, str]:
     """Tables for one call's arguments and results: the join that reads them in the
     outer query, and the query that reads the arguments to evaluate."""
-    casts = [_cast(f"{M}.{c}", k) for c, k in zip(row.columns, row.kinds, strict=True)]
+    casts = [cast_argument(f"{M}.{c}", k) for c, k in zip(row.columns, row.kinds, strict=True)]
     strict = " AND ".join(f"{c} IS NOT NULL" for c in casts) if row.overload.strict else ""
     where = f" WHERE {strict}" if strict else ""
     table = f"{name}_v"
@@ -395,7 +395,7 @@ def _group_columns(slots: list[Slot], columns: list[Column]) -> list[list[Column
     return groups
 
 
-def _cast(column: str, kind: str) -> str:
+def cast_argument(column: str, kind: str) -> str:
     if kind == "record":  # a row is read as its JSON object, fields in order
         return f"CAST(to_json({column}) AS text)"
     collate = ' COLLATE "C"' if kind in ("text", "text[]") else ""
