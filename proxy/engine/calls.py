@@ -55,6 +55,9 @@ class CallSite:
     """The name PostgreSQL gives a set-returning call's column in FROM."""
     alias_node: exp.TableAlias | None = None
     """A call in FROM: the table alias written after it."""
+    upsert: bool = False
+    """A call in ``ON CONFLICT DO UPDATE`` over the proposed row (``excluded``): the
+    statement is read as its equivalent that evaluates it over the INSERT's rows."""
 
     @property
     def sql_name(self) -> str:
@@ -214,6 +217,9 @@ def _place(call: CallSite) -> None:
             hint="Compute the values in the source: MERGE INTO t USING (SELECT ..., "
             "pgml...(...) AS v FROM ...) AS s ON ... WHEN MATCHED THEN UPDATE SET col = s.v",
         )
+    if _in_conflict_clause(node, above) and _reads_proposed_row_only(call):
+        call.upsert = True  # evaluated over the INSERT's rows (see proxy.engine.upsert)
+        return
     if scope is None or _in_conflict_clause(node, above):
         raise unsupported(
             f"{call.sql_name} reads columns outside of a query",
@@ -285,3 +291,12 @@ def _source_names(select: exp.Select) -> set[str]:
 
 def _in_conflict_clause(node: exp.Expr, above: list[exp.Expr]) -> bool:
     return any(isinstance(a, exp.OnConflict) for a in above)
+
+
+def _reads_proposed_row_only(call: CallSite) -> bool:
+    """Whether the call's arguments read columns of ``excluded`` alone, outside any
+    subquery."""
+    columns = [c for a in call.args for c in a.find_all(exp.Column)]
+    return all(
+        c.table.lower() == "excluded" and not isinstance(c.this, exp.Star) for c in columns
+    ) and not any(isinstance(n, exp.Query) for a in call.args for n in a.walk())

@@ -492,7 +492,7 @@ def _with_outer_ctes(sql: SqlText, scope: exp.Select, inner: str) -> str:
     it again) or one of them changes rows."""
     above = scope.parent
     while above is not None:
-        if isinstance(above, exp.Select) and above.args.get("with_") is not None:
+        if isinstance(above, exp.Select | exp.Insert) and above.args.get("with_") is not None:
             break
         above = above.parent
     if above is None:
@@ -523,8 +523,15 @@ def _with_outer_ctes(sql: SqlText, scope: exp.Select, inner: str) -> str:
             "that the statement also reads elsewhere",
             hint="Evaluate the calls in the WITH query itself, so that it is read once.",
         )
-    first, last = sql.select_layout(above).clauses["with"]
-    clause = sql.source(first, last)
+    first = _with_start(sql, above)
+    head = "WITH RECURSIVE" if sql.word(first + 1) == "RECURSIVE" else "WITH"
+    written = [_cte_text(sql, c) for c in above.args["with_"].expressions]
+    kept = [
+        t
+        for c, t in zip(above.args["with_"].expressions, written, strict=True)
+        if c.alias.lower() in needed
+    ]
+    clause = f"{head} {', '.join(kept)}"
     if inner.lstrip()[:4].upper() != "WITH":
         return f"{clause} {inner}"
     own = inner.lstrip()[4:].lstrip()
@@ -533,6 +540,22 @@ def _with_outer_ctes(sql: SqlText, scope: exp.Select, inner: str) -> str:
         if "RECURSIVE" not in clause[:20].upper():
             clause = "WITH RECURSIVE" + clause.lstrip()[4:]
     return f"{clause}, {own}"
+
+
+def _with_start(sql: SqlText, holder: exp.Select | exp.Insert) -> int:
+    """The WITH token of a query's or an INSERT's WITH clause."""
+    if isinstance(holder, exp.Select):
+        return sql.select_layout(holder).clauses["with"][0]
+    found = sql.meta_range(holder.args["with_"].expressions[0])
+    assert found is not None
+    return sql.keyword_before(found[0] + 1, "WITH")
+
+
+def _cte_text(sql: SqlText, cte: exp.CTE) -> str:
+    """One WITH query as written: from its name to the comma or statement after it."""
+    found = sql.meta_range(cte.args["alias"])
+    assert found is not None
+    return sql.source(found[0], sql.list_item_end(found[0]))
 
 
 def _read_names(root: exp.Expr, ctes: dict[str, exp.CTE]) -> set[str]:
@@ -577,9 +600,9 @@ def _sources(scope: exp.Expr) -> set[str]:
         if root is None:
             continue
         for node in root.walk():
-            if isinstance(node, exp.Table | exp.Subquery | exp.Unnest | exp.Lateral) and (
-                node is root or node.find_ancestor(exp.Select, exp.Update, exp.Delete) is scope
-            ):
+            if isinstance(
+                node, exp.Table | exp.Subquery | exp.Values | exp.Unnest | exp.Lateral
+            ) and (node is root or node.find_ancestor(exp.Select, exp.Update, exp.Delete) is scope):
                 alias = node.alias_or_name
                 if alias:
                     names.add(alias.lower())

@@ -31,6 +31,16 @@ _SELECT_CLAUSES = {
     TokenType.FETCH: "fetch",
     TokenType.FOR: "locking",
 }
+_STATEMENT_STARTS = frozenset(
+    {
+        TokenType.SELECT,
+        TokenType.INSERT,
+        TokenType.UPDATE,
+        TokenType.DELETE,
+        TokenType.MERGE,
+        TokenType.VALUES,
+    }
+)
 _SET_OPERATIONS = frozenset({TokenType.UNION, TokenType.INTERSECT, TokenType.EXCEPT})
 _BRANCH_ENDS = frozenset({TokenType.ORDER_BY, TokenType.LIMIT, TokenType.OFFSET, TokenType.FETCH})
 """After a set operation these belong to the whole operation, not to its last branch."""
@@ -286,6 +296,19 @@ class SqlText:
                 break
             i += 1
         return i - 1
+
+    def list_item_end(self, first: int) -> int:
+        """The last token of a list item (a WITH query) that starts at ``first``: before
+        a comma or the first token of a statement outside parentheses, or the end."""
+        depth = 0
+        last = first
+        while last + 1 < len(self.tokens):
+            kind = self.tokens[last + 1].token_type
+            if depth == 0 and (kind == TokenType.COMMA or kind in _STATEMENT_STARTS):
+                break
+            depth += (kind in _OPEN) - (kind in _CLOSE)
+            last += 1
+        return last
 
     def keyword_at_depth0(self, first: int, last: int, words: tuple[str, ...]) -> int:
         """The first token in ``first..last`` outside parentheses spelled as one of

@@ -84,6 +84,9 @@ SHAPES = [
     "id < 8) SELECT count(e) FROM (SELECT id, {f}({m}, body) AS e FROM d ORDER BY id) AS s",
     "WITH c AS (SELECT id, body FROM {t} WHERE id < 5) SELECT s.id FROM (WITH x AS (SELECT * "
     "FROM c) SELECT id, {f}({m}, body) AS e FROM x WHERE ({f}({m}, body))[1] IS NOT NULL) AS s",
+    # a call in a WITH query over an earlier one
+    "WITH c AS (SELECT id, body FROM {t} WHERE id < 5), d AS (SELECT id, {f}({m}, body) AS e "
+    "FROM c), x AS (SELECT 1 AS one) SELECT count(e), max(one) FROM d, x",
     "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
     "SELECT count(*) FROM (SELECT {f}({m}, 'n' || n) AS e FROM r) AS s",
     "WITH w AS (UPDATE {t} SET body = body WHERE id = 1 RETURNING id) "
@@ -180,9 +183,11 @@ def test_a_subquery_over_a_with_query_read_twice_or_writing_is_refused(
 ) -> None:
     """Read once by PostgreSQL, such a WITH query would be read again where the calls'
     rows are produced: refused before anything runs."""
-    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match=refusal):
-            conn.execute(sql.format(t=docs, m=f"'{MODEL}'"))
+    with (
+        psycopg.connect(proxy.dsn(), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.FeatureNotSupported, match=refusal),
+    ):
+        conn.execute(sql.format(t=docs, m=f"'{MODEL}'"))
         assert conn.execute(f"SELECT count(*) FROM {docs} WHERE id = 1000").fetchone() == (0,)
 
 
@@ -337,3 +342,95 @@ def test_locks_the_rows_postgresql_locks(
             answers.append((taken, locked, waited))
     assert answers[1] == answers[0]
     assert answers[0][1], "the statement locked no row"
+
+
+UPSERTS = [
+    (
+        "INSERT INTO {t} (id, body) VALUES (1, 'new one'), (1000, 'fresh') ON CONFLICT (id) "
+        "DO UPDATE SET body = excluded.body, e = {f}({m}, excluded.body)",
+        {1: "new one"},
+    ),
+    # the condition reads the call too; a NULL body proposed for row 2 updates nothing
+    (
+        "INSERT INTO {t} AS d (id, body) VALUES (2, NULL), (3, 'three') ON CONFLICT (id) "
+        "DO UPDATE SET e = {f}({m}, excluded.body) "
+        "WHERE ({f}({m}, excluded.body))[1] IS NOT NULL AND d.id > 0",
+        {3: "three"},
+    ),
+    (
+        "WITH s AS (SELECT id, upper(body) AS b FROM {t} WHERE id < 3) "
+        "INSERT INTO {t} (id, body) SELECT id, b FROM s ON CONFLICT (id) "
+        "DO UPDATE SET e = {f}({m}, excluded.body || '!') RETURNING id, body",
+        {1: "SENTENCE 1!", 2: "SENTENCE 2!"},
+    ),
+    # a key proposed twice: PostgreSQL refuses to affect a row a second time (21000)
+    (
+        "INSERT INTO {t} (id, body) VALUES (7, 'a'), (7, 'b') ON CONFLICT (id) "
+        "DO UPDATE SET e = {f}({m}, excluded.body)",
+        {},
+    ),
+]
+
+
+@pytest.mark.parametrize(("shape", "embedded"), UPSERTS)
+def test_an_upsert_over_the_proposed_row_as_postgresql_runs_it(
+    proxy: ProxyProcess, cluster: PostgresCluster, docs: str, shape: str, embedded: dict[int, str]
+) -> None:
+    """``ON CONFLICT DO UPDATE SET e = pgml.embed(m, excluded.body)``: the tag, the rows
+    returned and the table afterwards (which rows have a value) are PostgreSQL's for a
+    stand-in; through the proxy each value is the model's for the row's body."""
+    answers = []
+    for dsn, function in ((cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")):
+        cluster.psql(
+            f"UPDATE {docs} SET e = NULL, body = 'sentence ' || id; "
+            f"DELETE FROM {docs} WHERE id >= 1000"
+        )
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            try:
+                cur = conn.execute(shape.format(f=function, m=f"'{MODEL}'", t=docs))
+                answer: Any = (cur.statusmessage, cur.fetchall() if cur.description else None)
+            except psycopg.Error as error:
+                answer = error.sqlstate
+            table = conn.execute(
+                f"SELECT id, body, e IS NOT NULL FROM {docs} WHERE e IS NOT NULL OR id >= 1000 "
+                "OR id < 10 ORDER BY id"
+            ).fetchall()
+            answers.append((answer, table))
+    assert answers[1] == answers[0]
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        stored = dict(conn.execute(f"SELECT id, e FROM {docs} WHERE e IS NOT NULL").fetchall())
+        assert sorted(stored) == sorted(embedded)
+        for key, text in embedded.items():
+            row = conn.execute(f"SELECT pgml.embed('{MODEL}', %s)", [text]).fetchone()
+            assert row is not None
+            assert max(abs(a - b) for a, b in zip(stored[key], row[0], strict=True)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("sql", "refusal"),
+    [
+        (
+            "INSERT INTO {t} (id, body) VALUES (1, 'x') ON CONFLICT (id) "
+            "DO UPDATE SET e = pgml.embed({m}, body)",
+            "reads columns outside of a query",
+        ),
+        (
+            "INSERT INTO {t} (id, body) VALUES (1, 'x') ON CONFLICT ON CONSTRAINT {t}_pkey "
+            "DO UPDATE SET e = pgml.embed({m}, excluded.body)",
+            "name the key's columns",
+        ),
+        (
+            "INSERT INTO {t} VALUES (1, 'x') ON CONFLICT (id) "
+            "DO UPDATE SET e = pgml.embed({m}, excluded.body)",
+            "column list",
+        ),
+    ],
+)
+def test_an_upsert_the_proxy_cannot_evaluate_is_refused_with_the_way_that_works(
+    proxy: ProxyProcess, docs: str, sql: str, refusal: str
+) -> None:
+    with (
+        psycopg.connect(proxy.dsn(), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.FeatureNotSupported, match=refusal),
+    ):
+        conn.execute(sql.format(t=docs, m=f"'{MODEL}'"))
