@@ -208,7 +208,8 @@ def _place(call: CallSite) -> None:
         raise unsupported(
             f"{call.sql_name} in FROM cannot take column arguments",
             hint="Pass constant arguments (a subquery of its own is one), or call it in the "
-            "select list.",
+            "select list of a subquery and read its record there: SELECT d.id, (c).chunk "
+            "FROM (SELECT id, pgml.chunk('character', body) AS c FROM docs) AS d.",
         )
     scope = next((a for a in above if isinstance(a, exp.Select | exp.Update | exp.Delete)), None)
     if scope is not None and isinstance(scope.parent, exp.When):  # MERGE's own UPDATE
