@@ -295,6 +295,27 @@ def test_a_carried_read_on_a_hot_standby_stops_at_its_statement_timeout(
         assert conn.execute("SELECT 1").fetchall() == [(1,)]
 
 
+def test_a_cursor_over_calls_in_a_read_only_transaction(proxy: ProxyProcess, docs: str) -> None:
+    """``DECLARE ... CURSOR`` and a client's named cursor (a portal read in pieces) over
+    per-row calls read the same rows as without READ ONLY."""
+    sql = f"SELECT id, (pgml.embed('{MODEL}', body))[1:2] FROM {docs} WHERE id < 9 ORDER BY id"
+    answers = []
+    for begin in ("BEGIN READ ONLY", "BEGIN"):
+        with psycopg.connect(proxy.dsn()) as conn:
+            conn.execute(begin)
+            conn.execute(f"DECLARE c CURSOR FOR {sql}")
+            declared = (
+                conn.execute("FETCH 3 FROM c").fetchall()
+                + conn.execute("FETCH ALL FROM c").fetchall()
+            )
+            with conn.cursor(name="named") as named:
+                named.execute(sql)
+                pieces = named.fetchmany(2) + named.fetchall()
+            answers.append((declared, pieces))
+    assert len(answers[0][0]) == 8
+    assert answers[0] == answers[1]
+
+
 WRITES = [
     "UPDATE {docs} SET emb = {f}('{model}', body) WHERE id < 3",
     "DELETE FROM {docs} WHERE ({f}('{model}', body))[1] > 100",

@@ -30,6 +30,7 @@ from tests.integration.test_tune_errors import (
     tune_sql,
     wait_until_training,
 )
+from tests.support import procs
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
@@ -69,22 +70,13 @@ def training_processes(cache: Path) -> dict[int, str]:
     their job file in the cache folder), with its rank (``launcher`` for the launcher)."""
     marker = str(cache / "training").encode()  # the job files; the proxy names only cache
     found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for process in procs.running():
+        if marker not in process.command:
             continue
-        try:
-            command = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker not in command or state == "Z":
-            continue
-        if b"handlers.tuning.launch" in command.split(b"\0"):
-            found[int(entry.name)] = "launcher"
+        if b"handlers.tuning.launch" in process.command.split(b"\0"):
+            found[process.pid] = "launcher"
         else:
-            rank = next((v[5:] for v in environ if v.startswith(b"RANK=")), b"?")
-            found[int(entry.name)] = rank.decode()
+            found[process.pid] = procs.environment(process.pid).get("RANK", "?")
     return found
 
 
@@ -194,16 +186,12 @@ def stopped_and_read(pid: int) -> list[str]:
     failure of it must report, as it can print nothing more until it is continued."""
     os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+    while procs.state(pid) != "T":
         assert time.monotonic() < deadline, "the process did not stop"
         time.sleep(0.01)
-    job_file = Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode())
-    rank = int(next(v for v in read_environ(pid) if v.startswith("RANK="))[5:])
+    job_file = Path(procs.command(pid).split(b"\0")[-2].decode())
+    rank = int(procs.environment(pid)["RANK"])
     return rank_log(job_file, rank).read_text().splitlines()
-
-
-def read_environ(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from tests.integration.test_tune_errors import (
     tune_sql,
     wait_until_training,
 )
+from tests.support import procs
 from tests.support.pgserver import PostgresCluster, free_port
 from tests.support.proxyproc import ProxyProcess
 
@@ -105,18 +106,7 @@ def tables(cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
 
 def ray_workers() -> list[int]:
     """The live processes of Ray Train's training workers."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if command.startswith(WORKER) and state != "Z":
-            found.append(int(entry.name))
-    return found
+    return [p.pid for p in procs.running() if p.command.startswith(WORKER)]
 
 
 def wait_for_workers(count: int, timeout: float = 180) -> list[int]:

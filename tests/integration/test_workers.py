@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support import procs
 from tests.support.pgserver import PostgresCluster, free_port
 from tests.support.proxyproc import ROOT, ProxyProcess
 
@@ -55,23 +56,7 @@ def _relay_pids(proxy: ProxyProcess) -> list[int]:
     found = subprocess.run(
         ["pgrep", "-P", str(proxy.process.pid)], capture_output=True, text=True, check=False
     ).stdout.split()
-    return sorted(int(pid) for pid in found if b"spawn_main" in _command(int(pid)))
-
-
-def _state(pid: int) -> str:
-    """A process's state letter (``Z``: ended, not yet reaped); "" for one that is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return ""
-
-
-def _command(pid: int) -> bytes:
-    """A process's command line; nothing for one that has just ended."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+    return sorted(int(pid) for pid in found if b"spawn_main" in procs.command(int(pid)))
 
 
 def _relay_of(
@@ -220,7 +205,7 @@ def test_sigterm_drains_both_processes(relays: ProxyProcess, cluster: PostgresCl
     assert results == [("", "done")] * len(sessions)
     assert relays.wait(30) == 0
     for pid in pids:
-        assert _state(pid) in ("", "Z")
+        assert procs.state(pid) in ("", "Z")
     for conn in sessions:
         conn.close()
 
