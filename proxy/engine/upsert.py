@@ -65,6 +65,17 @@ def rewrite(sql: SqlText, tree: exp.Insert, calls: list[CallSite]) -> str:
             hint="Write each value.",
         )
     for call in calls:
+        read = {
+            c.this.name if c.this.quoted else c.name.lower()
+            for a in call.args
+            for c in a.find_all(exp.Column)
+        }
+        if read - names:
+            raise unsupported(
+                f"{call.sql_name} reads excluded.{sorted(read - names)[0]}, which the INSERT "
+                "does not name: its value is the column's default",
+                hint="Name the column in the INSERT's column list.",
+            )
         if any(mentions_call(sql.text[a:b]) for a, b in call.text.arguments):
             raise unsupported(
                 f"{call.sql_name} over excluded cannot take another pgml call's value",

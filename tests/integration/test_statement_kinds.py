@@ -424,6 +424,11 @@ def test_an_upsert_over_the_proposed_row_as_postgresql_runs_it(
             "DO UPDATE SET e = pgml.embed({m}, excluded.body)",
             "column list",
         ),
+        (
+            "INSERT INTO {t} (id, body) VALUES (1, 'x') ON CONFLICT (id) "
+            "DO UPDATE SET e = pgml.embed({m}, excluded.cat)",
+            "does not name",
+        ),
     ],
 )
 def test_an_upsert_the_proxy_cannot_evaluate_is_refused_with_the_way_that_works(
