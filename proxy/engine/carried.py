@@ -4,7 +4,7 @@ a role without ``TEMP``.
 The step runs as over a materialised scope (see :mod:`proxy.engine.rows`), but ``M`` is
 not a temporary table: the inner query's rows are read once through a portal, the calls
 evaluated over them a batch at a time, and the query that takes the scope's place reads
-the rows and their results from arrays written into its own text.  So nothing is created
+the rows and their results (each distinct one once) from array parameters.  So nothing is created
 in the database, each row is still produced once, and PostgreSQL still evaluates WHERE,
 ORDER BY, grouping and the rest over them.  The rows pass through the proxy's memory, up
 to :data:`CARRY_LIMIT` bytes of text a statement.
@@ -13,7 +13,7 @@ to :data:`CARRY_LIMIT` bytes of text a statement.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
@@ -80,15 +80,18 @@ def _writes(tree: exp.Expr) -> str | None:
 
 @dataclass
 class _Carried:
-    """The rows read so far: each one's carried column texts, then its calls' results."""
+    """The rows read so far (each one's carried column texts, then for each call its
+    result's number, or a set's row number and fields), and each call's distinct results."""
 
     columns: list[list[str | None]]
+    results: list[list[str | None]]
+    """Per call that returns one value: its distinct results, numbered from 1."""
+    known: list[dict[str, Any]]
+    """Per call: by its arguments, its result's number (or a set's rows)."""
     size: int = 0
-    known: list[dict[str, Any]] = field(default_factory=list)
-    """Per call that does not vary, its result by argument tuple."""
 
-    def add(self, row: list[str | None]) -> None:
-        self.size += sum(len(v) for v in row if v is not None)
+    def count(self, text: str | None) -> None:
+        self.size += 0 if text is None else len(text)
         if self.size > CARRY_LIMIT:
             raise PgmlError(
                 "54000",
@@ -97,13 +100,17 @@ class _Carried:
                 hint="Read fewer rows, or run the statement where temporary tables may be "
                 "created (not READ ONLY, not on a standby).",
             )
+
+    def add(self, row: list[str | None]) -> None:
+        for value in row:
+            self.count(value)
         for column, value in zip(self.columns, row, strict=True):
             column.append(value)
 
 
 async def run_carried(execution: Execution, parsed: Parsed, step: ScopeStep) -> str:
     """Read the scope's rows, evaluate the calls over them, and return the query (or
-    statement) that takes the scope's place, the rows and results in its text."""
+    statement) that takes the scope's place, the rows and results its parameters."""
     resolved = await resolve_step(execution, parsed, step)
     names, rows = resolved.names, resolved.rows
     arguments = {c for row in rows for c in row.columns}
@@ -129,21 +136,29 @@ async def run_carried(execution: Execution, parsed: Parsed, step: ScopeStep) -> 
     )
     sql = (
         f"SELECT {', '.join(fetch)} FROM (SELECT row_number() OVER () AS {ROW_KEY}, {fields} "
-        f"FROM ({step.inner}) AS s({', '.join(names)})) AS {M} ORDER BY {M}.{ROW_KEY}"
+        f"FROM ({step.inner}) AS s({', '.join(names)})) AS {M}"
     )
     width = len(kept) + sum(_width(row) for row in rows)
-    carried = _Carried([[] for _ in range(1 + width)], known=[{} for _ in rows])
+    carried = _Carried([[] for _ in range(1 + width)], [[] for _ in rows], [{} for _ in rows])
     async for batch in _batches(execution, sql):
         await _evaluate(execution, rows, batch, len(kept), carried)
+    arrays = [
+        execution.add_param(literal)
+        for literal in await off_loop(_literals, carried.columns + carried.results)
+    ]
+    lookups = [
+        f"__pgml_v{i}" if r.overload.set_returning else f"__pgml_v{i}.v" for i, r in enumerate(rows)
+    ]
     return step.outer(
         resolved.by_slot,
-        [
-            f"__pgml_v{i}" if r.overload.set_returning else f"{M}.__pgml_v{i}"
-            for i, r in enumerate(rows)
-        ],
-        await off_loop(_source, [names[i] for i in kept], types, rows, carried),
+        lookups,
+        _source([names[i] for i in kept], types, rows, arrays),
         [f"{M}.__pgml_n{i}" for i, r in enumerate(rows) if r.overload.set_returning],
     )
+
+
+def _literals(columns: list[list[str | None]]) -> list[str]:
+    return [values.text_array_literal(column) for column in columns]
 
 
 def _width(row: RowCall) -> int:
@@ -204,46 +219,49 @@ async def _evaluate(
         count = len(row.kinds)
         decoded = [
             [
-                values.decode(k, v)
-                for k, v in zip(row.kinds, raw[position : position + count], strict=True)
+                values.decode(kind, value)
+                for kind, value in zip(row.kinds, raw[position : position + count], strict=True)
             ]
             for raw in batch
         ]
         position += count
-        results.append(await _results(execution, row, decoded, carried.known[index]))
+        results.append(await _results(execution, row, decoded, carried, index))
     for r, text in enumerate(texts):
-        expanded: list[list[str | None]] = [[]]
-        for row, values_of in zip(rows, results, strict=True):
-            expanded = _with_result(expanded, row, values_of[r])
-        for tail in expanded:
-            carried.add(text + tail)
+        expanded: list[list[str | None]] = [text]
+        for row, found in zip(rows, results, strict=True):
+            expanded = _with_result(expanded, row, found[r])
+        for carried_row in expanded:
+            carried.add(carried_row)
 
 
 def _with_result(
     heads: list[list[str | None]], row: RowCall, result: Any
 ) -> list[list[str | None]]:
+    """Each row with a call's result: its number, or a set's rows (none: no row)."""
     if not row.overload.set_returning:
-        return [[*head, values.encode(row.returns, result)] for head in heads]
+        return [[*head, None if result is None else str(result)] for head in heads]
     kinds = [kind for _, kind in row.overload.columns]
     return [
-        head + [str(n)] + [values.encode(k, v) for k, v in zip(kinds, part, strict=True)]
+        [*head, str(n), *(values.encode(k, v) for k, v in zip(kinds, part, strict=True))]
         for head in heads
         for n, part in enumerate(result or [], start=1)
     ]
 
 
 async def _results(
-    execution: Execution, row: RowCall, decoded: list[list[Any]], known: dict[str, Any]
+    execution: Execution, row: RowCall, decoded: list[list[Any]], carried: _Carried, index: int
 ) -> list[Any]:
-    """The call's result for each row: NULL without a call where a STRICT call has a NULL
-    argument; once per distinct arguments unless its results vary."""
+    """The call's result for each row (a number among its distinct results, or a set's
+    rows): NULL without a call where a STRICT call has a NULL argument; once per distinct
+    arguments unless its results vary."""
+    known = carried.known[index]
     tuples: dict[str, Args] = {}
     keys: list[str | None] = []
     for n, arguments in enumerate(decoded):
         if row.overload.strict and any(a is None for a in arguments):
             keys.append(None)
             continue
-        key = str(n) if row.varies else repr(arguments)
+        key = f"{len(known)}:{n}" if row.varies else repr(arguments)
         keys.append(key)
         if key not in known and key not in tuples:
             tuples[key] = binding.bind(row.call, row.overload, arguments)
@@ -251,16 +269,30 @@ async def _results(
     await authorize_rows(execution, row, wanted)
     found = await execution.invoke(row.overload, wanted) if wanted else []
     metrics.record_rows(row.call.sql_name, len(wanted), len(found))
-    fresh = dict(zip(tuples, found, strict=True))
-    if not row.varies:
-        known.update(fresh)
-    return [None if key is None else fresh[key] if key in fresh else known[key] for key in keys]
+    distinct = carried.results[index]
+    if row.overload.set_returning:
+        known.update(zip(tuples, found, strict=True))
+    else:
+        encoded = await off_loop(values.encode_all, row.returns, found)
+        for key, text in zip(tuples, encoded, strict=True):
+            carried.count(text)
+            if text is not None:
+                distinct.append(text)
+            known[key] = None if text is None else len(distinct)
+    answer = [None if key is None else known[key] for key in keys]
+    if row.varies:
+        for key in tuples:
+            del known[key]
+    return answer
 
 
-def _source(names: list[str], types: list[str], rows: list[RowCall], carried: _Carried) -> str:
-    """``M`` as a derived table of the carried arrays, each column cast to its type, and a
-    set-returning call's fields as the record its lookup names."""
-    labels = ["k"] + [f"x{j}" for j in range(len(carried.columns) - 1)]
+def _source(names: list[str], types: list[str], rows: list[RowCall], arrays: list[str]) -> str:
+    """``M`` as a derived table of the carried arrays (the statement's parameters named in
+    ``arrays``: the columns, then each call's distinct results), each column cast to its
+    type, joined with each call's results: a value by its number, or a set's fields as
+    the record its lookup names."""
+    columns, distinct = arrays[: len(arrays) - len(rows)], arrays[len(arrays) - len(rows) :]
+    labels = ["k"] + [f"x{j}" for j in range(len(columns) - 1)]
     casts = [f"CAST(u.k AS bigint) AS {ROW_KEY}"]
     casts += [
         f"CAST(u.x{j} AS {kind}) AS {name}"
@@ -270,7 +302,12 @@ def _source(names: list[str], types: list[str], rows: list[RowCall], carried: _C
     joins = []
     for i, row in enumerate(rows):
         if not row.overload.set_returning:
-            casts.append(f"CAST(u.x{position} AS {row.returns}) AS __pgml_v{i}")
+            casts.append(f"CAST(u.x{position} AS bigint) AS __pgml_i{i}")
+            joins.append(
+                f" LEFT JOIN (SELECT r.n, CAST(r.v AS {row.returns}) AS v FROM "
+                f"unnest(CAST({distinct[i]} AS text[])) WITH ORDINALITY AS r(v, n)) AS "
+                f"__pgml_v{i} ON __pgml_v{i}.n = {M}.__pgml_i{i}"
+            )
             position += 1
             continue
         casts.append(f"CAST(u.x{position} AS bigint) AS __pgml_n{i}")
@@ -280,19 +317,8 @@ def _source(names: list[str], types: list[str], rows: list[RowCall], carried: _C
             fields.append(f"{M}.__pgml_s{i}_{j} AS {quote_ident(column)}")
         position += _width(row)
         joins.append(f" CROSS JOIN LATERAL (SELECT {', '.join(fields)}) AS __pgml_v{i}")
-    arrays = ", ".join(
-        f"CAST({_literal(values.text_array_literal(c))} AS text[])" for c in carried.columns
-    )
+    given = ", ".join(f"CAST({a} AS text[])" for a in columns)
     return (
-        f"(SELECT {', '.join(casts)} FROM unnest({arrays}) AS u({', '.join(labels)})) AS {M}"
+        f"(SELECT {', '.join(casts)} FROM unnest({given}) AS u({', '.join(labels)})) AS {M}"
         + "".join(joins)
     )
-
-
-def _literal(text: str) -> str:
-    """``text`` as a dollar-quoted constant (read alike whatever the session's
-    ``standard_conforming_strings``)."""
-    while True:
-        tag = f"$__pgml_{secrets.token_hex(4)}$"
-        if tag not in text:
-            return f"{tag}{text}{tag}"
