@@ -57,19 +57,39 @@ class Hub:
         session.request_cancel()
         return True
 
-    def send_cancel(self, pid: int, secret: bytes) -> None:
-        """Ask the server to cancel what backend ``pid`` runs (on a connection of its own)."""
+    def send_cancel(self, pid: int, secret: bytes) -> asyncio.Task[None]:
+        """Ask the server to cancel what backend ``pid`` runs (on a connection of its own).
+        The task ends once the server has taken the request (it closes the connection
+        after signalling the backend), as libpq's cancel waits."""
         task = asyncio.get_running_loop().create_task(self._send_cancel(pid, secret))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _send_cancel(self, pid: int, secret: bytes) -> None:
         try:
-            transport, _ = await asyncio.wait_for(
-                self.upstream.open(asyncio.Protocol, tls=False), self.connect_timeout
+            transport, protocol = await asyncio.wait_for(
+                self.upstream.open(_UntilClosed, tls=False), self.connect_timeout
             )
         except (OSError, TimeoutError) as exc:
             log.warning("could not deliver a cancel request upstream: %s", exc)
             return
+        assert isinstance(protocol, _UntilClosed)
         transport.write(CancelRequest(pid, secret).encode())
-        transport.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(protocol.closed), self.connect_timeout)
+        except TimeoutError:
+            log.warning("the server did not close a cancel request's connection")
+        finally:
+            transport.close()
+
+
+class _UntilClosed(asyncio.Protocol):
+    """A connection whose end is awaited (``closed``)."""
+
+    def __init__(self) -> None:
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)

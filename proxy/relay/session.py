@@ -81,6 +81,8 @@ class ClientSession(asyncio.Protocol):
         self.user = ""
         self.database = ""
         self.cancel_key: tuple[int, bytes] | None = None
+        self._cancels = 0
+        """The client's cancels on their way to the server."""
         self.backend_key: tuple[int, bytes] | None = None
         self._client: asyncio.Transport | None = None
         self._upstream: asyncio.Transport | None = None
@@ -553,11 +555,20 @@ class ClientSession(asyncio.Protocol):
         self._resume_client("upstream-full")
 
     def request_cancel(self) -> None:
-        """A client's CancelRequest: stop the engine's work and the backend's query."""
+        """A client's CancelRequest: stop the engine's work and the backend's query.  The
+        client's next messages wait until the server has taken the cancel, so that a cancel
+        still on its way cannot stop the client's next statement."""
         if self._engine is not None and self._work is not None:
             self._engine.cancel()
         if self.backend_key is not None:
-            self.hub.send_cancel(*self.backend_key)
+            self._cancels += 1
+            self._pause_client("cancelling")
+            self.hub.send_cancel(*self.backend_key).add_done_callback(self._cancel_taken)
+
+    def _cancel_taken(self, _: asyncio.Task[None]) -> None:
+        self._cancels -= 1
+        if self._cancels == 0:
+            self._resume_client("cancelling")
 
     def _write_upstream(self, data: bytes) -> None:
         if self._upstream is not None and not self._upstream.is_closing():

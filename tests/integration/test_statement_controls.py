@@ -334,3 +334,76 @@ def test_a_control_stops_a_model_download(
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         process.stop()
+
+
+class SlowNewConnections:
+    """A TCP forwarder to the cluster that, while ``slow`` is set, connects each new
+    connection to the server only after ``delay`` seconds: a cancel request on its way."""
+
+    def __init__(self, target: int, delay: float) -> None:
+        self.target = target
+        self.delay = delay
+        self.slow = threading.Event()
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: Any = None
+        threading.Thread(target=self._run, daemon=True).start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def pipe(reader: Any, writer: Any) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        async def accepted(reader: Any, writer: Any) -> None:
+            if self.slow.is_set():
+                await asyncio.sleep(self.delay)
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        async def main() -> None:
+            server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self._loop = asyncio.get_running_loop()
+            self._ready.set()
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
+
+
+def test_a_cancel_on_its_way_does_not_stop_the_next_statement(
+    cluster: PostgresCluster, models: Path
+) -> None:
+    """The proxy stops a pgml statement at once on a client's cancel and forwards the
+    cancel to the server, which takes time on a busy machine; the client's next statement
+    waits until the server has taken it (as after libpq's own cancel), so the cancel on
+    its way stops nothing else."""
+    forwarder = SlowNewConnections(cluster.port, delay=1.5)
+    upstream = f"postgresql://postgres@127.0.0.1:{forwarder.port}/postgres"
+    process = model_proxy(
+        cluster, models, "--max-new-tokens", str(UNBOUNDED), "--upstream", upstream
+    )
+    try:
+        with psycopg.connect(process.dsn(), autocommit=True) as conn:
+            conn.execute(transform(LONG, '{"max_new_tokens": 1, "do_sample": false}')).fetchall()
+
+            def cancel() -> None:
+                forwarder.slow.set()
+                conn.cancel_safe()
+
+            timer = threading.Timer(1.0, cancel)
+            timer.start()
+            error, _ = _failure(conn, ENDLESS)
+            timer.join()
+            assert error.sqlstate == "57014"
+            began = time.monotonic()
+            assert conn.execute("SELECT pg_sleep(2.5), 1").fetchone() == ("", 1)
+            assert time.monotonic() - began < 10
+    finally:
+        forwarder.slow.clear()
+        process.stop()
