@@ -305,7 +305,7 @@ def _source(names: list[str], types: list[str], rows: list[RowCall], arrays: lis
             casts.append(f"CAST(u.x{position} AS bigint) AS __pgml_i{i}")
             joins.append(
                 f" LEFT JOIN (SELECT r.n, CAST(r.v AS {row.returns}) AS v FROM "
-                f"unnest(CAST({distinct[i]} AS text[])) WITH ORDINALITY AS r(v, n)) AS "
+                f"unnest(CAST({distinct[i]} AS text[])) WITH ORDINALITY AS r(v, n) OFFSET 0) AS "
                 f"__pgml_v{i} ON __pgml_v{i}.n = {M}.__pgml_i{i}"
             )
             position += 1
@@ -318,7 +318,8 @@ def _source(names: list[str], types: list[str], rows: list[RowCall], arrays: lis
         position += _width(row)
         joins.append(f" CROSS JOIN LATERAL (SELECT {', '.join(fields)}) AS __pgml_v{i}")
     given = ", ".join(f"CAST({a} AS text[])" for a in columns)
+    # OFFSET 0: each value cast once, not wherever the query around reads it
     return (
-        f"(SELECT {', '.join(casts)} FROM unnest({given}) AS u({', '.join(labels)})) AS {M}"
-        + "".join(joins)
+        f"(SELECT {', '.join(casts)} FROM unnest({given}) AS u({', '.join(labels)}) OFFSET 0) "
+        f"AS {M}" + "".join(joins)
     )
