@@ -82,8 +82,8 @@ def rewrite(sql: SqlText, tree: exp.Insert, calls: list[CallSite]) -> str:
                 hint=how,
             )
     tokens = sql.tokens
-    insert = next(i for i, t in enumerate(tokens) if t.token_type == TokenType.INSERT)
-    listed = bisect_after(sql, target.expressions[-1].meta["end"])
+    insert = sql.keyword_at_depth0(0, len(tokens) - 1, ("INSERT",))  # not a WITH query's
+    listed = _closing_parenthesis_after(sql, target.expressions[-1].meta["end"])
     on = next(
         i
         for i in range(listed, len(tokens))
@@ -110,8 +110,8 @@ def rewrite(sql: SqlText, tree: exp.Insert, calls: list[CallSite]) -> str:
     return f"{with_} {body} SELECT {', '.join(columns)} FROM {ROWS} {rest}"
 
 
-def bisect_after(sql: SqlText, char: int) -> int:
-    """The index of the first ``)`` token after character ``char``."""
+def _closing_parenthesis_after(sql: SqlText, char: int) -> int:
+    """The index of the first ``)`` token after character ``char`` (the column list's)."""
     return next(
         i for i, t in enumerate(sql.tokens) if t.start > char and t.token_type == TokenType.R_PAREN
     )
