@@ -235,7 +235,7 @@ def _exit_error(code: int, who: str, detail: str | None) -> PgmlError:
 
 def _read_lines(path: Path) -> list[str]:
     """The lines of the last 64 KiB of a worker's log (a missing log: none): all of them,
-    as a fatal signal's message comes before the stacks of every thread."""
+    as a fatal signal's message comes before the stack it prints."""
     try:
         with path.open("rb") as handle:
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64 * 1024))
@@ -246,7 +246,7 @@ def _read_lines(path: Path) -> list[str]:
 
 
 STACK_LINES = re.compile(
-    r"(Traceback \(most recent call last\)|(Current thread|Thread) 0x[0-9a-f]+ "
+    r"(Traceback \(most recent call last\)|((Current thread|Thread) 0x[0-9a-f]+ |Stack )"
     r"\(most recent call first\)|Extension modules:)"
 )
 """The unindented lines of a Python traceback and of ``faulthandler``'s stacks (their

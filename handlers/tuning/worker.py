@@ -35,7 +35,10 @@ def main(argv: list[str]) -> int:
     os.dup2(output, 1)
     os.dup2(output, 2)
     os.close(output)
-    faulthandler.enable()  # a fatal signal (an abort in native code) prints the Python stacks
+    # A fatal signal prints the stack of the thread it stopped (an abort in native code is
+    # the aborting thread's).  Not every thread's: walking the frames of a thread that runs
+    # on meanwhile can crash the dump, and the process then dies of SIGSEGV, not its signal.
+    faulthandler.enable(all_threads=False)
     end_with_parent()
 
     def emit(**event: Any) -> None:

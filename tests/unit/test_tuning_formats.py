@@ -340,8 +340,8 @@ def test_a_killed_process_is_the_cause_not_what_its_peers_then_said() -> None:
 
 
 def test_an_abort_is_told_however_long_the_stacks_after_it(tmp_path: Path) -> None:
-    """faulthandler writes the fatal error's line first, then every thread's stack: with
-    many threads that is far more than the last few dozen lines of the rank's log."""
+    """faulthandler writes the fatal error's line first, then the stack of the thread it
+    stopped (or of every thread): far more than the last few dozen lines of the rank's log."""
     from collections import deque
 
     from handlers.tuning.launch import rank_log
@@ -352,7 +352,9 @@ def test_an_abort_is_told_however_long_the_stacks_after_it(tmp_path: Path) -> No
         stacks += [f"Thread 0x{thread:016x} (most recent call first):"]
         stacks += [f'  File "/x/m{n}.py", line {n} in f{n}' for n in range(20)]
         stacks += [""]
-    lines = ["step 3 of 80", "Fatal Python error: Aborted", "", *stacks, "Extension modules: a, b"]
+    own = ["Stack (most recent call first):", '  File "/x/t.py", line 9 in train', ""]
+    lines = ["step 3 of 80", "Fatal Python error: Aborted", "", *own, *stacks]
+    lines += ["Extension modules: a, b"]
     rank_log(job, 1).write_text("\n".join(lines) + "\n")
     killed = {"kind": "RankFailed", "rank": 1, "exitcode": -6}
     error = _worker_error(1, [killed], deque(), 2, job)
