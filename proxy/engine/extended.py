@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from handlers.errors import PgmlError, unsupported
-from proxy.engine import analysis, extension, planner
+from proxy.engine import analysis, errors, extension, planner
 from proxy.engine.calls import mentions_sql_function
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.inline import result_formats
@@ -26,7 +25,7 @@ from proxy.engine.inline import send as send_inline
 from proxy.engine.labels import label_types
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict
-from proxy.engine.query import INTERNAL_ERROR, ensure_catalog, error_response
+from proxy.engine.query import ensure_catalog
 from proxy.engine.streams import send_rows, streamable
 from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
 from proxy.wire import codec, encoding
@@ -34,8 +33,6 @@ from proxy.wire.codec import Backend, Frontend, Message, MessageFormatError
 
 if TYPE_CHECKING:
     from proxy.engine.session import Engine
-
-log = logging.getLogger("pgml_proxy.extended")
 
 _UPSTREAM_NAMES = itertools.count(1)
 _FINAL_ROWS = ROWS | {Backend.ERROR, Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
@@ -121,29 +118,16 @@ class ExtendedState:
     # --- answering ---------------------------------------------------------------------
 
     async def answer(self, message: Message) -> None:
-        upstream = self.engine.upstream
         try:
             await self._answer(message)
-        except ServerError as error:  # a request of the proxy's own failed in PostgreSQL
-            upstream.local(error.for_client(), held=True)
-        except Skipped:  # PostgreSQL is skipping this batch: so is the proxy
-            pass
-        except MessageFormatError as error:
-            self.fail(PgmlError(error.sqlstate, error.message, context=error.context))
-        except PgmlError as error:
-            self.fail(error)
         except ConnectionError:
             raise
-        except Exception:
-            log.exception("internal error running a pgml statement")
-            self.fail(INTERNAL_ERROR)
+        except Exception as error:
+            errors.report(self.engine.upstream, error, held=True)
 
     def fail(self, error: PgmlError) -> None:
         """Report an error of the proxy's and put PostgreSQL's batch in error too."""
-        upstream = self.engine.upstream
-        upstream.local(error_response(error), held=True)
-        upstream.fail_batch()
-        upstream.flush()
+        errors.refuse(self.engine.upstream, error, held=True)
 
     async def _answer(self, message: Message) -> None:
         kind, body = message.type, message.body

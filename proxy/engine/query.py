@@ -10,12 +10,11 @@ themselves, and stop at the first error, as PostgreSQL runs them.
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import TYPE_CHECKING
 
 from handlers.errors import PgmlError, unsupported
 from proxy import metrics
-from proxy.engine import extension
+from proxy.engine import errors, extension
 from proxy.engine.calls import mentions_sql_function
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.inline import send as send_inline
@@ -39,22 +38,9 @@ from proxy.wire.replies import EVERYTHING
 if TYPE_CHECKING:
     from proxy.engine.session import Engine
 
-log = logging.getLogger("pgml_proxy.query")
-
 FINAL_ROWS = RESULTS | {Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
 """What the statement that replaces the client's sends the client: PostgreSQL's own."""
 _ALL_BUT_READY = EVERYTHING - {Backend.READY_FOR_QUERY}
-
-INTERNAL_ERROR = PgmlError(
-    "XX000", "internal error in pgml-proxy", hint="The proxy's log has the details."
-)
-
-
-def error_response(error: PgmlError) -> bytes:
-    extra = {"W": error.context} if error.context else {}
-    return codec.PgError(
-        "ERROR", error.sqlstate, error.message, error.detail, error.hint, extra
-    ).encode()
 
 
 async def answer_query(engine: Engine, message: Message) -> None:
@@ -71,7 +57,7 @@ async def answer_query(engine: Engine, message: Message) -> None:
         await _too_deep(engine, sql)
         return
     except PgmlError as error:
-        await refuse(engine, error)
+        refuse(engine, error)
         return
     pieces = [piece for piece, _ in prepared]
     try:
@@ -80,7 +66,7 @@ async def answer_query(engine: Engine, message: Message) -> None:
             for piece, statement in prepared
         ]
     except PgmlError as error:
-        await refuse(engine, error)
+        refuse(engine, error)
         return
     if upstream.status == b"E" and not any(controls_transaction(p.text) for p in pieces):
         _relay(engine, message)  # PostgreSQL refuses it (25P02) before anything runs
@@ -90,7 +76,7 @@ async def answer_query(engine: Engine, message: Message) -> None:
             try:
                 await ensure_catalog(engine)
             except PgmlError as error:
-                await refuse(engine, error)
+                refuse(engine, error)
                 return
         _relay(engine, message)
         return
@@ -116,10 +102,10 @@ async def ensure_catalog(engine: Engine) -> None:
         await engine.services.ensure_catalog(engine.database)
 
 
-async def refuse(engine: Engine, error: PgmlError) -> None:
+def refuse(engine: Engine, error: PgmlError) -> None:
     """A Query answered with an error of the proxy's, before anything of it ran."""
-    engine.upstream.local(error_response(error))
-    await _fail_transaction(engine)
+    errors.refuse(engine.upstream, error)
+    engine.upstream.sync(EVERYTHING)
 
 
 def _query_text(body: bytes) -> str:
@@ -133,7 +119,7 @@ async def _too_deep(engine: Engine, sql: str) -> None:
     """A statement nested more deeply than the proxy reads: PostgreSQL's own error when
     its parser refuses it too, else the proxy's limit."""
     error = await depth_verdict(engine.upstream, sql)
-    await report_error(engine, error)
+    errors.report(engine.upstream, error)
     engine.upstream.sync(EVERYTHING)
 
 
@@ -159,7 +145,7 @@ async def _one_statement(
         except ConnectionError:
             raise
         except Exception as error:
-            await report_error(engine, error)
+            errors.report(engine.upstream, error)
         upstream.sync(EVERYTHING)
         return
     execution = engine.execution(params=params)
@@ -173,7 +159,7 @@ async def _one_statement(
             raise
         except Exception as error:
             execution.abandon()
-            await report_error(engine, error)
+            errors.report(engine.upstream, error)
             upstream.sync(EVERYTHING)
             return
         live = execution.live
@@ -185,7 +171,7 @@ async def _one_statement(
             except ConnectionError:
                 raise
             except Exception as error:
-                await report_error(engine, error)
+                errors.report(engine.upstream, error)
         elif live is None:
             await _send_final(execution, final)
         elif parsed.declares_cursor:
@@ -205,7 +191,7 @@ async def _one_statement(
             except (ServerError, Skipped):
                 pass
             except Exception as error:
-                await report_error(engine, error)
+                errors.report(engine.upstream, error)
     except BaseException:
         execution.abandon()
         raise
@@ -228,7 +214,7 @@ async def _prepare(engine: Engine, parsed: Parsed) -> None:
     except (ServerError, Skipped):  # PostgreSQL has told the client
         pass
     except Exception as error:
-        await report_error(engine, error)
+        errors.report(engine.upstream, error)
     else:
         engine.prepared.keep(name, sql, parsed.text)
     upstream.sync(EVERYTHING)
@@ -243,7 +229,7 @@ async def _execute(engine: Engine, command: Execute) -> None:
     except ConnectionError:
         raise
     except Exception as error:
-        await report_error(engine, error)
+        errors.report(engine.upstream, error)
         upstream.sync(EVERYTHING)
         return
     if bound is not None:
@@ -272,32 +258,6 @@ async def _send_final(
     return upstream.execute("", 0, rows)
 
 
-async def report_error(engine: Engine, error: Exception) -> None:
-    """The client gets the error; PostgreSQL's transaction fails as the statement's would."""
-    upstream = engine.upstream
-    if isinstance(error, ServerError):
-        upstream.local(error.for_client())
-        return
-    if isinstance(error, Skipped):  # an earlier error of the proxy's own: already told
-        return
-    if not isinstance(error, PgmlError):
-        log.error("internal error running a pgml statement", exc_info=error)
-        error = INTERNAL_ERROR
-    upstream.local(error_response(error))
-    await _fail_transaction(engine, sync=False)
-
-
-async def _fail_transaction(engine: Engine, sync: bool = True) -> None:
-    """Put PostgreSQL's transaction in the state a failed statement leaves (its error is
-    the proxy's to report, PostgreSQL's own is dropped)."""
-    upstream = engine.upstream
-    upstream.fail_batch()
-    if sync:
-        upstream.sync(EVERYTHING)
-    else:
-        upstream.flush()
-
-
 async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Statement | None]) -> None:
     upstream = engine.upstream
     wrap = upstream.status == b"I" and not any(controls_transaction(p.text) for p in pieces)
@@ -319,7 +279,7 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Statemen
                 except ConnectionError:
                     raise
                 except Exception as error:
-                    await report_error(engine, error)
+                    errors.report(engine.upstream, error)
                     raise _Failed from error
                 continue
             if isinstance(statement, Execute) or statement.prepares:
@@ -328,7 +288,7 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Statemen
                     "Query of their own",
                     hint="Send them one statement at a time.",
                 )
-                await report_error(engine, alone)
+                errors.report(engine.upstream, alone)
                 raise _Failed from alone
             execution = engine.execution()
             try:
@@ -337,7 +297,7 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Statemen
             except ConnectionError:
                 raise
             except Exception as error:
-                await report_error(engine, error)
+                errors.report(engine.upstream, error)
                 raise _Failed from error
             done = await _send_final(execution, final)
             await execution.drop_temp_tables()

@@ -107,7 +107,7 @@ class Engine:
                 hint="SET client_encoding to one that pgml-proxy reads, e.g. UTF8.",
             )
             if message.type == Frontend.QUERY:
-                await refuse(self, error)
+                refuse(self, error)
             else:
                 self.extended.fail(error)
             return

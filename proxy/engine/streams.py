@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
-from handlers.errors import PgmlError
-from proxy.engine import values
+from proxy.engine import errors, values
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed
 from proxy.engine.upstream import Reply, ServerError, Skipped, Upstream
@@ -273,7 +272,7 @@ class Cursors:
                 wanted = None if count is None else cursor.delivered + count
                 await cursor.live.wait(wanted)
                 if cursor.live.error is not None:
-                    await _fail(engine, cursor.live.error, extended=False)
+                    _fail(engine, cursor.live.error, extended=False)
                     self._forget(cursor)
                     return
                 new = cursor.live.rows[cursor.delivered : wanted]
@@ -305,7 +304,7 @@ class Cursors:
                 continue
             await cursor.live.wait(None)
             if cursor.live.error is not None:
-                await _fail(self.engine, cursor.live.error, extended=extended)
+                _fail(self.engine, cursor.live.error, extended=extended)
                 return True
             params = list(cursor.params)
             params[cursor.live.param] = values.text_array_literal(
@@ -328,7 +327,7 @@ class Cursors:
                     await request
             except (ServerError, Skipped) as error:
                 log.error("could not hand cursor %s over", cursor.name, exc_info=error)
-                await _fail(self.engine, error, extended=extended)
+                _fail(self.engine, error, extended=extended)
                 return True
         return False
 
@@ -353,17 +352,11 @@ class Cursors:
             cursor.live.stop()
 
 
-async def _fail(engine: Engine, error: Exception, *, extended: bool) -> None:
+def _fail(engine: Engine, error: Exception, *, extended: bool) -> None:
     """The client's message fails with ``error``, as a pgml statement's error fails it."""
-    from proxy.engine.query import INTERNAL_ERROR, report_error
-
+    errors.report(engine.upstream, error, held=extended)
     if not extended:
-        await report_error(engine, error)
         engine.upstream.sync(EVERYTHING)
-        return
-    if not isinstance(error, PgmlError):
-        log.error("internal error running a pgml statement", exc_info=error)
-    engine.extended.fail(error if isinstance(error, PgmlError) else INTERNAL_ERROR)
 
 
 def _count(direction: str | None) -> int | None:
