@@ -9,6 +9,9 @@ call and per caller instead:
   so that no inference thread ever waits on a busy model while other models have work;
 - **a share per caller** (the login role): at most ``threads - 1`` of a caller's calls hold
   the inference threads at once, so some thread is always left for everyone else;
+- **text carried per caller**: where a statement may not write (a read-only transaction, a
+  hot standby) its rows and results pass through the proxy's memory, and all of one
+  caller's statements together carry at most ``max_carried_mb`` (:meth:`Capacity.carrying`);
 - **work that stops**: a generation checks, between tokens, whether everyone waiting for it
   has gone (a cancel, a client that left) or the proxy is shutting down.
 """
@@ -19,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -42,6 +45,7 @@ class Limits:
     max_input_chars: int = 100_000
     max_stream_rows: int = 4096
     inference_threads: int = 4
+    max_carried_mb: int = 256
 
 
 GENERATION_LENGTHS = ("max_new_tokens", "min_new_tokens", "max_length", "min_length")
@@ -58,6 +62,7 @@ class Capacity:
         self._models: WeakKeyDictionary[Any, asyncio.Lock] = WeakKeyDictionary()
         self._shares: dict[str, asyncio.Semaphore] = {}
         self._holders: dict[str, int] = {}
+        self._carried: dict[str, int] = {}
 
     @property
     def share(self) -> int:
@@ -78,6 +83,37 @@ class Capacity:
             self._holders[caller] -= 1
             if not self._holders[caller]:
                 del self._holders[caller], self._shares[caller]
+
+    @contextlib.contextmanager
+    def carrying(self, caller: str) -> Iterator[Callable[[int], None]]:
+        """Held while one of ``caller``'s statements carries rows through the proxy: the
+        function it gives counts each text carried, against what all of the caller's
+        statements carry at once, and refuses (54000) what goes beyond the limit."""
+        limit = self.limits.max_carried_mb << 20
+        held = 0
+
+        def count(size: int) -> None:
+            nonlocal held
+            total = self._carried.get(caller, 0) + size
+            if total > limit:
+                raise over_limit(
+                    f'the rows and results that the statements of role "{caller}" carry '
+                    f"through the proxy exceed {self.limits.max_carried_mb:,} MB",
+                    "--max-carried-mb",
+                    "Read fewer rows at once, or run the statement where temporary tables "
+                    "may be created (not READ ONLY, not on a standby).",
+                )
+            self._carried[caller] = total
+            held += size
+
+        try:
+            yield count
+        finally:
+            left = self._carried.get(caller, 0) - held
+            if left > 0:
+                self._carried[caller] = left
+            else:
+                self._carried.pop(caller, None)
 
     @contextlib.asynccontextmanager
     async def exclusive(self, model: Any) -> AsyncIterator[None]:

@@ -25,6 +25,8 @@ LIMIT_FLAGS = {
     "max-stream-rows": "rows one pgml.transform_stream may send",
     "inference-threads": "threads that run models; one caller (login role) may hold all but "
     "one of them",
+    "max-carried-mb": "megabytes of rows and results that one caller's statements carry "
+    "through the proxy at once where they may not write (read-only, a standby)",
 }
 """The flags of :class:`handlers.capacity.Limits`, one per field."""
 MAX_WORKERS = 256

@@ -6,13 +6,15 @@ not a temporary table: the inner query's rows are read once through a portal, th
 evaluated over them a batch at a time, and the query that takes the scope's place reads
 the rows and their results (each distinct one once) from array parameters.  So nothing is created
 in the database, each row is still produced once, and PostgreSQL still evaluates WHERE,
-ORDER BY, grouping and the rest over them.  The rows pass through the proxy's memory, up
-to :data:`CARRY_LIMIT` bytes of text a statement.
+ORDER BY, grouping and the rest over them.  The rows pass through the proxy's memory:
+all of one caller's statements carry at most ``--max-carried-mb`` of text at once
+(:meth:`handlers.capacity.Capacity.carrying`).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +37,6 @@ from proxy.engine.scopes import ROW_KEY, M, ScopeStep, quote_ident
 
 if TYPE_CHECKING:
     from proxy.engine.executor import Execution
-
-CARRY_LIMIT = 256 * 1024 * 1024
-"""The most text (rows and results) one statement carries through the proxy."""
 
 _WRITES_SQL = (
     "SELECT current_setting('transaction_read_only'), "
@@ -87,19 +86,14 @@ class _Carried:
     results: list[list[str | None]]
     """Per call that returns one value: its distinct results, numbered from 1."""
     known: list[dict[str, Any]]
-    """Per call: by its arguments, its result's number (or a set's rows)."""
-    size: int = 0
+    """Per call: by its arguments, its result's number (or a set's rows); a call whose
+    results vary is evaluated for each row, and known for its batch only."""
+    charge: Callable[[int], None]
+    """Counts text carried against the caller's limit (see ``Capacity.carrying``)."""
 
     def count(self, text: str | None) -> None:
-        self.size += 0 if text is None else len(text)
-        if self.size > CARRY_LIMIT:
-            raise PgmlError(
-                "54000",
-                f"the statement's rows and results exceed {CARRY_LIMIT >> 20} MB, the most "
-                "a statement that may not write carries through the proxy",
-                hint="Read fewer rows, or run the statement where temporary tables may be "
-                "created (not READ ONLY, not on a standby).",
-            )
+        if text is not None:
+            self.charge(len(text))
 
     def add(self, row: list[str | None]) -> None:
         for value in row:
@@ -139,13 +133,16 @@ async def run_carried(execution: Execution, parsed: Parsed, step: ScopeStep) -> 
         f"FROM ({step.inner}) AS s({', '.join(names)})) AS {M}"
     )
     width = len(kept) + sum(_width(row) for row in rows)
-    carried = _Carried([[] for _ in range(1 + width)], [[] for _ in rows], [{} for _ in rows])
-    async for batch in _batches(execution, sql):
-        await _evaluate(execution, rows, batch, len(kept), carried)
-    arrays = [
-        execution.add_param(literal)
-        for literal in await off_loop(_literals, carried.columns + carried.results)
-    ]
+    with execution.services.capacity.carrying(execution.caller) as charge:
+        carried = _Carried(
+            [[] for _ in range(1 + width)], [[] for _ in rows], [{} for _ in rows], charge
+        )
+        async for batch in _batches(execution, sql):
+            await _evaluate(execution, rows, batch, len(kept), carried)
+        arrays = [
+            execution.add_param(literal)
+            for literal in await off_loop(_literals, carried.columns + carried.results)
+        ]
     lookups = [
         f"__pgml_v{i}" if r.overload.set_returning else f"__pgml_v{i}.v" for i, r in enumerate(rows)
     ]
@@ -254,14 +251,14 @@ async def _results(
     """The call's result for each row (a number among its distinct results, or a set's
     rows): NULL without a call where a STRICT call has a NULL argument; once per distinct
     arguments unless its results vary."""
-    known = carried.known[index]
+    known: dict[str, Any] = {} if row.varies else carried.known[index]
     tuples: dict[str, Args] = {}
     keys: list[str | None] = []
     for n, arguments in enumerate(decoded):
         if row.overload.strict and any(a is None for a in arguments):
             keys.append(None)
             continue
-        key = f"{len(known)}:{n}" if row.varies else repr(arguments)
+        key = str(n) if row.varies else repr(arguments)
         keys.append(key)
         if key not in known and key not in tuples:
             tuples[key] = binding.bind(row.call, row.overload, arguments)
@@ -279,11 +276,7 @@ async def _results(
             if text is not None:
                 distinct.append(text)
             known[key] = None if text is None else len(distinct)
-    answer = [None if key is None else known[key] for key in keys]
-    if row.varies:
-        for key in tuples:
-            del known[key]
-    return answer
+    return [None if key is None else known[key] for key in keys]
 
 
 def _source(names: list[str], types: list[str], rows: list[RowCall], arrays: list[str]) -> str:

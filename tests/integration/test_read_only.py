@@ -351,3 +351,27 @@ def test_writes_in_a_read_only_transaction_get_postgresqls_error(
         primary.psql(f"DROP SCHEMA {schema} CASCADE")
     assert answers[0][0] == "25006"
     assert answers[1] == answers[0]
+
+
+def test_what_one_role_carries_is_bounded_and_given_back(primary: PostgresCluster) -> None:
+    """Rows carried through the proxy count against the role's ``--max-carried-mb``: more
+    is 54000 naming the flag; what a statement carried is given back when it ends."""
+    process = ProxyProcess(
+        "--upstream", primary.dsn(), "--max-carried-mb", "1", env={"HF_HUB_OFFLINE": "1"}
+    ).start()
+    sql = (
+        "SELECT id, length(pad) FROM (SELECT id, repeat('x', 4000) AS pad FROM "
+        "generate_series(1, {n}) AS id) AS s WHERE (pgml.embed('{model}', 'a' || id % 2))[1] "
+        "IS NOT NULL"
+    )
+    try:
+        with psycopg.connect(process.dsn()) as conn:
+            conn.read_only = True
+            with pytest.raises(psycopg.errors.ProgramLimitExceeded) as refused:
+                conn.execute(sql.format(n=400, model=MODEL))  # 1.6 MB
+            assert "--max-carried-mb" in (refused.value.diag.message_hint or "")
+            conn.rollback()
+            rows = conn.execute(sql.format(n=200, model=MODEL)).fetchall()  # 0.8 MB
+            assert len(rows) == 200
+    finally:
+        process.stop()

@@ -77,18 +77,41 @@ def _when_active(direct: psycopg.Connection[Any], pid: int, since: float) -> Non
     raise AssertionError("the statement never showed as active")
 
 
-@pytest.mark.parametrize("shape", ["constant", "per-row"])
+def in_where(table: str) -> str:
+    """A call PostgreSQL must see the value of: the scope is materialised (a temporary
+    table), or carried through the proxy where the session may not write."""
+    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
+    return (
+        f"SELECT id FROM {table} "
+        f"WHERE pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[body]) IS NOT NULL"
+    )
+
+
+SHAPES = {
+    "constant": (lambda _: ENDLESS, ""),
+    "per-row": (per_row, ""),
+    "where": (in_where, ""),
+    "where, read only": (in_where, "SET default_transaction_read_only = on"),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("control", ["statement_timeout", "pg_cancel_backend", "cancel"])
 def test_a_control_stops_the_model_with_postgresqls_error(
     proxy: ProxyProcess, cluster: PostgresCluster, rows: str, shape: str, control: str
 ) -> None:
-    sql = ENDLESS if shape == "constant" else per_row(rows)
+    """Whichever way the proxy evaluates the call (once, a row at a time as rows stream,
+    over a temporary table, or over rows carried through the proxy in a read-only
+    session), a control stops it as it stops PostgreSQL's own long statement."""
+    statement_of, setup = SHAPES[shape]
     answers = []
-    for dsn, statement in ((cluster.dsn(), SLEEP), (proxy.dsn(), sql)):
+    for dsn, statement in ((cluster.dsn(), SLEEP), (proxy.dsn(), statement_of(rows))):
         with (
             psycopg.connect(dsn, autocommit=True) as conn,
             psycopg.connect(cluster.dsn(), autocommit=True) as direct,
         ):
+            if setup:
+                conn.execute(setup)
             pid = _backend_pid(conn)
             if control == "statement_timeout":
                 conn.execute("SET statement_timeout = '1s'")

@@ -5,20 +5,39 @@ from __future__ import annotations
 
 import pytest
 
+from handlers.capacity import Capacity, Limits
 from handlers.errors import PgmlError
 from handlers.registry import FUNCTIONS
-from proxy.engine import carried
 from proxy.engine.carried import _Carried, _with_result
 from proxy.engine.rows import RowCall
 
 
-def test_more_text_than_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(carried, "CARRY_LIMIT", 10)
-    rows = _Carried([[], []], [], [])
-    rows.add(["1", "abcd"])
-    rows.add(["2", None])
-    with pytest.raises(PgmlError) as refused:
-        rows.add(["3", "abcdef"])
+def test_one_callers_statements_share_the_limit_and_others_have_their_own() -> None:
+    capacity = Capacity(Limits(max_carried_mb=1))
+    half = 600 * 1024
+    with capacity.carrying("alice") as first:
+        first(half)
+        with capacity.carrying("alice") as second, capacity.carrying("bob") as other:
+            other(half)
+            other(half // 2)
+            with pytest.raises(PgmlError) as refused:
+                second(half)
+            assert refused.value.sqlstate == "54000"
+            assert "--max-carried-mb" in (refused.value.hint or "")
+    with capacity.carrying("alice") as again:  # what ended is given back
+        again(half)
+        again(half // 2)
+
+
+def test_rows_are_kept_until_the_text_is_refused() -> None:
+    capacity = Capacity(Limits(max_carried_mb=1))
+    with capacity.carrying("alice") as charge:
+        charge((1 << 20) - 6)
+        rows = _Carried([[], []], [], [], charge)
+        rows.add(["1", "abcd"])
+        rows.add(["2", None])
+        with pytest.raises(PgmlError) as refused:
+            rows.add(["3", "abcdef"])
     assert refused.value.sqlstate == "54000"
     assert rows.columns == [["1", "2"], ["abcd", None]]
 
