@@ -42,7 +42,9 @@ def proxy(cluster: PostgresCluster, models: Path) -> Iterator[ProxyProcess]:
 @pytest.fixture
 def rows(cluster: PostgresCluster) -> Iterator[str]:
     name = unique("controls")
-    cluster.psql(f"CREATE TABLE {name} (id int, body text); INSERT INTO {name} VALUES (1, 'a')")
+    cluster.psql(
+        f"CREATE TABLE {name} (id int PRIMARY KEY, body text); INSERT INTO {name} VALUES (1, 'a')"
+    )
     yield name
     cluster.psql(f"DROP TABLE IF EXISTS {name}")
 
@@ -87,11 +89,21 @@ def in_where(table: str) -> str:
     )
 
 
+def upsert(table: str) -> str:
+    """A call over the row an INSERT proposes, for the row it conflicts with."""
+    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
+    return (
+        f"INSERT INTO {table} (id, body) VALUES (1, 'b') ON CONFLICT (id) DO UPDATE "
+        f"SET body = pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[excluded.body])::text"
+    )
+
+
 SHAPES = {
     "constant": (lambda _: ENDLESS, ""),
     "per-row": (per_row, ""),
     "where": (in_where, ""),
     "where, read only": (in_where, "SET default_transaction_read_only = on"),
+    "upsert": (upsert, ""),
 }
 
 
@@ -127,6 +139,7 @@ def test_a_control_stops_the_model_with_postgresqls_error(
             # the session goes on, with nothing left of the statement
             assert conn.execute("SELECT 1").fetchall() == [(1,)]
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert direct.execute(f"SELECT * FROM {rows}").fetchall() == [(1, "a")]  # as it was
     assert answers[1] == answers[0]
 
 
