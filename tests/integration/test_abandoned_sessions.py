@@ -200,10 +200,17 @@ def assert_backend_ends(stack: Stack, pid: int) -> None:
 
 
 @RESET
-def test_gone_while_proxy_runs_pgml_statement(stack: Stack, reset: bool) -> None:
-    """A per-row call over all the rows (seconds of the proxy's own work)."""
+@pytest.mark.parametrize("read_only", [False, True], ids=["streamed", "carried"])
+def test_gone_while_proxy_runs_pgml_statement(stack: Stack, reset: bool, read_only: bool) -> None:
+    """A per-row call over all the rows (seconds of the proxy's own work): in the select
+    list, or in WHERE over the rows carried through the proxy in a READ ONLY transaction."""
     client, pid = login(stack.proxy.port)
-    client.send(rc.query(f"SELECT id, pgml.embed('{MODEL}', body) FROM {stack.table}"))
+    sql = f"SELECT id, pgml.embed('{MODEL}', body) FROM {stack.table}"
+    if read_only:
+        client.send(rc.query("BEGIN READ ONLY"))
+        client.read_until_ready(1)
+        sql = f"SELECT id FROM {stack.table} WHERE (pgml.embed('{MODEL}', body))[1] > -100"
+    client.send(rc.query(sql))
     time.sleep(0.5)
     vanish(client, reset)
     assert_backend_ends(stack, pid)
