@@ -17,7 +17,7 @@ from handlers.errors import PgmlError, unsupported
 from handlers.functions import Function
 from handlers.registry import FUNCTIONS
 from handlers.vectors import SQL_FUNCTIONS
-from proxy.engine.sourcetext import CallText, call_text
+from proxy.engine.sourcetext import CallText, call_text, words_after
 
 _NAMES = "|".join(sorted(FUNCTIONS, key=len, reverse=True))
 CALL_PATTERN = re.compile(
@@ -55,6 +55,9 @@ class CallSite:
     """The name PostgreSQL gives a set-returning call's column in FROM."""
     alias_node: exp.TableAlias | None = None
     """A call in FROM: the table alias written after it."""
+    ordinality: bool = False
+    """A call in FROM ``WITH ORDINALITY``: its rows numbered in a last column, whose text
+    :attr:`text` takes in."""
     upsert: bool = False
     """A call in ``ON CONFLICT DO UPDATE`` over the proposed row (``excluded``): the
     statement is read as its equivalent that evaluates it over the INSERT's rows."""
@@ -94,11 +97,12 @@ def find_calls(tree: exp.Expr, tokens: list[Token]) -> list[CallSite]:
             raise PgmlError("42601", f"could not read the arguments of {site.sql_name}")
         if in_from:
             holder = node.parent if isinstance(node.parent, exp.Lateral) else node
-            if holder.args.get("ordinality"):
-                raise unsupported(
-                    f"{site.sql_name} cannot be called WITH ORDINALITY",
-                    hint="Number its rows in the select list: row_number() OVER ().",
-                )
+            if holder.args.get("ordinality"):  # replaced with the call, as its rows' number
+                end = words_after(tokens, text.span[1], ("WITH", "ORDINALITY"))
+                if end is None:
+                    raise PgmlError("42601", f"could not read {site.sql_name} WITH ORDINALITY")
+                site.text = CallText((text.span[0], end), text.arguments)
+                site.ordinality = True
             alias = holder.args.get("alias")
             site.alias_node = alias
             site.alias = alias.name if alias is not None and alias.name else function.name

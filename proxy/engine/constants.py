@@ -170,9 +170,9 @@ def _constant_sql(
         param = execution.add_param(
             values.text_array_literal([values.encode(returns, r) for r in rows])
         )
-        value = f"CAST(unnest(CAST({param} AS text[])) AS {returns})"
         if call.in_from:
-            return derived_table(value, call)
+            return derived_table(f"CAST(u.v AS {returns})", call, param)
+        value = f"CAST(unnest(CAST({param} AS text[])) AS {returns})"
         return f'{value} AS "{call.function.name}"' if in_select_list(call) else value
     value = f"CAST({execution.add_param(values.encode(returns, result))} AS {returns})"
     if call.in_from:

@@ -440,22 +440,35 @@ def named_scalar(value_sql: str, name: str) -> str:
     return f'(SELECT {value_sql} AS "{name}")'
 
 
-def derived_table(value_sql: str, call: CallSite) -> str:
-    """A set-returning call in FROM as a derived table.
+def derived_table(value_sql: str, call: CallSite, elements: str | None = None) -> str:
+    """A call of one column in FROM as a derived table: one row of ``value_sql``, or a
+    row per element of the text array ``elements``, which ``value_sql`` reads as ``u.v``.
 
     Its column takes the name PostgreSQL gives a scalar function's column in FROM: the
     table alias when there is one (a column alias list after it still renames it), else
-    the function's name, which then also names the table.
+    the function's name, which then also names the table.  ``WITH ORDINALITY`` adds the
+    row's number (``bigint``, from 1) as a last column named ``ordinality``.
     """
     name = call.alias or call.function.name
-    table = f'(SELECT {value_sql} AS "{name}")'
+    source, number = "", "CAST(1 AS bigint)"
+    if elements is not None:
+        source = f" FROM unnest(CAST({elements} AS text[])) WITH ORDINALITY AS u(v, n)"
+        number = "u.n"
+    ordinality = f', {number} AS "ordinality"' if call.ordinality else ""
+    table = f'(SELECT {value_sql} AS "{name}"{ordinality}{source})'
     return table if call.alias_node is not None else f'{table} AS "{name}"'
 
 
 def table_rows(call: CallSite, overload: Overload, column_arrays: Sequence[str]) -> str:
-    """A ``TABLE(...)`` function's rows in FROM, one array expression per column."""
-    names = ", ".join(f'"{name}"' for name, _ in overload.columns)
-    table = f"(SELECT * FROM unnest({', '.join(column_arrays)}) AS __pgml_rows({names}))"
+    """A ``TABLE(...)`` function's rows in FROM, one array expression per column (and
+    their number, ``WITH ORDINALITY``)."""
+    names = [f'"{name}"' for name, _ in overload.columns]
+    numbered = ""
+    if call.ordinality:
+        names.append('"ordinality"')
+        numbered = " WITH ORDINALITY"
+    rows = f"unnest({', '.join(column_arrays)}){numbered} AS __pgml_rows({', '.join(names)})"
+    table = f"(SELECT * FROM {rows})"
     if call.alias_node is not None:
         return table
     return f'{table} AS "{call.function.name}"'

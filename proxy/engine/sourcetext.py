@@ -86,6 +86,15 @@ def call_text(tokens: list[Token], start: int) -> CallText:
     raise ValueError("unbalanced parentheses in a pgml call")
 
 
+def words_after(tokens: list[Token], end: int, words: tuple[str, ...]) -> int | None:
+    """Where ``words`` end when they are the tokens that follow position ``end``."""
+    index = bisect_left(tokens, end, key=lambda t: t.start)
+    found = tokens[index : index + len(words)]
+    if [t.text.upper() for t in found] != list(words):
+        return None
+    return found[-1].end + 1
+
+
 def _value_span(tokens: list[Token]) -> Span:
     for index, token in enumerate(tokens[:-1]):
         if token.text == "=>" or (token.text == "=" and tokens[index + 1].text == ">"):

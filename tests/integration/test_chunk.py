@@ -213,6 +213,13 @@ def test_in_the_select_list_a_record_a_chunk_as_postgresql_returns_them(
         "SELECT {f}('character', %s, %s)",
         "SELECT {f}('character', %s, %s) AS c",
         "SELECT v.k, {f}('character', %s, %s) FROM (VALUES (1), (2)) AS v(k) ORDER BY 1",
+        # in FROM, numbered WITH ORDINALITY as PostgreSQL numbers a function's rows
+        "SELECT * FROM {f}('character', %s, %s)",
+        "SELECT * FROM {f}('character', %s, %s) WITH ORDINALITY",
+        "SELECT c.n, c.t FROM {f}('character', %s, %s) WITH ORDINALITY AS c(i, t, n) "
+        "ORDER BY c.n DESC",
+        "SELECT v.k, c.* FROM (VALUES (1), (2)) AS v(k), LATERAL {f}('character', %s, %s) "
+        "WITH ORDINALITY AS c ORDER BY v.k, c.ordinality",
     ]
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as direct:
@@ -224,7 +231,7 @@ def test_in_the_select_list_a_record_a_chunk_as_postgresql_returns_them(
                     answers.append((described, cur.fetchall()))
                 assert answers[1] == answers[0]
                 rows = answers[0][1]
-                assert len(rows) == len(pieces) * (2 if "VALUES" in shape else 1)
+                assert len(rows) == len(pieces) * (2 if "VALUES" in shape else 1), shape
     finally:
         cluster.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 

@@ -200,12 +200,18 @@ def test_a_scalar_call_in_from_is_named_as_postgresql_names_it(
             "SELECT * FROM {s}.embed('{model}', 'hello') AS e(v)",
             "SELECT embed FROM {s}.embed('{model}', 'hello')",
             "SELECT count(*) FROM {s}.embed('{model}', 'hello'), generate_series(1, 3)",
+            "SELECT * FROM {s}.embed('{model}', 'hello') WITH ORDINALITY",
+            "SELECT * FROM {s}.embed('{model}', 'hello') with ordinality AS e(v, n)",
+            "SELECT e.ordinality, g FROM generate_series(1, 2) AS g, "
+            "LATERAL {s}.embed('{model}', 'hello') WITH ORDINALITY AS e ORDER BY g",
         ):
             names, oids, rows = _answer(direct, shape.format(s=standin, model=MODEL))
             got_names, got_oids, got_rows = _answer(proxied, shape.format(s="pgml", model=MODEL))
             assert (got_names, got_oids, len(got_rows)) == (names, oids, len(rows))
             if names == ["count"]:
                 assert got_rows == rows
+            if "ORDINALITY" in shape.upper():  # the number is the row's, 1 for a scalar
+                assert [r[-1] for r in got_rows] == [r[-1] for r in rows]
 
 
 @pytest.mark.parametrize("spelling", NOT_PGML)

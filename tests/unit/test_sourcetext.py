@@ -11,6 +11,7 @@ from proxy.engine.sourcetext import (
     nesting_depth,
     space_parameters,
     without_literals,
+    words_after,
 )
 
 
@@ -35,6 +36,15 @@ def test_call_text_finds_arguments_and_named_values() -> None:
     text = call_text(DIALECT.tokenize(sql), sql.index("pgml"))
     assert sql[text.span[0] : text.span[1]] == "pgml.embed('m', f(a, b), kwargs => '{}')"
     assert [sql[s:e] for s, e in text.arguments] == ["'m'", "f(a, b)", "'{}'"]
+
+
+def test_words_after_a_call_are_found_across_spaces_and_comments() -> None:
+    sql = "SELECT * FROM pgml.chunk('a', 'b') /* n */ with\n ORDINALITY AS c"
+    tokens = DIALECT.tokenize(sql)
+    end = call_text(tokens, sql.index("pgml")).span[1]
+    found = words_after(tokens, end, ("WITH", "ORDINALITY"))
+    assert found is not None and sql[:found].endswith("with\n ORDINALITY")
+    assert words_after(tokens, end, ("AS", "C")) is None
 
 
 def test_nested_edits_render_outermost() -> None:
