@@ -21,10 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.memory import PeakRss, rss_mb  # noqa: E402
-from tests.support.pgserver import PostgresCluster  # noqa: E402
-from tests.support.proxyproc import ProxyProcess  # noqa: E402
-
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+from benchmarks.texts import MODEL, texts_and_proxy  # noqa: E402
 
 
 def timed_rows(dsn: str, sql: str, read: str) -> tuple[int, float]:
@@ -56,16 +53,7 @@ def main() -> None:
         help="a server-side cursor (DECLARE/FETCH), or the statement's result as it streams",
     )
     args = parser.parse_args()
-    cluster = PostgresCluster().start()
-    proxy = ProxyProcess("--upstream", cluster.dsn(), "--log-level", "warning").start()
-    try:
-        cluster.psql(
-            "CREATE TABLE t AS SELECT i AS id, 'review number ' || (i % "
-            f"{args.distinct}) || ' of a streaming test' AS body "
-            f"FROM generate_series(1, {args.rows}) AS i"
-        )
-        with psycopg.connect(proxy.dsn()) as conn:  # load the model before measuring
-            conn.execute("SELECT pgml.embed(%s, 'warm up')", [MODEL]).fetchone()
+    with texts_and_proxy(args.rows, args.distinct, "streaming") as proxy:
         pid = proxy.process.pid  # type: ignore[union-attr]
         before = rss_mb(pid)
         with PeakRss(pid) as peak_rss:
@@ -86,9 +74,6 @@ def main() -> None:
         print(f"pgml.embed:   {pgml_rows / pgml_s:10.0f} rows/s ({pgml_s:.1f} s)")
         print(f"ratio pgml / plain: {plain_s / pgml_s:.3f}")
         print(f"proxy RSS: {before:.0f} MB before, {peak:.0f} MB peak (+{peak - before:.0f} MB)")
-    finally:
-        proxy.stop()
-        cluster.stop()
 
 
 if __name__ == "__main__":

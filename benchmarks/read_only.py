@@ -19,10 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.memory import PeakRss, rss_mb  # noqa: E402
-from tests.support.pgserver import PostgresCluster  # noqa: E402
-from tests.support.proxyproc import ProxyProcess  # noqa: E402
+from benchmarks.texts import MODEL, texts_and_proxy  # noqa: E402
 
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CALL = f"SELECT count(*), max(id) FROM t WHERE (pgml.embed('{MODEL}', body))[1] > -1"
 PLAIN = "SELECT count(*), max(id) FROM t WHERE length(upper(body)) > -1"
 
@@ -44,16 +42,7 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    cluster = PostgresCluster().start()
-    proxy = ProxyProcess("--upstream", cluster.dsn(), "--log-level", "warning").start()
-    try:
-        cluster.psql(
-            "CREATE TABLE t AS SELECT i AS id, 'review number ' || (i % "
-            f"{args.distinct}) || ' of a read-only test' AS body "
-            f"FROM generate_series(1, {args.rows}) AS i"
-        )
-        with psycopg.connect(proxy.dsn()) as conn:  # load the model before measuring
-            conn.execute("SELECT pgml.embed(%s, 'warm up')", [MODEL]).fetchone()
+    with texts_and_proxy(args.rows, args.distinct, "read-only") as proxy:
         pid = proxy.process.pid  # type: ignore[union-attr]
         before = rss_mb(pid)
         times: dict[str, list[float]] = {"plain": [], "materialised": [], "carried": []}
@@ -80,9 +69,6 @@ def main() -> None:
         ratio = statistics.median(times["materialised"]) / statistics.median(times["carried"])
         print(f"ratio carried / materialised (rows/s): {ratio:.3f}")
         print(f"proxy RSS before: {before:.0f} MB")
-    finally:
-        proxy.stop()
-        cluster.stop()
 
 
 if __name__ == "__main__":
