@@ -15,6 +15,7 @@ from psycopg import errors
 
 from handlers.chunking import SPLITTERS, splitter_class
 from tests.integration._pgml import unique
+from tests.integration._stand_in import as_postgresql, stand_in
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
@@ -174,8 +175,10 @@ def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
                 db.execute(correlated)
         with pytest.raises(errors.FeatureNotSupported, match="only in the select list"):
             db.execute(f"SELECT id FROM {table} GROUP BY id, (pgml.chunk('character', body)).chunk")
-        with pytest.raises(errors.FeatureNotSupported, match="WITH ORDINALITY"):
-            db.execute("SELECT * FROM pgml.chunk('character', 'a b') WITH ORDINALITY")
+        numbered = db.execute(
+            "SELECT * FROM pgml.chunk('character', 'one two three', %s) WITH ORDINALITY", [small]
+        ).fetchall()
+        assert numbered == [(*piece, n) for n, piece in enumerate(pieces, start=1)]
         # evaluated on its own, the argument would read the statement's WITH query again
         with pytest.raises(errors.FeatureNotSupported, match='cannot read WITH query "d"'):
             db.execute(
@@ -201,14 +204,9 @@ def test_in_the_select_list_a_record_a_chunk_as_postgresql_returns_them(
     options = {"chunk_size": 6, "chunk_overlap": 0, "separator": " "}
     text = "alpha beta gamma delta"
     pieces = splitter_class("character")(**options).split_text(text)
-    schema = unique("chunk_ref")
     indexes = ", ".join(str(i) for i in range(1, len(pieces) + 1))
     texts = ", ".join("'" + p.replace("'", "''") + "'" for p in pieces)
-    cluster.psql(
-        f"CREATE SCHEMA {schema}; CREATE FUNCTION {schema}.chunk(text, text, jsonb) RETURNS "
-        "TABLE (chunk_index bigint, chunk text) LANGUAGE sql VOLATILE AS $$ SELECT * FROM "
-        f"unnest(ARRAY[{indexes}]::bigint[], ARRAY[{texts}]::text[]) $$"
-    )
+    body = f"SELECT * FROM unnest(ARRAY[{indexes}]::bigint[], ARRAY[{texts}]::text[])"
     shapes = [
         "SELECT {f}('character', %s, %s)",
         "SELECT {f}('character', %s, %s) AS c",
@@ -221,19 +219,19 @@ def test_in_the_select_list_a_record_a_chunk_as_postgresql_returns_them(
         "SELECT v.k, c.* FROM (VALUES (1), (2)) AS v(k), LATERAL {f}('character', %s, %s) "
         "WITH ORDINALITY AS c ORDER BY v.k, c.ordinality",
     ]
-    try:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as direct:
-            for shape in shapes:
-                answers = []
-                for conn, function in ((direct, f"{schema}.chunk"), (db, "pgml.chunk")):
-                    cur = conn.execute(shape.format(f=function), [text, json.dumps(options)])
-                    described = [(d.name, d.type_code) for d in cur.description or []]
-                    answers.append((described, cur.fetchall()))
-                assert answers[1] == answers[0]
-                rows = answers[0][1]
-                assert len(rows) == len(pieces) * (2 if "VALUES" in shape else 1), shape
-    finally:
-        cluster.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    returns = "TABLE (chunk_index bigint, chunk text)"
+    with (
+        stand_in(cluster, "chunk", "text, text, jsonb", returns, body) as function,
+        psycopg.connect(cluster.dsn(), autocommit=True) as direct,
+    ):
+        for shape in shapes:
+
+            def answer(conn: psycopg.Connection[Any], function: str, shape: str = shape) -> Any:
+                cur = conn.execute(shape.format(f=function), [text, json.dumps(options)])
+                return [(d.name, d.type_code) for d in cur.description or []], cur.fetchall()
+
+            _, rows = as_postgresql(answer, (direct, function), (db, "pgml.chunk"))
+            assert len(rows) == len(pieces) * (2 if "VALUES" in shape else 1), shape
 
 
 PER_ROW = [
@@ -261,27 +259,29 @@ def test_over_columns_a_row_a_chunk_as_postgresql_returns_them(
     with a STRICT stand-in of the same name splitting at spaces, as the character
     splitter does for these words (each longer than half the chunk size)."""
     options = json.dumps({"chunk_size": 6, "chunk_overlap": 0, "separator": " "})
-    schema, table = unique("chunk_ref"), unique("chunk_docs")
+    table = unique("chunk_docs")
     cluster.psql(
-        f"CREATE SCHEMA {schema}; CREATE FUNCTION {schema}.chunk(text, text, jsonb) RETURNS "
-        "TABLE (chunk_index bigint, chunk text) LANGUAGE sql STRICT VOLATILE AS $$ "
-        "SELECT n, w FROM string_to_table(nullif($2, ''), ' ') WITH ORDINALITY AS t(w, n) $$; "
         f"CREATE TABLE {table} (id int, cat text, body text); INSERT INTO {table} VALUES "
         "(1, 'a', 'alpha beta gamma delta'), (2, 'b', NULL), (3, 'a', 'one two'), "
         "(4, 'b', ''), (5, 'b', 'epsilon zeta')"
     )
+    returns = "TABLE (chunk_index bigint, chunk text)"
+    body = "SELECT n, w FROM string_to_table(nullif($2, ''), ' ') WITH ORDINALITY AS t(w, n)"
+
+    def answer(conn: psycopg.Connection[Any], function: str) -> Any:
+        cur = psycopg.ClientCursor(conn) if simple else conn.cursor()
+        cur.execute(shape.format(f=function, t=table), [options])
+        return [(d.name, d.type_code) for d in cur.description or []], cur.fetchall()
+
     try:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as direct:
-            answers = []
-            for conn, function in ((direct, f"{schema}.chunk"), (db, "pgml.chunk")):
-                cur = psycopg.ClientCursor(conn) if simple else conn.cursor()
-                cur.execute(shape.format(f=function, t=table), [options])
-                described = [(d.name, d.type_code) for d in cur.description or []]
-                answers.append((described, cur.fetchall()))
-            assert answers[1] == answers[0]
-            assert answers[0][1]
+        with (
+            stand_in(cluster, "chunk", "text, text, jsonb", returns, body, strict=True) as function,
+            psycopg.connect(cluster.dsn(), autocommit=True) as direct,
+        ):
+            _, rows = as_postgresql(answer, (direct, function), (db, "pgml.chunk"))
+            assert rows
     finally:
-        cluster.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE; DROP TABLE IF EXISTS {table}")
+        cluster.psql(f"DROP TABLE IF EXISTS {table}")
 
 
 def test_over_columns_into_a_table_and_refused_where_postgresql_refuses(

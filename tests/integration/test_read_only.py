@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import missing_tool
 from tests.integration._pgml import MODEL, create_docs, start_proxy, unique
+from tests.integration._stand_in import as_postgresql, stand_in
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
@@ -334,23 +335,15 @@ def test_writes_in_a_read_only_transaction_get_postgresqls_error(
 ) -> None:
     """PostgreSQL's SQLSTATE and message, naming the statement's own command, as for a
     VOLATILE stand-in (before any model runs: the model named does not exist)."""
-    stand_in = unique("ro") + ".embed"
-    schema = stand_in.split(".")[0]
-    primary.psql(
-        f"CREATE SCHEMA {schema}; CREATE FUNCTION {stand_in}(text, text) RETURNS real[] "
-        "LANGUAGE sql VOLATILE AS $$ SELECT ARRAY[length($2)::real] $$"
-    )
-    try:
-        answers = [
-            _answer(
-                dsn, shape.format(docs=docs, f=function, model="no-such/model"), "BEGIN READ ONLY"
-            )
-            for dsn, function in ((primary.dsn(), stand_in), (proxy.dsn(), "pgml.embed"))
-        ]
-    finally:
-        primary.psql(f"DROP SCHEMA {schema} CASCADE")
-    assert answers[0][0] == "25006"
-    assert answers[1] == answers[0]
+
+    def answer(dsn: str, function: str) -> Any:
+        sql = shape.format(docs=docs, f=function, model="no-such/model")
+        return _answer(dsn, sql, "BEGIN READ ONLY")
+
+    body = "SELECT ARRAY[length($2)::real]"
+    with stand_in(primary, "embed", "text, text", "real[]", body) as function:
+        sqlstate, _ = as_postgresql(answer, (primary.dsn(), function), (proxy.dsn(), "pgml.embed"))
+    assert sqlstate == "25006"
 
 
 def test_what_one_role_carries_is_bounded_and_given_back(primary: PostgresCluster) -> None:

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.integration._pgml import MODEL, create_docs, start_proxy, unique, warm_up
+from tests.integration._stand_in import as_postgresql
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
 
@@ -50,6 +51,13 @@ def _answer(conn: psycopg.Connection[Any], sql: str) -> tuple[Any, ...]:
     columns = [(d.name, d.type_code) for d in cur.description or []]
     count = len(cur.fetchall()) if cur.description else cur.rowcount
     return cur.statusmessage, columns, count
+
+
+def _sides(
+    cluster: PostgresCluster, proxy: ProxyProcess
+) -> tuple[tuple[str, str], tuple[str, str]]:
+    """PostgreSQL over the stand-in, and the proxy over the pgml function."""
+    return (cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")
 
 
 def _made(conn: psycopg.Connection[Any], table: str) -> list[tuple[Any, ...]]:
@@ -111,17 +119,13 @@ SHAPES = [
 def test_as_postgresql_runs_it(
     proxy: ProxyProcess, cluster: PostgresCluster, docs: str, shape: str
 ) -> None:
-    answers = []
-    for dsn, function, model in (
-        (cluster.dsn(), STAND_IN, f"'{MODEL}'"),
-        (proxy.dsn(), "pgml.embed", f"'{MODEL}'"),
-    ):
+    def answer(dsn: str, function: str) -> Any:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DELETE FROM {docs} WHERE id >= 1000; DROP TABLE IF EXISTS {docs}_made")
-            answer = _answer(conn, shape.format(f=function, m=model, t=docs))
-            made = _made(conn, f"{docs}_made") if "_made" in shape else []
-            answers.append((answer, made))
-    assert answers[1] == answers[0]
+            answer = _answer(conn, shape.format(f=function, m=f"'{MODEL}'", t=docs))
+            return answer, _made(conn, f"{docs}_made") if "_made" in shape else []
+
+    as_postgresql(answer, *_sides(cluster, proxy))
 
 
 REFUSED = [
@@ -140,27 +144,28 @@ def test_refused_as_postgresql_refuses_it(
 ) -> None:
     """What PostgreSQL refuses before it runs a statement is refused with its own
     SQLSTATE, message and position, naming the client's columns (not the proxy's)."""
-    answers = []
-    for dsn, function in ((cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")):
+
+    def answer(dsn: str, function: str) -> Any:
         with psycopg.connect(dsn, autocommit=True) as conn:
             with pytest.raises(psycopg.Error) as refused:
                 conn.execute(shape.format(f=function, m=f"'{MODEL}'", t=docs))
-            diagnostic = refused.value.diag
-            answers.append((refused.value.sqlstate, diagnostic.message_primary))
-    assert answers[1] == answers[0]
+            return refused.value.sqlstate, refused.value.diag.message_primary
+
+    as_postgresql(answer, *_sides(cluster, proxy))
 
 
 def test_with_no_data_creates_the_table_and_runs_no_model(
     proxy: ProxyProcess, cluster: PostgresCluster, docs: str
 ) -> None:
     sql = "CREATE TABLE {t}_made AS SELECT id, {f}('{m}', body) AS e FROM {t} WITH NO DATA"
-    answers = []
-    for dsn, function in ((cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")):
+
+    def answer(dsn: str, function: str) -> Any:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DROP TABLE IF EXISTS {docs}_made")
             answer = _answer(conn, sql.format(f=function, m=MISSING, t=docs))
-            answers.append((answer, _made(conn, f"{docs}_made")))
-    assert answers[1] == answers[0]
+            return answer, _made(conn, f"{docs}_made")
+
+    as_postgresql(answer, *_sides(cluster, proxy))
 
 
 @pytest.mark.parametrize(
@@ -239,18 +244,18 @@ deallocated and prepared again without a call is PostgreSQL's own."""
 def test_sql_prepare_and_execute_as_postgresql_runs_them(
     proxy: ProxyProcess, cluster: PostgresCluster, docs: str
 ) -> None:
-    answers = []
-    for dsn, function in ((cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")):
+    def answer(dsn: str, function: str) -> Any:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DELETE FROM {docs} WHERE id >= 1000")
-            answer = []
+            answer: list[Any] = []
             for sql in PREPARED:
                 statement = sql.format(p="kinds_p", f=function, m=f"'{MODEL}'", t=docs)
                 answer.append((statement.split("(")[0], _answer(conn, statement)))
                 if statement.startswith("SELECT"):
                     answer.append(("values", conn.execute(statement).fetchall()))
-            answers.append(answer)
-    assert answers[1] == answers[0]
+            return answer
+
+    as_postgresql(answer, *_sides(cluster, proxy))
 
 
 def test_an_execute_the_proxy_would_not_run_is_refused(proxy: ProxyProcess, docs: str) -> None:
@@ -322,8 +327,8 @@ def test_locks_the_rows_postgresql_locks(
     """Two workers run the statement in turn, each in its own open transaction: the rows
     each gets, which rows are locked then, and a third worker's NOWAIT are PostgreSQL's
     (the calls' conditions decide which rows are locked, not only the rest of WHERE)."""
-    answers = []
-    for dsn, function in ((cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")):
+
+    def answer(dsn: str, function: str) -> Any:
         sql = shape.format(f=function, m=f"'{MODEL}'", t=docs)
         with (
             psycopg.connect(dsn) as first,
@@ -339,9 +344,10 @@ def test_locks_the_rows_postgresql_locks(
             except psycopg.Error as error:
                 waited = str(error.sqlstate)
             locked = sorted(set(range(1, 61)) - {row[0] for row in free})
-            answers.append((taken, locked, waited))
-    assert answers[1] == answers[0]
-    assert answers[0][1], "the statement locked no row"
+            return taken, locked, waited
+
+    _, locked, _ = as_postgresql(answer, *_sides(cluster, proxy))
+    assert locked, "the statement locked no row"
 
 
 UPSERTS = [
@@ -379,8 +385,8 @@ def test_an_upsert_over_the_proposed_row_as_postgresql_runs_it(
     """``ON CONFLICT DO UPDATE SET e = pgml.embed(m, excluded.body)``: the tag, the rows
     returned and the table afterwards (which rows have a value) are PostgreSQL's for a
     stand-in; through the proxy each value is the model's for the row's body."""
-    answers = []
-    for dsn, function in ((cluster.dsn(), STAND_IN), (proxy.dsn(), "pgml.embed")):
+
+    def answer(dsn: str, function: str) -> Any:
         cluster.psql(
             f"UPDATE {docs} SET e = NULL, body = 'sentence ' || id; "
             f"DELETE FROM {docs} WHERE id >= 1000"
@@ -395,8 +401,9 @@ def test_an_upsert_over_the_proposed_row_as_postgresql_runs_it(
                 f"SELECT id, body, e IS NOT NULL FROM {docs} WHERE e IS NOT NULL OR id >= 1000 "
                 "OR id < 10 ORDER BY id"
             ).fetchall()
-            answers.append((answer, table))
-    assert answers[1] == answers[0]
+            return answer, table
+
+    as_postgresql(answer, *_sides(cluster, proxy))
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         stored = dict(conn.execute(f"SELECT id, e FROM {docs} WHERE e IS NOT NULL").fetchall())
         assert sorted(stored) == sorted(embedded)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.errors import PgmlError
 from proxy.engine.planner import parse_statement
 from proxy.engine.streams import streamable
 
@@ -50,7 +49,9 @@ def test_streamable(sql: str, streams: bool) -> None:
     assert streamable(parsed) is streams
 
 
-def test_a_call_with_ordinality_is_refused() -> None:
-    with pytest.raises(PgmlError, match="WITH ORDINALITY") as raised:
-        parse_statement(f"SELECT * FROM {CALL} WITH ORDINALITY")
-    assert raised.value.sqlstate == "0A000"
+def test_a_call_with_ordinality_is_numbered_by_postgresql_not_streamed() -> None:
+    parsed = parse_statement(f"SELECT * FROM {CALL} WITH ORDINALITY AS s(t, n)")
+    assert parsed is not None
+    [call] = parsed.calls
+    assert call.ordinality and not streamable(parsed)
+    assert parsed.text[slice(*call.text.span)].endswith(") WITH ORDINALITY")
