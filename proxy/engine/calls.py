@@ -58,6 +58,9 @@ class CallSite:
     ordinality: bool = False
     """A call in FROM ``WITH ORDINALITY``: its rows numbered in a last column, whose text
     :attr:`text` takes in."""
+    reads_with: frozenset[str] = frozenset()
+    """A constant call in FROM: the statement's WITH queries its arguments read, carried
+    once for them and the rest of the statement."""
     upsert: bool = False
     """A call in ``ON CONFLICT DO UPDATE`` over the proposed row (``excluded``): the
     statement is read as its equivalent that evaluates it over the INSERT's rows."""
@@ -207,7 +210,7 @@ def _place(call: CallSite) -> None:
         return
     if call.in_from:
         if not any(_reads_outer_columns(arg) for arg in call.args):
-            _check_no_outer_with(call, above)
+            call.reads_with = _outer_with_read(call, above)
             return  # columns of its own subqueries only: evaluated first, as constants
         raise unsupported(
             f"{call.sql_name} in FROM cannot take column arguments",
@@ -252,25 +255,23 @@ def _reads_outer_columns(argument: exp.Expr) -> bool:
     return False
 
 
-def _check_no_outer_with(call: CallSite, above: list[exp.Expr]) -> None:
-    """Refuse a constant call in FROM whose subquery reads a WITH query of the statement
-    around it: evaluated first, on its own, it would read that query a second time."""
+def _outer_with_read(call: CallSite, above: list[exp.Expr]) -> frozenset[str]:
+    """The WITH queries of the statement around a constant call in FROM that its
+    arguments' subqueries read (see :mod:`proxy.engine.withqueries`)."""
     outer = {
         cte.alias.lower()
         for a in above
         if a.args.get("with_") is not None
         for cte in a.args["with_"].expressions
     }
-    for arg in call.args:
-        for table in arg.find_all(exp.Table):
-            name = table.name.lower()
-            if table.db or name not in outer or _defined_inside(table, arg, name):
-                continue
-            raise unsupported(
-                f'{call.sql_name} in FROM cannot read WITH query "{table.name}" of its '
-                "statement in an argument",
-                hint="Read the table in the argument itself, or call it in the select list.",
-            )
+    return frozenset(
+        table.name.lower()
+        for arg in call.args
+        for table in arg.find_all(exp.Table)
+        if not table.db
+        and table.name.lower() in outer
+        and not _defined_inside(table, arg, table.name.lower())
+    )
 
 
 def _defined_inside(table: exp.Table, argument: exp.Expr, name: str) -> bool:

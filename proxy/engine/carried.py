@@ -116,7 +116,7 @@ async def run_carried(execution: Execution, parsed: Parsed, step: ScopeStep) -> 
             "statement that may not write",
             hint="Select its columns one by one.",
         )
-    types = await _type_names(execution, [resolved.columns[i] for i in kept])
+    types = await type_names(execution, [resolved.columns[i] for i in kept])
     anonymous = anonymous_columns(step, resolved)
     fields = ", ".join(f"to_json(s.{n}) AS {n}" if n in anonymous else f"s.{n}" for n in names)
     fetch = (
@@ -163,7 +163,7 @@ def _width(row: RowCall) -> int:
     return 1 + len(row.overload.columns) if row.overload.set_returning else 1
 
 
-async def _type_names(execution: Execution, columns: list[Any]) -> list[str]:
+async def type_names(execution: Execution, columns: list[Any]) -> list[str]:
     """Each column's type as SQL names it (``format_type``), to cast its text back."""
     if not columns:
         return []

@@ -124,7 +124,9 @@ async def _typed_values(execution: Execution, texts: Sequence[str]) -> list[Know
     outer = ", ".join(
         f"pg_typeof(s.__pgml_a{i})::oid, to_json(s.__pgml_a{i})::text" for i in range(len(texts))
     )
-    result = await execution.select(f"SELECT {outer} FROM (SELECT {inner}) AS s")
+    result = await execution.select(
+        f"{execution.with_queries}SELECT {outer} FROM (SELECT {inner}) AS s"
+    )
     row = result.rows[0]
     return [
         Known(int(values.text(row[2 * i])), values.decode("jsonb", row[2 * i + 1]))

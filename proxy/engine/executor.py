@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from sqlglot import exp
 
-from handlers.errors import PgmlError, from_server
+from handlers.errors import PgmlError, from_server, unsupported
 from handlers.functions import Args, CallContext, Overload
 from handlers.holds import HOLD_CLASS
 from handlers.inference import result_type as project_result_type
@@ -56,6 +56,7 @@ from proxy.engine.upstream import (
     Skipped,
     Upstream,
 )
+from proxy.engine.withqueries import carry_with_queries
 from proxy.wire import codec, encoding
 from proxy.wire.replies import ends_session
 
@@ -153,6 +154,9 @@ class Execution:
         self.params_own: list[bytes | None] = []
         self.values: dict[int, Known] = {}
         """Results of constant calls evaluated so far, by call node: arguments of others."""
+        self.with_queries = ""
+        """The WITH clause of the statement's WITH queries that constant calls' arguments
+        read, as their carried rows (see :mod:`proxy.engine.withqueries`)."""
         self.confirmed = set() if confirmed is None else confirmed
         """The session's checks that have passed once (see :meth:`check`)."""
         self.may_stream = False
@@ -440,6 +444,15 @@ class Execution:
             return await off_loop(skeleton, parsed, user_oids, self.label_types or {})
         text = SourceText(parsed.text)
         constants = [c for c in parsed.calls if not c.per_row]
+        read = {name for call in constants for name in call.reads_with}
+        if read:
+            if len(constants) < len(parsed.calls):
+                raise unsupported(
+                    "pgml functions in FROM cannot read the statement's WITH queries in an "
+                    "argument beside calls that read columns",
+                    hint="Read the table in the argument itself, or call it in the select list.",
+                )
+            self.with_queries = await carry_with_queries(self, parsed, text, read)
         for count, call in enumerate(sorted(constants, key=lambda c: -nesting(c))):
             if count % _SLICE == _SLICE - 1:
                 await asyncio.sleep(0)  # many calls: let the other sessions in between

@@ -144,9 +144,9 @@ def test_every_splitter_is_tested() -> None:
 
 def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
     """A call in ``LATERAL``, and one whose text is a subquery of its own (evaluated
-    first, once, as PostgreSQL evaluates an uncorrelated subquery); one that reads the
-    columns of the rows beside it, or a WITH query of its statement, is refused with the
-    reason."""
+    first, once, as PostgreSQL evaluates an uncorrelated subquery) or reads the
+    statement's WITH queries (read once); one that reads the columns of the rows beside
+    it is refused with the reason."""
     table = unique("chunk_docs")
     db.execute(f"CREATE TABLE {table} (id int, body text)")
     db.execute(f"INSERT INTO {table} VALUES (1, 'alpha beta gamma'), (2, 'delta epsilon')")
@@ -179,12 +179,42 @@ def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
             "SELECT * FROM pgml.chunk('character', 'one two three', %s) WITH ORDINALITY", [small]
         ).fetchall()
         assert numbered == [(*piece, n) for n, piece in enumerate(pieces, start=1)]
-        # evaluated on its own, the argument would read the statement's WITH query again
-        with pytest.raises(errors.FeatureNotSupported, match='cannot read WITH query "d"'):
-            db.execute(
-                f"WITH d AS (SELECT body FROM {table} WHERE id = 1) SELECT (SELECT body FROM d), "
-                "c.* FROM pgml.chunk('character', (SELECT body FROM d)) AS c"
-            )
+        # the statement's WITH queries that the arguments read are read once, for them
+        # and for the rest of the statement (PostgresML's examples/chunking.sql)
+        db.execute(f"CREATE TABLE {table}_chunks (d int, s text, i bigint, c text)")
+        inserted = db.execute(
+            f"WITH document AS (SELECT id, body FROM {table} WHERE id = 1), splitter AS "
+            "(SELECT 'character' AS name) INSERT INTO "
+            f"{table}_chunks SELECT (SELECT id FROM document), (SELECT name FROM splitter), "
+            "chunk_index, chunk FROM pgml.chunk((SELECT name FROM splitter), "
+            "(SELECT body FROM document), %s)",
+            [small],
+        )
+        assert inserted.statusmessage == "INSERT 0 3"
+        assert db.execute(f"SELECT * FROM {table}_chunks ORDER BY i").fetchall() == [
+            (1, "character", n, piece) for n, piece in enumerate(split("alpha beta gamma"), 1)
+        ]
+        [(same, chunk)] = db.execute(
+            "WITH d AS (SELECT random()::text AS r) SELECT (SELECT r FROM d) = c.chunk, c.chunk "
+            "FROM pgml.chunk('character', (SELECT r FROM d)) AS c"
+        ).fetchall()
+        assert same, chunk  # one random() for the argument and the rest: read once
+        for sql, refusal in (
+            (
+                f"WITH d AS (INSERT INTO {table} VALUES (9, 'x') RETURNING body) "
+                "SELECT * FROM pgml.chunk('character', (SELECT body FROM d))",
+                'WITH query "d", which changes rows',
+            ),
+            (
+                f"WITH d AS (SELECT body FROM {table}) SELECT * FROM pgml.chunk('character', "
+                f"(SELECT body FROM d LIMIT 1)) AS c, (SELECT pgml.chunk('character', body) "
+                f"FROM {table}) AS p",
+                "beside calls that read columns",
+            ),
+        ):
+            with pytest.raises(errors.FeatureNotSupported, match=refusal):
+                db.execute(sql)
+        assert db.execute(f"SELECT count(*) FROM {table} WHERE id = 9").fetchone() == (0,)
         found = db.execute(
             "SELECT * FROM pgml.chunk('character', (WITH d AS (SELECT body FROM "
             f"{table} WHERE id = 1) SELECT body FROM d), %s)",
@@ -192,7 +222,7 @@ def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
         ).fetchall()
         assert found == list(enumerate(split("alpha beta gamma"), start=1))
     finally:
-        db.execute(f"DROP TABLE {table}")
+        db.execute(f"DROP TABLE IF EXISTS {table}, {table}_chunks")
 
 
 def test_in_the_select_list_a_record_a_chunk_as_postgresql_returns_them(
@@ -218,6 +248,9 @@ def test_in_the_select_list_a_record_a_chunk_as_postgresql_returns_them(
         "ORDER BY c.n DESC",
         "SELECT v.k, c.* FROM (VALUES (1), (2)) AS v(k), LATERAL {f}('character', %s, %s) "
         "WITH ORDINALITY AS c ORDER BY v.k, c.ordinality",
+        # an argument over the statement's WITH query, which the rest reads too
+        "WITH d AS (SELECT %s::text AS body) SELECT (SELECT length(body) FROM d), c.* "
+        "FROM {f}('character', (SELECT body FROM d), %s) AS c",
     ]
     returns = "TABLE (chunk_index bigint, chunk text)"
     with (

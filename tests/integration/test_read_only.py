@@ -48,11 +48,13 @@ READS = [
     "WHERE id % 7 = 0) AS s JOIN {docs} d USING (id) ORDER BY id",
     'SELECT id, (pgml.chunk(\'character\', body, \'{{"chunk_size": 20, "chunk_overlap": 0, '
     '"separator": " "}}\')).* FROM {docs} WHERE id < 4',
+    "WITH d AS (SELECT body FROM {docs} WHERE id = 2) SELECT (SELECT length(body) FROM d), "
+    "c.* FROM pgml.chunk('character', (SELECT body FROM d)) AS c",
 ]
 """Reads of every shape: per-row in the select list (streamed), a constant call, and calls
 PostgreSQL must see (WHERE, an aggregate, grouping, ordering, DISTINCT, a subquery, a call
 returning a set over columns), whose rows and results the proxy carries where it may not
-create temporary tables."""
+create temporary tables; a constant call over the statement's WITH query."""
 
 DEFAULT = "default_transaction_read_only"
 """Read only by the session's default (set at connection, as for a role or database)."""
