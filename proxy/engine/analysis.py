@@ -56,7 +56,13 @@ async def _describe_shape(
 ) -> Result:
     """The skeleton's description (sent with what is buffered before it)."""
     shape = await planner.by_size(len(parsed.text), skeleton, parsed, parameter_oids, labels, typed)
-    upstream.parse(_DESCRIBE_NAME, shape, parameter_oids)
+    return await describe_text(upstream, shape, parameter_oids)
+
+
+async def describe_text(upstream: Upstream, sql: str, parameter_oids: list[int]) -> Result:
+    """PostgreSQL's description of ``sql`` as it stands (sent with what is buffered
+    before it); its error is the statement's."""
+    upstream.parse(_DESCRIBE_NAME, sql, parameter_oids)
     described = upstream.describe(b"S", _DESCRIBE_NAME)
     upstream.close(b"S", _DESCRIBE_NAME)
     upstream.flush()

@@ -25,6 +25,7 @@ from proxy.engine.inline import send as send_inline
 from proxy.engine.labels import label_types
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict
+from proxy.engine.prepared import Execute
 from proxy.engine.query import ensure_catalog
 from proxy.engine.streams import send_rows, streamable
 from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
@@ -50,7 +51,7 @@ IN_FAILED_TRANSACTION = PgmlError(
 @dataclass(eq=False)
 class PgmlStatement:
     name: str
-    parsed: Parsed | extension.ExtensionCommand
+    parsed: Parsed | extension.ExtensionCommand | Execute
     parameter_oids: list[int]
     row_description: bytes | None
     label_types: dict[str, str]
@@ -164,7 +165,14 @@ class ExtendedState:
                 self.statements[parse.name] = PgmlStatement(parse.name, command, [], None, {})
                 upstream.local(codec.PARSE_COMPLETE, held=True)
                 return
-            self.engine.prepared.refuse_extended(parse.sql)
+            execute = self.engine.prepared.recognise(parse.sql)
+            if execute is not None:  # of a kept statement: described as PostgreSQL runs it
+                result = await analysis.describe_text(upstream, parse.sql, parse.param_oids)
+                self.statements[parse.name] = PgmlStatement(
+                    parse.name, execute, result.parameter_oids, result.row_description, {}
+                )
+                upstream.local(codec.PARSE_COMPLETE, held=True)
+                return
             if mentions_sql_function(parse.sql):
                 await ensure_catalog(self.engine)
             self._relay(message)
@@ -243,11 +251,17 @@ class ExtendedState:
         if isinstance(parsed, extension.ExtensionCommand):
             await extension.run(self.engine, parsed, helper=HELPER_NAME, held=True)
             return
+        params = portal.params
+        labels: dict[str, str] | None = portal.statement.label_types
+        if isinstance(parsed, Execute):  # a kept statement, with its arguments evaluated
+            binding = self.engine.execution(params=params, helper=HELPER_NAME)
+            kept = await self.engine.prepared.bind(binding, parsed)
+            if kept is None:  # PostgreSQL's own statement of that name now
+                self._as_written(portal, parsed.text, execute.max_rows)
+                return
+            (parsed, params), labels = kept, None
         execution = self.engine.execution(
-            params=portal.params,
-            label_types=portal.statement.label_types,
-            helper=HELPER_NAME,
-            drop_at_commit=True,
+            params=params, label_types=labels, helper=HELPER_NAME, drop_at_commit=True
         )
         execution.may_stream = streamable(parsed) and (
             parsed.declares_cursor or execute.max_rows == 0
@@ -256,19 +270,21 @@ class ExtendedState:
         formats = result_formats(portal.result_formats, width)
         execution.may_inline = execute.max_rows == 0 and formats is not None
         try:
-            await self._start(execution, portal, execute)
+            await self._start(execution, portal, execute, parsed)
         except BaseException:
             execution.abandon()
             raise
 
     async def _start(
-        self, execution: Execution, portal: PgmlPortal, execute: codec.ExecuteMessage
+        self,
+        execution: Execution,
+        portal: PgmlPortal,
+        execute: codec.ExecuteMessage,
+        parsed: Parsed,
     ) -> None:
         """A portal's first Execute: its calls evaluated, and the statement in its place
         started in an upstream portal of its own."""
         upstream = self.engine.upstream
-        parsed = portal.statement.parsed
-        assert not isinstance(parsed, extension.ExtensionCommand)
         final = await execution.evaluate(parsed)
         execution.check_cancel()
         if execution.inline is not None:
@@ -277,28 +293,15 @@ class ExtendedState:
             portal.finished = True
             await send_inline(execution, execution.inline, formats, describe=False)
             return
-        name = FINAL_NAME
-        portal.upstream = own(f"portal_{next(_UPSTREAM_NAMES)}")
         statement = await planner.by_size(
-            len(final), codec.parse, name, final, execution.param_oids()
+            len(final), codec.parse, FINAL_NAME, final, execution.param_oids()
         )
-        upstream.opened(name)
-        upstream.request(statement, Frontend.PARSE, ERRORS)
-        upstream.request(
-            codec.bind(
-                portal.upstream,
-                name,
-                execution.param_values(),
-                execution.param_formats(),
-                portal.result_formats,
-            ),
-            Frontend.BIND,
-            ERRORS,
+        opened = self._open(
+            portal, statement, BoundParams(execution.param_values(), execution.param_formats())
         )
-        upstream.close(b"S", name)
         live = execution.live
         if live is None or parsed.declares_cursor:
-            executed = upstream.execute(portal.upstream, execute.max_rows, _FINAL_ROWS)
+            executed = upstream.execute(opened, execute.max_rows, _FINAL_ROWS)
             upstream.flush()
             if live is None:
                 return
@@ -309,10 +312,31 @@ class ExtendedState:
                 return
             self.engine.cursors.declared(execution, final, live)
             return
-        executed = upstream.execute(portal.upstream, 0, ERRORS)
+        executed = upstream.execute(opened, 0, ERRORS)
         upstream.flush()
         with contextlib.suppress(ServerError, Skipped):  # PostgreSQL has told the client
             await send_rows(upstream, live, executed, tag="SELECT")
+
+    def _open(self, portal: PgmlPortal, statement: bytes, params: BoundParams) -> str:
+        """The statement in the portal's place (a Parse message), bound in an upstream
+        portal of its own, whose name is returned; row limits are then PostgreSQL's."""
+        upstream = self.engine.upstream
+        portal.upstream = own(f"portal_{next(_UPSTREAM_NAMES)}")
+        upstream.opened(FINAL_NAME)
+        upstream.request(statement, Frontend.PARSE, ERRORS)
+        bind = codec.bind(
+            portal.upstream, FINAL_NAME, params.values, params.formats, portal.result_formats
+        )
+        upstream.request(bind, Frontend.BIND, ERRORS)
+        upstream.close(b"S", FINAL_NAME)
+        return portal.upstream
+
+    def _as_written(self, portal: PgmlPortal, text: str, max_rows: int) -> None:
+        """A statement PostgreSQL runs as the client wrote it, with the portal's values."""
+        params = portal.params
+        opened = self._open(portal, codec.parse(FINAL_NAME, text, params.oids), params)
+        self.engine.upstream.execute(opened, max_rows, _FINAL_ROWS)
+        self.engine.upstream.flush()
 
     def _close(self, target: codec.Target) -> None:
         upstream = self.engine.upstream

@@ -6,9 +6,10 @@ in ``pg_prepared_statements``, and ``DEALLOCATE`` and ``DISCARD`` drop it as any
 The proxy keeps the statement itself.  ``EXECUTE`` runs it through the engine with its
 arguments as the statement's parameters, once PostgreSQL shows that it still holds the
 skeleton the proxy prepared; else the name was deallocated (and perhaps prepared again),
-and the ``EXECUTE`` is PostgreSQL's.  An ``EXECUTE`` of a kept name that the proxy would
-not run (inside another statement, through the extended protocol) is refused, so the
-skeleton never runs.
+and the ``EXECUTE`` is PostgreSQL's.  Through the extended protocol (as asyncpg sends
+every statement) an ``EXECUTE`` is described by PostgreSQL and run the same way.  An
+``EXECUTE`` of a kept name inside another statement is refused, so the skeleton never
+runs.
 """
 
 from __future__ import annotations
@@ -128,16 +129,6 @@ class PreparedStatements:
                 "the calls in the SELECT.",
             )
         return self._execute(text, head.end())
-
-    def refuse_extended(self, text: str) -> None:
-        """An extended-protocol Parse of an ``EXECUTE`` of a kept statement: refused."""
-        if self.recognise(text) is not None:
-            raise unsupported(
-                "EXECUTE of a prepared statement that calls pgml functions is run in a simple "
-                "Query",
-                hint="Prepare it through the extended protocol instead (a named Parse), or "
-                "send the EXECUTE as a simple Query.",
-            )
 
     def _execute(self, text: str, start: int) -> Execute | None:
         try:

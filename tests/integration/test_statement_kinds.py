@@ -259,8 +259,8 @@ def test_sql_prepare_and_execute_as_postgresql_runs_them(
 
 
 def test_an_execute_the_proxy_would_not_run_is_refused(proxy: ProxyProcess, docs: str) -> None:
-    """Inside another statement or bound through the extended protocol, PostgreSQL would
-    run the statement's skeleton (its calls as NULLs): refused, and nothing is written."""
+    """Inside another statement PostgreSQL would run the statement's skeleton (its calls
+    as NULLs): refused, and nothing is written."""
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute(
             f"PREPARE kinds_q(int) AS SELECT id, pgml.embed('{MODEL}', body) AS e "
@@ -274,8 +274,6 @@ def test_an_execute_the_proxy_would_not_run_is_refused(proxy: ProxyProcess, docs
             with pytest.raises(psycopg.errors.FeatureNotSupported):
                 conn.execute(sql)
         with pytest.raises(psycopg.errors.FeatureNotSupported, match="simple Query"):
-            conn.execute("EXECUTE kinds_q(%s)", [3])
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="simple Query"):
             conn.execute(f"PREPARE kinds_x AS SELECT pgml.embed('{MODEL}', 'a')", prepare=True)
         for explain in ("EXPLAIN EXECUTE kinds_q(3)", "EXPLAIN (ANALYZE false) EXECUTE kinds_q(3)"):
             plan = conn.execute(explain).fetchall()
@@ -285,6 +283,50 @@ def test_an_execute_the_proxy_would_not_run_is_refused(proxy: ProxyProcess, docs
         # the words inside a string or a comment are not a statement
         found = conn.execute("SELECT 'EXECUTE kinds_q(3)' /* EXECUTE kinds_q(3) */").fetchall()
         assert found == [("EXECUTE kinds_q(3)",)]
+
+
+def test_an_execute_through_the_extended_protocol_as_postgresql_runs_it(
+    proxy: ProxyProcess, cluster: PostgresCluster, docs: str
+) -> None:
+    """``EXECUTE name(...)`` through the extended protocol, as a driver prepares it or asks
+    for binary rows: described and run as PostgreSQL runs it (tags, columns, rows,
+    errors, the driver's parameters among them); through the proxy each value is the
+    model's for its row."""
+
+    def answer(dsn: str, function: str) -> Any:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                f"PREPARE kinds_e(int, text) AS SELECT id, {function}('{MODEL}', body || $2) "
+                f"AS e FROM {docs} WHERE id < $1 ORDER BY id"
+            )
+            found = []
+            for sql, params, options in (
+                ("EXECUTE kinds_e(4, '!')", None, {"prepare": True}),
+                ("EXECUTE kinds_e(4, '!')", None, {"prepare": True}),
+                ("EXECUTE kinds_e(2 + 1, '?')", None, {"binary": True}),
+                ("EXECUTE kinds_e(1)", None, {"binary": True}),  # 42601: parameters' count
+                ("EXECUTE kinds_e(%s, %s)", [1, "."], {}),  # 42P18: PostgreSQL's, as it is
+            ):
+                try:
+                    cur = conn.execute(sql, params, **options)  # type: ignore[call-overload]
+                except psycopg.Error as error:
+                    found.append((sql, error.sqlstate))
+                    continue
+                described = [(d.name, d.type_code) for d in cur.description or []]
+                rows = cur.fetchall()
+                found.append((cur.statusmessage, described, [row[0] for row in rows]))
+                if function == "pgml.embed":
+                    first, value = rows[0]
+                    [(body,)] = conn.execute(f"SELECT body FROM {docs} WHERE id = %s", [first])
+                    suffix = sql.split("'")[1]
+                    [(alone,)] = conn.execute(f"SELECT pgml.embed('{MODEL}', %s)", [body + suffix])
+                    assert max(abs(a - b) for a, b in zip(value, alone, strict=True)) < 1e-5
+            conn.execute("DEALLOCATE kinds_e")
+            return found
+
+    found = as_postgresql(answer, *_sides(cluster, proxy))
+    assert [len(f[2]) for f in found[:3]] == [3, 3, 2], found
+    assert [f[1] for f in found[3:]] == ["42601", "42P18"], found
 
 
 def test_a_prepared_call_takes_the_overload_of_its_declared_types(proxy: ProxyProcess) -> None:
