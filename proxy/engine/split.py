@@ -498,12 +498,7 @@ def _with_outer_ctes(sql: SqlText, scope: exp.Select, inner: str) -> str:
     if above is None:
         return inner
     ctes = {cte.alias.lower(): cte for cte in above.args["with_"].expressions}
-    needed: set[str] = set()
-    pending = [_read_names(scope, ctes)]
-    while pending:
-        for name in pending.pop() - needed:
-            needed.add(name)
-            pending.append(_read_names(ctes[name].this, ctes))
+    needed = with_closure(_read_names(scope, ctes), ctes)
     if not needed:
         return inner
     for name in sorted(needed):
@@ -553,13 +548,23 @@ def _with_start(sql: SqlText, holder: exp.Select | exp.Insert) -> int:
 
 def _cte_text(sql: SqlText, cte: exp.CTE) -> str:
     """One WITH query as written: from its name to the comma or statement after it."""
-    found = sql.meta_range(cte.args["alias"])
-    assert found is not None
-    return sql.source(found[0], sql.list_item_end(found[0]))
+    return sql.source(*sql.with_query(cte))
 
 
 def _read_names(root: exp.Expr, ctes: dict[str, exp.CTE]) -> set[str]:
     return {t.name.lower() for t in root.find_all(exp.Table) if not t.db and t.name.lower() in ctes}
+
+
+def with_closure(names: set[str], ctes: dict[str, exp.CTE]) -> set[str]:
+    """``names`` (of ``ctes``, by lower-case name) and every WITH query they read, through
+    each other."""
+    needed: set[str] = set()
+    pending = [names]
+    while pending:
+        for name in pending.pop() - needed:
+            needed.add(name)
+            pending.append(_read_names(ctes[name].this, ctes))
+    return needed
 
 
 def _inside(table: exp.Table, scope: exp.Expr, needed: set[str], ctes: dict[str, exp.CTE]) -> bool:

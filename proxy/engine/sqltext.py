@@ -297,6 +297,13 @@ class SqlText:
             i += 1
         return i - 1
 
+    def with_query(self, cte: exp.CTE) -> tuple[int, int]:
+        """The first and last token of one WITH query as written: from its name to the
+        comma or statement after it."""
+        found = self.meta_range(cte.args["alias"])
+        assert found is not None
+        return found[0], self.list_item_end(found[0])
+
     def list_item_end(self, first: int) -> int:
         """The last token of a list item (a WITH query) that starts at ``first``: before
         a comma or the first token of a statement outside parentheses, or the end."""

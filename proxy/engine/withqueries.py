@@ -23,6 +23,7 @@ from proxy.engine import values
 from proxy.engine.carried import type_names
 from proxy.engine.planner import Parsed
 from proxy.engine.sourcetext import SourceText
+from proxy.engine.split import with_closure
 from proxy.engine.upstream import Result
 
 if TYPE_CHECKING:
@@ -36,8 +37,8 @@ async def carry_with_queries(
     replace each in ``text`` by its rows; return the WITH clause that defines them so,
     for the proxy's own statements over the calls' arguments."""
     ctes = _statement_ctes(parsed, names)
-    needed = _closure(ctes, names)
-    start = _cte_tokens(parsed, ctes[0])[0]
+    needed = with_closure(names, {c.alias.lower(): c for c in ctes})
+    start = parsed.sql.with_query(ctes[0])[0]
     head = "WITH RECURSIVE" if parsed.sql.word(start - 1) == "RECURSIVE" else "WITH"
     carried: list[str] = []
     with execution.services.capacity.carrying(execution.caller) as charge:
@@ -57,7 +58,7 @@ async def carry_with_queries(
                     "pgml functions itself, in an argument",
                     hint="Call the function in the select list of that WITH query's reader.",
                 )
-            first, last = _cte_tokens(parsed, cte)
+            first, last = parsed.sql.with_query(cte)
             spelled = parsed.sql.source(first, first)  # its name as written
             written = parsed.sql.source(first, last)
             result = await execution.select(
@@ -82,31 +83,6 @@ def _statement_ctes(parsed: Parsed, names: set[str]) -> list[exp.CTE]:
             "in the argument itself.",
         )
     return ctes
-
-
-def _closure(ctes: list[exp.CTE], names: set[str]) -> set[str]:
-    """``names`` and every WITH query they read, through each other."""
-    by_name = {c.alias.lower(): c for c in ctes}
-    needed: set[str] = set()
-    pending = list(names)
-    while pending:
-        name = pending.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        pending.extend(
-            t.name.lower()
-            for t in by_name[name].this.find_all(exp.Table)
-            if not t.db and t.name.lower() in by_name
-        )
-    return needed
-
-
-def _cte_tokens(parsed: Parsed, cte: exp.CTE) -> tuple[int, int]:
-    """The first and last token of one WITH query as written, from its name."""
-    found = parsed.sql.meta_range(cte.args["alias"])
-    assert found is not None
-    return found[0], parsed.sql.list_item_end(found[0])
 
 
 async def _rows(

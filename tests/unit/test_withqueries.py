@@ -7,7 +7,8 @@ import pytest
 
 from handlers.errors import PgmlError
 from proxy.engine.planner import parse_statement
-from proxy.engine.withqueries import _closure, _statement_ctes
+from proxy.engine.split import with_closure
+from proxy.engine.withqueries import _statement_ctes
 
 SQL = (
     "WITH a AS (SELECT 1 AS x), b AS (SELECT x FROM a), c AS (SELECT 2 AS y), "
@@ -22,7 +23,11 @@ def test_the_arguments_read_their_with_queries_and_those_these_read() -> None:
     [call] = parsed.calls
     assert call.reads_with == {"d"}
     ctes = _statement_ctes(parsed, set(call.reads_with))
-    assert _closure(ctes, set(call.reads_with)) == {"a", "b", "d"}  # not c
+    assert with_closure(set(call.reads_with), {c.alias.lower(): c for c in ctes}) == {
+        "a",
+        "b",
+        "d",
+    }  # not c
 
 
 def test_a_with_query_of_a_subquery_is_not_the_statements() -> None:
