@@ -22,6 +22,7 @@ from handlers.functions import RECORD_OID
 from proxy.engine import values
 from proxy.engine.carried import type_names
 from proxy.engine.planner import Parsed
+from proxy.engine.scopes import quote_ident
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.split import with_closure
 from proxy.engine.upstream import Result
@@ -107,13 +108,9 @@ async def _rows(
     arrays = [execution.add_param(values.text_array_literal(column)) for column in texts]
     kinds = await type_names(execution, columns)
     fields = ", ".join(
-        f"CAST(u.c{i} AS {kind}) AS {_quoted(column.name)}"
+        f"CAST(u.c{i} AS {kind}) AS {quote_ident(column.name)}"
         for i, (column, kind) in enumerate(zip(columns, kinds, strict=True))
     )
     given = ", ".join(f"CAST({a} AS text[])" for a in arrays)
     labels = ", ".join(f"c{i}" for i in range(len(columns)))
     return f"SELECT {fields} FROM unnest({given}) AS u({labels})"
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
