@@ -120,6 +120,7 @@ class ReplyQueue:
     __slots__ = (
         "_answered_syncs",
         "_entries",
+        "_held",
         "_ignoring",
         "_own_failure",
         "_parameter",
@@ -168,6 +169,9 @@ class ReplyQueue:
         """The session's client_encoding, as the server last reported it."""
         self._parameter: bytearray | None = None
         """The start of a ParameterStatus forwarded as it came."""
+        self._held: list[Expected] = []
+        """The entries still ``held``, so that a sync point releases them without walking
+        every entry owed (a client may pipeline many thousands)."""
 
     # --- what has been sent ------------------------------------------------------------
 
@@ -175,8 +179,7 @@ class ReplyQueue:
         """Record a request just written upstream (in the order written)."""
         if entry.request in _SYNC_POINTS:
             self.pushed_syncs += 1
-            for earlier in self._entries:
-                earlier.held = False
+            self._unhold()
         if self._ignoring:
             if entry.request != Frontend.SYNC:
                 if entry.sink is not None:
@@ -205,18 +208,25 @@ class ReplyQueue:
             if sink is not None:
                 sink.complete(None)
             return data
-        self._entries.append(Expected(LOCAL, sink=sink, local=data, held=held))
+        entry = Expected(LOCAL, sink=sink, local=data, held=held)
+        self._entries.append(entry)
+        if held:
+            self._held.append(entry)
         self._routed += 1
         return b""
 
     def release(self) -> bytes:
         """A Sync or Flush has gone to the server: held answers before it are due; what
         may be written now."""
-        for entry in self._entries:
-            entry.held = False
+        self._unhold()
         out: list[bytes] = []
         self._drain_local(out)
         return b"".join(out)
+
+    def _unhold(self) -> None:
+        for entry in self._held:
+            entry.held = False
+        self._held.clear()
 
     @property
     def busy(self) -> bool:
