@@ -49,6 +49,11 @@ statement still running, as it would without the proxy."""
 HELD_HIGH_WATER = 256 * 1024
 """Bytes of client input held behind a pgml statement before the client is paused.  Below
 it the client is read on, so that a client that leaves is noticed at once."""
+LINGER = 2.0
+"""The most seconds a closed session's socket stays open for the client's input after
+the proxy's last byte: what the client sends meanwhile is read and dropped, for a close
+with input unread would reset the connection, and a reset can cost the client the
+message that told it why (its socket reports an error before it reads the message)."""
 
 _WATCHED = frozenset({Frontend.QUERY, Frontend.PARSE, Frontend.TERMINATE})
 _TRACKED = _WATCHED | {
@@ -67,7 +72,13 @@ class Phase(enum.Enum):
     CONNECTING = "connecting"
     AUTHENTICATING = "authenticating"
     RELAYING = "relaying"
+    LINGERING = "lingering"
+    """The proxy has said its last: its output is shut, the client's input is dropped."""
     CLOSED = "closed"
+
+
+_OVER = (Phase.LINGERING, Phase.CLOSED)
+"""The phases after the proxy's last byte to the client."""
 
 
 class ClientSession(asyncio.Protocol):
@@ -397,7 +408,7 @@ class ClientSession(asyncio.Protocol):
                 )
             )
             return
-        if self.phase is Phase.CLOSED:
+        if self.phase in _OVER:
             transport.close()
             return
         self._upstream = transport
@@ -449,7 +460,7 @@ class ClientSession(asyncio.Protocol):
 
     def server_data(self, data: bytes) -> None:
         client = self._client
-        if client is None or self.phase is Phase.CLOSED:
+        if client is None or self.phase in _OVER:
             return
         if self._negotiation is not None and not self._negotiation.done():
             self._negotiation.set_result(data[:1])
@@ -529,7 +540,7 @@ class ClientSession(asyncio.Protocol):
             self._negotiation.set_exception(ConnectionResetError("the server closed"))
         if self._work is not None:
             self._work.cancel()
-        if self._client is None or self.phase is Phase.CLOSED:
+        if self._client is None or self.phase in _OVER:
             return
         replies = self.replies
         sent_fatal = replies.last_type == Backend.ERROR and replies.at_boundary
@@ -575,8 +586,13 @@ class ClientSession(asyncio.Protocol):
             self._upstream.write(data)
 
     def _write_client(self, data: bytes) -> None:
-        if self._client is not None and not self._client.is_closing():
+        if self._client_writable():
+            assert self._client is not None
             self._client.write(data)
+
+    def _client_writable(self) -> bool:
+        client = self._client
+        return client is not None and not client.is_closing() and self.phase is not Phase.LINGERING
 
     # --- state ---------------------------------------------------------------------
 
@@ -589,19 +605,37 @@ class ClientSession(asyncio.Protocol):
         """End the session from the proxy's side (shutdown)."""
         if self._client is None or self.phase is Phase.CLOSED:
             return
+        if self.phase is Phase.LINGERING:
+            self._client.close()
+            return
         if self.replies.at_boundary:
             self._client.write(error.encode())
         self._close_both()
 
     def _fail(self, error: PgError) -> None:
-        if self._client is not None and not self._client.is_closing():
+        if self._client_writable():
+            assert self._client is not None
             self._client.write(error.encode())
         self._close_client()
 
     def _close_client(self) -> None:
+        """Shut the client's side after what was written to it, as a lingering close:
+        the end of output goes out at once, the socket closes at the client's end of
+        input or after :data:`LINGER` seconds."""
         self._closing = True
-        if self._client is not None:
-            self._client.close()
+        client = self._client
+        if client is None or client.is_closing() or self.phase is Phase.LINGERING:
+            return
+        if self.phase is Phase.CLOSED or not client.can_write_eof():
+            client.close()
+            return
+        self.phase = Phase.LINGERING
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(LINGER, client.close)
+        client.write_eof()
+        self._paused.clear()
+        client.resume_reading()
 
     def _close_both(self) -> None:
         self._closing = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import select
 import uuid
 from collections.abc import Iterator
@@ -171,6 +172,42 @@ def test_upstream_cut_raw(
     log = forwarded_proxy.log()
     assert sum(UNEXPECTED in line for line in log.splitlines()) == 1, log
     assert "Traceback" not in log
+
+
+def test_a_session_ended_with_its_input_unread_ends_in_order(
+    forwarded_proxy: ProxyProcess,
+    forwarder: TcpForwarder,
+    direct: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """The upstream dies under a pgml statement while the client's pipelined input waits,
+    unread, in the proxy's socket: the client reads the FATAL and then the end of the
+    stream, as from PostgreSQL, never a reset (a reset that reaches a client before it
+    reads the FATAL costs it the error: its driver reports a closed socket instead)."""
+    client = RawClient(forwarded_proxy.port)
+    client.login()
+    pid = client.backend_pid
+    client.send(query("SELECT pgml.chunk('character', t) FROM (SELECT 'a b', pg_sleep(30)) s(t)"))
+    try:
+        assert wait_for(lambda: "pg_sleep" in (active_query(direct, pid) or ""), timeout=5)
+        client.sock.setblocking(False)
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:  # until the proxy stops reading and every buffer on the way is full
+                sent += client.sock.send(query("SELECT 1") * 4096)
+        assert sent > 1 << 20
+        client.sock.settimeout(10)
+        assert forwarder.cut(reset=False) >= 1  # the session's and the proxy's own
+        received = bytearray()
+        while chunk := client.sock.recv(65536):  # a reset raises ConnectionResetError
+            received += chunk
+    finally:
+        terminate(direct, pid)
+    client.buffer[:] = received
+    fields = only_fatal(client.read_to_eof())
+    assert fields["C"] == "08006"
+    client.close()
+    assert_serves(forwarded_proxy)
+    assert "Traceback" not in forwarded_proxy.log()
 
 
 def test_upstream_cut_psycopg_mid_query(
