@@ -69,6 +69,15 @@ async def describe_text(upstream: Upstream, sql: str, parameter_oids: list[int])
     return await described
 
 
+def probe_parameter_oids(probe: str, parameter_oids: list[int]) -> list[int]:
+    """The parameter types to describe ``probe`` (a part of the statement) with: an
+    untyped parameter the probe leaves out would be refused, so it is text there."""
+    used = {int(n) for n in _PARAMETER.findall(probe)}
+    return [
+        oid or (0 if n + 1 in used else values.TEXT_OID) for n, oid in enumerate(parameter_oids)
+    ]
+
+
 def _ask_argument_types(
     upstream: Upstream, parsed: Parsed, parameter_oids: list[int]
 ) -> list[_Asked]:
@@ -96,11 +105,7 @@ def _ask_argument_types(
         items = ", ".join("(" + parsed.text[slice(*call.text.arguments[i])] + ")" for i in untold)
         pieces += [f"SELECT {items}", parsed.sql.source(*clauses["from"])]
         probe = " ".join(pieces)
-        used = {int(n) for n in _PARAMETER.findall(probe)}
-        oids_here = [  # an untyped parameter the probe leaves out would be refused
-            oid or (0 if n + 1 in used else values.TEXT_OID) for n, oid in enumerate(parameter_oids)
-        ]
-        upstream.parse(_DESCRIBE_NAME, probe, oids_here)
+        upstream.parse(_DESCRIBE_NAME, probe, probe_parameter_oids(probe, parameter_oids))
         reply = upstream.describe(b"S", _DESCRIBE_NAME)
         upstream.close(b"S", _DESCRIBE_NAME)
         asked.append((id(call), oids, untold, reply))

@@ -34,6 +34,10 @@ SQL_CALL_PATTERN = re.compile(
 exist): spelt as :data:`CALL_PATTERN` spells the proxy's."""
 
 Scope = exp.Select | exp.Update | exp.Delete
+LATERAL_HINT = (
+    "Call it in the select list of a subquery and read its record there: SELECT d.id, "
+    "(c).chunk FROM (SELECT id, pgml.chunk('character', body) AS c FROM docs) AS d."
+)
 
 
 @dataclass(eq=False)
@@ -61,6 +65,9 @@ class CallSite:
     reads_with: frozenset[str] = frozenset()
     """A constant call in FROM: the statement's WITH queries its arguments read, carried
     once for them and the rest of the statement."""
+    lateral: bool = False
+    """A call in FROM over the columns of the items before it: read in a select list
+    first (see :mod:`proxy.engine.lateral`)."""
     upsert: bool = False
     """A call in ``ON CONFLICT DO UPDATE`` over the proposed row (``excluded``): the
     statement is read as its equivalent that evaluates it over the INSERT's rows."""
@@ -212,12 +219,9 @@ def _place(call: CallSite) -> None:
         if not any(_reads_outer_columns(arg) for arg in call.args):
             call.reads_with = _outer_with_read(call, above)
             return  # columns of its own subqueries only: evaluated first, as constants
-        raise unsupported(
-            f"{call.sql_name} in FROM cannot take column arguments",
-            hint="Pass constant arguments (a subquery of its own is one), or call it in the "
-            "select list of a subquery and read its record there: SELECT d.id, (c).chunk "
-            "FROM (SELECT id, pgml.chunk('character', body) AS c FROM docs) AS d.",
-        )
+        _check_lateral(call, node.parent if isinstance(node.parent, exp.Lateral) else node)
+        call.lateral = True
+        return
     scope = next((a for a in above if isinstance(a, exp.Select | exp.Update | exp.Delete)), None)
     if scope is not None and isinstance(scope.parent, exp.When):  # MERGE's own UPDATE
         raise unsupported(
@@ -234,6 +238,38 @@ def _place(call: CallSite) -> None:
             hint="Call it in a SELECT (INSERT ... SELECT pgml...(...) FROM ...).",
         )
     call.scope = scope
+
+
+def _check_lateral(call: CallSite, holder: exp.Expr) -> None:
+    """Refuse, with the reason, a call in FROM over columns that cannot be read this way
+    (``holder``: the FROM item, the call or its ``LATERAL``)."""
+    join = holder.parent
+    name = call.sql_name
+    if not isinstance(join, exp.Join) or not isinstance(join.parent, exp.Select):
+        raise unsupported(f"{name} in FROM cannot take column arguments here", hint=LATERAL_HINT)
+    if join.args.get("side") or join.args.get("method"):
+        side = str(join.args.get("side") or join.args.get("method")).upper()
+        raise unsupported(
+            f"{name} over columns cannot be joined with {side} JOIN", hint=LATERAL_HINT
+        )
+    if call.ordinality:
+        raise unsupported(f"{name} over columns cannot be read WITH ORDINALITY", hint=LATERAL_HINT)
+    select = join.parent
+    if select.args.get("locks"):
+        raise unsupported(f"{name} over columns cannot be called in a query FOR UPDATE or SHARE")
+    for before in items_before(select, join):
+        if isinstance(before, exp.Join) and (before.args.get("using") or before.args.get("method")):
+            raise unsupported(
+                f"{name} over columns cannot follow a join with USING or NATURAL",
+                hint="Join with ON.",
+            )
+
+
+def items_before(select: exp.Select, join: exp.Join) -> list[exp.Expr]:
+    """The FROM items of ``select`` before ``join`` (the joins themselves after the first)."""
+    source = select.args["from_"]
+    joins = select.args.get("joins") or []
+    return [source.this, *joins[: joins.index(join)]]
 
 
 def _reads_outer_columns(argument: exp.Expr) -> bool:

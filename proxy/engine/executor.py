@@ -27,7 +27,7 @@ from handlers.holds import HOLD_CLASS
 from handlers.inference import result_type as project_result_type
 from handlers.serving import Services
 from proxy import logs, metrics
-from proxy.engine import analysis, binding, inline, values
+from proxy.engine import analysis, binding, inline, lateral, values
 from proxy.engine.calls import CallSite
 from proxy.engine.carried import may_create_temp_tables, run_carried
 from proxy.engine.constants import Known, evaluate_constant
@@ -442,6 +442,12 @@ class Execution:
         if not parsed.runs:  # planned, not run (EXPLAIN, WITH NO DATA): no model runs
             user_oids = self.user.oids
             return await off_loop(skeleton, parsed, user_oids, self.label_types or {})
+        over_items = next((c for c in parsed.calls if c.lateral), None)
+        if over_items is not None:  # read in a select list first, then evaluated so
+            statement = await lateral.rewrite(self, parsed, over_items)
+            rewritten = await parse(parsed.explain + parsed.prefix + statement)
+            assert rewritten is not None
+            return await self.evaluate(rewritten)
         text = SourceText(parsed.text)
         constants = [c for c in parsed.calls if not c.per_row]
         read = {name for call in constants for name in call.reads_with}

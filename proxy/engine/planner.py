@@ -491,6 +491,13 @@ def _lateral_from(parsed: Parsed, call: CallSite) -> int | None:
     return parsed.sql.chars(*layout.clauses["from"])[1]
 
 
+def _lateral(parsed: Parsed, call: CallSite) -> str:
+    """``LATERAL`` for the derived table that stands for a call in FROM over the columns
+    of the items before it, unless the client wrote it (a function is lateral unsaid)."""
+    before = parsed.sql.word(parsed.sql.by_start[call.text.span[0]] - 1)
+    return "LATERAL " if call.lateral and before != "LATERAL" else ""
+
+
 def in_select_list(call: CallSite) -> bool:
     """Whether the call is itself an item of a select list (then a set-returning call
     names its column after itself)."""
@@ -538,6 +545,11 @@ def skeleton(
             lateral = _lateral_from(parsed, call)
             if call.in_from:
                 replacement = table_rows(call, overload, arrays)
+                if (
+                    call.lateral
+                    and parsed.sql.word(parsed.sql.by_start[call.text.span[0]] - 1) != "LATERAL"
+                ):
+                    replacement = "LATERAL " + replacement
             elif lateral is not None:  # its record's fields named, as the rewrite gives them
                 name = own(f"s{len(text.text)}_{call.text.span[0]}")
                 fields = ", ".join(
@@ -552,6 +564,11 @@ def skeleton(
                 replacement = named_scalar(f"ROW({fields})", call.function.name)
         elif call.in_from:
             replacement = derived_table(value, call)
+            if (
+                call.lateral
+                and parsed.sql.word(parsed.sql.by_start[call.text.span[0]] - 1) != "LATERAL"
+            ):
+                replacement = "LATERAL " + replacement
         elif parsed.explain:
             replacement = value
         else:

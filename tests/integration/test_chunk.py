@@ -146,7 +146,7 @@ def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
     """A call in ``LATERAL``, and one whose text is a subquery of its own (evaluated
     first, once, as PostgreSQL evaluates an uncorrelated subquery) or reads the
     statement's WITH queries (read once); one that reads the columns of the rows beside
-    it is refused with the reason."""
+    it in ways the proxy cannot read it so is refused with the reason."""
     table = unique("chunk_docs")
     db.execute(f"CREATE TABLE {table} (id int, body text)")
     db.execute(f"INSERT INTO {table} VALUES (1, 'alpha beta gamma'), (2, 'delta epsilon')")
@@ -167,12 +167,29 @@ def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
         ).fetchall()
         joined = "alpha beta gamma delta epsilon"
         assert found == list(enumerate(split(joined), start=1))
-        for correlated in (
-            f"SELECT t.id, c.* FROM {table} AS t, LATERAL pgml.chunk('character', t.body) AS c",
-            f"SELECT t.id, c.* FROM {table} AS t, pgml.chunk('character', (SELECT t.body)) AS c",
+        for refused, reason in (
+            (
+                f"SELECT t.id, c.* FROM {table} AS t LEFT JOIN LATERAL "
+                "pgml.chunk('character', t.body) AS c ON true",
+                "cannot be joined with LEFT JOIN",
+            ),
+            (
+                f"SELECT * FROM {table} AS t, pgml.chunk('character', t.body) WITH ORDINALITY",
+                "cannot be read WITH ORDINALITY",
+            ),
+            (
+                f"SELECT * FROM {table} AS t JOIN {table} AS u USING (id), "
+                "pgml.chunk('character', t.body)",
+                "cannot follow a join with USING",
+            ),
+            (
+                f"SELECT * FROM {table} AS t, pgml.chunk('character', t.body) AS c, "
+                "pgml.chunk('character', c.chunk) AS d",
+                "one in a FROM list",
+            ),
         ):
-            with pytest.raises(errors.FeatureNotSupported, match="cannot take column arguments"):
-                db.execute(correlated)
+            with pytest.raises(errors.FeatureNotSupported, match=reason):
+                db.execute(refused)
         with pytest.raises(errors.FeatureNotSupported, match="only in the select list"):
             db.execute(f"SELECT id FROM {table} GROUP BY id, (pgml.chunk('character', body)).chunk")
         numbered = db.execute(
@@ -357,3 +374,66 @@ def test_over_columns_into_a_table_and_refused_where_postgresql_refuses(
                 direct.execute(refused.replace("pgml.chunk", "string_to_table"))
     finally:
         cluster.psql(f"DROP TABLE IF EXISTS {table}, {table}_chunks")
+
+
+OVER_ITEMS = [
+    "SELECT t.id, c.chunk_index, c.chunk FROM {t} t, LATERAL {f}('character', t.body, %s) c "
+    "ORDER BY 1, 2",
+    # unnamed, named after the function; * is every item's columns, not the proxy's
+    "SELECT * FROM {t} t, {f}('character', t.body, %s) ORDER BY 1, 4",
+    "SELECT t.id, c.* FROM {t} AS t CROSS JOIN LATERAL {f}('character', t.body, %s) AS c(i, w) "
+    "WHERE t.id > 1 ORDER BY 1, 2",
+    "SELECT t.id, c.chunk FROM {t} t JOIN LATERAL {f}('character', t.body, %s) c "
+    "ON c.chunk_index = 1 ORDER BY 1",
+    "SELECT cat, count(*), string_agg(c.chunk, ',' ORDER BY t.id, c.chunk_index) "
+    "FROM {t} t, {f}('character', t.body, %s) c GROUP BY cat ORDER BY cat",
+    # an item after the call reads it
+    "SELECT t.id, c.chunk, u.x FROM {t} t, {f}('character', t.body, %s) c, "
+    "LATERAL (SELECT upper(c.chunk) AS x) u ORDER BY 1, 2",
+    # PostgresML's dbt example (examples/dbt/embeddings/models/chunks.sql)
+    "WITH document AS (SELECT id, body AS text FROM {t}), splitter AS (SELECT 7 AS id, "
+    "'character' AS name), chunks AS (SELECT document.id document_id, splitter.id "
+    "splitter_id, chunk_index, chunk, md5(document.id::text || splitter.id || "
+    "chunk_index::text) id FROM document, splitter, {f}(splitter.name, document.text, %s)) "
+    "SELECT * FROM chunks ORDER BY 1, 3",
+]
+
+
+@pytest.mark.parametrize("mode", ["extended", "simple", "read only"])
+@pytest.mark.parametrize("shape", OVER_ITEMS)
+def test_in_from_over_the_items_before_it_as_postgresql_returns_them(
+    db: psycopg.Connection[Any], cluster: PostgresCluster, shape: str, mode: str
+) -> None:
+    """A call in FROM over the columns of the items before it, as PostgreSQL calls a
+    function there: once for each of their rows, the rows joined (none for NULL or
+    empty text), the items' and the call's columns named and typed as written; in a
+    read-only transaction too.  Compared with a STRICT stand-in of the same name."""
+    options = json.dumps({"chunk_size": 6, "chunk_overlap": 0, "separator": " "})
+    table = unique("chunk_docs")
+    cluster.psql(
+        f"CREATE TABLE {table} (id int, cat text, body text); INSERT INTO {table} VALUES "
+        "(1, 'a', 'alpha beta gamma delta'), (2, 'b', NULL), (3, 'a', 'one two'), "
+        "(4, 'b', ''), (5, 'b', 'epsilon zeta')"
+    )
+    returns = "TABLE (chunk_index bigint, chunk text)"
+    body = "SELECT n, w FROM string_to_table(nullif($2, ''), ' ') WITH ORDINALITY AS t(w, n)"
+
+    def answer(conn: psycopg.Connection[Any], function: str) -> Any:
+        cur = psycopg.ClientCursor(conn) if mode == "simple" else conn.cursor()
+        if mode == "read only":
+            conn.execute("SET default_transaction_read_only = on")
+        try:
+            cur.execute(shape.format(f=function, t=table), [options])
+            return [(d.name, d.type_code) for d in cur.description or []], cur.fetchall()
+        finally:
+            conn.execute("RESET default_transaction_read_only")
+
+    try:
+        with (
+            stand_in(cluster, "chunk", "text, text, jsonb", returns, body, strict=True) as function,
+            psycopg.connect(cluster.dsn(), autocommit=True) as direct,
+        ):
+            _, rows = as_postgresql(answer, (direct, function), (db, "pgml.chunk"))
+            assert rows
+    finally:
+        cluster.psql(f"DROP TABLE IF EXISTS {table}")
