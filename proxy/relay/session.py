@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import secrets
 import socket
 from typing import TYPE_CHECKING, cast
@@ -662,14 +663,40 @@ def _limit_buffer(transport: asyncio.BaseTransport, option: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
 
 
+UNREAD_LIMIT = 1 << 20
+"""The most bytes read from a lost server connection's socket after the loss."""
+
+
+def _unread(transport: asyncio.BaseTransport) -> bytes:
+    """What the server sent that is still in its socket when the connection is lost on a
+    write (the event loop closes the transport without reading on): the FATAL that says
+    why, as a client of PostgreSQL's own would read it before the reset."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return b""
+    out = bytearray()
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(sock.fileno())) as own:
+        while len(out) < UNREAD_LIMIT and (chunk := own.recv(65536, socket.MSG_DONTWAIT)):
+            out += chunk
+    return bytes(out)
+
+
 class UpstreamConnection(asyncio.Protocol):
     """The protocol for a session's upstream socket: hands everything to the session."""
 
     def __init__(self, session: ClientSession) -> None:
         self._session = session
+        self._transport: asyncio.BaseTransport | None = None
         self.data_received = session.server_data  # type: ignore[method-assign]
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._transport is not None:
+            said = _unread(self._transport)
+            if said:  # a write found the server gone before its last words were read
+                self._session.server_data(said)
         self._session.upstream_lost(exc)
 
     def pause_writing(self) -> None:

@@ -121,6 +121,36 @@ def test_terminated_backend_psycopg_idle(
         assert bystander.execute("SELECT 2").fetchone() == (2,)
 
 
+def test_a_terminated_backend_s_fatal_reaches_a_client_that_pipelines(
+    own_proxy: ProxyProcess, direct: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The backend is terminated while the client's pipelined statements are still on
+    their way to it: the proxy's next write finds the server gone, and the FATAL the
+    server sent before it went, unread until then, still reaches the client, as it would
+    from PostgreSQL itself (not the proxy's 08006)."""
+    client = RawClient(own_proxy.port)
+    client.login()
+    pid = client.backend_pid
+    client.send(query("SELECT pg_sleep(10)"))
+    assert wait_for(lambda: active_query(direct, pid) is not None, timeout=3)
+    client.sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:  # until every buffer on the way to the server is full
+            client.sock.send(query("SELECT 1") * 4096)
+    client.sock.settimeout(10)
+    terminate(direct, pid)
+    received = bytearray()
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := client.sock.recv(65536):
+            received += chunk
+    client.buffer[:] = received
+    messages = client.read_to_eof()
+    assert [mtype for mtype, _ in messages] == ["T", "E"], messages
+    assert error_fields(messages[-1][1])["C"] == "57P01"
+    client.close()
+    assert_serves(own_proxy)
+
+
 def test_terminated_backend_psycopg_mid_query(
     own_proxy: ProxyProcess,
     direct: psycopg.Connection[tuple[object, ...]],
