@@ -308,30 +308,7 @@ def test_over_columns_a_row_a_chunk_as_postgresql_returns_them(
     either protocol (the extended one describes the result before it runs): compared
     with a STRICT stand-in of the same name splitting at spaces, as the character
     splitter does for these words (each longer than half the chunk size)."""
-    options = json.dumps({"chunk_size": 6, "chunk_overlap": 0, "separator": " "})
-    table = unique("chunk_docs")
-    cluster.psql(
-        f"CREATE TABLE {table} (id int, cat text, body text); INSERT INTO {table} VALUES "
-        "(1, 'a', 'alpha beta gamma delta'), (2, 'b', NULL), (3, 'a', 'one two'), "
-        "(4, 'b', ''), (5, 'b', 'epsilon zeta')"
-    )
-    returns = "TABLE (chunk_index bigint, chunk text)"
-    body = "SELECT n, w FROM string_to_table(nullif($2, ''), ' ') WITH ORDINALITY AS t(w, n)"
-
-    def answer(conn: psycopg.Connection[Any], function: str) -> Any:
-        cur = psycopg.ClientCursor(conn) if simple else conn.cursor()
-        cur.execute(shape.format(f=function, t=table), [options])
-        return [(d.name, d.type_code) for d in cur.description or []], cur.fetchall()
-
-    try:
-        with (
-            stand_in(cluster, "chunk", "text, text, jsonb", returns, body, strict=True) as function,
-            psycopg.connect(cluster.dsn(), autocommit=True) as direct,
-        ):
-            _, rows = as_postgresql(answer, (direct, function), (db, "pgml.chunk"))
-            assert rows
-    finally:
-        cluster.psql(f"DROP TABLE IF EXISTS {table}")
+    _over_docs_as_postgresql(db, cluster, shape, "simple" if simple else "extended")
 
 
 def test_over_columns_into_a_table_and_refused_where_postgresql_refuses(
@@ -408,6 +385,17 @@ def test_in_from_over_the_items_before_it_as_postgresql_returns_them(
     function there: once for each of their rows, the rows joined (none for NULL or
     empty text), the items' and the call's columns named and typed as written; in a
     read-only transaction too.  Compared with a STRICT stand-in of the same name."""
+    _over_docs_as_postgresql(db, cluster, shape, mode)
+
+
+def _over_docs_as_postgresql(
+    db: psycopg.Connection[Any], cluster: PostgresCluster, shape: str, mode: str
+) -> None:
+    """``shape`` over a table of documents (NULL and empty text among them) through the
+    proxy and straight to PostgreSQL over a STRICT stand-in of ``pgml.chunk`` that splits
+    at spaces, as the character splitter does for these words (each longer than half the
+    chunk size); ``mode``: the extended protocol, the simple one, or the extended one in
+    read-only transactions."""
     options = json.dumps({"chunk_size": 6, "chunk_overlap": 0, "separator": " "})
     table = unique("chunk_docs")
     cluster.psql(
