@@ -16,7 +16,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from handlers.errors import PgmlError, unsupported
+from handlers.errors import PgmlError
 from proxy.engine import analysis, errors, extension, planner
 from proxy.engine.calls import mentions_sql_function
 from proxy.engine.executor import BoundParams, Execution
@@ -177,12 +177,10 @@ class ExtendedState:
                 await ensure_catalog(self.engine)
             self._relay(message)
             return
-        if parsed.prepares:
-            raise unsupported(
-                "PREPARE of a statement that calls pgml functions is run in a simple Query",
-                hint="Prepare it through the extended protocol itself (a named Parse of the "
-                "statement), or send the PREPARE as a simple Query.",
-            )
+        if parsed.prepares:  # a utility statement: checked when it runs, as PostgreSQL does
+            self.statements[parse.name] = PgmlStatement(parse.name, parsed, [], None, {})
+            upstream.local(codec.PARSE_COMPLETE, held=True)
+            return
         labels = await label_types(self.engine, parsed, HELPER_NAME)
         result = await analysis.describe(upstream, parsed, parse.param_oids, labels)
         self.statements[parse.name] = PgmlStatement(
@@ -252,6 +250,9 @@ class ExtendedState:
             await extension.run(self.engine, parsed, helper=HELPER_NAME, held=True)
             return
         params = portal.params
+        if isinstance(parsed, Parsed) and parsed.prepares:
+            await self._prepare(portal, parsed)
+            return
         labels: dict[str, str] | None = portal.statement.label_types
         if isinstance(parsed, Execute):  # a kept statement, with its arguments evaluated
             binding = self.engine.execution(params=params, helper=HELPER_NAME)
@@ -316,6 +317,21 @@ class ExtendedState:
         upstream.flush()
         with contextlib.suppress(ServerError, Skipped):  # PostgreSQL has told the client
             await send_rows(upstream, live, executed, tag="SELECT")
+
+    async def _prepare(self, portal: PgmlPortal, parsed: Parsed) -> None:
+        """``PREPARE name AS`` a statement that calls pgml functions: PostgreSQL prepares
+        its skeleton and answers, and the proxy keeps it (see :mod:`proxy.engine.prepared`)."""
+        engine = self.engine
+        execution = engine.execution(helper=HELPER_NAME)
+        name, sql = await engine.prepared.prepare_sql(engine, execution, parsed)
+        opened = self._open(portal, codec.parse(FINAL_NAME, sql, []), BoundParams([], []))
+        done = engine.upstream.execute(opened, 0, _FINAL_ROWS)
+        engine.upstream.flush()
+        try:
+            await done
+        except (ServerError, Skipped):  # PostgreSQL has told the client
+            return
+        engine.prepared.keep(name, sql, parsed.text)
 
     def _open(self, portal: PgmlPortal, statement: bytes, params: BoundParams) -> str:
         """The statement in the portal's place (a Parse message), bound in an upstream

@@ -7,7 +7,8 @@ The proxy keeps the statement itself.  ``EXECUTE`` runs it through the engine wi
 arguments as the statement's parameters, once PostgreSQL shows that it still holds the
 skeleton the proxy prepared; else the name was deallocated (and perhaps prepared again),
 and the ``EXECUTE`` is PostgreSQL's.  Through the extended protocol (as asyncpg sends
-every statement) an ``EXECUTE`` is described by PostgreSQL and run the same way.  An
+every statement) a ``PREPARE`` is run the same way when its portal runs, and an
+``EXECUTE`` is described by PostgreSQL and run the same way.  An
 ``EXECUTE`` of a kept name inside another statement is refused, so the skeleton never
 runs.
 """
