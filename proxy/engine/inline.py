@@ -91,7 +91,9 @@ class Inline:
 def fits(parsed: Parsed, step: ScopeStep) -> bool:
     """Whether the step's calls can be evaluated on the statement's rows as they stream:
     a plain SELECT whose calls stand only in items whose values follow from them."""
-    if step.kind != "late" or step.nested or step.exports or parsed.declares_cursor:
+    if step.kind != "late" or step.nested or step.exports or step.filters:
+        return False
+    if parsed.declares_cursor:
         return False
     if step.scope is not parsed.tree or len(step.calls) != len(parsed.calls):
         return False

@@ -13,10 +13,11 @@ Nothing reads the scope's tables twice, so ``random()``, ``LIMIT`` without ``ORD
 would if the function were built into PostgreSQL.  Where the inner query ends depends on
 where the calls stand:
 
-* ``late``: calls in the select list only (of a plain or grouped query).  The inner
-  query is the whole scope (its WHERE, GROUP BY, ORDER BY, LIMIT and locking clause
-  included) with the call items replaced by NULL and their inputs added, so the calls
-  run only for the rows the scope returns;
+* ``late``: calls in the select list only (of a plain or grouped query), or in a grouped
+  query's HAVING.  The inner query is the whole scope (its WHERE, GROUP BY, ORDER BY,
+  LIMIT and locking clause included) with the call items replaced by NULL and their
+  inputs added, so the calls run only for the rows the scope returns; HAVING's
+  conditions that hold calls, and then LIMIT, OFFSET and FETCH, move to the outer query;
 * ``early``: a call in WHERE, inside an aggregate or window function, in ORDER BY, or in
   a DISTINCT query.  The inner query is FROM and the conditions without calls; the outer
   query is the rest of the scope, reading every column from ``M``;
@@ -106,6 +107,15 @@ class ScopeStep:
     ``row`` slots' ``tableoid`` and ``ctid``, two slots a table, in order."""
     _locking: str = ""
     """Early: the locking clause, naming each table it locks."""
+    _having: list[Span] = field(default_factory=list)
+    """Late: HAVING's conditions that hold calls, which the outer query applies."""
+    _tail: str = ""
+    """Late: the LIMIT, OFFSET and FETCH that then follow them in the outer query."""
+
+    @property
+    def filters(self) -> bool:
+        """Whether the outer query filters the inner query's rows (by HAVING's calls)."""
+        return bool(self._having)
 
     def outer(
         self,
@@ -197,7 +207,9 @@ class ScopeStep:
                 out.append(text.render(self._item_spans[slot.index]) + self._alias(item, columns))
         keys = [f"{M}.{ROW_KEY}", *ordinals] if self.ordered or ordinals else []
         order = f" ORDER BY {', '.join(keys)}" if keys else ""
-        return f"SELECT {', '.join(out)} FROM {source}{order}"
+        having = " AND ".join(f"({text.render(span)})" for span in self._having)
+        where = f" WHERE {having}" if having else ""
+        return f"SELECT {', '.join(out)} FROM {source}{where}{order}{self._tail}"
 
     def _rest_outer(
         self,

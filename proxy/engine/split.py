@@ -55,14 +55,15 @@ def _aggregates(root: exp.Expr, scope: exp.Expr) -> bool:
 
 def _is_rows_level(call: CallSite, select: exp.Select, grouped: bool) -> bool | None:
     """True: the call runs once per row of FROM and WHERE; False: once per row the scope
-    returns; None: a place no step can evaluate (HAVING or ORDER BY of a grouped query)."""
+    returns (its group, in HAVING); None: a place no step can evaluate (ORDER BY of a
+    grouped query)."""
     clause = _clause(call.node, select)
     if _within(call.node, select, (exp.AggFunc, exp.Window, exp.Filter)) or clause in (
         "where",
         "group",
     ):
         return True
-    if clause == "expressions":
+    if clause in ("expressions", "having"):  # for each group: HAVING is a grouped query's
         return False
     return None if grouped else True
 
@@ -188,6 +189,22 @@ def _late(
             _collect(sql, item, calls, exports, whole_aggregates=True)
         else:
             slots.append(Slot("star" if _is_star(item) else "item", i))
+    having_clause = _conjuncts(sql, layout.clauses.get("having"), select.args.get("having"), calls)
+    having = [(span, node) for span, node, held in having_clause if held]
+    tail = ""
+    if having:  # the groups filtered by the calls' values after they are evaluated
+        if select.args.get("distinct") is not None or any(i.find(exp.Window) for i in items):
+            raise unsupported(
+                "pgml functions in HAVING cannot be evaluated beside DISTINCT or window functions",
+                hint="Compute it in a subquery in FROM, then filter on its column.",
+            )
+        for span, node in having:
+            text.replace(span, "TRUE")
+            _collect(sql, node, calls, exports, whole_aggregates=True)
+        for key in ("limit", "offset", "fetch"):  # then counted, after the filter
+            if key in layout.clauses:
+                tail += " " + sql.source(*layout.clauses[key])
+                text.replace(sql.chars(*layout.clauses[key]), "")
     slots += [Slot("export", k) for k in range(len(exports))]
     added = [e.text for e in exports]
     for c, call in enumerate(calls):
@@ -211,6 +228,8 @@ def _late(
         _text=sql,
         _items=items,
         _item_spans=item_spans,
+        _having=[span for span, _ in having],
+        _tail=tail,
     )
 
 
@@ -232,7 +251,8 @@ def _early(
             exports.append(Export(item, star_span, sql.text[star_span[0] : star_span[1]], True))
         else:
             _collect(sql, item, calls, exports, whole_aggregates=False)
-    conditions = _conditions(sql, layout.clauses.get("where"), select.args.get("where"), calls)
+    where_clause = _conjuncts(sql, layout.clauses.get("where"), select.args.get("where"), calls)
+    conditions = [(span, held) for span, _, held in where_clause]
     aliases = {item.alias.lower() for item in items if isinstance(item, exp.Alias)}
     for key in ("distinct", "group", "having", "order", "windows", "qualify"):
         value = select.args.get(key)
@@ -411,22 +431,23 @@ def _conjunct_nodes(condition: exp.Expr) -> list[exp.Expr]:
     return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
 
 
-def _conditions(
+def _conjuncts(
     sql: SqlText,
-    where_range: tuple[int, int] | None,
-    where: exp.Expr | None,
+    found: tuple[int, int] | None,
+    condition: exp.Expr | None,
     calls: list[CallSite],
-) -> list[tuple[Span, bool]]:
-    """WHERE's top-level conditions, each with whether it holds one of ``calls``."""
-    if where_range is None or where is None:
+) -> list[tuple[Span, exp.Expr, bool]]:
+    """The top-level conditions of a WHERE or HAVING (its tokens and node), each with
+    whether it holds one of ``calls``."""
+    if found is None or condition is None:
         return []
-    nodes = _conjunct_nodes(where.this)
-    pieces = sql.conjuncts(where_range[0] + 1, where_range[1])
+    nodes = _conjunct_nodes(condition.this)
+    pieces = sql.conjuncts(found[0] + 1, found[1])
     if len(pieces) != len(nodes):  # an AND the splitter read differently: keep it whole
-        pieces = [(where_range[0] + 1, where_range[1])]
-        nodes = [where.this]
+        pieces = [(found[0] + 1, found[1])]
+        nodes = [condition.this]
     return [
-        (sql.chars(*piece), any(contains(node, c.node) for c in calls))
+        (sql.chars(*piece), node, any(contains(node, c.node) for c in calls))
         for piece, node in zip(pieces, nodes, strict=True)
     ]
 
@@ -652,7 +673,9 @@ def _plan_change(sql: SqlText, scope: exp.Update | exp.Delete, calls: list[CallS
             value = assignment.expression if isinstance(assignment, exp.EQ) else assignment
             _collect(sql, value, calls, exports, whole_aggregates=False)
     where = scope.args.get("where")
-    conditions = _conditions(sql, ranges.get("WHERE"), where, calls)
+    conditions = [
+        (span, held) for span, _, held in _conjuncts(sql, ranges.get("WHERE"), where, calls)
+    ]
     if where is not None:
         for conjunct in _conjunct_nodes(where.this):
             if any(contains(conjunct, c.node) for c in calls):

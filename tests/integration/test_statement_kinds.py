@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration._pgml import MODEL, create_docs, start_proxy, unique, warm_up
+from tests.integration._pgml import MODEL, create_docs, expected_for, start_proxy, unique, warm_up
 from tests.integration._stand_in import as_postgresql
 from tests.support.pgserver import PostgresCluster
 from tests.support.proxyproc import ProxyProcess
@@ -87,6 +87,16 @@ SHAPES = [
     "SELECT id % 3 AS k, ({f}({m}, body) IS NOT NULL OR body IS NULL) AS known, max(id) "
     "FROM {t} WHERE id > 1 GROUP BY k, 2 HAVING count(*) > 0 ORDER BY k",
     "SELECT ({f}({m}, body))[1] > 0, count(*) FROM {t} GROUP BY ({f}({m}, body))[1] < 0",
+    # HAVING over the groups' values: the groups filtered, then ordered and counted (the
+    # arguments never NULL: the stand-in's value is not NULL for NULL, the model's is)
+    "SELECT id % 3 AS k, count(*) FROM {t} GROUP BY k "
+    "HAVING {f}({m}, coalesce(min(body), '')) IS NOT NULL AND count(*) > 1 ORDER BY k",
+    "SELECT id, max(body) FROM {t} GROUP BY id HAVING array_length({f}({m}, "
+    "coalesce(max(body), 'x')), 1) > 0 AND id % 2 = 0 ORDER BY id DESC LIMIT 2",
+    "SELECT count(*) FROM {t} HAVING {f}({m}, string_agg(body, ' ')) IS NOT NULL",
+    "SELECT id % 2 AS k, {f}({m}, coalesce(min(body), '')) IS NOT NULL AS known FROM {t} "
+    "GROUP BY k HAVING {f}({m}, coalesce(max(body), '')) IS NOT NULL OR count(*) > 0 "
+    "ORDER BY 1 OFFSET 1",
     # a subquery over the statement's WITH queries
     "WITH c AS (SELECT body FROM {t} WHERE id < 5) SELECT count(*) FROM (SELECT {f}({m}, body) "
     "AS e FROM c) AS s",
@@ -490,3 +500,31 @@ def test_an_upsert_the_proxy_cannot_evaluate_is_refused_with_the_way_that_works(
         pytest.raises(psycopg.errors.FeatureNotSupported, match=refusal),
     ):
         conn.execute(sql.format(t=docs, m=f"'{MODEL}'"))
+
+
+def test_having_filters_the_groups_by_the_model_s_value(proxy: ProxyProcess, docs: str) -> None:
+    """A call in HAVING is evaluated once for each group, over the group's values, and
+    keeps the groups PostgreSQL would keep with those values: each group's embedding
+    computed alone decides (the bound between them, so that some are kept and some
+    not); beside DISTINCT or a window function it is refused."""
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        groups = conn.execute(
+            f"SELECT id % 7, min(body) FROM {docs} GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        firsts = sorted((expected_for(body) or [0.0])[0] for _, body in groups)
+        bound = (firsts[2] + firsts[3]) / 2
+        kept = conn.execute(
+            f"SELECT id %% 7, min(body) FROM {docs} GROUP BY 1 "
+            f"HAVING (pgml.embed('{MODEL}', min(body)))[1] > %s ORDER BY 1",
+            [bound],
+        ).fetchall()
+        expected = [g for g in groups if (expected_for(g[1]) or [0.0])[0] > bound]
+        assert kept == expected and 0 < len(kept) < len(groups)
+        for refused in (
+            f"SELECT DISTINCT cat FROM {docs} GROUP BY cat "
+            f"HAVING pgml.embed('{MODEL}', min(body)) IS NOT NULL",
+            f"SELECT cat, rank() OVER (ORDER BY cat) FROM {docs} GROUP BY cat "
+            f"HAVING pgml.embed('{MODEL}', min(body)) IS NOT NULL",
+        ):
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="HAVING"):
+                conn.execute(refused)

@@ -39,6 +39,15 @@ def outer(step: ScopeStep) -> str:
             "SELECT cat, count(*), NULL, 'm', cat FROM t GROUP BY cat",
             'SELECT __pgml_m.c1 AS "n1", __pgml_m.c2 AS "n2", L0 AS "embed" FROM SRC',
         ),
+        (  # HAVING's condition with the call, and then LIMIT, in the outer query
+            "SELECT cat, count(*) FROM t GROUP BY cat HAVING pgml.predict('p', min(b)) = 'x' "
+            "AND count(*) > 1 ORDER BY cat LIMIT 2",
+            "late",
+            "SELECT cat, count(*), 'p', min(b) FROM t GROUP BY cat HAVING TRUE AND count(*) > 1 "
+            "ORDER BY cat ",
+            'SELECT __pgml_m.c1 AS "n1", __pgml_m.c2 AS "n2" FROM SRC WHERE (L0 = \'x\') '
+            "ORDER BY __pgml_m.__pgml_k LIMIT 2",
+        ),
         (
             "SELECT i FROM t WHERE random() < 0.5 AND (pgml.embed('m', body))[1] > 0 ORDER BY i",
             "early",
@@ -94,6 +103,7 @@ def outer(step: ScopeStep) -> str:
     ids=[
         "late",
         "late-grouped",
+        "late-having",
         "early-where",
         "early-aggregate",
         "distinct",
@@ -156,12 +166,12 @@ def test_a_where_call_runs_first_and_a_select_list_call_after_the_filter() -> No
             'correlated subquery (it reads "d.id"',
         ),
         (
-            "SELECT cat FROM t GROUP BY cat HAVING pgml.predict('p', cat) = 'x'",
-            "cannot be called in HAVING",
+            "SELECT cat FROM t GROUP BY cat ORDER BY pgml.predict('p', cat)",
+            "cannot be called in ORDER",
         ),
         ("UPDATE t SET e = pgml.embed('m', b) WHERE CURRENT OF c", "WHERE CURRENT OF"),
     ],
-    ids=["correlated", "having", "current-of"],
+    ids=["correlated", "grouped-order", "current-of"],
 )
 def test_places_not_evaluated_are_refused_naming_them(sql: str, message: str) -> None:
     with pytest.raises(PgmlError) as raised:
