@@ -201,6 +201,12 @@ def _late(
         for span, node in having:
             text.replace(span, "TRUE")
             _collect(sql, node, calls, exports, whole_aggregates=True)
+        fetch = layout.clauses.get("fetch")
+        if fetch is not None and "TIES" in sql.source(*fetch).upper():
+            raise unsupported(
+                "pgml functions in HAVING cannot be evaluated beside FETCH ... WITH TIES",
+                hint="Compute it in a subquery in FROM, then filter on its column.",
+            )
         for key in ("limit", "offset", "fetch"):  # then counted, after the filter
             if key in layout.clauses:
                 tail += " " + sql.source(*layout.clauses[key])

@@ -170,8 +170,13 @@ def test_a_where_call_runs_first_and_a_select_list_call_after_the_filter() -> No
             "cannot be called in ORDER",
         ),
         ("UPDATE t SET e = pgml.embed('m', b) WHERE CURRENT OF c", "WHERE CURRENT OF"),
+        (
+            "SELECT cat AS ties FROM t GROUP BY cat HAVING pgml.predict('p', cat) = 'x' "
+            "ORDER BY cat FETCH FIRST 2 ROWS WITH TIES",
+            "beside FETCH ... WITH TIES",
+        ),
     ],
-    ids=["correlated", "grouped-order", "current-of"],
+    ids=["correlated", "grouped-order", "current-of", "having-with-ties"],
 )
 def test_places_not_evaluated_are_refused_naming_them(sql: str, message: str) -> None:
     with pytest.raises(PgmlError) as raised:
