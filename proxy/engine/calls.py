@@ -68,6 +68,9 @@ class CallSite:
     lateral: bool = False
     """A call in FROM over the columns of the items before it: read in a select list
     first (see :mod:`proxy.engine.lateral`)."""
+    merge: bool = False
+    """A call in a MERGE's actions over the source's row: the statement is read as its
+    equivalent that evaluates it over the source's rows."""
     upsert: bool = False
     """A call in ``ON CONFLICT DO UPDATE`` over the proposed row (``excluded``): the
     statement is read as its equivalent that evaluates it over the INSERT's rows."""
@@ -222,13 +225,12 @@ def _place(call: CallSite) -> None:
         _check_lateral(call, node.parent if isinstance(node.parent, exp.Lateral) else node)
         call.lateral = True
         return
+    merge = next((a for a in above if isinstance(a, exp.Merge)), None)
+    if merge is not None and any(isinstance(a, exp.When) for a in above):
+        _check_merge(call, merge)
+        call.merge = True  # evaluated over the source's rows (see proxy.engine.merge)
+        return
     scope = next((a for a in above if isinstance(a, exp.Select | exp.Update | exp.Delete)), None)
-    if scope is not None and isinstance(scope.parent, exp.When):  # MERGE's own UPDATE
-        raise unsupported(
-            f"{call.sql_name} cannot be called in a WHEN clause of MERGE",
-            hint="Compute the values in the source: MERGE INTO t USING (SELECT ..., "
-            "pgml...(...) AS v FROM ...) AS s ON ... WHEN MATCHED THEN UPDATE SET col = s.v",
-        )
     if _in_conflict_clause(node, above) and _reads_proposed_row_only(call):
         call.upsert = True  # evaluated over the INSERT's rows (see proxy.engine.upsert)
         return
@@ -270,6 +272,25 @@ def items_before(select: exp.Select, join: exp.Join) -> list[exp.Expr]:
     source = select.args["from_"]
     joins = select.args.get("joins") or []
     return [source.this, *joins[: joins.index(join)]]
+
+
+def _check_merge(call: CallSite, merge: exp.Merge) -> None:
+    """Refuse a call in a MERGE's actions that reads the target's row, with the way."""
+    target = merge.this
+    alias = target.args.get("alias")
+    named = alias.this if isinstance(alias, exp.TableAlias) and alias.this else target.this
+    name = _function_name(named)
+    if any(
+        _function_name(c.args["table"]) == name
+        for a in call.args
+        for c in a.find_all(exp.Column)
+        if c.args.get("table") is not None
+    ):
+        raise unsupported(
+            f"{call.sql_name} cannot read the target's row in a WHEN clause of MERGE",
+            hint="Compute the values in the source: MERGE INTO t USING (SELECT ..., "
+            "pgml...(...) AS v FROM ...) AS s ON ... WHEN MATCHED THEN UPDATE SET col = s.v",
+        )
 
 
 def _reads_outer_columns(argument: exp.Expr) -> bool:

@@ -28,7 +28,7 @@ from sqlglot.errors import ParseError, TokenError
 from handlers.errors import PgmlError, unsupported
 from handlers.functions import Overload
 from handlers.registry import FUNCTIONS
-from proxy.engine import upsert
+from proxy.engine import merge, upsert
 from proxy.engine.binding import pick_overload, positions, project_literal, result_type, syntax_oids
 from proxy.engine.calls import CallSite, ancestors, contains, find_calls, mentions_call
 from proxy.engine.names import own
@@ -332,6 +332,9 @@ def _parse(sql: str) -> Parsed | None:
     if over_proposed and isinstance(tree, exp.Insert):
         rewritten = upsert.rewrite(SqlText(sql, tokens), tree, over_proposed)
         return _parse(explain + prepares + rewritten)
+    in_actions = [c for c in calls if c.merge]
+    if in_actions and isinstance(tree, exp.Merge):
+        return _parse(explain + prepares + merge.rewrite(SqlText(sql, tokens), tree, in_actions))
     if isinstance(tree, exp.Select) and isinstance(tree.args.get("into"), exp.Into):
         created = _parse(explain + _as_create_table(SqlText(sql, tokens), tree, tree.args["into"]))
         return None if created is None else replace(created, command="SELECT INTO")

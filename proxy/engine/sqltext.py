@@ -121,6 +121,13 @@ class SqlText:
             last = self.match[last + 1]  # a call without arguments: name()
         return first, self._suffixes(last)
 
+    def item_range(self, node: exp.Expr) -> tuple[int, int]:
+        """Token indices of a FROM item as written: its parentheses and alias included."""
+        found = self.meta_range(node)
+        if found is None:
+            raise ValueError(f"no position for {node.sql()}")
+        return self._balanced(*found)
+
     def _balanced(self, first: int, last: int) -> tuple[int, int]:
         """Widen a token range until its parens pair up."""
         i = first

@@ -208,14 +208,51 @@ def test_a_subquery_over_a_with_query_read_twice_or_writing_is_refused(
         assert conn.execute(f"SELECT count(*) FROM {docs} WHERE id = 1000").fetchone() == (0,)
 
 
-def test_merge_actions_are_refused_with_the_way_that_works(proxy: ProxyProcess, docs: str) -> None:
+MERGES = [
+    "MERGE INTO {t} d USING (SELECT 2 AS id, 'z' AS body) s ON d.id = s.id "
+    "WHEN MATCHED THEN UPDATE SET e = {f}({m}, s.body)",
+    "MERGE INTO {t} AS d USING {t} AS s ON d.id = s.id AND s.id < 5 "
+    "WHEN MATCHED AND {f}({m}, coalesce(s.body, '')) IS NOT NULL THEN UPDATE SET e = {f}({m}, "
+    "coalesce(s.body, '') || '!') WHEN NOT MATCHED THEN INSERT (id, body, e) "
+    "VALUES (s.id + 1000, s.body, {f}({m}, coalesce(s.body, '')))",
+    "MERGE INTO {t} USING (SELECT id + 2000 AS id, body FROM {t} WHERE id < 4) AS src "
+    "ON {t}.id = src.id WHEN NOT MATCHED THEN INSERT (id, body, e) VALUES (src.id, body, "
+    "{f}({m}, coalesce(body, '')))",
+]
+"""MERGE whose actions call the function over the source's rows, one after another (the
+arguments never NULL: the stand-in's value is not NULL for NULL, the model's is)."""
+
+
+def test_merge_actions_over_the_source_as_postgresql_runs_them(
+    proxy: ProxyProcess, cluster: PostgresCluster, docs: str
+) -> None:
+    """Each MERGE's tag and the rows it leaves (which have a value), as PostgreSQL's over
+    the stand-in; through the proxy the values are the model's."""
+
+    def answer(dsn: str, function: str) -> Any:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DELETE FROM {docs} WHERE id >= 1000; UPDATE {docs} SET e = NULL")
+            found = [_answer(conn, m.format(f=function, m=f"'{MODEL}'", t=docs)) for m in MERGES]
+            rows = conn.execute(f"SELECT id, e IS NOT NULL FROM {docs} ORDER BY id").fetchall()
+            return found, rows
+
+    as_postgresql(answer, *_sides(cluster, proxy))
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        [(value, body)] = conn.execute(f"SELECT e, body FROM {docs} WHERE id = 2003").fetchall()
+        [(alone,)] = conn.execute(f"SELECT pgml.embed('{MODEL}', %s)", [body]).fetchall()
+        assert max(abs(a - b) for a, b in zip(value, alone, strict=True)) < 1e-5
+
+
+def test_merge_actions_over_the_target_are_refused_with_the_way_that_works(
+    proxy: ProxyProcess, docs: str
+) -> None:
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
             conn.execute(
-                f"MERGE INTO {docs} d USING (SELECT 2 AS id, 'z' AS body) s ON d.id = s.id "
-                f"WHEN MATCHED THEN UPDATE SET e = pgml.embed('{MODEL}', s.body)"
+                f"MERGE INTO {docs} d USING (SELECT 2 AS id) s ON d.id = s.id "
+                f"WHEN MATCHED THEN UPDATE SET e = pgml.embed('{MODEL}', d.body)"
             )
-        assert "MERGE" in str(refused.value)
+        assert "target's row" in str(refused.value)
         conn.execute(  # the hint's way: the values computed in the source
             f"MERGE INTO {docs} d USING (SELECT id, pgml.embed('{MODEL}', body) AS v "
             f"FROM {docs} WHERE id = 2) s ON d.id = s.id WHEN MATCHED THEN UPDATE SET e = s.v"
