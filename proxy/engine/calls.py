@@ -34,6 +34,10 @@ SQL_CALL_PATTERN = re.compile(
 exist): spelt as :data:`CALL_PATTERN` spells the proxy's."""
 
 Scope = exp.Select | exp.Update | exp.Delete
+MERGE_HINT = (
+    "Compute the values in the source: MERGE INTO t USING (SELECT ..., pgml...(...) AS v "
+    "FROM ...) AS s ON ... WHEN MATCHED THEN UPDATE SET col = s.v"
+)
 LATERAL_HINT = (
     "Call it in the select list of a subquery and read its record there: SELECT d.id, "
     "(c).chunk FROM (SELECT id, pgml.chunk('character', body) AS c FROM docs) AS d."
@@ -288,8 +292,7 @@ def _check_merge(call: CallSite, merge: exp.Merge) -> None:
     ):
         raise unsupported(
             f"{call.sql_name} cannot read the target's row in a WHEN clause of MERGE",
-            hint="Compute the values in the source: MERGE INTO t USING (SELECT ..., "
-            "pgml...(...) AS v FROM ...) AS s ON ... WHEN MATCHED THEN UPDATE SET col = s.v",
+            hint=MERGE_HINT,
         )
 
 

@@ -19,17 +19,13 @@ from __future__ import annotations
 from sqlglot import exp
 
 from handlers.errors import unsupported
-from proxy.engine.calls import CallSite, contains
+from proxy.engine.calls import MERGE_HINT, CallSite, contains
 from proxy.engine.scopes import quote_ident
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.sqltext import SqlText
 
 VALUE = "__pgml_c"
 """The source's column of a call's value (``__pgml_c0``, ...)."""
-HINT = (
-    "Compute the values in the source: MERGE INTO t USING (SELECT ..., pgml...(...) AS v "
-    "FROM ...) AS s ON ... WHEN MATCHED THEN UPDATE SET col = s.v"
-)
 
 
 def name_of(item: exp.Expr) -> str:
@@ -37,7 +33,7 @@ def name_of(item: exp.Expr) -> str:
     alias = item.args.get("alias")
     named = alias.this if isinstance(alias, exp.TableAlias) and alias.this else item.this
     if not isinstance(named, exp.Identifier):
-        raise unsupported("pgml functions in MERGE need its source named", hint=HINT)
+        raise unsupported("pgml functions in MERGE need its source named", hint=MERGE_HINT)
     return named.name if named.quoted else named.name.lower()
 
 
