@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from handlers.errors import PgmlError
-from handlers.functions import Args, CallContext
 from handlers.projects import Project, missing_model
+from handlers.signatures import Args, CallContext
 
 PROJECTS = "pgml.projects"
 MODELS = "pgml.models"

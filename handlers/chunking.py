@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from handlers.errors import PgmlError, invalid_argument
-from handlers.functions import Args, CallContext
+from handlers.signatures import Args, CallContext
 
 SPLITTERS = {
     "character": ("langchain_text_splitters", "CharacterTextSplitter"),

@@ -17,9 +17,9 @@ from handlers.capacity import Capacity, Stopped
 from handlers.classic.predict import ClassicPredictor
 from handlers.errors import PgmlError
 from handlers.files import rights_of
-from handlers.functions import Args, CallContext
 from handlers.predictor import Predictor, generation_options
 from handlers.projects import Catalog, check_strategy, missing_model, missing_project
+from handlers.signatures import Args, CallContext
 
 LABEL = "label"
 """A result type that is the project's: REAL or TEXT labels, TEXT for generated text."""

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from handlers.files import with_rights
-from handlers.functions import Args, CallContext
+from handlers.signatures import Args, CallContext
 
 _TYPE_NAMES = {"timestamp": "timestamp without time zone"}
 

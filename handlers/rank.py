@@ -12,7 +12,7 @@ from typing import Any
 
 from handlers.errors import PgmlError, invalid_argument
 from handlers.files import rights_of
-from handlers.functions import Args, CallContext
+from handlers.signatures import Args, CallContext
 
 PROXY_OPTIONS = frozenset({"show_progress_bar", "device", "pool", "query", "documents", "self"})
 """``CrossEncoder.rank`` arguments the proxy sets itself."""

@@ -28,7 +28,6 @@ from handlers.classic.train import train, train_joint
 from handlers.embedding import SentenceEmbedder, embed_options, trusted_code
 from handlers.errors import invalid_argument
 from handlers.files import rights_of
-from handlers.functions import Args, CallContext, Function, Handler, Overload, Param
 from handlers.inference import (
     LABEL,
     deploy_model,
@@ -42,6 +41,7 @@ from handlers.inference import (
 )
 from handlers.loading import load_dataset
 from handlers.rank import rank
+from handlers.signatures import Args, CallContext, Function, Handler, Overload, Param
 from handlers.transform import (
     authorize_transform,
     stream_rows,

@@ -22,7 +22,6 @@ from handlers.deployments import DeploymentCache
 from handlers.device import pick_device
 from handlers.errors import PgmlError
 from handlers.files import FileRights, with_rights
-from handlers.functions import CallContext
 from handlers.holds import Holds
 from handlers.modelcache import (
     LoadedModel,
@@ -34,6 +33,7 @@ from handlers.modelcache import (
 from handlers.models import ModelNotFound, ModelResolver, unreadable, unreadable_errors
 from handlers.projects import Catalog, Deployed
 from handlers.service import ServiceConnections
+from handlers.signatures import CallContext
 from handlers.trainings import Trainings
 
 log = logging.getLogger("pgml_proxy.serving")

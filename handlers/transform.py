@@ -19,7 +19,6 @@ from typing import Any
 from handlers.capacity import Stopped
 from handlers.errors import PgmlError, invalid_argument
 from handlers.files import FileRights, rights_of, with_rights
-from handlers.functions import Args, CallContext
 from handlers.modelcache import weights_bytes
 from handlers.models import adapter_base
 from handlers.pipelines import (
@@ -31,6 +30,7 @@ from handlers.pipelines import (
     task_spec,
     transform_args,
 )
+from handlers.signatures import Args, CallContext
 
 _DONE = object()
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.errors import PgmlError, invalid_argument
-from handlers.functions import SessionSQL
 from handlers.loading import quote_ident
+from handlers.signatures import SessionSQL
 from handlers.tuning.snapshot import Column, relation_columns
 
 NUMERIC, BOOLEAN, ARRAY, TEXT = "N", "B", "A", "S"

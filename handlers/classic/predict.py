@@ -17,7 +17,7 @@ from handlers.classic.algorithms import CLASSIFICATION, DECOMPOSITION
 from handlers.classic.fit import MANIFEST_FILE
 from handlers.errors import PgmlError, invalid_argument
 from handlers.files import rights_of
-from handlers.functions import Args, CallContext, Handler
+from handlers.signatures import Args, CallContext, Handler
 
 
 def is_classic(folder: Path) -> bool:

@@ -33,9 +33,9 @@ from handlers.classic.features import read_table
 from handlers.classic.fit import Fitted, Job, fit
 from handlers.classic.preprocess import parse_preprocess
 from handlers.errors import PgmlError, invalid_argument
-from handlers.functions import Args, CallContext
 from handlers.loading import quote_ident
 from handlers.projects import Catalog, Project
+from handlers.signatures import Args, CallContext
 from handlers.tuning.options import parse_test_size
 from handlers.tuning.split import count_test_rows
 

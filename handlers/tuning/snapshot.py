@@ -19,8 +19,8 @@ from typing import Any
 
 from handlers.artifact import sorted_labels
 from handlers.errors import PgmlError, invalid_argument
-from handlers.functions import SessionSQL
 from handlers.loading import quote_ident
+from handlers.signatures import SessionSQL
 from handlers.tuning.split import count_test_rows
 
 NUMERIC_CATEGORIES = frozenset({"N", "B"})

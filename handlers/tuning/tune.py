@@ -16,9 +16,9 @@ from handlers.access import CATALOG_READS, require_read, require_tune
 from handlers.artifact import TASKS
 from handlers.errors import PgmlError, invalid_argument, unsupported
 from handlers.files import FileRights, rights_of, with_rights
-from handlers.functions import Args, CallContext
 from handlers.models import adapter_base, check_model_files
 from handlers.projects import Catalog, Project
+from handlers.signatures import Args, CallContext
 from handlers.trainings import Training
 from handlers.tuning.adapters import check_adapter_options
 from handlers.tuning.options import (

@@ -13,17 +13,17 @@ from typing import Any
 
 from sqlglot import exp
 
-from handlers.errors import PgmlError
 from handlers.functions import (
+    FEATURES,
     JSON_ARRAY_OIDS,
+    LABEL,
     TEXT_ARRAY_OIDS,
     Args,
     Overload,
+    PgmlError,
     accepts_oid,
     no_such_function,
 )
-from handlers.inference import LABEL
-from handlers.projects import FEATURES
 from proxy.engine.calls import CallSite
 from proxy.engine.values import (
     ANY_ARRAY_OID,

@@ -13,10 +13,7 @@ from dataclasses import dataclass
 
 from sqlglot import Token, exp
 
-from handlers.errors import PgmlError, unsupported
-from handlers.functions import Function
-from handlers.registry import FUNCTIONS
-from handlers.vectors import SQL_FUNCTIONS
+from handlers.functions import FUNCTIONS, SQL_FUNCTIONS, Function, PgmlError, unsupported
 from proxy.engine.sourcetext import CallText, call_text, words_after
 
 _NAMES = "|".join(sorted(FUNCTIONS, key=len, reverse=True))

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
-from handlers.errors import PgmlError
-from handlers.functions import RECORD_OID, Args
+from handlers.functions import RECORD_OID, Args, PgmlError
 from proxy import metrics
 from proxy.engine import binding, values
 from proxy.engine.names import own

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
-from handlers.errors import PgmlError
-from handlers.functions import TEXT_OIDS, Overload
+from handlers.functions import TEXT_OIDS, Overload, PgmlError
 from proxy.engine import binding, values
 from proxy.engine.calls import CallSite
 from proxy.engine.planner import derived_table, in_select_list, named_scalar, table_rows

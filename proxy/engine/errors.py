@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from handlers.errors import PgmlError
+from handlers.functions import PgmlError
 from proxy.engine.upstream import ServerError, Skipped, Upstream
 from proxy.wire import codec
 

@@ -21,11 +21,17 @@ from typing import Any, TypeVar
 
 from sqlglot import exp
 
-from handlers.errors import PgmlError, from_server, unsupported
-from handlers.functions import Args, CallContext, Overload
-from handlers.holds import HOLD_CLASS
-from handlers.inference import result_type as project_result_type
-from handlers.serving import Services
+from handlers.functions import (
+    HOLD_CLASS,
+    Args,
+    CallContext,
+    Overload,
+    PgmlError,
+    Services,
+    from_server,
+    project_result_type,
+    unsupported,
+)
 from proxy import logs, metrics
 from proxy.engine import analysis, binding, inline, lateral, values
 from proxy.engine.calls import CallSite

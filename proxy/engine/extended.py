@@ -16,7 +16,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from handlers.errors import PgmlError
+from handlers.functions import PgmlError
 from proxy.engine import analysis, errors, extension, planner
 from proxy.engine.calls import mentions_sql_function
 from proxy.engine.executor import BoundParams, Execution

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from handlers.errors import PgmlError
+from handlers.functions import PgmlError
 from proxy.wire import codec
 
 if TYPE_CHECKING:

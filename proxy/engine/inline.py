@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
-from handlers.errors import PgmlError
-from handlers.functions import Args
+from handlers.functions import Args, PgmlError
 from proxy import metrics
 from proxy.engine import binding, values
 from proxy.engine.names import own

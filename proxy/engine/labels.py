@@ -6,13 +6,12 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Protocol
 
-from handlers.errors import PgmlError
-from handlers.projects import Deployed
+from handlers.functions import Deployed, PgmlError
 from proxy.engine import binding, values
 from proxy.engine.planner import Parsed
 
 if TYPE_CHECKING:
-    from handlers.serving import Services
+    from handlers.functions import Services
     from proxy.engine.upstream import Upstream
 
 

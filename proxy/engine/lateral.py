@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import TokenType, exp
 
-from handlers.errors import unsupported
+from handlers.functions import unsupported
 from proxy.engine import analysis, binding
 from proxy.engine.calls import LATERAL_HINT, CallSite, contains, items_before
 from proxy.engine.names import own

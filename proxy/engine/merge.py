@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from handlers.errors import unsupported
+from handlers.functions import unsupported
 from proxy.engine.calls import MERGE_HINT, CallSite, contains
 from proxy.engine.scopes import quote_ident
 from proxy.engine.sourcetext import SourceText

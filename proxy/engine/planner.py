@@ -25,9 +25,7 @@ from sqlglot import Token, TokenType, exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
 
-from handlers.errors import PgmlError, unsupported
-from handlers.functions import Overload
-from handlers.registry import FUNCTIONS
+from handlers.functions import FUNCTIONS, Overload, PgmlError, unsupported
 from proxy.engine import merge, upsert
 from proxy.engine.binding import pick_overload, positions, project_literal, result_type, syntax_oids
 from proxy.engine.calls import CallSite, ancestors, contains, find_calls, mentions_call

@@ -24,7 +24,7 @@ from sqlglot import Token, TokenType
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import TokenError
 
-from handlers.errors import PgmlError, unsupported
+from handlers.functions import PgmlError, unsupported
 from proxy.engine import values
 from proxy.engine.executor import BoundParams
 from proxy.engine.labels import label_types

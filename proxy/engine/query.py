@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from handlers.errors import PgmlError, unsupported
+from handlers.functions import PgmlError, unsupported
 from proxy import metrics
 from proxy.engine import errors, extension
 from proxy.engine.calls import mentions_sql_function

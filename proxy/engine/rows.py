@@ -8,8 +8,7 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from handlers.errors import PgmlError
-from handlers.functions import RECORD_OID, Args, Overload
+from handlers.functions import RECORD_OID, Args, Overload, PgmlError
 from proxy import metrics
 from proxy.engine import binding, values
 from proxy.engine.calls import CallSite, reads_columns

@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Protocol
 
-from handlers.errors import unsupported
-from handlers.serving import Services
+from handlers.functions import Services, unsupported
 from proxy.engine.executor import BoundParams, Execution
 from proxy.engine.extended import ExtendedState
 from proxy.engine.prepared import PreparedStatements

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from handlers.errors import unsupported
+from handlers.functions import unsupported
 from proxy.engine.calls import CallSite, ancestors, contains
 from proxy.engine.scopes import MARK, Export, ScopeStep, Slot, StepKind
 from proxy.engine.sourcetext import SourceText

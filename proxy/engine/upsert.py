@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from sqlglot import TokenType, exp
 
-from handlers.errors import unsupported
+from handlers.functions import unsupported
 from proxy.engine.calls import CallSite, mentions_call
 from proxy.engine.names import own
 from proxy.engine.sourcetext import SourceText

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from handlers.errors import PgmlError
+from handlers.functions import PgmlError
 from proxy.wire import encoding
 
 TEXT_OID = 25

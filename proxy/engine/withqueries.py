@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
-from handlers.errors import unsupported
-from handlers.functions import RECORD_OID
+from handlers.functions import RECORD_OID, unsupported
 from proxy.engine import values
 from proxy.engine.carried import type_names
 from proxy.engine.planner import Parsed
