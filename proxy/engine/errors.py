@@ -8,7 +8,9 @@ the proxy's own bug, logged with its traceback and told as ``XX000``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from handlers.functions import PgmlError
 from proxy.engine.upstream import ServerError, Skipped, Upstream
@@ -52,3 +54,23 @@ def report(upstream: Upstream, error: Exception, *, held: bool = False) -> None:
         upstream.local(error.for_client(), held=held)
     elif not isinstance(error, Skipped):  # Skipped: an earlier error, already told
         refuse(upstream, as_pgml_error(error), held=held)
+
+
+class Told:
+    """What :func:`told` caught: the block's error, told to the client, or None."""
+
+    error: Exception | None = None
+
+
+@contextlib.contextmanager
+def told(upstream: Upstream, *, held: bool = False) -> Iterator[Told]:
+    """Run the block; its error (a lost connection aside: that ends the session) is told
+    to the client once (:func:`report`) and goes no further."""
+    outcome = Told()
+    try:
+        yield outcome
+    except ConnectionError:
+        raise
+    except Exception as error:
+        report(upstream, error, held=held)
+        outcome.error = error

@@ -119,12 +119,8 @@ class ExtendedState:
     # --- answering ---------------------------------------------------------------------
 
     async def answer(self, message: Message) -> None:
-        try:
+        with errors.told(self.engine.upstream, held=True):
             await self._answer(message)
-        except ConnectionError:
-            raise
-        except Exception as error:
-            errors.report(self.engine.upstream, error, held=True)
 
     def fail(self, error: PgmlError) -> None:
         """Report an error of the proxy's and put PostgreSQL's batch in error too."""

@@ -140,38 +140,27 @@ async def _one_statement(
         await _prepare(engine, parsed)
         return
     if isinstance(parsed, extension.ExtensionCommand):
-        try:
+        with errors.told(upstream):
             await extension.run(engine, parsed, helper="", held=False)
-        except ConnectionError:
-            raise
-        except Exception as error:
-            errors.report(engine.upstream, error)
         upstream.sync(EVERYTHING)
         return
     execution = engine.execution(params=params)
     execution.may_stream = streamable(parsed)
     execution.may_inline = True
     try:
-        try:
+        with errors.told(upstream) as evaluated:
             final = await execution.evaluate(parsed)
             execution.check_cancel()
-        except ConnectionError:
-            raise
-        except Exception as error:
+        if evaluated.error is not None:
             execution.abandon()
-            errors.report(engine.upstream, error)
             upstream.sync(EVERYTHING)
             return
         live = execution.live
         if execution.inline is not None:
-            try:
+            with errors.told(upstream):
                 await send_inline(
                     execution, execution.inline, [0] * execution.inline.width, describe=True
                 )
-            except ConnectionError:
-                raise
-            except Exception as error:
-                errors.report(engine.upstream, error)
         elif live is None:
             await _send_final(execution, final)
         elif parsed.declares_cursor:
@@ -224,12 +213,9 @@ async def _execute(engine: Engine, command: Execute) -> None:
     """``EXECUTE`` of a kept statement: run with its arguments, or PostgreSQL's own
     ``EXECUTE`` where PostgreSQL no longer holds the statement the proxy prepared."""
     upstream = engine.upstream
-    try:
+    with errors.told(upstream) as binding:
         bound = await engine.prepared.bind(engine.execution(), command)
-    except ConnectionError:
-        raise
-    except Exception as error:
-        errors.report(engine.upstream, error)
+    if binding.error is not None:
         upstream.sync(EVERYTHING)
         return
     if bound is not None:
@@ -274,13 +260,10 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Statemen
                 await _plain(engine, plain)
                 plain = []
             if isinstance(statement, extension.ExtensionCommand):
-                try:
+                with errors.told(upstream) as ran:
                     await extension.run(engine, statement, helper="", held=False)
-                except ConnectionError:
-                    raise
-                except Exception as error:
-                    errors.report(engine.upstream, error)
-                    raise _Failed from error
+                if ran.error is not None:
+                    raise _Failed from ran.error
                 continue
             if isinstance(statement, Execute) or statement.prepares:
                 alone = unsupported(
@@ -291,14 +274,11 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Statemen
                 errors.report(engine.upstream, alone)
                 raise _Failed from alone
             execution = engine.execution()
-            try:
+            with errors.told(upstream) as evaluated:
                 final = await execution.evaluate(statement)
                 execution.check_cancel()
-            except ConnectionError:
-                raise
-            except Exception as error:
-                errors.report(engine.upstream, error)
-                raise _Failed from error
+            if evaluated.error is not None:
+                raise _Failed from evaluated.error
             done = await _send_final(execution, final)
             await execution.drop_temp_tables()
             upstream.flush()
