@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from handlers.functions import PgmlError
 from proxy.engine import analysis, errors, extension, planner
 from proxy.engine.calls import mentions_sql_function
-from proxy.engine.executor import BoundParams, Execution
+from proxy.engine.executor import Execution
 from proxy.engine.inline import result_formats
 from proxy.engine.inline import send as send_inline
 from proxy.engine.labels import label_types
@@ -27,6 +27,7 @@ from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict
 from proxy.engine.prepared import Execute
 from proxy.engine.query import ensure_catalog
+from proxy.engine.sessionsql import BoundParams
 from proxy.engine.streams import send_rows, streamable
 from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
 from proxy.wire import codec, encoding

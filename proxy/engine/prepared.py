@@ -26,7 +26,6 @@ from sqlglot.errors import TokenError
 
 from handlers.functions import PgmlError, unsupported
 from proxy.engine import values
-from proxy.engine.executor import BoundParams
 from proxy.engine.labels import label_types
 from proxy.engine.planner import (
     PREPARE,
@@ -37,6 +36,7 @@ from proxy.engine.planner import (
     parse_statement,
     skeleton,
 )
+from proxy.engine.sessionsql import BoundParams
 from proxy.engine.sourcetext import without_literals
 
 if TYPE_CHECKING:

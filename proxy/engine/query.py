@@ -16,7 +16,7 @@ from handlers.functions import PgmlError, unsupported
 from proxy import metrics
 from proxy.engine import errors, extension
 from proxy.engine.calls import mentions_sql_function
-from proxy.engine.executor import BoundParams, Execution
+from proxy.engine.executor import Execution
 from proxy.engine.inline import send as send_inline
 from proxy.engine.planner import (
     Parsed,
@@ -29,6 +29,7 @@ from proxy.engine.planner import (
     prepare_query,
 )
 from proxy.engine.prepared import Execute
+from proxy.engine.sessionsql import BoundParams
 from proxy.engine.streams import send_rows, streamable
 from proxy.engine.upstream import ERRORS, RESULTS, Reply, ServerError, Skipped
 from proxy.wire import codec

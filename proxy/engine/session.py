@@ -7,10 +7,11 @@ from collections.abc import Hashable
 from typing import Protocol
 
 from handlers.functions import Services, unsupported
-from proxy.engine.executor import BoundParams, Execution
+from proxy.engine.executor import Execution
 from proxy.engine.extended import ExtendedState
 from proxy.engine.prepared import PreparedStatements
 from proxy.engine.query import answer_query, refuse
+from proxy.engine.sessionsql import BoundParams
 from proxy.engine.streams import Cursors
 from proxy.engine.upstream import Upstream
 from proxy.wire import encoding
