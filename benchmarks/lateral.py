@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
-
-import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.texts import texts_and_proxy  # noqa: E402
+from benchmarks.texts import texts_and_proxy, timed  # noqa: E402
 
 OPTIONS = '{"chunk_size": 12, "chunk_overlap": 0, "separator": " "}'
 IN_FROM = (
@@ -34,17 +31,6 @@ IN_SELECT_LIST = (
     "SELECT count(*), sum(length((d.c).chunk)) FROM (SELECT id, "
     f"pgml.chunk('character', body, '{OPTIONS}') AS c FROM t) AS d"
 )
-
-
-def timed(dsn: str, sql: str, begin: str) -> tuple[tuple[int, int], float]:
-    with psycopg.connect(dsn) as conn:
-        conn.execute(begin)
-        started = time.monotonic()
-        row = conn.execute(sql).fetchone()
-        took = time.monotonic() - started
-        conn.rollback()
-    assert row is not None
-    return (row[0], row[1]), took
 
 
 def main() -> None:

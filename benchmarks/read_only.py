@@ -10,30 +10,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
-
-import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.memory import PeakRss, rss_mb  # noqa: E402
-from benchmarks.texts import MODEL, texts_and_proxy  # noqa: E402
+from benchmarks.texts import MODEL, texts_and_proxy, timed  # noqa: E402
 
 CALL = f"SELECT count(*), max(id) FROM t WHERE (pgml.embed('{MODEL}', body))[1] > -1"
 PLAIN = "SELECT count(*), max(id) FROM t WHERE length(upper(body)) > -1"
-
-
-def timed(dsn: str, sql: str, begin: str) -> tuple[tuple[int, int], float]:
-    with psycopg.connect(dsn) as conn:
-        conn.execute(begin)
-        started = time.monotonic()
-        row = conn.execute(sql).fetchone()
-        took = time.monotonic() - started
-        conn.rollback()
-    assert row is not None
-    return (row[0], row[1]), took
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
 """A private PostgreSQL with a table ``t(id, body)`` of texts, and a proxy in front of it
-with the embedding model loaded: what the benchmarks of calls over many rows share."""
+with the embedding model loaded, and one query timed in a transaction: what the
+benchmarks of calls over many rows share."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,3 +38,16 @@ def texts_and_proxy(rows: int, distinct: int, label: str) -> Iterator[ProxyProce
     finally:
         proxy.stop()
         cluster.stop()
+
+
+def timed(dsn: str, sql: str, begin: str) -> tuple[tuple[int, int], float]:
+    """The first two columns of ``sql``'s one row, and its seconds, in a transaction
+    begun with ``begin`` (``BEGIN`` or ``BEGIN READ ONLY``) and rolled back."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(begin)
+        started = time.monotonic()
+        row = conn.execute(sql).fetchone()
+        took = time.monotonic() - started
+        conn.rollback()
+    assert row is not None
+    return (row[0], row[1]), took
