@@ -101,7 +101,7 @@ def find_calls(tree: exp.Expr, tokens: list[Token]) -> list[CallSite]:
             start = node.args["db"].meta["start"]
         if not isinstance(anonymous, exp.Anonymous):
             continue
-        function = FUNCTIONS.get(_function_name(anonymous.this))
+        function = FUNCTIONS.get(folded(anonymous.this))
         if function is None:
             continue
         args, names = _arguments(anonymous)
@@ -158,15 +158,21 @@ def _as_anonymous(node: exp.Expr) -> exp.Expr:
     return anonymous
 
 
-def _function_name(name: object) -> str:
-    """The name PostgreSQL looks up: an unquoted identifier folded to lower case."""
+def folded(name: object) -> str:
+    """A name as PostgreSQL looks it up: an unquoted identifier folded to lower case."""
     if isinstance(name, exp.Identifier):
         return name.name if name.quoted else name.name.lower()
     return str(name).lower()
 
 
+def item_name(item: exp.Expr) -> str:
+    """The name a table in FROM or MERGE is read by: its alias, else its own, folded."""
+    alias = item.args.get("alias")
+    return folded(alias.this if isinstance(alias, exp.TableAlias) and alias.this else item.this)
+
+
 def _is_pgml(node: exp.Expr | None) -> bool:
-    return isinstance(node, exp.Identifier) and _function_name(node) == "pgml"
+    return isinstance(node, exp.Identifier) and folded(node) == "pgml"
 
 
 def _arguments(call: exp.Anonymous) -> tuple[list[exp.Expr], list[str | None]]:
@@ -277,12 +283,9 @@ def items_before(select: exp.Select, join: exp.Join) -> list[exp.Expr]:
 
 def _check_merge(call: CallSite, merge: exp.Merge) -> None:
     """Refuse a call in a MERGE's actions that reads the target's row, with the way."""
-    target = merge.this
-    alias = target.args.get("alias")
-    named = alias.this if isinstance(alias, exp.TableAlias) and alias.this else target.this
-    name = _function_name(named)
+    name = item_name(merge.this)
     if any(
-        _function_name(c.args["table"]) == name
+        folded(c.args["table"]) == name
         for a in call.args
         for c in a.find_all(exp.Column)
         if c.args.get("table") is not None

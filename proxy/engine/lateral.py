@@ -27,7 +27,7 @@ from sqlglot import TokenType, exp
 
 from handlers.functions import unsupported
 from proxy.engine import analysis, binding
-from proxy.engine.calls import LATERAL_HINT, CallSite, contains, items_before
+from proxy.engine.calls import LATERAL_HINT, CallSite, contains, folded, items_before
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, parse, skeleton
 from proxy.engine.scopes import quote_ident
@@ -140,17 +140,12 @@ def _reference(item: exp.Expr) -> str | None:
         item = item.this
     alias = item.args.get("alias")
     if isinstance(alias, exp.TableAlias) and alias.this is not None:
-        return _folded(alias.this)
+        return folded(alias.this)
     if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
-        return _folded(item.this)
+        return folded(item.this)
     if isinstance(item, exp.Table) and isinstance(item.this, exp.Anonymous | exp.Func):
         return item.this.sql_name().lower() if isinstance(item.this, exp.Func) else None
     return None
-
-
-def _folded(identifier: exp.Expr) -> str:
-    name = identifier.name
-    return name if isinstance(identifier, exp.Identifier) and identifier.quoted else name.lower()
 
 
 def _before_join(sql: SqlText, i: int) -> int:
@@ -202,7 +197,7 @@ def _with_around(parsed: Parsed, select: exp.Select) -> str:
             if contains(cte, select):
                 break
             first, last = sql.with_query(cte)
-            texts[_folded(cte.args["alias"].this)] = sql.source(first, last)
+            texts[folded(cte.args["alias"].this)] = sql.source(first, last)
     if not texts:
         return ""
     return ("WITH RECURSIVE " if recursive else "WITH ") + ", ".join(texts.values()) + " "

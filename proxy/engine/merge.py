@@ -19,7 +19,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from handlers.functions import unsupported
-from proxy.engine.calls import MERGE_HINT, CallSite, contains
+from proxy.engine.calls import MERGE_HINT, CallSite, contains, item_name
 from proxy.engine.scopes import quote_ident
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.sqltext import SqlText
@@ -28,19 +28,14 @@ VALUE = "__pgml_c"
 """The source's column of a call's value (``__pgml_c0``, ...)."""
 
 
-def name_of(item: exp.Expr) -> str:
-    """The name a MERGE's target or source is read by, as PostgreSQL folds it."""
-    alias = item.args.get("alias")
-    named = alias.this if isinstance(alias, exp.TableAlias) and alias.this else item.this
-    if not isinstance(named, exp.Identifier):
-        raise unsupported("pgml functions in MERGE need its source named", hint=MERGE_HINT)
-    return named.name if named.quoted else named.name.lower()
-
-
 def rewrite(sql: SqlText, tree: exp.Merge, calls: list[CallSite]) -> str:
     """The statement with the calls of its actions evaluated over the source's rows."""
     source = tree.args["using"]
-    name = name_of(source)
+    if not isinstance(source.args.get("alias"), exp.TableAlias) and not isinstance(
+        source.this, exp.Identifier
+    ):
+        raise unsupported("pgml functions in MERGE need its source named", hint=MERGE_HINT)
+    spelled = quote_ident(item_name(source))
     outermost = [
         c for c in calls if not any(o is not c and contains(o.node, c.node) for o in calls)
     ]
@@ -48,9 +43,8 @@ def rewrite(sql: SqlText, tree: exp.Merge, calls: list[CallSite]) -> str:
     items = []
     for n, call in enumerate(outermost):
         items.append(f"{sql.text[slice(*call.text.span)]} AS {VALUE}{n}")
-        text.replace(call.text.span, f"{quote_ident(name)}.{VALUE}{n}")
+        text.replace(call.text.span, f"{spelled}.{VALUE}{n}")
     where = sql.chars(*sql.item_range(source))
-    spelled = quote_ident(name)
     text.replace(
         where,
         f"(SELECT {spelled}.*, {', '.join(items)} FROM {sql.text[slice(*where)]}) AS {spelled}",

@@ -587,13 +587,9 @@ class ClientSession(asyncio.Protocol):
             self._upstream.write(data)
 
     def _write_client(self, data: bytes) -> None:
-        if self._client_writable():
-            assert self._client is not None
-            self._client.write(data)
-
-    def _client_writable(self) -> bool:
         client = self._client
-        return client is not None and not client.is_closing() and self.phase is not Phase.LINGERING
+        if client is not None and not client.is_closing() and self.phase is not Phase.LINGERING:
+            client.write(data)
 
     # --- state ---------------------------------------------------------------------
 
@@ -614,9 +610,7 @@ class ClientSession(asyncio.Protocol):
         self._close_both()
 
     def _fail(self, error: PgError) -> None:
-        if self._client_writable():
-            assert self._client is not None
-            self._client.write(error.encode())
+        self._write_client(error.encode())
         self._close_client()
 
     def _close_client(self) -> None:
