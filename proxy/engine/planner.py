@@ -545,12 +545,7 @@ def skeleton(
             arrays = [f"CAST(ARRAY[{null}] AS {kind}[])" for _, kind in overload.columns]
             lateral = _lateral_from(parsed, call)
             if call.in_from:
-                replacement = table_rows(call, overload, arrays)
-                if (
-                    call.lateral
-                    and parsed.sql.word(parsed.sql.by_start[call.text.span[0]] - 1) != "LATERAL"
-                ):
-                    replacement = "LATERAL " + replacement
+                replacement = _lateral(parsed, call) + table_rows(call, overload, arrays)
             elif lateral is not None:  # its record's fields named, as the rewrite gives them
                 name = own(f"s{len(text.text)}_{call.text.span[0]}")
                 fields = ", ".join(
@@ -564,12 +559,7 @@ def skeleton(
                 fields = ", ".join(f"({a})[1]" for a in arrays)
                 replacement = named_scalar(f"ROW({fields})", call.function.name)
         elif call.in_from:
-            replacement = derived_table(value, call)
-            if (
-                call.lateral
-                and parsed.sql.word(parsed.sql.by_start[call.text.span[0]] - 1) != "LATERAL"
-            ):
-                replacement = "LATERAL " + replacement
+            replacement = _lateral(parsed, call) + derived_table(value, call)
         elif parsed.explain:
             replacement = value
         else:
