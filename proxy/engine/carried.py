@@ -21,14 +21,12 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 
 from handlers.functions import RECORD_OID, Args, PgmlError
-from proxy import metrics
-from proxy.engine import binding, values
+from proxy.engine import values
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, off_loop
 from proxy.engine.rows import (
     RowCall,
     anonymous_columns,
-    authorize_rows,
     cast_argument,
     resolve_step,
 )
@@ -260,11 +258,8 @@ async def _results(
         key = str(n) if row.varies else repr(arguments)
         keys.append(key)
         if key not in known and key not in tuples:
-            tuples[key] = binding.bind(row.call, row.overload, arguments)
-    wanted = list(tuples.values())
-    await authorize_rows(execution, row, wanted)
-    found = await execution.invoke(row.overload, wanted) if wanted else []
-    metrics.record_rows(row.call.sql_name, len(wanted), len(found))
+            tuples[key] = row.invocation.bind(arguments)
+    found = await row.invocation.run(execution, list(tuples.values()))
     distinct = carried.results[index]
     if row.overload.set_returning:
         known.update(zip(tuples, found, strict=True))

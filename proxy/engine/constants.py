@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 
 from handlers.functions import TEXT_OIDS, Overload, PgmlError
-from proxy.engine import binding, values
+from proxy.engine import binding, invoker, values
 from proxy.engine.calls import CallSite
 from proxy.engine.planner import derived_table, in_select_list, named_scalar, table_rows
 from proxy.engine.sourcetext import SourceText
-from proxy.engine.streams import LiveRows
 from proxy.wire import encoding
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ async def evaluate_constant(execution: Execution, text: SourceText, call: CallSi
         for i, k in zip(missing, found, strict=True):
             known[i] = k
     given = [k for k in known if k is not None]
-    overload = binding.pick_overload(call, [k.oid for k in given])
+    overload = invoker.pick(call, [k.oid for k in given])
     # An untyped literal that an overload takes as another type: PostgreSQL reads it.
     retyped = [
         i
@@ -65,18 +64,16 @@ async def evaluate_constant(execution: Execution, text: SourceText, call: CallSi
         ]
         for i, k in zip(retyped, await _typed_values(execution, casts), strict=True):
             given[i] = k
-    args = binding.bind(call, overload, [k.value for k in given])
-    if overload.authorize is not None:
-        await overload.authorize(execution.context, args)
-    returns = await execution.result_type(call, overload, args)
+    invocation = await invoker.prepare(execution, call, overload, [k.value for k in given])
+    returns = invocation.returns
     result = None
     live = None
-    if not overload.strict or not any(v is None for v in args):
+    if not overload.strict or not any(v is None for v in invocation.bound):
         if overload.stream is not None and await execution.streams_rows():
-            live = execution.live = LiveRows(overload.stream(execution.context, args), returns)
+            live = execution.live = invocation.stream(execution)
             result = []
         else:
-            result = (await execution.invoke(overload, [args]))[0]
+            result = (await invocation.run(execution, [invocation.bound]))[0]
             execution.check_cancel()
     if not overload.set_returning and not overload.columns:
         execution.values[id(call.node)] = Known(_oid_of(returns), result)

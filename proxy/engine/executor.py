@@ -23,11 +23,10 @@ from handlers.functions import (
     PgmlError,
     Services,
     from_server,
-    project_result_type,
     unsupported,
 )
 from proxy import logs, metrics
-from proxy.engine import analysis, binding, inline, lateral, values
+from proxy.engine import analysis, inline, lateral, values
 from proxy.engine.calls import CallSite
 from proxy.engine.carried import may_create_temp_tables, run_carried
 from proxy.engine.constants import Known, evaluate_constant
@@ -282,17 +281,6 @@ class Execution(SessionSQL):
             return result
         finally:
             metrics.record_call(call.sql_name, ok, time.perf_counter() - started)
-
-    async def result_type(self, call: CallSite, overload: Overload, args: Args) -> str:
-        """The call's SQL result type; a project-typed call's is its project's."""
-        if not binding.typed_by_project(call, overload):
-            return overload.returns
-        project = args[0]
-        if self.label_types is not None or project is None:
-            label = (self.label_types or {}).get(str(project), "text")
-        else:
-            label = await project_result_type(self.services, self.database, str(project))
-        return binding.result_type(overload, label)
 
     async def drop_temp_tables(self) -> Reply | None:
         """Drop the statement's temporary tables unless they go at commit; the reply

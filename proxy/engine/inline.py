@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
-from handlers.functions import Args, PgmlError
+from handlers.functions import Args
 from proxy import metrics
-from proxy.engine import binding, values
+from proxy.engine import values
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, named_scalar, off_loop
-from proxy.engine.rows import RowCall, authorize_rows, resolve_step
+from proxy.engine.rows import RowCall, resolve_step
 from proxy.engine.scopes import ScopeStep
 from proxy.engine.upstream import Reply, Result
 from proxy.wire import codec
@@ -288,15 +288,9 @@ async def _evaluate(
         if key not in known and key not in fresh:
             fresh[key] = len(given)
             decoded = [values.decode(k, v) for k, v in zip(row.kinds, arguments, strict=True)]
-            given.append(binding.bind(row.call, row.overload, decoded))
+            given.append(row.invocation.bind(decoded))
         keys.append(key)
-    await authorize_rows(execution, row, given)
-    results = await execution.invoke(row.overload, given) if given else []
-    metrics.record_rows(row.call.sql_name, len(given), len(results))
-    if len(results) != len(given):
-        raise PgmlError(
-            "XX000", f"{row.call.sql_name} returned {len(results)} values for {len(given)} rows"
-        )
+    results = await row.invocation.run(execution, given)
     encoded = await off_loop(values.encode_all, row.returns, results)
     batch = {key: encoded[index] for key, index in fresh.items()}
     values_now = [None if key is None else batch.get(key, known.get(key)) for key in keys]

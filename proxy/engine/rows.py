@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from handlers.functions import RECORD_OID, Args, Overload, PgmlError
-from proxy import metrics
-from proxy.engine import binding, values
+from proxy.engine import binding, invoker, values
 from proxy.engine.calls import CallSite, reads_columns
 from proxy.engine.constants import known_value
+from proxy.engine.invoker import Invocation
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, off_loop
 from proxy.engine.scopes import MARK, ROW_KEY, M, ScopeStep, Slot, quote_ident
@@ -31,18 +31,27 @@ statements' at once (open cursors and portals)."""
 
 @dataclass(eq=False)
 class RowCall:
-    """A per-row call of a step, resolved: where its arguments are, what it returns."""
+    """A per-row call of a step, resolved: where its arguments are, and the call made
+    ready (its rows' batches run through :meth:`Invocation.run`)."""
 
     call: CallSite
-    overload: Overload
+    invocation: Invocation
     kinds: list[str]
     """Each argument's parameter type: the type its column is cast to."""
     columns: list[str]
     """Each argument's ``M`` column."""
-    returns: str
-    varies: bool
-    authorized: set[Any]
-    """Values of the first parameter, read from rows, that ``authorize`` has been given."""
+
+    @property
+    def overload(self) -> Overload:
+        return self.invocation.overload
+
+    @property
+    def returns(self) -> str:
+        return self.invocation.returns
+
+    @property
+    def varies(self) -> bool:
+        return self.invocation.varies
 
 
 @dataclass(eq=False)
@@ -169,7 +178,7 @@ async def _resolve(
         if slot.kind == "arg" and slot.index == index:
             oids[slot.argument] = groups[s][0].type_oid
             columns[slot.argument] = by_slot[s][0][0]
-    overload = binding.pick_overload(call, oids)
+    overload = invoker.pick(call, oids)
     if not overload.row_dependent_ok:
         raise PgmlError(
             "0A000",
@@ -193,19 +202,15 @@ async def _resolve(
         )
         constants.append(None if found is None else found.value)
     if binding.typed_by_project(call, overload) and reads_columns(
-        call.args[_project_argument(call, overload)]
+        call.args[invoker.project_argument(call, overload)]
     ):
         raise PgmlError(
             "0A000",
             f"{call.sql_name} needs the same project_name for every row",
             hint="Call it once per project, with the project's name as a literal.",
         )
-    bound = binding.bind(call, overload, constants)
-    if overload.authorize is not None:
-        await overload.authorize(execution.context, bound)
-    returns = await execution.result_type(call, overload, bound)
-    varies = overload.varies is not None and overload.varies(bound)
-    return RowCall(call, overload, kinds, columns, returns, varies, set())
+    invocation = await invoker.prepare(execution, call, overload, constants)
+    return RowCall(call, invocation, kinds, columns)
 
 
 def _prepare(
@@ -295,19 +300,15 @@ async def _fill(
     batch = await fetched
     while True:
         ids, tuples = _arguments(row, batch)
-        await authorize_rows(execution, row, tuples)
-        computing = (
-            asyncio.ensure_future(execution.invoke(row.overload, tuples)) if tuples else None
-        )
+        computing = asyncio.ensure_future(row.invocation.run(execution, tuples))
         upcoming = upstream.execute(portal, size) if batch.suspended else None
         upstream.flush()
         try:
-            results_now = [] if computing is None else await computing
+            results_now = await computing
         finally:
-            if computing is not None and not computing.done():
+            if not computing.done():
                 computing.cancel()
         execution.check_cancel()
-        metrics.record_rows(row.call.sql_name, len(tuples), len(results_now))
         if results_now:  # a batch of vectors is megabytes of text: written off the loop
             written.append(await _write(execution, results, row, ids, results_now))
         if upcoming is None:
@@ -351,19 +352,6 @@ async def _write(
     )
 
 
-async def authorize_rows(execution: Execution, row: RowCall, tuples: list[Args]) -> None:
-    """The call's ``authorize`` for each project the batch's rows name for the first time."""
-    authorize = row.overload.authorize
-    if authorize is None:
-        return
-    if not reads_columns(row.call.args[_project_argument(row.call, row.overload)]):
-        return
-    for args in tuples:
-        if args and args[0] not in row.authorized:
-            row.authorized.add(args[0])
-            await authorize(execution.context, args)
-
-
 def _arguments(row: RowCall, batch: Result) -> tuple[list[str], list[Args]]:
     ids: list[str] = []
     tuples: list[Args] = []
@@ -371,7 +359,7 @@ def _arguments(row: RowCall, batch: Result) -> tuple[list[str], list[Args]]:
     for raw in batch.rows:
         decoded = [values.decode(k, v) for k, v in zip(kinds, raw[1:], strict=True)]
         ids.append(values.text(raw[0]))
-        tuples.append(binding.bind(row.call, row.overload, decoded))
+        tuples.append(row.invocation.bind(decoded))
     return ids, tuples
 
 
@@ -399,12 +387,6 @@ def cast_argument(column: str, kind: str) -> str:
         return f"CAST(to_json({column}) AS text)"
     collate = ' COLLATE "C"' if kind in ("text", "text[]") else ""
     return f"CAST({column} AS {kind}){collate}"
-
-
-def _project_argument(call: CallSite, overload: Overload) -> int:
-    found = binding.positions(call, overload)
-    assert found is not None
-    return found.index(0)
 
 
 async def _all(replies: list[Reply]) -> None:

@@ -8,8 +8,16 @@ import pytest
 from handlers.capacity import Capacity, Limits
 from handlers.errors import PgmlError
 from handlers.registry import FUNCTIONS
+from handlers.signatures import Overload
 from proxy.engine.carried import _Carried, _with_result
+from proxy.engine.invoker import Invocation
 from proxy.engine.rows import RowCall
+
+
+def _row_call(overload: Overload, returns: str) -> RowCall:
+    """A call's results as :func:`_with_result` reads them (no statement behind it)."""
+    invocation = Invocation(None, overload, (), returns, False)  # type: ignore[arg-type]
+    return RowCall(None, invocation, [], [])  # type: ignore[arg-type]
 
 
 def test_one_callers_statements_share_the_limit_and_others_have_their_own() -> None:
@@ -43,11 +51,11 @@ def test_rows_are_kept_until_the_text_is_refused() -> None:
 
 
 def test_a_result_is_its_number_and_a_set_repeats_the_row_once_a_result_row() -> None:
-    embed = RowCall(None, FUNCTIONS["embed"].overloads[0], [], [], "real[]", False, set())  # type: ignore[arg-type]
+    embed = _row_call(FUNCTIONS["embed"].overloads[0], "real[]")
     assert _with_result([["k"]], embed, 3) == [["k", "3"]]
     assert _with_result([["k"]], embed, None) == [["k", None]]
     overload = FUNCTIONS["chunk"].overloads[0]
-    row = RowCall(None, overload, [], [], "record", False, set())  # type: ignore[arg-type]
+    row = _row_call(overload, "record")
     heads = [["k", "x"]]
     assert _with_result(heads, row, [(1, "alpha"), (2, "beta")]) == [
         ["k", "x", "1", "1", "alpha"],
