@@ -11,25 +11,21 @@ rest of a failed batch, the proxy's answers for it are skipped too.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from handlers.functions import PgmlError
-from proxy.engine import analysis, errors, extension, planner
+from proxy.engine import analysis, errors, extension, pipeline, planner
 from proxy.engine.calls import mentions_sql_function
-from proxy.engine.executor import Execution
 from proxy.engine.inline import result_formats
-from proxy.engine.inline import send as send_inline
 from proxy.engine.labels import label_types
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, TooDeep, depth_verdict
 from proxy.engine.prepared import Execute
 from proxy.engine.query import ensure_catalog
 from proxy.engine.sessionsql import BoundParams
-from proxy.engine.streams import send_rows, streamable
-from proxy.engine.upstream import ERRORS, ROWS, ServerError, Skipped
+from proxy.engine.streams import streamable
 from proxy.wire import codec, encoding
 from proxy.wire.codec import Backend, Frontend, Message, MessageFormatError
 
@@ -37,7 +33,6 @@ if TYPE_CHECKING:
     from proxy.engine.session import Engine
 
 _UPSTREAM_NAMES = itertools.count(1)
-_FINAL_ROWS = ROWS | {Backend.ERROR, Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
 FINAL_NAME = own("final")
 HELPER_NAME = own("h")
 """The prepared statement the proxy's helper SQL uses in extended-protocol sessions: the
@@ -239,7 +234,7 @@ class ExtendedState:
             upstream.local(codec.command_complete("SELECT 0"), held=True)
             return
         if portal.upstream is not None:  # PostgreSQL's portal goes on
-            upstream.execute(portal.upstream, execute.max_rows, _FINAL_ROWS)
+            upstream.execute(portal.upstream, execute.max_rows, pipeline.FINAL_ROWS)
             upstream.flush()
             return
         parsed = portal.statement.parsed
@@ -255,7 +250,7 @@ class ExtendedState:
             binding = self.engine.execution(params=params, helper=HELPER_NAME)
             kept = await self.engine.prepared.bind(binding, parsed)
             if kept is None:  # PostgreSQL's own statement of that name now
-                self._as_written(portal, parsed.text, execute.max_rows)
+                await self._as_written(portal, parsed.text, execute.max_rows)
                 return
             (parsed, params), labels = kept, None
         execution = self.engine.execution(
@@ -267,89 +262,37 @@ class ExtendedState:
         width = codec.column_count(portal.statement.row_description)
         formats = result_formats(portal.result_formats, width)
         execution.may_inline = execute.max_rows == 0 and formats is not None
+        target = pipeline.Target(
+            FINAL_NAME, _upstream_portal(), portal.result_formats, execute.max_rows
+        )
         try:
-            await self._start(execution, portal, execute, parsed)
+            await pipeline.run(self.engine, execution, parsed, target)
         except BaseException:
             execution.abandon()
             raise
-
-    async def _start(
-        self,
-        execution: Execution,
-        portal: PgmlPortal,
-        execute: codec.ExecuteMessage,
-        parsed: Parsed,
-    ) -> None:
-        """A portal's first Execute: its calls evaluated, and the statement in its place
-        started in an upstream portal of its own."""
-        upstream = self.engine.upstream
-        final = await execution.evaluate(parsed)
-        execution.check_cancel()
-        if execution.inline is not None:
-            formats = result_formats(portal.result_formats, execution.inline.width)
-            assert formats is not None
-            portal.finished = True
-            await send_inline(execution, execution.inline, formats, describe=False)
-            return
-        statement = await planner.by_size(
-            len(final), codec.parse, FINAL_NAME, final, execution.param_oids()
-        )
-        opened = self._open(
-            portal, statement, BoundParams(execution.param_values(), execution.param_formats())
-        )
-        live = execution.live
-        if live is None or parsed.declares_cursor:
-            executed = upstream.execute(opened, execute.max_rows, _FINAL_ROWS)
-            upstream.flush()
-            if live is None:
-                return
-            try:
-                await executed
-            except (ServerError, Skipped):  # PostgreSQL has told the client
-                execution.abandon()
-                return
-            self.engine.cursors.declared(execution, final, live)
-            return
-        executed = upstream.execute(opened, 0, ERRORS)
+        finally:
+            portal.finished = execution.inline is not None
+            if target.started:  # PostgreSQL's portal goes on
+                portal.upstream = target.portal
         upstream.flush()
-        with contextlib.suppress(ServerError, Skipped):  # PostgreSQL has told the client
-            await send_rows(upstream, live, executed, tag="SELECT")
 
     async def _prepare(self, portal: PgmlPortal, parsed: Parsed) -> None:
-        """``PREPARE name AS`` a statement that calls pgml functions: PostgreSQL prepares
-        its skeleton and answers, and the proxy keeps it (see :mod:`proxy.engine.prepared`)."""
-        engine = self.engine
-        execution = engine.execution(helper=HELPER_NAME)
-        name, sql = await engine.prepared.prepare_sql(engine, execution, parsed)
-        opened = self._open(portal, codec.parse(FINAL_NAME, sql, []), BoundParams([], []))
-        done = engine.upstream.execute(opened, 0, _FINAL_ROWS)
-        engine.upstream.flush()
+        """``PREPARE name AS`` a statement that calls pgml functions, in the portal's place."""
+        target = pipeline.Target(FINAL_NAME, _upstream_portal(), portal.result_formats)
         try:
-            await done
-        except (ServerError, Skipped):  # PostgreSQL has told the client
-            return
-        engine.prepared.keep(name, sql, parsed.text)
+            execution = self.engine.execution(helper=HELPER_NAME)
+            await pipeline.prepare(self.engine, execution, parsed, target)
+        finally:
+            if target.started:
+                portal.upstream = target.portal
 
-    def _open(self, portal: PgmlPortal, statement: bytes, params: BoundParams) -> str:
-        """The statement in the portal's place (a Parse message), bound in an upstream
-        portal of its own, whose name is returned; row limits are then PostgreSQL's."""
-        upstream = self.engine.upstream
-        portal.upstream = own(f"portal_{next(_UPSTREAM_NAMES)}")
-        upstream.opened(FINAL_NAME)
-        upstream.request(statement, Frontend.PARSE, ERRORS)
-        bind = codec.bind(
-            portal.upstream, FINAL_NAME, params.values, params.formats, portal.result_formats
-        )
-        upstream.request(bind, Frontend.BIND, ERRORS)
-        upstream.close(b"S", FINAL_NAME)
-        return portal.upstream
-
-    def _as_written(self, portal: PgmlPortal, text: str, max_rows: int) -> None:
+    async def _as_written(self, portal: PgmlPortal, text: str, max_rows: int) -> None:
         """A statement PostgreSQL runs as the client wrote it, with the portal's values."""
-        params = portal.params
-        opened = self._open(portal, codec.parse(FINAL_NAME, text, params.oids), params)
-        self.engine.upstream.execute(opened, max_rows, _FINAL_ROWS)
-        self.engine.upstream.flush()
+        target = pipeline.Target(FINAL_NAME, _upstream_portal(), portal.result_formats, max_rows)
+        upstream = self.engine.upstream
+        await pipeline.start(upstream, text, portal.params, target, pipeline.FINAL_ROWS)
+        portal.upstream = target.portal
+        upstream.flush()
 
     def _close(self, target: codec.Target) -> None:
         upstream = self.engine.upstream
@@ -367,3 +310,8 @@ class ExtendedState:
             frozenset({Backend.CLOSE_COMPLETE, Backend.ERROR}),
         )
         upstream.flush()
+
+
+def _upstream_portal() -> str:
+    """A name for an upstream portal in the place of a client's."""
+    return own(f"portal_{next(_UPSTREAM_NAMES)}")

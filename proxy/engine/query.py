@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING
 
 from handlers.functions import PgmlError, unsupported
 from proxy import metrics
-from proxy.engine import errors, extension
+from proxy.engine import errors, extension, pipeline
 from proxy.engine.calls import mentions_sql_function
-from proxy.engine.executor import Execution
-from proxy.engine.inline import send as send_inline
 from proxy.engine.planner import (
     Parsed,
     Piece,
@@ -30,8 +28,8 @@ from proxy.engine.planner import (
 )
 from proxy.engine.prepared import Execute
 from proxy.engine.sessionsql import BoundParams
-from proxy.engine.streams import send_rows, streamable
-from proxy.engine.upstream import ERRORS, RESULTS, Reply, ServerError, Skipped
+from proxy.engine.streams import streamable
+from proxy.engine.upstream import ERRORS, ServerError, Skipped
 from proxy.wire import codec
 from proxy.wire.codec import Backend, Frontend, Message
 from proxy.wire.replies import EVERYTHING
@@ -39,8 +37,6 @@ from proxy.wire.replies import EVERYTHING
 if TYPE_CHECKING:
     from proxy.engine.session import Engine
 
-FINAL_ROWS = RESULTS | {Backend.COPY_OUT, Backend.COPY_DATA, Backend.COPY_DONE}
-"""What the statement that replaces the client's sends the client: PostgreSQL's own."""
 _ALL_BUT_READY = EVERYTHING - {Backend.READY_FOR_QUERY}
 
 
@@ -149,43 +145,15 @@ async def _one_statement(
     execution.may_stream = streamable(parsed)
     execution.may_inline = True
     try:
-        with errors.told(upstream) as evaluated:
-            final = await execution.evaluate(parsed)
-            execution.check_cancel()
-        if evaluated.error is not None:
+        with errors.told(upstream) as ran:
+            await pipeline.run(engine, execution, parsed, pipeline.simple_query())
+        if ran.error is not None:
             execution.abandon()
-            upstream.sync(EVERYTHING)
-            return
-        live = execution.live
-        if execution.inline is not None:
-            with errors.told(upstream):
-                await send_inline(
-                    execution, execution.inline, [0] * execution.inline.width, describe=True
-                )
-        elif live is None:
-            await _send_final(execution, final)
-        elif parsed.declares_cursor:
-            declared = await _send_final(execution, final)
-            upstream.flush()
-            try:
-                await declared
-            except (ServerError, Skipped):  # PostgreSQL has told the client
-                execution.abandon()
-            else:
-                engine.cursors.declared(execution, final, live)
         else:
-            executed = await _send_final(execution, final, ERRORS)
-            upstream.flush()
-            try:
-                await send_rows(upstream, live, executed, tag="SELECT")
-            except (ServerError, Skipped):
-                pass
-            except Exception as error:
-                errors.report(engine.upstream, error)
+            await execution.drop_temp_tables()
     except BaseException:
         execution.abandon()
         raise
-    await execution.drop_temp_tables()
     upstream.sync(EVERYTHING)
 
 
@@ -193,20 +161,8 @@ async def _prepare(engine: Engine, parsed: Parsed) -> None:
     """``PREPARE name AS`` a statement that calls pgml functions: PostgreSQL prepares its
     skeleton, and the proxy keeps it (see :mod:`proxy.engine.prepared`)."""
     upstream = engine.upstream
-    execution = engine.execution()
-    try:
-        name, sql = await engine.prepared.prepare_sql(engine, execution, parsed)
-        done = await _send_final(execution, sql)
-        upstream.flush()
-        await done
-    except ConnectionError:
-        raise
-    except (ServerError, Skipped):  # PostgreSQL has told the client
-        pass
-    except Exception as error:
-        errors.report(engine.upstream, error)
-    else:
-        engine.prepared.keep(name, sql, parsed.text)
+    with errors.told(upstream):
+        await pipeline.prepare(engine, engine.execution(), parsed, pipeline.simple_query())
     upstream.sync(EVERYTHING)
 
 
@@ -225,24 +181,6 @@ async def _execute(engine: Engine, command: Execute) -> None:
     with contextlib.suppress(_Failed):
         await _plain(engine, [Piece(command.text, 0)])
     upstream.sync(EVERYTHING)
-
-
-async def _send_final(
-    execution: Execution, sql: str, rows: frozenset[int] = FINAL_ROWS | ERRORS
-) -> Reply:
-    """The statement in the client's place: its rows, tag and errors are PostgreSQL's
-    own (errors without a position: it is not the text the client wrote); ``rows``: what
-    of its Execute's replies the client gets."""
-    upstream = execution.upstream
-    parse = await by_size(len(sql), codec.parse, "", sql, execution.param_oids())
-    upstream.request(parse, Frontend.PARSE, ERRORS)
-    upstream.request(
-        codec.bind("", "", execution.param_values(), execution.param_formats()),
-        Frontend.BIND,
-        ERRORS,
-    )
-    upstream.describe(b"P", "", frozenset({Backend.ROW_DESCRIPTION}) | ERRORS)
-    return upstream.execute("", 0, rows)
 
 
 async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Statement | None]) -> None:
@@ -274,13 +212,12 @@ async def _statements(engine: Engine, pieces: list[Piece], parsed: list[Statemen
                 )
                 errors.report(engine.upstream, alone)
                 raise _Failed from alone
-            execution = engine.execution()
+            execution = engine.execution()  # neither streams nor inlines: a Query's rows
             with errors.told(upstream) as evaluated:
-                final = await execution.evaluate(statement)
-                execution.check_cancel()
+                done = await pipeline.run(engine, execution, statement, pipeline.simple_query())
             if evaluated.error is not None:
                 raise _Failed from evaluated.error
-            done = await _send_final(execution, final)
+            assert done is not None
             await execution.drop_temp_tables()
             upstream.flush()
             try:
