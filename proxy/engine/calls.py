@@ -165,10 +165,25 @@ def folded(name: object) -> str:
     return str(name).lower()
 
 
+def alias_name(node: exp.Expr) -> str:
+    """The name a select-list item, WITH query or FROM item is given by its alias, folded
+    ("" for none)."""
+    alias = node.args.get("alias")
+    if isinstance(alias, exp.TableAlias):
+        alias = alias.this
+    return folded(alias) if alias is not None else ""
+
+
 def item_name(item: exp.Expr) -> str:
-    """The name a table in FROM or MERGE is read by: its alias, else its own, folded."""
-    alias = item.args.get("alias")
-    return folded(alias.this if isinstance(alias, exp.TableAlias) and alias.this else item.this)
+    """The name a FROM or MERGE item is read by: its alias, else a table's own name,
+    folded ("" for none)."""
+    return alias_name(item) or (folded(item.this) if isinstance(item.this, exp.Identifier) else "")
+
+
+def column_table(column: exp.Column) -> str:
+    """The name a column is qualified by, folded ("" for none)."""
+    table = column.args.get("table")
+    return folded(table) if table is not None else ""
 
 
 def _is_pgml(node: exp.Expr | None) -> bool:
@@ -285,7 +300,7 @@ def _check_merge(call: CallSite, merge: exp.Merge) -> None:
     """Refuse a call in a MERGE's actions that reads the target's row, with the way."""
     name = item_name(merge.this)
     if any(
-        folded(c.args["table"]) == name
+        column_table(c) == name
         for a in call.args
         for c in a.find_all(exp.Column)
         if c.args.get("table") is not None
@@ -310,7 +325,7 @@ def _reads_outer_columns(argument: exp.Expr) -> bool:
                 inside = True
                 names.update(_source_names(node))
             node = node.parent
-        if not inside or (column.table and column.table not in names):
+        if not inside or (column.table and column_table(column) not in names):
             return True
     return False
 
@@ -319,18 +334,18 @@ def _outer_with_read(call: CallSite, above: list[exp.Expr]) -> frozenset[str]:
     """The WITH queries of the statement around a constant call in FROM that its
     arguments' subqueries read (see :mod:`proxy.engine.withqueries`)."""
     outer = {
-        cte.alias.lower()
+        alias_name(cte)
         for a in above
         if a.args.get("with_") is not None
         for cte in a.args["with_"].expressions
     }
     return frozenset(
-        table.name.lower()
+        folded(table.this)
         for arg in call.args
         for table in arg.find_all(exp.Table)
         if not table.db
-        and table.name.lower() in outer
-        and not _defined_inside(table, arg, table.name.lower())
+        and folded(table.this) in outer
+        and not _defined_inside(table, arg, folded(table.this))
     )
 
 
@@ -339,7 +354,7 @@ def _defined_inside(table: exp.Table, argument: exp.Expr, name: str) -> bool:
     node = table.parent
     while node is not None and node is not argument.parent:
         with_ = node.args.get("with_")
-        if with_ is not None and any(c.alias.lower() == name for c in with_.expressions):
+        if with_ is not None and any(alias_name(c) == name for c in with_.expressions):
             return True
         node = node.parent
     return False
@@ -348,10 +363,10 @@ def _defined_inside(table: exp.Table, argument: exp.Expr, name: str) -> bool:
 def _source_names(select: exp.Select) -> set[str]:
     """The names a query's FROM and its WITH give its sources."""
     sources = [select.args.get("from_"), *select.args.get("joins", [])]
-    names = {s.this.alias_or_name for s in sources if s is not None and s.this is not None}
+    names = {item_name(s.this) for s in sources if s is not None and s.this is not None}
     with_ = select.args.get("with_")
     if with_ is not None:
-        names.update(cte.alias for cte in with_.expressions)
+        names.update(alias_name(cte) for cte in with_.expressions)
     return names
 
 
@@ -364,5 +379,5 @@ def _reads_proposed_row_only(call: CallSite) -> bool:
     subquery."""
     columns = [c for a in call.args for c in a.find_all(exp.Column)]
     return all(
-        c.table.lower() == "excluded" and not isinstance(c.this, exp.Star) for c in columns
+        column_table(c) == "excluded" and not isinstance(c.this, exp.Star) for c in columns
     ) and not any(isinstance(n, exp.Query) for a in call.args for n in a.walk())

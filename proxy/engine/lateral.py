@@ -27,7 +27,7 @@ from sqlglot import TokenType, exp
 
 from handlers.functions import unsupported
 from proxy.engine import analysis, binding
-from proxy.engine.calls import LATERAL_HINT, CallSite, contains, folded, items_before
+from proxy.engine.calls import LATERAL_HINT, CallSite, contains, folded, item_name, items_before
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, parse, skeleton
 from proxy.engine.scopes import quote_ident
@@ -138,11 +138,9 @@ def _reference(item: exp.Expr) -> str | None:
     as PostgreSQL folds it; None for an item without one."""
     if isinstance(item, exp.Join):
         item = item.this
-    alias = item.args.get("alias")
-    if isinstance(alias, exp.TableAlias) and alias.this is not None:
-        return folded(alias.this)
-    if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
-        return folded(item.this)
+    name = item_name(item)
+    if name:
+        return name
     if isinstance(item, exp.Table) and isinstance(item.this, exp.Anonymous | exp.Func):
         return item.this.sql_name().lower() if isinstance(item.this, exp.Func) else None
     return None

@@ -6,7 +6,15 @@ from __future__ import annotations
 from sqlglot import exp
 
 from handlers.functions import unsupported
-from proxy.engine.calls import CallSite, ancestors, contains
+from proxy.engine.calls import (
+    CallSite,
+    alias_name,
+    ancestors,
+    column_table,
+    contains,
+    folded,
+    item_name,
+)
 from proxy.engine.scopes import MARK, Export, ScopeStep, Slot, StepKind
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.sqltext import SelectLayout, Span, SqlText, subquery_of
@@ -109,12 +117,12 @@ def _key_items(select: exp.Select, items: list[exp.Expr]) -> set[int]:
     found: set[int] = set()
     if group is None:
         return found
-    aliases = {item.alias.lower(): i for i, item in enumerate(items) if isinstance(item, exp.Alias)}
+    aliases = {alias_name(item): i for i, item in enumerate(items) if isinstance(item, exp.Alias)}
     for key in group.expressions:
         if isinstance(key, exp.Literal) and key.is_int and 0 < int(key.name) <= len(items):
             found.add(int(key.name) - 1)
-        elif isinstance(key, exp.Column) and not key.table and key.name.lower() in aliases:
-            found.add(aliases[key.name.lower()])
+        elif isinstance(key, exp.Column) and not key.table and folded(key.this) in aliases:
+            found.add(aliases[folded(key.this)])
         for i, item in enumerate(items):
             if (item.this if isinstance(item, exp.Alias) else item) == key:
                 found.add(i)
@@ -142,7 +150,7 @@ def _late_fits(select: exp.Select, items: list[exp.Expr], call_items: set[int]) 
         return False
     if sum(1 for e in items if _is_star(e)) > 1:
         return False
-    aliases = {items[i].alias.lower() for i in call_items if isinstance(items[i], exp.Alias)}
+    aliases = {alias_name(items[i]) for i in call_items if isinstance(items[i], exp.Alias)}
     for key in ("order", "group"):
         clause = select.args.get(key)
         if clause is None:
@@ -155,11 +163,7 @@ def _late_fits(select: exp.Select, items: list[exp.Expr], call_items: set[int]) 
                 and int(target.name) - 1 in call_items
             ):
                 return False
-            if (
-                isinstance(target, exp.Column)
-                and not target.table
-                and target.name.lower() in aliases
-            ):
+            if _names_output(target, aliases):
                 return False
     return True
 
@@ -259,7 +263,7 @@ def _early(
             _collect(sql, item, calls, exports, whole_aggregates=False)
     where_clause = _conjuncts(sql, layout.clauses.get("where"), select.args.get("where"), calls)
     conditions = [(span, held) for span, _, held in where_clause]
-    aliases = {item.alias.lower() for item in items if isinstance(item, exp.Alias)}
+    aliases = {alias_name(item) for item in items if isinstance(item, exp.Alias)}
     for key in ("distinct", "group", "having", "order", "windows", "qualify"):
         value = select.args.get(key)
         if value is None:
@@ -314,7 +318,7 @@ def _locks(select: exp.Select) -> tuple[list[tuple[str, str]], str]:
     items: dict[str, exp.Expr] = {}
     for part in [select.args.get("from_"), *(select.args.get("joins") or [])]:
         if part is not None:
-            items[part.this.alias_or_name.lower()] = part.this
+            items[item_name(part.this)] = part.this
     ctes = _cte_names(select)
 
     def table(item: exp.Expr | None) -> bool:
@@ -322,7 +326,7 @@ def _locks(select: exp.Select) -> tuple[list[tuple[str, str]], str]:
         return (
             isinstance(item, exp.Table)
             and isinstance(item.this, exp.Identifier)
-            and not (not item.db and item.name.lower() in ctes)
+            and not (not item.db and folded(item.this) in ctes)
         )
 
     locked: dict[str, tuple[str, str]] = {}
@@ -330,7 +334,7 @@ def _locks(select: exp.Select) -> tuple[list[tuple[str, str]], str]:
     for clause in clauses:
         # without OF, PostgreSQL locks the tables (a subquery's too) and passes over
         # WITH queries, functions and VALUES
-        named = [t.name.lower() for t in clause.expressions] or [
+        named = [folded(t.this) for t in clause.expressions] or [
             name for name, item in items.items() if table(item) or isinstance(item, exp.Subquery)
         ]
         for name in named:
@@ -376,7 +380,7 @@ def _cte_names(select: exp.Select) -> set[str]:
     for node in [select, *ancestors(select)]:
         with_ = node.args.get("with_") if isinstance(node, exp.Expr) else None
         if with_ is not None:
-            names |= {cte.alias.lower() for cte in with_.expressions}
+            names |= {alias_name(cte) for cte in with_.expressions}
     return names
 
 
@@ -384,7 +388,7 @@ def _names_output(key: exp.Expr, aliases: set[str]) -> bool:
     """Whether a GROUP BY or ORDER BY key is the bare name of a select-list item (it
     reads that item's value, which the outer query computes, not a column of FROM)."""
     target = key.this if isinstance(key, exp.Ordered) else key
-    return isinstance(target, exp.Column) and not target.table and target.name.lower() in aliases
+    return isinstance(target, exp.Column) and not target.table and folded(target.this) in aliases
 
 
 def _star_span(sql: SqlText, star: exp.Star) -> Span:
@@ -524,7 +528,7 @@ def _with_outer_ctes(sql: SqlText, scope: exp.Select, inner: str) -> str:
         above = above.parent
     if above is None:
         return inner
-    ctes = {cte.alias.lower(): cte for cte in above.args["with_"].expressions}
+    ctes = {alias_name(cte): cte for cte in above.args["with_"].expressions}
     needed = with_closure(_read_names(scope, ctes), ctes)
     if not needed:
         return inner
@@ -535,9 +539,9 @@ def _with_outer_ctes(sql: SqlText, scope: exp.Select, inner: str) -> str:
                 hint="Change the rows in a statement of their own, then evaluate the calls.",
             )
     readers = sorted(
-        t.name.lower()
+        folded(t.this)
         for t in above.find_all(exp.Table)
-        if not t.db and t.name.lower() in needed and not _inside(t, scope, needed, ctes)
+        if not t.db and folded(t.this) in needed and not _inside(t, scope, needed, ctes)
     )
     if readers:
         raise unsupported(
@@ -551,7 +555,7 @@ def _with_outer_ctes(sql: SqlText, scope: exp.Select, inner: str) -> str:
     kept = [
         t
         for c, t in zip(above.args["with_"].expressions, written, strict=True)
-        if c.alias.lower() in needed
+        if alias_name(c) in needed
     ]
     clause = f"{head} {', '.join(kept)}"
     if inner.lstrip()[:4].upper() != "WITH":
@@ -579,7 +583,7 @@ def _cte_text(sql: SqlText, cte: exp.CTE) -> str:
 
 
 def _read_names(root: exp.Expr, ctes: dict[str, exp.CTE]) -> set[str]:
-    return {t.name.lower() for t in root.find_all(exp.Table) if not t.db and t.name.lower() in ctes}
+    return {folded(t.this) for t in root.find_all(exp.Table) if not t.db and folded(t.this) in ctes}
 
 
 def with_closure(names: set[str], ctes: dict[str, exp.CTE]) -> set[str]:
@@ -600,7 +604,7 @@ def _inside(table: exp.Table, scope: exp.Expr, needed: set[str], ctes: dict[str,
     for above in ancestors(table):
         if above is scope:
             return True
-        if isinstance(above, exp.CTE) and above.alias.lower() in needed:
+        if isinstance(above, exp.CTE) and alias_name(above) in needed:
             return True
     return False
 
@@ -615,7 +619,7 @@ def _refuse_correlation(scope: exp.Expr) -> None:
     ]
     for column in columns:
         table = column.table
-        if table and table.lower() not in visible:
+        if table and column_table(column) not in visible:
             raise unsupported(
                 "pgml functions cannot be evaluated in a correlated subquery "
                 f'(it reads "{table}.{column.name}" of an outer query)',
@@ -635,9 +639,9 @@ def _sources(scope: exp.Expr) -> set[str]:
             if isinstance(
                 node, exp.Table | exp.Subquery | exp.Values | exp.Unnest | exp.Lateral
             ) and (node is root or node.find_ancestor(exp.Select, exp.Update, exp.Delete) is scope):
-                alias = node.alias_or_name
-                if alias:
-                    names.add(alias.lower())
+                name = item_name(node)
+                if name:
+                    names.add(name)
     return names
 
 

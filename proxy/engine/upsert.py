@@ -20,7 +20,7 @@ from __future__ import annotations
 from sqlglot import TokenType, exp
 
 from handlers.functions import unsupported
-from proxy.engine.calls import CallSite, mentions_call
+from proxy.engine.calls import CallSite, folded, mentions_call
 from proxy.engine.names import own
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.sqltext import SqlText
@@ -38,7 +38,7 @@ def rewrite(sql: SqlText, tree: exp.Insert, calls: list[CallSite]) -> str:
     if not isinstance(target, exp.Schema) or not target.expressions:
         raise unsupported("pgml functions over excluded need the INSERT's column list", hint=how)
     columns = [sql.text[i.meta["start"] : i.meta["end"] + 1] for i in target.expressions]
-    names = {i.name.lower() if not i.quoted else i.name for i in target.expressions}
+    names = {folded(i) for i in target.expressions}
     conflict = tree.args["conflict"]
     keys = [
         k.this if isinstance(k, exp.Ordered) else k
@@ -51,7 +51,7 @@ def rewrite(sql: SqlText, tree: exp.Insert, calls: list[CallSite]) -> str:
             hint=how,
         )
     key_names = [sql.text[k.this.meta["start"] : k.this.meta["end"] + 1] for k in keys]
-    if not all((k.this.name if k.this.quoted else k.this.name.lower()) in names for k in keys):
+    if not all(folded(k.this) in names for k in keys):
         raise unsupported(
             "pgml functions over excluded need the conflict key's columns among the inserted ones",
             hint=how,
@@ -65,11 +65,7 @@ def rewrite(sql: SqlText, tree: exp.Insert, calls: list[CallSite]) -> str:
             hint="Write each value.",
         )
     for call in calls:
-        read = {
-            c.this.name if c.this.quoted else c.name.lower()
-            for a in call.args
-            for c in a.find_all(exp.Column)
-        }
+        read = {folded(c.this) for a in call.args for c in a.find_all(exp.Column)}
         if read - names:
             raise unsupported(
                 f"{call.sql_name} reads excluded.{sorted(read - names)[0]}, which the INSERT "

@@ -19,6 +19,7 @@ from sqlglot import exp
 
 from handlers.functions import RECORD_OID, unsupported
 from proxy.engine import values
+from proxy.engine.calls import alias_name
 from proxy.engine.carried import type_names
 from proxy.engine.planner import Parsed
 from proxy.engine.scopes import quote_ident
@@ -37,13 +38,13 @@ async def carry_with_queries(
     replace each in ``text`` by its rows; return the WITH clause that defines them so,
     for the proxy's own statements over the calls' arguments."""
     ctes = _statement_ctes(parsed, names)
-    needed = with_closure(names, {c.alias.lower(): c for c in ctes})
+    needed = with_closure(names, {alias_name(c): c for c in ctes})
     start = parsed.sql.with_query(ctes[0])[0]
     head = "WITH RECURSIVE" if parsed.sql.word(start - 1) == "RECURSIVE" else "WITH"
     carried: list[str] = []
     with execution.services.capacity.carrying(execution.caller) as charge:
         for cte in ctes:
-            name = cte.alias.lower()
+            name = alias_name(cte)
             if name not in needed:
                 continue
             if not isinstance(cte.this, exp.Query):
@@ -74,7 +75,7 @@ def _statement_ctes(parsed: Parsed, names: set[str]) -> list[exp.CTE]:
     """The statement's own WITH queries, where ``names`` are all among them."""
     with_ = parsed.tree.args.get("with_")
     ctes = list(with_.expressions) if with_ is not None else []
-    missing = sorted(names - {c.alias.lower() for c in ctes})
+    missing = sorted(names - {alias_name(c) for c in ctes})
     if missing:
         raise unsupported(
             f'pgml functions in FROM cannot read WITH query "{missing[0]}" of a subquery '

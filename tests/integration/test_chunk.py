@@ -388,6 +388,25 @@ def test_in_from_over_the_items_before_it_as_postgresql_returns_them(
     _over_docs_as_postgresql(db, cluster, shape, mode)
 
 
+QUOTED_NAMES = [
+    # an alias alike but for case names the item ORDER BY reads, not the call's
+    'SELECT id AS "E", ({f}(\'character\', body, %s)).chunk AS e FROM {t} ORDER BY "E" DESC',
+    "SELECT id AS e, ({f}('character', body, %s)).chunk AS \"E\" FROM {t} ORDER BY e DESC",
+    # FROM items alike but for case: the call reads the one it names
+    'SELECT t.id, "T".id, c.chunk FROM {t} "T" JOIN {t} t ON t.id = "T".id + 2, '
+    "{f}('character', \"T\".body, %s) c ORDER BY 1, 3",
+]
+
+
+@pytest.mark.parametrize("shape", QUOTED_NAMES)
+def test_quoted_names_alike_but_for_case_are_told_apart(
+    db: psycopg.Connection[Any], cluster: PostgresCluster, shape: str
+) -> None:
+    """PostgreSQL tells quoted names apart by case (an unquoted one is folded to lower
+    case): so does the proxy, which reads each name as the item it is."""
+    _over_docs_as_postgresql(db, cluster, shape, "simple")
+
+
 def _over_docs_as_postgresql(
     db: psycopg.Connection[Any], cluster: PostgresCluster, shape: str, mode: str
 ) -> None:

@@ -208,6 +208,35 @@ def test_a_subquery_over_a_with_query_read_twice_or_writing_is_refused(
         assert conn.execute(f"SELECT count(*) FROM {docs} WHERE id = 1000").fetchone() == (0,)
 
 
+QUOTED_NAMES = [
+    # select-list aliases alike but for case: ORDER BY and GROUP BY read the one named
+    'SELECT id AS "E", {f}({m}, body) AS e FROM {t} ORDER BY "E" DESC',
+    'SELECT id AS e, {f}({m}, body) AS "E" FROM {t} ORDER BY e DESC LIMIT 4',
+    'SELECT id % 3 AS "K", ({f}({m}, body) IS NOT NULL OR body IS NULL) AS k, count(*) '
+    'FROM {t} GROUP BY "K", k ORDER BY "K" DESC',
+    # WITH queries alike but for case: a subquery over one reads that one, either order
+    'WITH "C" AS (SELECT id, body FROM {t} WHERE id < 3), c AS (SELECT id, body FROM {t} '
+    'WHERE id >= 3) SELECT s.id FROM (SELECT id, {f}({m}, body) AS e FROM "C") AS s ORDER BY 1',
+    'WITH c AS (SELECT id, body FROM {t} WHERE id >= 3), "C" AS (SELECT id, body FROM {t} '
+    "WHERE id < 3) SELECT s.id FROM (SELECT id, {f}({m}, body) AS e FROM c) AS s ORDER BY 1",
+    # a FROM item's quoted alias, read by a call in a subquery
+    'SELECT s.id FROM (SELECT "D".id, {f}({m}, "D".body) AS e FROM {t} AS "D") AS s ORDER BY 1',
+]
+"""Names PostgreSQL tells apart by case only where they are quoted."""
+
+
+@pytest.mark.parametrize("shape", QUOTED_NAMES)
+def test_quoted_names_alike_but_for_case_are_told_apart(
+    proxy: ProxyProcess, cluster: PostgresCluster, docs: str, shape: str
+) -> None:
+    def answer(dsn: str, function: str) -> Any:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            cur = conn.execute(shape.format(f=function, m=f"'{MODEL}'", t=docs))
+            return [d.name for d in cur.description or []], [row[0] for row in cur.fetchall()]
+
+    as_postgresql(answer, *_sides(cluster, proxy))
+
+
 MERGES = [
     "MERGE INTO {t} d USING (SELECT 2 AS id, 'z' AS body) s ON d.id = s.id "
     "WHEN MATCHED THEN UPDATE SET e = {f}({m}, s.body)",
