@@ -19,11 +19,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from sqlglot import Token, TokenType, exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.parsers.postgres import PostgresParser
 
 from handlers.functions import FUNCTIONS, Overload, PgmlError, unsupported
 from proxy.engine import merge, upsert
@@ -35,7 +36,21 @@ from proxy.engine.sourcetext import SourceText, nesting_depth, space_parameters,
 from proxy.engine.sqltext import SqlText
 from proxy.engine.upstream import ServerError, Skipped, Upstream
 
-DIALECT = Postgres()
+
+class _Postgres(Postgres):
+    """PostgreSQL's SQL, where the names of pgml functions that other systems define
+    (``TRANSFORM``, ``PREDICT``, neither a function of PostgreSQL's) are plain functions
+    of any arguments, so a call of them reads alike wherever it stands."""
+
+    class Parser(PostgresParser):
+        FUNCTIONS: ClassVar[dict[str, Callable[..., exp.Expr]]] = {
+            name: build
+            for name, build in PostgresParser.FUNCTIONS.items()
+            if name not in ("TRANSFORM", "PREDICT")
+        }
+
+
+DIALECT = _Postgres()
 
 T = TypeVar("T")
 

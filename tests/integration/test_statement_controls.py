@@ -98,12 +98,47 @@ def upsert(table: str) -> str:
     )
 
 
+def in_having(table: str) -> str:
+    """A call over each group's values, filtering the groups."""
+    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
+    return (
+        f"SELECT id % 2 AS k, count(*) FROM {table} GROUP BY k "
+        f"HAVING pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[min(body)]) IS NOT NULL"
+    )
+
+
+def merge(table: str) -> str:
+    """A call in MERGE's action over the source's row."""
+    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
+    return (
+        f"MERGE INTO {table} d USING (SELECT 1 AS id, 'b' AS body) s ON d.id = s.id "
+        f"WHEN MATCHED THEN UPDATE SET body = "
+        f"pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[s.body])::text"
+    )
+
+
+def over_items(table: str) -> str:
+    """A call in FROM over the columns of the FROM item before it."""
+    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
+    return (
+        f"SELECT t.id, x.* FROM {table} t, "
+        f"pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[t.body]) x"
+    )
+
+
 SHAPES = {
     "constant": (lambda _: ENDLESS, ""),
     "per-row": (per_row, ""),
     "where": (in_where, ""),
     "where, read only": (in_where, "SET default_transaction_read_only = on"),
     "upsert": (upsert, ""),
+    "having": (in_having, ""),
+    "merge": (merge, ""),
+    "from, over the items before": (over_items, ""),
+    "from, over the items before, read only": (
+        over_items,
+        "SET default_transaction_read_only = on",
+    ),
 }
 
 

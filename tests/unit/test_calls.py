@@ -19,6 +19,10 @@ PGML = [
     "SELECT * FROM \"pgml\".\"embed\"('m', 'x') AS e(v)",
     "SELECT * FROM pgml.transform('text-classification', inputs => ARRAY['x'])",
     "SELECT * FROM PGML.RANK('m', 'q', ARRAY['a'])",
+    # names other systems give functions of their own, after a comma in FROM
+    "SELECT * FROM docs d, pgml.transform('{}'::jsonb, '{}'::jsonb, ARRAY[d.body]) AS x",
+    "SELECT * FROM docs d, LATERAL pgml.predict('p', d.body) AS x",
+    "SELECT transform(1, 2, 3), pgml.predict('p', body) FROM docs",
 ]
 NOT_PGML = [
     'SELECT "PGML".embed(m, body) FROM docs',
