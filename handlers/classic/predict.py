@@ -108,6 +108,8 @@ class ClassicPredictor:
         a NULL is NaN where the model imputes that feature, else 22004."""
         import numpy as np
 
+        if values and None not in values and not isinstance(values[0], list):  # one row
+            return list(map(float, values))
         flat = np.array(values, dtype=object).ravel().tolist()
         if None not in flat:
             return [float(v) for v in flat]

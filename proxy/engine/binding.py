@@ -8,7 +8,7 @@ first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlglot import exp
@@ -119,14 +119,26 @@ def _explain_mismatch(call: CallSite) -> None:
 
 def bind(call: CallSite, overload: Overload, values: Sequence[Any]) -> Args:
     """The handler's argument tuple: every parameter, defaults filled in, JSON parsed."""
+    return binder(call, overload)(values)
+
+
+def binder(call: CallSite, overload: Overload) -> Callable[[Sequence[Any]], Args]:
+    """:func:`bind` for one call and overload, its arguments' places found once (a
+    per-row call binds every row's)."""
     found = positions(call, overload)
     assert found is not None
-    slots: list[Any] = [p.default for p in overload.params]
-    for position, value in zip(found, values, strict=True):
-        slots[position] = value
-    return tuple(
-        None if v is None else convert(overload.params[i].type, v) for i, v in enumerate(slots)
-    )
+    defaults = [p.default for p in overload.params]
+    kinds = [p.type for p in overload.params]
+
+    def bound(values: Sequence[Any]) -> Args:
+        slots = defaults.copy()
+        for position, value in zip(found, values, strict=True):
+            slots[position] = value
+        return tuple(
+            None if v is None else convert(kind, v) for kind, v in zip(kinds, slots, strict=True)
+        )
+
+    return bound
 
 
 def convert(kind: str, value: Any) -> Any:

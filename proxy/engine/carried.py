@@ -211,11 +211,9 @@ async def _evaluate(
     position = 1 + kept
     for index, row in enumerate(rows):
         count = len(row.kinds)
+        decoders = [values.decoder(kind) for kind in row.kinds]
         decoded = [
-            [
-                values.decode(kind, value)
-                for kind, value in zip(row.kinds, raw[position : position + count], strict=True)
-            ]
+            [d(v) for d, v in zip(decoders, raw[position : position + count], strict=True)]
             for raw in batch
         ]
         position += count

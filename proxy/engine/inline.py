@@ -279,6 +279,8 @@ async def _evaluate(
     keys: list[tuple[bytes | None, ...] | None] = []
     fresh: dict[tuple[bytes | None, ...], int] = {}
     given: list[Args] = []
+    decoders = [values.decoder(k) for k in row.kinds]
+    bind = row.invocation.bind
     for number, raw in enumerate(rows):
         arguments = tuple(raw[c] for c in columns)
         if row.overload.strict and None in arguments:
@@ -287,8 +289,7 @@ async def _evaluate(
         key = (str(number).encode(), *arguments) if row.varies else arguments
         if key not in known and key not in fresh:
             fresh[key] = len(given)
-            decoded = [values.decode(k, v) for k, v in zip(row.kinds, arguments, strict=True)]
-            given.append(row.invocation.bind(decoded))
+            given.append(bind([d(v) for d, v in zip(decoders, arguments, strict=True)]))
         keys.append(key)
     results = await row.invocation.run(execution, given)
     encoded = await off_loop(values.encode_all, row.returns, results)

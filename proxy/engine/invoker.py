@@ -6,7 +6,8 @@ over batches of argument tuples (:meth:`Invocation.run`) or its rows as they com
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +42,10 @@ class Invocation:
     authorized: set[Any] = field(default_factory=set)
     """Projects read from rows that ``authorize`` has been given."""
 
-    def bind(self, decoded: Sequence[Any]) -> Args:
+    @functools.cached_property
+    def bind(self) -> Callable[[Sequence[Any]], Args]:
         """One row's arguments, decoded, as the handler takes them."""
-        return binding.bind(self.call, self.overload, decoded)
+        return binding.binder(self.call, self.overload)
 
     async def run(self, execution: Execution, batch: Sequence[Args]) -> list[Any]:
         """The handler's result for each argument tuple of ``batch``, the rights for any

@@ -355,11 +355,11 @@ async def _write(
 def _arguments(row: RowCall, batch: Result) -> tuple[list[str], list[Args]]:
     ids: list[str] = []
     tuples: list[Args] = []
-    kinds = row.kinds
+    decoders = [values.decoder(k) for k in row.kinds]
+    bind = row.invocation.bind
     for raw in batch.rows:
-        decoded = [values.decode(k, v) for k, v in zip(kinds, raw[1:], strict=True)]
         ids.append(values.text(raw[0]))
-        tuples.append(row.invocation.bind(decoded))
+        tuples.append(bind([d(v) for d, v in zip(decoders, raw[1:], strict=True)]))
     return ids, tuples
 
 
