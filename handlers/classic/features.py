@@ -1,9 +1,10 @@
 """A relation's rows as a feature matrix and a label vector.
 
 The rows are read in the caller's own session (their privileges apply) with ``COPY ... TO
-STDOUT``, one JSON array a row: the label first, then every other column.  Numbers and
-booleans are features as they are, arrays are flattened, text is encoded as the column's
-``preprocess`` asks (ordinal codes of its sorted values unless ``one_hot``).
+STDOUT``: the label first, then every other column; as CSV read by pyarrow where every
+column is a number or a boolean, else one JSON array a row.  Numbers and booleans are
+features as they are, arrays are flattened, text is encoded as the column's ``preprocess``
+asks (ordinal codes of its sorted values unless ``one_hot``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ class Table:
     label: Column | None
     features: list[Column]
     y: list[Any] = field(default_factory=list)
-    x: list[list[Any]] = field(default_factory=list)
+    columns: list[Any] = field(default_factory=list)
+    """Each feature column's values in row order: a list (None for NULL), or for a number
+    or boolean column an array of floats (NaN for NULL)."""
+    rows: int = 0
     checksum: str = ""
     joint: list[Column] = field(default_factory=list)
     """A joint model's label columns (``label`` is the first): each of ``y`` is a list."""
@@ -71,6 +75,9 @@ async def read_table(session: SessionSQL, relation: str, y_column: str | list[st
         raise invalid_argument(f'relation "{relation}" has no feature columns')
     joint = labels if isinstance(y_column, list) else []
     table = Table(name, label, features, joint=joint)
+    if not joint and all(c.category in (NUMERIC, BOOLEAN) for c in [*labels, *features]):
+        await _read_numbers(session, table)
+        return table
     first = (
         f"json_build_array({', '.join(quote_ident(c.name) for c in joint)})"
         if joint
@@ -80,13 +87,61 @@ async def read_table(session: SessionSQL, relation: str, y_column: str | list[st
     )
     selected = ", ".join([first, *(quote_ident(c.name) for c in features)])
     digest = hashlib.sha256()
+    rows: list[list[Any]] = []
     async for chunk in session.copy_out(
         f"COPY (SELECT json_build_array({selected})::text FROM {name}) TO STDOUT (FORMAT csv)"
     ):
         digest.update(chunk)
-        for (text,) in csv.reader(io.StringIO(chunk.decode("utf-8"))):
-            values = json.loads(text)
-            table.y.append(values[0])
-            table.x.append(values[1:])
+        rows.extend(json.loads(text) for (text,) in csv.reader(io.StringIO(chunk.decode("utf-8"))))
+    table.y = [row[0] for row in rows]
+    table.columns = [[row[i] for row in rows] for i in range(1, len(features) + 1)]
+    table.rows = len(rows)
     table.checksum = "sha256:" + digest.hexdigest()
     return table
+
+
+async def _read_numbers(session: SessionSQL, table: Table) -> None:
+    """A relation of numbers and booleans, as CSV that pyarrow reads: each feature column
+    an array of floats, the label's values a list."""
+    import pyarrow as pa
+    from pyarrow import csv as arrow_csv
+
+    label = [] if table.label is None else [table.label]
+    names = [f"c{i}" for i in range(len(label) + len(table.features))]
+    kinds = {
+        n: pa.bool_() if c.category == BOOLEAN else pa.float64()
+        for n, c in zip(names, [*label, *table.features], strict=True)
+    }
+    selected = ", ".join(quote_ident(c.name) for c in [*label, *table.features])
+    digest = hashlib.sha256()
+    chunks: list[bytes] = []
+    async for chunk in session.copy_out(
+        f"COPY (SELECT {selected} FROM {table.relation}) TO STDOUT (FORMAT csv)"
+    ):
+        digest.update(chunk)
+        chunks.append(chunk)
+    if not chunks:  # no rows
+        table.columns = [[] for _ in table.features]
+        table.checksum = "sha256:" + digest.hexdigest()
+        return
+    read = arrow_csv.read_csv(
+        pa.py_buffer(b"".join(chunks)),
+        read_options=arrow_csv.ReadOptions(column_names=names),
+        parse_options=arrow_csv.ParseOptions(ignore_empty_lines=False),  # one NULL column
+        convert_options=arrow_csv.ConvertOptions(
+            column_types=kinds,
+            null_values=[""],  # an unquoted empty field: COPY's NULL in CSV
+            true_values=["t"],
+            false_values=["f"],
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    columns = [read.column(n).cast(pa.float64()).to_numpy() for n in names]
+    table.rows = read.num_rows
+    if label:
+        table.y = read.column(names[0]).to_pylist()
+        columns = columns[1:]
+    else:
+        table.y = [None] * read.num_rows
+    table.columns = columns
+    table.checksum = "sha256:" + digest.hexdigest()

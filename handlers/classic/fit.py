@@ -63,7 +63,7 @@ def matrix(table: Table, steps: dict[str, ColumnSteps]) -> tuple[Any, dict[str, 
     categories: dict[str, list[str]] = {}
     width = 0
     for index, column in enumerate(table.features):
-        values = [row[index] for row in table.x]
+        values = table.columns[index]
         step = steps.get(column.name, ColumnSteps())
         if column.category == TEXT:
             known = sorted({v for v in values if v is not None})
@@ -76,6 +76,8 @@ def matrix(table: Table, steps: dict[str, ColumnSteps]) -> tuple[Any, dict[str, 
                 block = ordinal.reshape(-1, 1)
         elif column.category == ARRAY:
             block = _array_block(column.name, values)
+        elif isinstance(values, np.ndarray):  # numbers or booleans, NULL as NaN already
+            block = values.astype(float).reshape(-1, 1)
         elif column.category == BOOLEAN:
             block = np.array([math.nan if v is None else float(v) for v in values]).reshape(-1, 1)
         else:
@@ -92,7 +94,7 @@ def matrix(table: Table, steps: dict[str, ColumnSteps]) -> tuple[Any, dict[str, 
                 hint=f'Impute them: preprocess => \'{{"{column.name}": {{"impute": "mean"}}}}\', '
                 "or filter them out in a view.",
             )
-    features = np.hstack(blocks) if blocks else np.empty((len(table.x), 0))
+    features = np.hstack(blocks) if blocks else np.empty((table.rows, 0))
     return features, {"positions": positions, "categories": categories, "width": width}
 
 
@@ -184,7 +186,7 @@ def fit(table: Table, job: Job, folder: Path) -> Fitted:
     y, classes = labels(table, job.task)
     x, layout = matrix(table, job.preprocess)
     class_ids = [classes.index(v) for v in y.tolist()] if classes else None
-    train, test = split_rows(len(table.x), job.test_size, job.sampling, job.seed, class_ids)
+    train, test = split_rows(table.rows, job.test_size, job.sampling, job.seed, class_ids)
     encoded = bool(classes) and job.algorithm in boosters.ENCODED_LABELS
     if encoded:  # fitted, scored and served as the classes' indexes
         y, scored = np.array(class_ids, dtype=float), [float(i) for i in range(len(classes))]

@@ -182,9 +182,9 @@ async def _train(
     )
     await services.run(build_estimator, task, name, job.hyperparams)  # refuses bad ones
     table = await read_table(ctx.session, source or relation_name, y_column_name)
-    if not table.x:
+    if not table.rows:
         raise invalid_argument(f'relation "{relation_name}" has no rows to train on')
-    count_test_rows(len(table.x), size)
+    count_test_rows(table.rows, size)
     job.preprocess = parse_preprocess(preprocess, [c.name for c in table.features])
     ctx.check_cancel()
     workdir = Path(tempfile.mkdtemp(prefix="pgml-train-", dir=services.work_dir()))
@@ -197,7 +197,7 @@ async def _train(
             project_name, task, caller.oid, lambda p: _require(ctx, p, deploys)
         )
         analysis = {
-            "rows": len(table.x),
+            "rows": table.rows,
             "train_rows": fitted.train_rows,
             "test_rows": fitted.test_rows,
             "features": fitted.features,
@@ -210,7 +210,7 @@ async def _train(
             sampling,
             {c.name: c.type for c in [*table.features, table.label, *table.joint] if c},
             analysis,
-            len(table.x),
+            table.rows,
             table.checksum,
             bool(materialize_snapshot),
         )

@@ -634,6 +634,65 @@ def test_null_labels_and_features(db: psycopg.Connection[Any]) -> None:
         db.execute(f"DROP TABLE {table}")
 
 
+def test_every_row_of_one_nullable_column_is_read(db: psycopg.Connection[Any]) -> None:
+    """A relation of one feature column (clustering: no label), NULL in every fourth row:
+    every row is read (a NULL row is an empty line of COPY's CSV) and imputed."""
+    table = unique("one_column")
+    db.execute(
+        f"CREATE TABLE {table} AS SELECT CASE WHEN g % 4 = 0 THEN NULL ELSE g % 7 END::real AS f "
+        "FROM generate_series(1, 40) AS g"
+    )
+    try:
+        project = unique("one_column")
+        found = train(
+            db,
+            project,
+            task="clustering",
+            relation_name=table,
+            algorithm="kmeans",
+            hyperparams={"n_clusters": 2, "random_state": 0, "n_init": 2},
+            preprocess={"f": {"impute": "mean"}},
+        )
+        assert found[:3] == (project, CLUSTERING, "kmeans")
+        (analysis,) = db.execute(
+            "SELECT s.analysis FROM pgml.snapshots AS s JOIN pgml.models AS m "
+            "ON m.snapshot_id = s.id JOIN pgml.projects AS p ON p.id = m.project_id "
+            "WHERE p.name = %s",
+            [project],
+        ).fetchone() or (None,)
+        assert analysis["rows"] == 40
+        assert analysis["train_rows"] + analysis["test_rows"] == 40
+    finally:
+        db.execute(f"DROP TABLE {table}")
+
+
+def test_boolean_labels_and_features_train_a_classifier(db: psycopg.Connection[Any]) -> None:
+    """Booleans, NULL among them, are features of 0 and 1 and a label of two classes."""
+    table = unique("booleans")
+    db.execute(
+        f"CREATE TABLE {table} AS SELECT g % 2 = 0 AS even, CASE WHEN g % 9 = 0 THEN NULL "
+        "ELSE g % 2 = 0 END AS hint, (g % 3)::int AS noise FROM generate_series(1, 90) AS g"
+    )
+    try:
+        project = unique("booleans")
+        train(
+            db,
+            project,
+            task="classification",
+            relation_name=table,
+            y_column_name="even",
+            algorithm="decision_tree",
+            preprocess={"hint": {"impute": "mode"}},
+        )
+        predicted = db.execute(
+            f"SELECT pgml.predict('{project}', ARRAY[1, 1]::real[]), "
+            f"pgml.predict('{project}', ARRAY[0, 1]::real[])"
+        ).fetchone()
+        assert predicted == (1.0, 0.0)
+    finally:
+        db.execute(f"DROP TABLE {table}")
+
+
 def test_impute_min_and_max_take_the_training_extremes(db: psycopg.Connection[Any]) -> None:
     """A NULL feature becomes the column's least (``min``) or greatest (``max``) training
     value, each per feature, in training and at prediction."""
