@@ -49,9 +49,14 @@ def rows(cluster: PostgresCluster) -> Iterator[str]:
     cluster.psql(f"DROP TABLE IF EXISTS {name}")
 
 
-def per_row(table: str) -> str:
+def endless(argument: str) -> str:
+    """A call over ``argument`` (the text of an expression) that works until stopped."""
     task = f'{{"task": "text-generation", "model": "{LONG}"}}'
-    return f"SELECT id, pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[body]) FROM {table}"
+    return f"pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[{argument}])"
+
+
+def per_row(table: str) -> str:
+    return f"SELECT id, {endless('body')} FROM {table}"
 
 
 def _failure(conn: psycopg.Connection[Any], sql: str) -> tuple[psycopg.Error, float]:
@@ -82,48 +87,34 @@ def _when_active(direct: psycopg.Connection[Any], pid: int, since: float) -> Non
 def in_where(table: str) -> str:
     """A call PostgreSQL must see the value of: the scope is materialised (a temporary
     table), or carried through the proxy where the session may not write."""
-    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
-    return (
-        f"SELECT id FROM {table} "
-        f"WHERE pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[body]) IS NOT NULL"
-    )
+    return f"SELECT id FROM {table} WHERE {endless('body')} IS NOT NULL"
 
 
 def upsert(table: str) -> str:
     """A call over the row an INSERT proposes, for the row it conflicts with."""
-    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
     return (
         f"INSERT INTO {table} (id, body) VALUES (1, 'b') ON CONFLICT (id) DO UPDATE "
-        f"SET body = pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[excluded.body])::text"
+        f"SET body = {endless('excluded.body')}::text"
     )
 
 
 def in_having(table: str) -> str:
     """A call over each group's values, filtering the groups."""
-    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
-    return (
-        f"SELECT id % 2 AS k, count(*) FROM {table} GROUP BY k "
-        f"HAVING pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[min(body)]) IS NOT NULL"
-    )
+    having = endless("min(body)")
+    return f"SELECT id % 2 AS k, count(*) FROM {table} GROUP BY k HAVING {having} IS NOT NULL"
 
 
 def merge(table: str) -> str:
     """A call in MERGE's action over the source's row."""
-    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
     return (
         f"MERGE INTO {table} d USING (SELECT 1 AS id, 'b' AS body) s ON d.id = s.id "
-        f"WHEN MATCHED THEN UPDATE SET body = "
-        f"pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[s.body])::text"
+        f"WHEN MATCHED THEN UPDATE SET body = {endless('s.body')}::text"
     )
 
 
 def over_items(table: str) -> str:
     """A call in FROM over the columns of the FROM item before it."""
-    task = f'{{"task": "text-generation", "model": "{LONG}"}}'
-    return (
-        f"SELECT t.id, x.* FROM {table} t, "
-        f"pgml.transform('{task}'::jsonb, '{FOREVER}', ARRAY[t.body]) x"
-    )
+    return f"SELECT t.id, x.* FROM {table} t, {endless('t.body')} x"
 
 
 SHAPES = {
