@@ -107,12 +107,13 @@ async def _read_numbers(session: SessionSQL, table: Table) -> None:
     from pyarrow import csv as arrow_csv
 
     label = [] if table.label is None else [table.label]
-    names = [f"c{i}" for i in range(len(label) + len(table.features))]
+    read_columns = [*label, *table.features]
+    names = [f"c{i}" for i in range(len(read_columns))]
     kinds = {
         n: pa.bool_() if c.category == BOOLEAN else pa.float64()
-        for n, c in zip(names, [*label, *table.features], strict=True)
+        for n, c in zip(names, read_columns, strict=True)
     }
-    selected = ", ".join(quote_ident(c.name) for c in [*label, *table.features])
+    selected = ", ".join(quote_ident(c.name) for c in read_columns)
     digest = hashlib.sha256()
     chunks: list[bytes] = []
     async for chunk in session.copy_out(
@@ -120,9 +121,9 @@ async def _read_numbers(session: SessionSQL, table: Table) -> None:
     ):
         digest.update(chunk)
         chunks.append(chunk)
+    table.checksum = "sha256:" + digest.hexdigest()
     if not chunks:  # no rows
         table.columns = [[] for _ in table.features]
-        table.checksum = "sha256:" + digest.hexdigest()
         return
     read = arrow_csv.read_csv(
         pa.py_buffer(b"".join(chunks)),
@@ -136,12 +137,6 @@ async def _read_numbers(session: SessionSQL, table: Table) -> None:
             quoted_strings_can_be_null=False,
         ),
     )
-    columns = [read.column(n).cast(pa.float64()).to_numpy() for n in names]
     table.rows = read.num_rows
-    if label:
-        table.y = read.column(names[0]).to_pylist()
-        columns = columns[1:]
-    else:
-        table.y = [None] * read.num_rows
-    table.columns = columns
-    table.checksum = "sha256:" + digest.hexdigest()
+    table.y = read.column(names[0]).to_pylist() if label else [None] * read.num_rows
+    table.columns = [read.column(n).cast(pa.float64()).to_numpy() for n in names[len(label) :]]
