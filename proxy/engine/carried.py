@@ -211,11 +211,7 @@ async def _evaluate(
     position = 1 + kept
     for index, row in enumerate(rows):
         count = len(row.kinds)
-        decoders = [values.decoder(kind) for kind in row.kinds]
-        decoded = [
-            [d(v) for d, v in zip(decoders, raw[position : position + count], strict=True)]
-            for raw in batch
-        ]
+        decoded = [row.decode(raw[position : position + count]) for raw in batch]
         position += count
         results.append(await _results(execution, row, decoded, carried, index))
     for r, text in enumerate(texts):

@@ -279,7 +279,6 @@ async def _evaluate(
     keys: list[tuple[bytes | None, ...] | None] = []
     fresh: dict[tuple[bytes | None, ...], int] = {}
     given: list[Args] = []
-    decoders = [values.decoder(k) for k in row.kinds]
     bind = row.invocation.bind
     for number, raw in enumerate(rows):
         arguments = tuple(raw[c] for c in columns)
@@ -289,7 +288,7 @@ async def _evaluate(
         key = (str(number).encode(), *arguments) if row.varies else arguments
         if key not in known and key not in fresh:
             fresh[key] = len(given)
-            given.append(bind([d(v) for d, v in zip(decoders, arguments, strict=True)]))
+            given.append(bind(row.decode(arguments)))
         keys.append(key)
     results = await row.invocation.run(execution, given)
     encoded = await off_loop(values.encode_all, row.returns, results)

@@ -27,7 +27,7 @@ from sqlglot import TokenType, exp
 
 from handlers.functions import unsupported
 from proxy.engine import analysis, binding
-from proxy.engine.calls import LATERAL_HINT, CallSite, contains, folded, item_name, items_before
+from proxy.engine.calls import LATERAL_HINT, CallSite, alias_name, contains, item_name, items_before
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, parse, skeleton
 from proxy.engine.scopes import quote_ident
@@ -195,7 +195,7 @@ def _with_around(parsed: Parsed, select: exp.Select) -> str:
             if contains(cte, select):
                 break
             first, last = sql.with_query(cte)
-            texts[folded(cte.args["alias"].this)] = sql.source(first, last)
+            texts[alias_name(cte)] = sql.source(first, last)
     if not texts:
         return ""
     return ("WITH RECURSIVE " if recursive else "WITH ") + ", ".join(texts.values()) + " "

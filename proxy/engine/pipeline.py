@@ -68,12 +68,11 @@ async def run(engine: Engine, execution: Execution, parsed: Parsed, target: Targ
         assert formats is not None  # checked before the statement was planned so
         await send_inline(execution, execution.inline, formats, describe=target.describe)
         return None
-    live = execution.live
+    upstream, params, live = execution.upstream, parameters(execution), execution.live
     if live is None:
-        return await start(execution.upstream, final, parameters(execution), target, FINAL_ROWS)
-    upstream = execution.upstream
+        return await start(upstream, final, params, target, FINAL_ROWS)
     if parsed.declares_cursor:
-        declared = await start(execution.upstream, final, parameters(execution), target, FINAL_ROWS)
+        declared = await start(upstream, final, params, target, FINAL_ROWS)
         upstream.flush()
         try:
             await declared
@@ -82,7 +81,7 @@ async def run(engine: Engine, execution: Execution, parsed: Parsed, target: Targ
             return None
         engine.cursors.declared(execution, final, live)
         return None
-    executed = await start(execution.upstream, final, parameters(execution), target, ERRORS)
+    executed = await start(upstream, final, params, target, ERRORS)
     upstream.flush()
     with contextlib.suppress(ServerError, Skipped):  # PostgreSQL has told the client
         await send_rows(upstream, live, executed, tag="SELECT")

@@ -4,7 +4,9 @@ at a time, and the query that takes the scope's place (see :mod:`proxy.engine.sc
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,14 @@ class RowCall:
     @property
     def varies(self) -> bool:
         return self.invocation.varies
+
+    @functools.cached_property
+    def _decoders(self) -> list[Callable[[bytes | None], Any]]:
+        return [values.decoder(kind) for kind in self.kinds]
+
+    def decode(self, raw: Sequence[bytes | None]) -> list[Any]:
+        """One row's argument columns, as fetched, read as their types."""
+        return [read(value) for read, value in zip(self._decoders, raw, strict=True)]
 
 
 @dataclass(eq=False)
@@ -355,11 +365,10 @@ async def _write(
 def _arguments(row: RowCall, batch: Result) -> tuple[list[str], list[Args]]:
     ids: list[str] = []
     tuples: list[Args] = []
-    decoders = [values.decoder(k) for k in row.kinds]
     bind = row.invocation.bind
     for raw in batch.rows:
         ids.append(values.text(raw[0]))
-        tuples.append(bind([d(v) for d, v in zip(decoders, raw[1:], strict=True)]))
+        tuples.append(bind(row.decode(raw[1:])))
     return ids, tuples
 
 
