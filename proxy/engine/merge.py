@@ -31,11 +31,10 @@ VALUE = "__pgml_c"
 def rewrite(sql: SqlText, tree: exp.Merge, calls: list[CallSite]) -> str:
     """The statement with the calls of its actions evaluated over the source's rows."""
     source = tree.args["using"]
-    if not isinstance(source.args.get("alias"), exp.TableAlias) and not isinstance(
-        source.this, exp.Identifier
-    ):
+    name = item_name(source)
+    if not name:
         raise unsupported("pgml functions in MERGE need its source named", hint=MERGE_HINT)
-    spelled = quote_ident(item_name(source))
+    spelled = quote_ident(name)
     outermost = [
         c for c in calls if not any(o is not c and contains(o.node, c.node) for o in calls)
     ]
