@@ -10,9 +10,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlglot import exp
+
 from handlers.functions import RECORD_OID, Args, Overload, PgmlError
 from proxy.engine import binding, invoker, values
-from proxy.engine.calls import CallSite, reads_columns
+from proxy.engine.calls import CallSite, folded, reads_columns
 from proxy.engine.constants import known_value
 from proxy.engine.invoker import Invocation
 from proxy.engine.names import own
@@ -97,7 +99,47 @@ async def resolve_step(execution: Execution, parsed: Parsed, step: ScopeStep) ->
             "select list",
             hint="Call each in a subquery of its own and join them.",
         )
+    if any(r.overload.set_returning for r in rows):
+        await _refuse_sets_beside(execution, parsed, step)
     return Resolved(described.columns, names, by_slot, rows)
+
+
+async def _refuse_sets_beside(execution: Execution, parsed: Parsed, step: ScopeStep) -> None:
+    """PostgreSQL runs the set-returning functions of one select list in step, the row
+    count the longest one's.  A set-returning call over columns multiplies its row by its
+    result rows, and a function beside it would multiply them again (and read its row
+    once per result row): refused, as one set-returning call beside another is.  Which
+    names return sets is PostgreSQL's to say (the caller's own functions included)."""
+    functions = step.item_functions()
+    pgml = {id(call.node): call for call in parsed.calls}
+    names: set[str] = set()
+    for node in functions:
+        call = pgml.get(id(node.parent))  # a call is pgml.<function>: its Dot
+        if call is not None:
+            if any(o.set_returning for o in call.function.overloads):
+                raise _beside(call.sql_name)
+        elif isinstance(node, exp.Anonymous):
+            names.add(folded(node.this))
+        else:  # sqlglot's own class (unnest is its Explode): the name PostgreSQL reads
+            names.add(node.sql(dialect="postgres").split("(", 1)[0].lower())
+    if not names:
+        return
+    found = await execution.select(
+        "SELECT min(proname::text) FROM pg_catalog.pg_proc WHERE proretset "
+        "AND proname = ANY(CAST($1 AS name[]))",
+        [values.client_bytes(values.text_array_literal(sorted(names)))],
+    )
+    if found.rows and found.rows[0][0] is not None:
+        raise _beside(values.text(found.rows[0][0]))
+
+
+def _beside(name: str) -> PgmlError:
+    return PgmlError(
+        "0A000",
+        f"a pgml function that returns a set cannot be called over columns beside {name}, "
+        "which returns a set too, in one select list",
+        hint="Call one of them in a subquery of its own and join them.",
+    )
 
 
 def anonymous_columns(step: ScopeStep, resolved: Resolved) -> set[str]:

@@ -112,6 +112,18 @@ class ScopeStep:
     _tail: str = ""
     """Late: the LIMIT, OFFSET and FETCH that then follow them in the outer query."""
 
+    def item_functions(self) -> list[exp.Func]:
+        """The functions the select list calls at its own level (not in its subqueries),
+        the step's own calls left out."""
+        own = {id(call.node) for call in self.calls}
+        found: list[exp.Func] = []
+        for item in self._items:
+            for node in item.find_all(exp.Func):
+                above = [node, *_ancestors_below(node, item)]
+                if not any(id(a) in own or isinstance(a, _QUERIES) for a in above):
+                    found.append(node)
+        return found
+
     @property
     def filters(self) -> bool:
         """Whether the outer query filters the inner query's rows (by HAVING's calls)."""
@@ -260,6 +272,21 @@ class ScopeStep:
         if "returning" in self._pieces:
             parts.append(text.render(self._pieces["returning"]))
         return " ".join(parts)
+
+
+_QUERIES = (exp.Select, exp.Subquery, exp.SetOperation)
+
+
+def _ancestors_below(node: exp.Expr, top: exp.Expr) -> list[exp.Expr]:
+    """The nodes above ``node`` up to ``top``, ``top`` included."""
+    found: list[exp.Expr] = []
+    parent = node.parent if node is not top else None
+    while parent is not None:
+        found.append(parent)
+        if parent is top:
+            break
+        parent = parent.parent
+    return found
 
 
 def _name_source(item: exp.Expr) -> exp.Expr:

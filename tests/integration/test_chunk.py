@@ -353,6 +353,48 @@ def test_over_columns_into_a_table_and_refused_where_postgresql_refuses(
         cluster.psql(f"DROP TABLE IF EXISTS {table}, {table}_chunks")
 
 
+def test_beside_another_set_returning_function_refused(
+    db: psycopg.Connection[Any], cluster: PostgresCluster
+) -> None:
+    """PostgreSQL runs the set-returning functions of one select list in step, the
+    longest setting the row count; a set-returning call over columns beside another would
+    multiply its rows instead (and read each row once per result row): PostgreSQL's,
+    another pgml one and the caller's own are refused, never answered with rows
+    PostgreSQL would not return.  Beside other functions, and beside a set-returning one
+    inside a subquery of the select list, it runs."""
+    table = unique("chunk_docs")
+    cluster.psql(
+        f"CREATE TABLE {table} (id int, body text); "
+        f"INSERT INTO {table} VALUES (1, 'alpha beta gamma'), (2, 'one two'); "
+        f"CREATE FUNCTION {table}_set(text) RETURNS SETOF text LANGUAGE sql "
+        "AS 'SELECT $1 UNION ALL SELECT $1'"
+    )
+    options = json.dumps({"chunk_size": 6, "chunk_overlap": 0, "separator": " "})
+    chunk = "pgml.chunk('character', {}, '" + options.replace("{", "{{").replace("}", "}}") + "')"
+    try:
+        for beside, named in (
+            ("generate_series(1, 2)", "generate_series"),
+            ("unnest(ARRAY[1, 2]) + 1", "unnest"),
+            (f"public.{table}_set(body)", f"{table}_set"),
+            (chunk.format("'p q'"), "unnest"),  # the constant call's rows, in its place
+        ):
+            with pytest.raises(errors.FeatureNotSupported, match=f"beside {named}, which"):
+                db.execute(f"SELECT id, {chunk.format('body')}, {beside} FROM {table}")
+        found = db.execute(
+            f"SELECT id, ({chunk.format('body')}).chunk, upper(body), "
+            f"(SELECT max(g) FROM generate_series(1, 2) AS g) FROM {table}"
+        ).fetchall()
+        assert sorted(found) == [
+            (1, "alpha", "ALPHA BETA GAMMA", 2),
+            (1, "beta", "ALPHA BETA GAMMA", 2),
+            (1, "gamma", "ALPHA BETA GAMMA", 2),
+            (2, "one", "ONE TWO", 2),
+            (2, "two", "ONE TWO", 2),
+        ]
+    finally:
+        cluster.psql(f"DROP TABLE IF EXISTS {table}; DROP FUNCTION IF EXISTS {table}_set")
+
+
 OVER_ITEMS = [
     "SELECT t.id, c.chunk_index, c.chunk FROM {t} t, LATERAL {f}('character', t.body, %s) c "
     "ORDER BY 1, 2",
