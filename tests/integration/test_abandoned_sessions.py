@@ -217,6 +217,37 @@ def test_gone_while_proxy_runs_pgml_statement(stack: Stack, reset: bool, read_on
     assert stack.answers()
 
 
+MERGE_TABLE = "abandoned_merge"
+SHAPES = {
+    "having": "SELECT id FROM {t} GROUP BY id HAVING (pgml.embed('{m}', min(body)))[1] > -100",
+    "from": "SELECT d.id, e FROM {t} AS d, LATERAL pgml.embed('{m}', d.body) AS e",
+    "merge": "MERGE INTO {w} AS w USING {t} AS d ON w.id = d.id "
+    "WHEN MATCHED THEN UPDATE SET e = pgml.embed('{m}', d.body)",
+    "update": "UPDATE {w} AS w SET e = pgml.embed('{m}', d.body) FROM {t} AS d WHERE d.id = w.id",
+}
+
+
+@RESET
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_gone_during_every_shape(stack: Stack, reset: bool, shape: str) -> None:
+    """HAVING, a call in FROM over the items before it, MERGE's action and UPDATE's SET,
+    each over every row: the backend ends with its client and nothing is written."""
+    stack.cluster.psql(
+        f"CREATE TABLE IF NOT EXISTS {MERGE_TABLE} (id int PRIMARY KEY, e real[]); "
+        f"TRUNCATE {MERGE_TABLE}; INSERT INTO {MERGE_TABLE} SELECT id FROM {stack.table}"
+    )
+    client, pid = login(stack.proxy.port)
+    client.send(rc.query(SHAPES[shape].format(t=stack.table, w=MERGE_TABLE, m=MODEL)))
+    assert wait_until(lambda: active(stack, pid), 5.0), "the statement never started"
+    time.sleep(0.5)
+    assert active(stack, pid), "the statement ended before its client left"
+    vanish(client, reset)
+    assert_backend_ends(stack, pid)
+    written = stack.cluster.psql(f"SELECT count(*) FROM {MERGE_TABLE} WHERE e IS NOT NULL")
+    assert written == "0\n"
+    assert stack.answers()
+
+
 @RESET
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "no-sync"])
 def test_gone_during_extended_takeover(stack: Stack, reset: bool, sync: bool) -> None:
