@@ -271,13 +271,19 @@ def _check_lateral(call: CallSite, holder: exp.Expr) -> None:
     name = call.sql_name
     if not isinstance(join, exp.Join) or not isinstance(join.parent, exp.Select):
         raise unsupported(f"{name} in FROM cannot take column arguments here", hint=LATERAL_HINT)
-    if join.args.get("side") or join.args.get("method"):
-        side = str(join.args.get("side") or join.args.get("method")).upper()
+    if join.args.get("method"):
+        method = str(join.args["method"]).upper()
         raise unsupported(
-            f"{name} over columns cannot be joined with {side} JOIN", hint=LATERAL_HINT
+            f"{name} over columns cannot be joined with {method} JOIN", hint=LATERAL_HINT
         )
-    if call.ordinality:
-        raise unsupported(f"{name} over columns cannot be read WITH ORDINALITY", hint=LATERAL_HINT)
+    on = join.args.get("on")  # RIGHT and FULL: PostgreSQL's refusal (proxy.engine.lateral)
+    if str(join.args.get("side")).upper() == "LEFT" and not (
+        isinstance(on, exp.Boolean) and on.this is True
+    ):
+        raise unsupported(
+            f"{name} over columns can be joined with LEFT JOIN only ON true",
+            hint=LATERAL_HINT,
+        )
     select = join.parent
     if select.args.get("locks"):
         raise unsupported(f"{name} over columns cannot be called in a query FOR UPDATE or SHARE")

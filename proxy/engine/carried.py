@@ -225,10 +225,13 @@ async def _evaluate(
 def _with_result(
     heads: list[list[str | None]], row: RowCall, result: Any
 ) -> list[list[str | None]]:
-    """Each row with a call's result: its number, or a set's rows (none: no row)."""
+    """Each row with a call's result: its number, or a set's rows (none: no row, or one
+    row numbered NULL where the call keeps it)."""
     if not row.overload.set_returning:
         return [[*head, None if result is None else str(result)] for head in heads]
     kinds = [kind for _, kind in row.overload.columns]
+    if not result and row.keeps_empty:
+        return [[*head, *[None] * (1 + len(kinds))] for head in heads]
     return [
         [*head, str(n), *(values.encode(k, v) for k, v in zip(kinds, part, strict=True))]
         for head in heads

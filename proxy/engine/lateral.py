@@ -16,6 +16,12 @@ Describe of the items alone, in the statement's WITH queries), so the rest of th
 statement reads them as written; a ``*`` of the select list is spelt as each item's
 ``.*`` so that the carrier adds no column.  Each row of the items is produced once and
 the call evaluated once for it.
+
+A set-returning call is followed in the carrier by the :data:`~proxy.engine.scopes.ORDINAL`
+item: each result row's number, NULL on the one row kept for an item row whose call gave
+none.  The call's derived table reads the numbered rows only, so PostgreSQL drops such a
+row (a comma, ``CROSS`` or inner ``JOIN``) or joins it to NULLs (``LEFT JOIN ... ON
+true``), and ``WITH ORDINALITY`` reads the number.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from proxy.engine import analysis, binding
 from proxy.engine.calls import LATERAL_HINT, CallSite, alias_name, contains, item_name, items_before
 from proxy.engine.names import own
 from proxy.engine.planner import Parsed, parse, skeleton
-from proxy.engine.scopes import quote_ident
+from proxy.engine.scopes import ORDINAL, quote_ident
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.sqltext import SqlText
 
@@ -58,6 +64,13 @@ async def rewrite(execution: Execution, parsed: Parsed, call: CallSite) -> str:
     join = _holder(call).parent
     assert isinstance(join, exp.Join) and isinstance(join.parent, exp.Select)
     select = join.parent
+    side = str(join.args.get("side") or "").upper()
+    if side in ("RIGHT", "FULL"):  # a column of an item before it: PostgreSQL's refusal
+        oids = execution.user.oids
+        await analysis.describe_text(
+            execution.upstream, skeleton(parsed, oids, execution.label_types or {}), oids
+        )
+        raise unsupported(f"{call.sql_name} over columns cannot be joined with {side} JOIN")
     if sum(c.lateral and _select_of(c) is select for c in parsed.calls) > 1:
         raise unsupported(
             "pgml functions over columns in FROM: one in a FROM list",
@@ -82,19 +95,23 @@ async def rewrite(execution: Execution, parsed: Parsed, call: CallSite) -> str:
             fields.append(f"{CARRIER}.__pgml_l{n} AS {quote_ident(column)}")
             n += 1
         outer.append(f"LATERAL (SELECT {', '.join(fields)}) AS {quote_ident(item.name)}")
-    pieces.append(f"{parsed.text[slice(*call.text.span)]} AS {_VALUE}")
+    pieces.append(f"{_call_alone(sql, call)} AS {_VALUE}")
+    oids = binding.syntax_oids(call, execution.user.oids)
+    overload = binding.pick_overload(call, oids)
+    if overload.set_returning:  # each result row numbered; none: one row numbered NULL
+        pieces.append(f"CAST(NULL AS bigint) AS {ORDINAL}")
     text = SourceText(parsed.text)
     carrier = f"(SELECT {', '.join(pieces)} FROM {sql.source(first, last)}) AS {CARRIER}"
     text.replace(sql.chars(first, last), ", ".join([carrier, *outer]))
     name = call.alias or call.function.name
-    oids = binding.syntax_oids(call, execution.user.oids)
-    columns = binding.pick_overload(call, oids).columns
-    if columns:
-        value = f"(SELECT ({CARRIER}.{_VALUE}).*)"
-    elif call.alias_node is not None and call.alias_node.columns:
-        value = f"(SELECT {CARRIER}.{_VALUE})"
-    else:
-        value = f"(SELECT {CARRIER}.{_VALUE} AS {quote_ident(name)})"
+    read = f"({CARRIER}.{_VALUE}).*" if overload.columns else f"{CARRIER}.{_VALUE}"
+    if not overload.columns and not (call.alias_node is not None and call.alias_node.columns):
+        read += f" AS {quote_ident(name)}"
+    if call.ordinality:
+        number = f"{CARRIER}.{ORDINAL}" if overload.set_returning else "CAST(1 AS bigint)"
+        read += f", {number} AS ordinality"
+    found = f" WHERE {CARRIER}.{ORDINAL} IS NOT NULL" if overload.set_returning else ""
+    value = f"(SELECT {read}{found})"
     if call.alias_node is None:
         value += f" AS {quote_ident(name)}"
     text.replace(call.text.span, value if lateral else f"LATERAL {value}")
@@ -115,6 +132,14 @@ async def rewrite(execution: Execution, parsed: Parsed, call: CallSite) -> str:
             if isinstance(item, exp.Star):
                 text.replace(sql.chars(*where), spelt)
     return text.render()
+
+
+def _call_alone(sql: SqlText, call: CallSite) -> str:
+    """The call's text, without the ``WITH ORDINALITY`` its span takes in."""
+    start, end = call.text.span
+    if call.ordinality:  # the words' two tokens end the span
+        end = sql.tokens[sql.by_end[end - 1] - 2].end + 1
+    return sql.text[start:end]
 
 
 def _holder(call: CallSite) -> exp.Expr:
@@ -152,7 +177,9 @@ def _before_join(sql: SqlText, i: int) -> int:
     if sql.kind(i) == TokenType.COMMA:
         return i - 1
     if sql.word(i) == "JOIN":
-        return i - 2 if sql.word(i - 1) in ("CROSS", "INNER") else i - 1
+        if sql.word(i - 1) == "OUTER":  # LEFT OUTER JOIN
+            return i - 3
+        return i - 2 if sql.word(i - 1) in ("CROSS", "INNER", "LEFT") else i - 1
     raise unsupported(
         "pgml functions over columns in FROM: could not read the join", hint=LATERAL_HINT
     )

@@ -44,6 +44,9 @@ class RowCall:
     """Each argument's parameter type: the type its column is cast to."""
     columns: list[str]
     """Each argument's ``M`` column."""
+    keeps_empty: bool = False
+    """A set-returning call whose row stays, once, when it gives no rows (the step is
+    :attr:`ScopeStep.numbered`)."""
 
     @property
     def overload(self) -> Overload:
@@ -262,7 +265,7 @@ async def _resolve(
             hint="Call it once per project, with the project's name as a literal.",
         )
     invocation = await invoker.prepare(execution, call, overload, constants)
-    return RowCall(call, invocation, kinds, columns)
+    return RowCall(call, invocation, kinds, columns, overload.set_returning and step.numbered)
 
 
 def _prepare(
@@ -301,12 +304,13 @@ def _prepare(
         alias = f"__pgml_v{index}"
         if not row.overload.set_returning:
             return f" LEFT JOIN {table} AS {alias} ON {alias}.__pgml_id = {key}"
-        # no result row, no row (PostgreSQL's ProjectSet); the subquery's whole row is the
-        # call's value, a record whose fields PostgreSQL knows by name
+        # no result row, no row (PostgreSQL's ProjectSet) unless kept; the subquery's whole
+        # row is the call's value, a record whose fields PostgreSQL knows by name
         found = f"{_SET}{index}"
         fields = ", ".join(f"{found}.{quote_ident(n)}" for n, _ in row.overload.columns)
         return (
-            f" JOIN {table} AS {found} ON {found}.__pgml_id = {key}"
+            f" {'LEFT JOIN' if row.keeps_empty else 'JOIN'} {table} AS {found} "
+            f"ON {found}.__pgml_id = {key}"
             f" CROSS JOIN LATERAL (SELECT {fields}) AS {alias}"
         )
 

@@ -37,12 +37,18 @@ from typing import Literal
 
 from sqlglot import exp
 
-from proxy.engine.calls import CallSite
+from proxy.engine.calls import CallSite, alias_name
+from proxy.engine.names import own
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.sqltext import Span, SqlText
 
 StepKind = Literal["late", "early", "update", "delete"]
 M = "__pgml_m"
+ORDINAL = own("lo")
+"""A late step's select-list item of this name (a typed NULL) is given the number of
+its set-returning call's row, and a row whose call gives no rows is kept, once, with
+the number NULL: how a call in FROM is read ``WITH ORDINALITY`` or ``LEFT JOIN``
+(see :mod:`proxy.engine.lateral`)."""
 """The alias of the materialised rows in outer queries."""
 MARK = "__pgml_mark"
 ROW_KEY = "__pgml_k"
@@ -123,6 +129,13 @@ class ScopeStep:
                 if not any(id(a) in own or isinstance(a, _QUERIES) for a in above):
                     found.append(node)
         return found
+
+    @property
+    def numbered(self) -> bool:
+        """Whether the select list holds the :data:`ORDINAL` item."""
+        return self.kind == "late" and any(
+            isinstance(item, exp.Alias) and alias_name(item) == ORDINAL for item in self._items
+        )
 
     @property
     def filters(self) -> bool:
@@ -213,7 +226,10 @@ class ScopeStep:
         out: list[str] = []
         for i, slot in enumerate(self.slots):
             if slot.kind in ("item", "star"):
-                out += [f"{M}.{c} AS {quote_ident(name)}" for c, name in columns[i]]
+                out += [
+                    f"{ordinals[0] if name == ORDINAL else f'{M}.{c}'} AS {quote_ident(name)}"
+                    for c, name in columns[i]
+                ]
             elif slot.kind == "null":
                 item = self._items[slot.index]
                 out.append(text.render(self._item_spans[slot.index]) + self._alias(item, columns))

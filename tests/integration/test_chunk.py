@@ -170,12 +170,13 @@ def test_in_lateral_and_over_a_subquery(db: psycopg.Connection[Any]) -> None:
         for refused, reason in (
             (
                 f"SELECT t.id, c.* FROM {table} AS t LEFT JOIN LATERAL "
-                "pgml.chunk('character', t.body) AS c ON true",
-                "cannot be joined with LEFT JOIN",
+                "pgml.chunk('character', t.body) AS c ON c.chunk_index = 1",
+                "with LEFT JOIN only ON true",
             ),
             (
-                f"SELECT * FROM {table} AS t, pgml.chunk('character', t.body) WITH ORDINALITY",
-                "cannot be read WITH ORDINALITY",
+                f"SELECT t.id, c.* FROM {table} AS t NATURAL JOIN "
+                "pgml.chunk('character', t.body) AS c",
+                "cannot be joined with NATURAL JOIN",
             ),
             (
                 f"SELECT * FROM {table} AS t JOIN {table} AS u USING (id), "
@@ -409,6 +410,16 @@ OVER_ITEMS = [
     # an item after the call reads it
     "SELECT t.id, c.chunk, u.x FROM {t} t, {f}('character', t.body, %s) c, "
     "LATERAL (SELECT upper(c.chunk) AS x) u ORDER BY 1, 2",
+    # LEFT JOIN ... ON true: a row without chunks once, the call's columns and row NULL
+    "SELECT t.id, c.*, c IS NULL AS none, c::text FROM {t} t LEFT JOIN LATERAL "
+    "{f}('character', t.body, %s) c ON true ORDER BY 1, 2",
+    "SELECT * FROM {t} t LEFT OUTER JOIN {f}('character', t.body, %s) WITH ORDINALITY "
+    "AS c(i, w, n) ON TRUE WHERE t.cat = 'b' ORDER BY 1, n",
+    # numbered as PostgreSQL numbers a function's rows for each row before it
+    "SELECT t.id, c.* FROM {t} t, {f}('character', t.body, %s) WITH ORDINALITY c "
+    "WHERE c.ordinality > 1 ORDER BY 1, c.ordinality",
+    "SELECT * FROM {t} t CROSS JOIN LATERAL {f}('character', t.body, %s) WITH ORDINALITY "
+    "ORDER BY 1, 6",
     # PostgresML's dbt example (examples/dbt/embeddings/models/chunks.sql)
     "WITH document AS (SELECT id, body AS text FROM {t}), splitter AS (SELECT 7 AS id, "
     "'character' AS name), chunks AS (SELECT document.id document_id, splitter.id "
@@ -428,6 +439,36 @@ def test_in_from_over_the_items_before_it_as_postgresql_returns_them(
     empty text), the items' and the call's columns named and typed as written; in a
     read-only transaction too.  Compared with a STRICT stand-in of the same name."""
     _over_docs_as_postgresql(db, cluster, shape, mode)
+
+
+@pytest.mark.parametrize("side", ["RIGHT", "FULL"])
+def test_in_from_over_the_items_before_it_right_or_full_join_refused_as_postgresql_refuses(
+    db: psycopg.Connection[Any], cluster: PostgresCluster, side: str
+) -> None:
+    """A RIGHT or FULL join cannot read the columns of the items before it: PostgreSQL's
+    own error (SQLSTATE, message, detail; the position is in the text PostgreSQL was
+    sent), compared with a stand-in of the same name."""
+    table = unique("chunk_docs")
+    cluster.psql(f"CREATE TABLE {table} (id int, body text)")
+    returns = "TABLE (chunk_index bigint, chunk text)"
+    body = "SELECT n, w FROM string_to_table($2, ' ') WITH ORDINALITY AS t(w, n)"
+    shape = f"SELECT t.id, c.* FROM {table} t {side} JOIN LATERAL {{f}}('x', t.body) c ON true"
+
+    def answer(conn: psycopg.Connection[Any], function: str) -> tuple[Any, ...]:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(shape.format(f=function))
+        diag = refused.value.diag
+        return refused.value.sqlstate, diag.message_primary, diag.message_detail
+
+    try:
+        with (
+            stand_in(cluster, "chunk", "text, text", returns, body, strict=True) as function,
+            psycopg.connect(cluster.dsn(), autocommit=True) as direct,
+        ):
+            sqlstate, *_ = as_postgresql(answer, (direct, function), (db, "pgml.chunk"))
+            assert sqlstate == "42P10"
+    finally:
+        cluster.psql(f"DROP TABLE IF EXISTS {table}")
 
 
 QUOTED_NAMES = [
