@@ -244,8 +244,8 @@ async def _resolve(
     if overload.set_returning and step.kind != "late":
         raise PgmlError(
             "0A000",
-            f"{call.sql_name} returns a set: over columns it can be called only in the select "
-            "list, where its rows multiply the row that reads them",
+            f"{call.sql_name} returns a set: over columns, its rows can be filtered, grouped "
+            "or made distinct only by a query around the one that calls it",
             hint="Call it in the select list of a subquery in FROM, and filter or order its "
             "columns in the query around it.",
         )

@@ -37,7 +37,7 @@ from typing import Literal
 
 from sqlglot import exp
 
-from proxy.engine.calls import CallSite, alias_name
+from proxy.engine.calls import CallSite, alias_name, folded
 from proxy.engine.names import own
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.sqltext import Span, SqlText
@@ -115,6 +115,8 @@ class ScopeStep:
     """Early: the locking clause, naming each table it locks."""
     _having: list[Span] = field(default_factory=list)
     """Late: HAVING's conditions that hold calls, which the outer query applies."""
+    _order: str = ""
+    """Late: the ORDER BY's terms, when the outer query sorts by the calls' columns."""
     _tail: str = ""
     """Late: the LIMIT, OFFSET and FETCH that then follow them in the outer query."""
 
@@ -234,10 +236,15 @@ class ScopeStep:
                 item = self._items[slot.index]
                 out.append(text.render(self._item_spans[slot.index]) + self._alias(item, columns))
         keys = [f"{M}.{ROW_KEY}", *ordinals] if self.ordered or ordinals else []
+        if self._order:  # the client's terms first, read by the outer query's columns
+            keys.insert(0, self._order)
         order = f" ORDER BY {', '.join(keys)}" if keys else ""
         having = " AND ".join(f"({text.render(span)})" for span in self._having)
         where = f" WHERE {having}" if having else ""
-        return f"SELECT {', '.join(out)} FROM {source}{where}{order}{self._tail}"
+        query = f"SELECT {', '.join(out)} FROM {source}{where}{order}{self._tail}"
+        if isinstance(self.scope.parent, exp.SetOperation):  # its ORDER BY its own
+            return f"({query})"
+        return query
 
     def _rest_outer(
         self,
@@ -303,6 +310,23 @@ def _ancestors_below(node: exp.Expr, top: exp.Expr) -> list[exp.Expr]:
             break
         parent = parent.parent
     return found
+
+
+def output_name(item: exp.Expr) -> str | None:
+    """The name PostgreSQL gives a select-list item's column, as PostgreSQL folds it:
+    its alias, a column's or a field's name, a function's name; None for ``?column?``."""
+    if isinstance(item, exp.Alias):
+        return alias_name(item)
+    node = _name_source(item)
+    if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
+        return folded(node.this)
+    if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Identifier):
+        return folded(node.expression)  # a field of a record
+    if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Anonymous):
+        return folded(node.expression.this)  # a schema's function
+    if isinstance(node, exp.Anonymous):
+        return folded(node.this)
+    return None
 
 
 def _name_source(item: exp.Expr) -> exp.Expr:

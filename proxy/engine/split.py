@@ -3,6 +3,8 @@ query (the rest, over those rows): the planning half of :mod:`proxy.engine.scope
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlglot import exp
 
 from handlers.functions import unsupported
@@ -15,7 +17,7 @@ from proxy.engine.calls import (
     folded,
     item_name,
 )
-from proxy.engine.scopes import MARK, Export, ScopeStep, Slot, StepKind
+from proxy.engine.scopes import MARK, Export, ScopeStep, Slot, StepKind, output_name
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.sqltext import SelectLayout, Span, SqlText, subquery_of
 
@@ -104,6 +106,8 @@ def _plan_select(sql: SqlText, select: exp.Select, calls: list[CallSite]) -> Sco
             levels[id(call)] = True
     rows_level = [c for c in calls if levels[id(c)]]
     if not rows_level and not grouped and not _late_fits(select, items, call_items):
+        if _sorts_sets(select, items, calls):  # the sets' rows sorted by the outer query
+            return _late(sql, select, layout, calls, items, call_items, sorted_after=True)
         rows_level = calls
     if rows_level:
         return _early(sql, select, layout, rows_level, items, _twins(keys))
@@ -150,7 +154,7 @@ def _late_fits(select: exp.Select, items: list[exp.Expr], call_items: set[int]) 
         return False
     if sum(1 for e in items if _is_star(e)) > 1:
         return False
-    aliases = {alias_name(items[i]) for i in call_items if isinstance(items[i], exp.Alias)}
+    aliases = _output_names(items[i] for i in call_items)
     for key in ("order", "group"):
         clause = select.args.get(key)
         if clause is None:
@@ -168,6 +172,39 @@ def _late_fits(select: exp.Select, items: list[exp.Expr], call_items: set[int]) 
     return True
 
 
+def _returns_set(call: CallSite) -> bool:
+    """Whether the call over columns returns a set (``pgml.chunk``, ``pgml.rank``)."""
+    return any(o.set_returning and o.row_dependent_ok for o in call.function.overloads)
+
+
+def _sorts_sets(select: exp.Select, items: list[exp.Expr], calls: list[CallSite]) -> bool:
+    """Whether the calls return sets and ORDER BY names only output columns (by position
+    or name): PostgreSQL sorts the sets' rows, which the outer query can do."""
+    order = select.args.get("order")
+    if (
+        order is None
+        or select.args.get("distinct") is not None
+        or not all(map(_returns_set, calls))
+    ):
+        return False
+    if sum(1 for e in items if _is_star(e)) > 1:
+        return False
+    names = _output_names(items)
+    for ordered in order.expressions:
+        target = ordered.this if isinstance(ordered, exp.Ordered) else ordered
+        if isinstance(target, exp.Literal) and target.is_int:
+            if not 0 < int(target.name) <= len(items):
+                return False
+        elif not _names_output(target, names):
+            return False
+    return True
+
+
+def _output_names(items: Iterable[exp.Expr]) -> set[str]:
+    """The names PostgreSQL gives the items' columns (an ORDER BY name reads one first)."""
+    return {name for name in map(output_name, items) if name is not None}
+
+
 def _is_star(item: exp.Expr) -> bool:
     return isinstance(item, exp.Star) or (
         isinstance(item, exp.Column) and isinstance(item.this, exp.Star)
@@ -181,7 +218,10 @@ def _late(
     calls: list[CallSite],
     items: list[exp.Expr],
     call_items: set[int],
+    *,
+    sorted_after: bool = False,
 ) -> ScopeStep:
+    """``sorted_after``: the ORDER BY names the sets' columns: the outer query sorts."""
     text = SourceText(sql.text)
     slots: list[Slot] = []
     exports: list[Export] = []
@@ -205,13 +245,22 @@ def _late(
         for span, node in having:
             text.replace(span, "TRUE")
             _collect(sql, node, calls, exports, whole_aggregates=True)
+    order = ""
+    if sorted_after:
+        first, last = layout.clauses["order"]
+        order = sql.source(first + 1, last)  # after the one token ORDER BY
+        text.replace(sql.chars(*layout.clauses["order"]), "")
+    if having or any(
+        map(_returns_set, calls)
+    ):  # counted after the filter, or among the rows the sets give
         fetch = layout.clauses.get("fetch")
         if fetch is not None and "TIES" in sql.source(*fetch).upper():
+            where = "in HAVING" if having else "that return sets"
             raise unsupported(
-                "pgml functions in HAVING cannot be evaluated beside FETCH ... WITH TIES",
+                f"pgml functions {where} cannot be evaluated beside FETCH ... WITH TIES",
                 hint="Compute it in a subquery in FROM, then filter on its column.",
             )
-        for key in ("limit", "offset", "fetch"):  # then counted, after the filter
+        for key in ("limit", "offset", "fetch"):
             if key in layout.clauses:
                 tail += " " + sql.source(*layout.clauses[key])
                 text.replace(sql.chars(*layout.clauses[key]), "")
@@ -233,12 +282,13 @@ def _late(
         slots,
         calls,
         exports,
-        ordered=select.args.get("order") is not None,
+        ordered=select.args.get("order") is not None and not sorted_after,
         nested=select.parent is not None,
         _text=sql,
         _items=items,
         _item_spans=item_spans,
         _having=[span for span, _ in having],
+        _order=order,
         _tail=tail,
     )
 
