@@ -115,7 +115,7 @@ class ScopeStep:
     """Early: the locking clause, naming each table it locks."""
     _having: list[Span] = field(default_factory=list)
     """Late: HAVING's conditions that hold calls, which the outer query applies."""
-    _order: str = ""
+    _order: Span | None = None
     """Late: the ORDER BY's terms, when the outer query sorts by the calls' columns."""
     _tail: str = ""
     """Late: the LIMIT, OFFSET and FETCH that then follow them in the outer query."""
@@ -236,8 +236,8 @@ class ScopeStep:
                 item = self._items[slot.index]
                 out.append(text.render(self._item_spans[slot.index]) + self._alias(item, columns))
         keys = [f"{M}.{ROW_KEY}", *ordinals] if self.ordered or ordinals else []
-        if self._order:  # the client's terms first, read by the outer query's columns
-            keys.insert(0, self._order)
+        if self._order is not None:  # the client's terms first, read by the outer query
+            keys.insert(0, text.render(self._order))
         order = f" ORDER BY {', '.join(keys)}" if keys else ""
         having = " AND ".join(f"({text.render(span)})" for span in self._having)
         where = f" WHERE {having}" if having else ""

@@ -178,8 +178,9 @@ def _returns_set(call: CallSite) -> bool:
 
 
 def _sorts_sets(select: exp.Select, items: list[exp.Expr], calls: list[CallSite]) -> bool:
-    """Whether the calls return sets and ORDER BY names only output columns (by position
-    or name): PostgreSQL sorts the sets' rows, which the outer query can do."""
+    """Whether the calls return sets and ORDER BY reads their columns by position or
+    name beside expressions without calls: PostgreSQL sorts the sets' rows, which the
+    outer query can do (see :func:`_sort_terms`)."""
     order = select.args.get("order")
     if (
         order is None
@@ -189,15 +190,21 @@ def _sorts_sets(select: exp.Select, items: list[exp.Expr], calls: list[CallSite]
         return False
     if sum(1 for e in items if _is_star(e)) > 1:
         return False
+    inputs = _sort_terms(order, items)
+    return all(not any(contains(term, c.node) for c in calls) for term in inputs)
+
+
+def _sort_terms(order: exp.Order, items: list[exp.Expr]) -> list[exp.Expr]:
+    """The ORDER BY terms that read the query's input, not an output column by position
+    or name (those the outer query reads in its own select list)."""
     names = _output_names(items)
+    found: list[exp.Expr] = []
     for ordered in order.expressions:
         target = ordered.this if isinstance(ordered, exp.Ordered) else ordered
-        if isinstance(target, exp.Literal) and target.is_int:
-            if not 0 < int(target.name) <= len(items):
-                return False
-        elif not _names_output(target, names):
-            return False
-    return True
+        positional = isinstance(target, exp.Literal) and target.is_int
+        if not positional and not _names_output(target, names):
+            found.append(target)
+    return found
 
 
 def _output_names(items: Iterable[exp.Expr]) -> set[str]:
@@ -245,11 +252,13 @@ def _late(
         for span, node in having:
             text.replace(span, "TRUE")
             _collect(sql, node, calls, exports, whole_aggregates=True)
-    order = ""
-    if sorted_after:
+    order: Span | None = None
+    if sorted_after:  # the outer query sorts: the terms over the input read from M
+        for term in _sort_terms(select.args["order"], items):
+            _collect(sql, term, calls, exports, whole_aggregates=True)
         first, last = layout.clauses["order"]
-        order = sql.source(first + 1, last)  # after the one token ORDER BY
-        text.replace(sql.chars(*layout.clauses["order"]), "")
+        order = sql.chars(first + 1, last)  # after the one token ORDER BY
+        text.replace(sql.chars(first, last), "")
     if having or any(
         map(_returns_set, calls)
     ):  # counted after the filter, or among the rows the sets give

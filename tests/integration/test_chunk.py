@@ -302,6 +302,7 @@ PER_ROW = [
     "SELECT id, ({f}('character', body, %s)).* FROM {t} ORDER BY id LIMIT 4",
     "SELECT id, row_number() OVER (ORDER BY id DESC), ({f}('character', body, %s)).chunk "
     "FROM {t} ORDER BY chunk",
+    "SELECT id, ({f}('character', body, %s)).chunk FROM {t} ORDER BY cat, upper(body), 2 DESC",
     # an arm of a set operation
     "SELECT 0, 'z' UNION ALL SELECT id, ({f}('character', body, %s)).chunk FROM {t} WHERE id < 4",
     "SELECT id, ({f}('character', body, %s)).chunk FROM {t} UNION SELECT 9, 'z' ORDER BY 1, 2",
