@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from sqlglot import exp
 
-from handlers.functions import unsupported
+from handlers.functions import PgmlError, unsupported
 from proxy.engine.calls import (
     CallSite,
     alias_name,
@@ -93,6 +93,15 @@ def _plan_select(sql: SqlText, select: exp.Select, calls: list[CallSite]) -> Sco
         levels[id(call)] = level
     items = list(select.expressions)
     call_items = {i for i, item in enumerate(items) if any(contains(item, c.node) for c in calls)}
+    for clause in select.args.get("locks") or []:
+        if any(
+            _returns_set(c) and any(contains(items[i], c.node) for i in call_items) for c in calls
+        ):
+            raise PgmlError(
+                "0A000",
+                f"{_strength(clause)} is not allowed with set-returning functions in the "
+                "target list",
+            )
     keys: list[CallSite] = []
     if grouped:  # a call that is (in) a grouping key runs for each row, before grouping
         key_items = _key_items(select, items)
@@ -170,6 +179,13 @@ def _late_fits(select: exp.Select, items: list[exp.Expr], call_items: set[int]) 
             if _names_output(target, aliases):
                 return False
     return True
+
+
+def _strength(clause: exp.Lock) -> str:
+    """A locking clause's strength as PostgreSQL spells it in its messages."""
+    if clause.args.get("update"):
+        return "FOR NO KEY UPDATE" if clause.args.get("key") else "FOR UPDATE"
+    return "FOR KEY SHARE" if clause.args.get("key") else "FOR SHARE"
 
 
 def _returns_set(call: CallSite) -> bool:
@@ -407,13 +423,8 @@ def _locks(select: exp.Select) -> tuple[list[tuple[str, str]], str]:
                 )
             assert isinstance(item, exp.Table)
             locked.setdefault(name, _lockable(item))
-        strength = (
-            ("NO KEY UPDATE" if clause.args.get("key") else "UPDATE")
-            if clause.args.get("update")
-            else ("KEY SHARE" if clause.args.get("key") else "SHARE")
-        )
         wait = {True: " NOWAIT", False: " SKIP LOCKED"}.get(clause.args.get("wait"), "")
-        written.append(f"FOR {strength} OF {', '.join(locked[n][1] for n in named)}{wait}")
+        written.append(f"{_strength(clause)} OF {', '.join(locked[n][1] for n in named)}{wait}")
     return list(locked.values()), " ".join(written)
 
 

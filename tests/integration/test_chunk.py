@@ -360,6 +360,15 @@ def test_over_columns_into_a_table_and_refused_where_postgresql_refuses(
                 pytest.raises(errors.FeatureNotSupported),
             ):
                 direct.execute(refused.replace("pgml.chunk", "string_to_table"))
+        locked = f"SELECT id, {{}}('character', body) FROM {table} FOR NO KEY UPDATE"
+        with pytest.raises(errors.FeatureNotSupported) as through:
+            db.execute(locked.format("pgml.chunk"))
+        with (
+            psycopg.connect(cluster.dsn(), autocommit=True) as direct,
+            pytest.raises(errors.FeatureNotSupported) as own,
+        ):
+            direct.execute(locked.format("string_to_table"))
+        assert str(through.value) == str(own.value)  # PostgreSQL's words
     finally:
         cluster.psql(f"DROP TABLE IF EXISTS {table}, {table}_chunks")
 
