@@ -117,6 +117,8 @@ async def _refuse_sets_beside(execution: Execution, parsed: Parsed, step: ScopeS
     pgml = {id(call.node): call for call in parsed.calls}
     names: set[str] = set()
     for node in functions:
+        if isinstance(node, exp.Cast | exp.Case):  # syntax, not functions of pg_proc
+            continue
         call = pgml.get(id(node.parent))  # a call is pgml.<function>: its Dot
         if call is not None:
             if any(o.set_returning for o in call.function.overloads):

@@ -124,6 +124,17 @@ SHAPES = [
     "SELECT {f}({m}, 'x') IS NOT NULL, {f}({m}, body) AS e FROM {t} WHERE id < 4",
     "SELECT ARRAY(SELECT id FROM {t} WHERE id < 3), {f}({m}, 'x'), {f}({m}, s.b) "
     "FROM (SELECT NULL::text AS b) AS s",
+    # an arm of a set operation, each arm's calls over its own rows
+    "SELECT id, {f}({m}, body) AS e FROM {t} WHERE id < 3 UNION ALL SELECT 0, NULL ORDER BY 1",
+    "SELECT 0, NULL::real[] UNION ALL SELECT id, {f}({m}, body) FROM {t} WHERE id < 3",
+    "SELECT id, {f}({m}, body) FROM {t} WHERE id < 6 EXCEPT "
+    "SELECT id, {f}({m}, body) FROM {t} WHERE id < 3 ORDER BY 1",
+    "(SELECT id, {f}({m}, body) FROM {t} ORDER BY id DESC LIMIT 2) UNION "
+    "(SELECT id, {f}({m}, body) FROM {t} ORDER BY id LIMIT 2) ORDER BY 1",
+    # ordered by the call's value, counted after it
+    "SELECT id, {f}({m}, body) AS e FROM {t} WHERE body IS NOT NULL ORDER BY e[1], id LIMIT 3",
+    "SELECT id FROM {t} WHERE body IS NOT NULL ORDER BY ({f}({m}, body))[2] DESC LIMIT 2 "
+    "OFFSET 1",
 ]
 
 
