@@ -115,6 +115,8 @@ class ScopeStep:
     """Early: the locking clause, naming each table it locks."""
     _having: list[Span] = field(default_factory=list)
     """Late: HAVING's conditions that hold calls, which the outer query applies."""
+    _distinct: bool = False
+    """Late: the outer query makes the rows distinct (they hold a set's columns)."""
     _order: Span | None = None
     """Late: the ORDER BY's terms, when the outer query sorts by the calls' columns."""
     _tail: str = ""
@@ -236,12 +238,15 @@ class ScopeStep:
                 item = self._items[slot.index]
                 out.append(text.render(self._item_spans[slot.index]) + self._alias(item, columns))
         keys = [f"{M}.{ROW_KEY}", *ordinals] if self.ordered or ordinals else []
+        if self._distinct:  # its ORDER BY reads the select list only
+            keys = []
         if self._order is not None:  # the client's terms first, read by the outer query
             keys.insert(0, text.render(self._order))
         order = f" ORDER BY {', '.join(keys)}" if keys else ""
         having = " AND ".join(f"({text.render(span)})" for span in self._having)
         where = f" WHERE {having}" if having else ""
-        query = f"SELECT {', '.join(out)} FROM {source}{where}{order}{self._tail}"
+        select = "SELECT DISTINCT" if self._distinct else "SELECT"
+        query = f"{select} {', '.join(out)} FROM {source}{where}{order}{self._tail}"
         if isinstance(self.scope.parent, exp.SetOperation):  # its ORDER BY its own
             return f"({query})"
         return query

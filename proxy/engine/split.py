@@ -194,19 +194,19 @@ def _returns_set(call: CallSite) -> bool:
 
 
 def _sorts_sets(select: exp.Select, items: list[exp.Expr], calls: list[CallSite]) -> bool:
-    """Whether the calls return sets and ORDER BY reads their columns by position or
-    name beside expressions without calls: PostgreSQL sorts the sets' rows, which the
-    outer query can do (see :func:`_sort_terms`)."""
+    """Whether the calls return sets and the query's DISTINCT and ORDER BY read their
+    columns, as the outer query can: DISTINCT (not ON) over the select list, ORDER BY by
+    position or name beside expressions without calls (see :func:`_sort_terms`).
+    PostgreSQL makes the sets' rows distinct and sorts them."""
     order = select.args.get("order")
-    if (
-        order is None
-        or select.args.get("distinct") is not None
-        or not all(map(_returns_set, calls))
-    ):
+    distinct = select.args.get("distinct")
+    if (order is None and distinct is None) or not all(map(_returns_set, calls)):
+        return False
+    if distinct is not None and distinct.args.get("on") is not None:
         return False
     if sum(1 for e in items if _is_star(e)) > 1:
         return False
-    inputs = _sort_terms(order, items)
+    inputs = _sort_terms(order, items) if order is not None else []
     return all(not any(contains(term, c.node) for c in calls) for term in inputs)
 
 
@@ -244,7 +244,8 @@ def _late(
     *,
     sorted_after: bool = False,
 ) -> ScopeStep:
-    """``sorted_after``: the ORDER BY names the sets' columns: the outer query sorts."""
+    """``sorted_after``: DISTINCT or ORDER BY reads the sets' columns: the outer query
+    makes the rows distinct and sorts them."""
     text = SourceText(sql.text)
     slots: list[Slot] = []
     exports: list[Export] = []
@@ -268,8 +269,11 @@ def _late(
         for span, node in having:
             text.replace(span, "TRUE")
             _collect(sql, node, calls, exports, whole_aggregates=True)
+    distinct = sorted_after and select.args.get("distinct") is not None
+    if distinct:
+        text.replace(sql.chars(layout.keyword + 1, layout.keyword + 1), "")
     order: Span | None = None
-    if sorted_after:  # the outer query sorts: the terms over the input read from M
+    if sorted_after and "order" in layout.clauses:  # the terms over the input read from M
         for term in _sort_terms(select.args["order"], items):
             _collect(sql, term, calls, exports, whole_aggregates=True)
         first, last = layout.clauses["order"]
@@ -313,6 +317,7 @@ def _late(
         _items=items,
         _item_spans=item_spans,
         _having=[span for span, _ in having],
+        _distinct=distinct,
         _order=order,
         _tail=tail,
     )

@@ -303,6 +303,10 @@ PER_ROW = [
     "SELECT id, row_number() OVER (ORDER BY id DESC), ({f}('character', body, %s)).chunk "
     "FROM {t} ORDER BY chunk",
     "SELECT id, ({f}('character', body, %s)).chunk FROM {t} ORDER BY cat, upper(body), 2 DESC",
+    # the set's rows made distinct, then sorted and counted
+    "SELECT DISTINCT ({f}('character', body, %s)).chunk_index FROM {t} ORDER BY 1",
+    "SELECT DISTINCT cat, ({f}('character', body, %s)).chunk_index AS n FROM {t} "
+    "ORDER BY n DESC, cat LIMIT 3",
     # an arm of a set operation
     "SELECT 0, 'z' UNION ALL SELECT id, ({f}('character', body, %s)).chunk FROM {t} WHERE id < 4",
     "SELECT id, ({f}('character', body, %s)).chunk FROM {t} UNION SELECT 9, 'z' ORDER BY 1, 2",
