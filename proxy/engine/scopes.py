@@ -115,6 +115,9 @@ class ScopeStep:
     """Early: the locking clause, naming each table it locks."""
     _having: list[Span] = field(default_factory=list)
     """Late: HAVING's conditions that hold calls, which the outer query applies."""
+    _arguments: list[str] = field(default_factory=list)
+    """Late: the calls' arguments as the inner query reads them (see
+    :mod:`proxy.engine.guards`), in order."""
     _distinct: bool = False
     """Late: the outer query makes the rows distinct (they hold a set's columns)."""
     _order: Span | None = None
@@ -186,7 +189,7 @@ class ScopeStep:
         text = SourceText(self._text.text)
         for call, stand_in in zip(self.calls, stand_ins, strict=True):
             text.replace(call.text.span, stand_in)
-        arguments = [self._text.text[a:b] for call in self.calls for a, b in call.text.arguments]
+        arguments = self._arguments
         added = [
             how.replace("{}", f"({argument})")
             for how, argument in zip(read, arguments, strict=True)

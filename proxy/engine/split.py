@@ -17,6 +17,7 @@ from proxy.engine.calls import (
     folded,
     item_name,
 )
+from proxy.engine.guards import guarded_argument
 from proxy.engine.scopes import MARK, Export, ScopeStep, Slot, StepKind, output_name
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.sqltext import SelectLayout, Span, SqlText, subquery_of
@@ -294,11 +295,12 @@ def _late(
                 tail += " " + sql.source(*layout.clauses[key])
                 text.replace(sql.chars(*layout.clauses[key]), "")
     slots += [Slot("export", k) for k in range(len(exports))]
-    added = [e.text for e in exports]
+    arguments: list[str] = []
     for c, call in enumerate(calls):
-        for a, span in enumerate(call.text.arguments):
+        for a in range(len(call.text.arguments)):
             slots.append(Slot("arg", c, a))
-            added.append(sql.text[span[0] : span[1]])
+            arguments.append(guarded_argument(sql, call, a))
+    added = [e.text for e in exports] + arguments
     end = item_spans[-1][1]
     text.replace((end, end), ", " + ", ".join(added))
     span = sql.chars(layout.start, layout.end)
@@ -317,6 +319,7 @@ def _late(
         _items=items,
         _item_spans=item_spans,
         _having=[span for span, _ in having],
+        _arguments=arguments,
         _distinct=distinct,
         _order=order,
         _tail=tail,
@@ -484,9 +487,9 @@ def _inner_list(
             slots.append(Slot("export", k))
             texts.append(export.text)
     for c, call in enumerate(calls):
-        for a, span in enumerate(call.text.arguments):
+        for a in range(len(call.text.arguments)):
             slots.append(Slot("arg", c, a))
-            texts.append(sql.text[span[0] : span[1]])
+            texts.append(guarded_argument(sql, call, a))
     for k, export in enumerate(exports):
         if export.star:
             slots += [Slot("export", k), Slot("mark")]

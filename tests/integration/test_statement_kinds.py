@@ -124,6 +124,11 @@ SHAPES = [
     "SELECT {f}({m}, 'x') IS NOT NULL, {f}({m}, body) AS e FROM {t} WHERE id < 4",
     "SELECT ARRAY(SELECT id FROM {t} WHERE id < 3), {f}({m}, 'x'), {f}({m}, s.b) "
     "FROM (SELECT NULL::text AS b) AS s",
+    # in a CASE branch or after COALESCE's first arguments: called where reached
+    "SELECT id, CASE WHEN body IS NULL THEN NULL ELSE {f}({m}, body) END AS e FROM {t}",
+    "SELECT id, coalesce(CASE WHEN id % 2 = 0 THEN ARRAY[1]::real[] END, {f}({m}, body)) "
+    "FROM {t} ORDER BY id",
+    "SELECT id, CASE id WHEN 1 THEN NULL WHEN 2 THEN {f}({m}, body) END FROM {t} WHERE id < 4",
     # an arm of a set operation, each arm's calls over its own rows
     "SELECT id, {f}({m}, body) AS e FROM {t} WHERE id < 3 UNION ALL SELECT 0, NULL ORDER BY 1",
     "SELECT 0, NULL::real[] UNION ALL SELECT id, {f}({m}, body) FROM {t} WHERE id < 3",
@@ -133,9 +138,38 @@ SHAPES = [
     "(SELECT id, {f}({m}, body) FROM {t} ORDER BY id LIMIT 2) ORDER BY 1",
     # ordered by the call's value, counted after it
     "SELECT id, {f}({m}, body) AS e FROM {t} WHERE body IS NOT NULL ORDER BY e[1], id LIMIT 3",
-    "SELECT id FROM {t} WHERE body IS NOT NULL ORDER BY ({f}({m}, body))[2] DESC LIMIT 2 "
-    "OFFSET 1",
+    "SELECT id FROM {t} WHERE body IS NOT NULL ORDER BY ({f}({m}, body))[2] DESC LIMIT 2 OFFSET 1",
 ]
+
+
+@pytest.mark.parametrize("mode", ["simple", "extended", "read only"])
+def test_a_call_runs_only_where_postgresql_reaches_it(
+    proxy: ProxyProcess, docs: str, mode: str
+) -> None:
+    """PostgreSQL evaluates a CASE branch only for the rows that take it, and COALESCE's
+    arguments only up to the first that is not NULL: a call of a model that does not
+    exist, where no row reaches it, is never made, so the statement answers its rows;
+    where one row reaches it, it fails as the call does."""
+    call = f"pgml.embed('{MISSING}', body)"
+    reached_by_none = [
+        f"SELECT id, CASE WHEN id < 0 THEN {call} END FROM {docs}",
+        f"SELECT id, CASE WHEN body IS NULL THEN NULL WHEN id >= 0 THEN NULL ELSE {call} END "
+        f"FROM {docs} ORDER BY id",
+        f"SELECT id, coalesce(id::text, upper(body), ({call})::text) FROM {docs}",
+        f"SELECT id, CASE id WHEN -1 THEN {call} END FROM {docs} WHERE id < 5",
+        f"SELECT id, CASE WHEN id > 3 THEN CASE WHEN id < 2 THEN {call} END END FROM {docs}",
+    ]
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        if mode == "read only":
+            conn.execute("SET default_transaction_read_only = on")
+        cursor = psycopg.ClientCursor(conn) if mode == "simple" else conn.cursor()
+        (total,) = cursor.execute(f"SELECT count(*) FROM {docs}").fetchone() or (0,)
+        for sql in reached_by_none:
+            rows = cursor.execute(sql).fetchall()
+            assert len(rows) == (4 if "id < 5" in sql else total), sql
+            assert all(value in (None, str(key)) for key, value in rows), sql
+        with pytest.raises(psycopg.Error, match="was not found"):
+            cursor.execute(f"SELECT id, CASE WHEN id = 2 THEN {call} END FROM {docs}")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
