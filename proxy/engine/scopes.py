@@ -44,12 +44,12 @@ from proxy.engine.sqltext import Span, SqlText
 
 StepKind = Literal["late", "early", "update", "delete"]
 M = "__pgml_m"
+"""The alias of the materialised rows in outer queries."""
 ORDINAL = own("lo")
 """A late step's select-list item of this name (a typed NULL) is given the number of
 its set-returning call's row, and a row whose call gives no rows is kept, once, with
 the number NULL: how a call in FROM is read ``WITH ORDINALITY`` or ``LEFT JOIN``
 (see :mod:`proxy.engine.lateral`)."""
-"""The alias of the materialised rows in outer queries."""
 MARK = "__pgml_mark"
 ROW_KEY = "__pgml_k"
 

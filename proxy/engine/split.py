@@ -280,9 +280,8 @@ def _late(
         first, last = layout.clauses["order"]
         order = sql.chars(first + 1, last)  # after the one token ORDER BY
         text.replace(sql.chars(first, last), "")
-    if having or any(
-        map(_returns_set, calls)
-    ):  # counted after the filter, or among the rows the sets give
+    sets = any(map(_returns_set, calls))
+    if having or sets:  # counted after the filter, or among the rows the sets give
         fetch = layout.clauses.get("fetch")
         if fetch is not None and "TIES" in sql.source(*fetch).upper():
             where = "in HAVING" if having else "that return sets"
