@@ -461,9 +461,28 @@ def test_browser_next_with_a_tab_stays_on_the_dashboard(lab: Lab, browser: Any) 
     assert browser.current_url == lab.base + "/"
 
 
+def _left_the_page(element: Any) -> Any:
+    """A wait's condition: ``element`` is no longer in the page (a new page has loaded).
+    Chromium reports such an element as stale, or, while the new page replaces the old
+    one, with an inspector error naming a node that is not in the document."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    def gone(_: Any) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" not in str(error):
+                raise
+            return True
+        return False
+
+    return gone
+
+
 def test_browser_failed_logins_are_slowed_down(lab: Lab, browser: Any) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.wait import WebDriverWait
 
     browser.get(lab.base + "/login")
@@ -476,7 +495,7 @@ def test_browser_failed_logins_are_slowed_down(lab: Lab, browser: Any) -> None:
     first_answer = browser.find_element(By.ID, "login-error")
     browser.find_element(By.ID, "login-password").send_keys(PASSWORDS["plain_user"])
     browser.find_element(By.ID, "login-submit").click()
-    WebDriverWait(browser, 30).until(staleness_of(first_answer))  # the answer's page, not the last
+    WebDriverWait(browser, 30).until(_left_the_page(first_answer))  # the answer's, not the last
     assert "Too many failed logins" in waited(browser, "login-error").text
     assert not browser.get_cookie("pgml_session")
     time.sleep(DELAY)
