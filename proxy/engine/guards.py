@@ -11,9 +11,10 @@ call, STRICT, is not made; its value is then read by no row.
 
 A guard is evaluated in the inner query and the branch again by the query around, so it
 is taken only where both give the same answer: conditions of column references, constants,
-operators and a few immutable functions, their text as written (checked by reading it
-back).  Anything else (a subquery, another call, a volatile or unknown function, an
-aggregate) leaves the call unguarded, evaluated for every row as before.
+the statement's parameters, operators and a few immutable functions, their text as
+written (checked by reading it back).  Anything else (a subquery, another call, a
+volatile or unknown function, an aggregate) leaves the call unguarded, evaluated for
+every row as before.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ _IMMUTABLE = frozenset(
 )  # fmt: skip
 """Functions a guard may call: immutable, so the inner query and the query around agree."""
 
-_LEAVES = (exp.Column, exp.Literal, exp.Null, exp.Boolean, exp.Identifier, exp.DataType)
+_LEAVES = (
+    exp.Column, exp.Literal, exp.Null, exp.Boolean, exp.Identifier, exp.DataType, exp.Parameter,
+)  # fmt: skip
 _OPERATORS = (
     exp.Binary, exp.Unary, exp.Paren, exp.Is, exp.In, exp.Between, exp.Cast, exp.Tuple,
     exp.Array, exp.Var, exp.Bracket,

@@ -168,6 +168,9 @@ def test_a_call_runs_only_where_postgresql_reaches_it(
             rows = cursor.execute(sql).fetchall()
             assert len(rows) == (4 if "id < 5" in sql else total), sql
             assert all(value in (None, str(key)) for key, value in rows), sql
+        over = f"SELECT id, CASE WHEN id > %s THEN {call} END FROM {docs}"
+        rows = cursor.execute(over, [10**6]).fetchall()  # a parameter in the condition
+        assert len(rows) == total and all(value is None for _, value in rows)
         with pytest.raises(psycopg.Error, match="was not found"):
             cursor.execute(f"SELECT id, CASE WHEN id = 2 THEN {call} END FROM {docs}")
 

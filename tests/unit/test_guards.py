@@ -15,6 +15,7 @@ CALL = "pgml.embed('m', body)"
 
 GUARDED = [
     (f"SELECT CASE WHEN id < 0 THEN {CALL} END FROM t", "(CASE WHEN id < 0 THEN true END)"),
+    (f"SELECT CASE WHEN id > $1 THEN {CALL} END FROM t", "(CASE WHEN id > $1 THEN true END)"),
     # the ELSE: reached when no condition held, each read in order
     (
         f"SELECT CASE WHEN body IS NULL THEN NULL WHEN length(body) > 9 THEN NULL ELSE {CALL} "
