@@ -19,10 +19,12 @@ every row as before.
 
 from __future__ import annotations
 
+import itertools
+
 import sqlglot
 from sqlglot import TokenType, exp
 
-from proxy.engine.calls import CallSite
+from proxy.engine.calls import CallSite, ancestors
 from proxy.engine.planner import DIALECT
 from proxy.engine.sqltext import SqlText
 
@@ -60,9 +62,8 @@ def guarded_argument(sql: SqlText, call: CallSite, index: int) -> str:
 def guard_of(sql: SqlText, call: CallSite) -> str | None:
     """The condition under which PostgreSQL reaches the call in its row, or None when it
     always does or when the condition cannot be told (see the module's docstring)."""
-    path = [call.node]
-    while path[-1].parent is not None and not isinstance(path[-1].parent, exp.Query):
-        path.append(path[-1].parent)
+    above = [call.node, *ancestors(call.node)]
+    path = list(itertools.takewhile(lambda node: not isinstance(node, exp.Query), above))
     guards: list[str] = []
     for i in range(1, len(path)):
         node, child = path[i], path[i - 1]

@@ -37,7 +37,7 @@ from typing import Literal
 
 from sqlglot import exp
 
-from proxy.engine.calls import CallSite, alias_name, folded
+from proxy.engine.calls import CallSite, alias_name, ancestors, folded
 from proxy.engine.names import own
 from proxy.engine.sourcetext import SourceText
 from proxy.engine.sqltext import Span, SqlText
@@ -132,7 +132,8 @@ class ScopeStep:
         found: list[exp.Func] = []
         for item in self._items:
             for node in item.find_all(exp.Func):
-                above = [node, *_ancestors_below(node, item)]
+                chain = [node, *ancestors(node)]
+                above = chain[: next(i for i, a in enumerate(chain) if a is item) + 1]
                 if not any(id(a) in own or isinstance(a, _QUERIES) for a in above):
                     found.append(node)
         return found
@@ -306,18 +307,6 @@ class ScopeStep:
 
 
 _QUERIES = (exp.Select, exp.Subquery, exp.SetOperation)
-
-
-def _ancestors_below(node: exp.Expr, top: exp.Expr) -> list[exp.Expr]:
-    """The nodes above ``node`` up to ``top``, ``top`` included."""
-    found: list[exp.Expr] = []
-    parent = node.parent if node is not top else None
-    while parent is not None:
-        found.append(parent)
-        if parent is top:
-            break
-        parent = parent.parent
-    return found
 
 
 def output_name(item: exp.Expr) -> str | None:
